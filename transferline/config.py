@@ -1,0 +1,100 @@
+"""Typed views of params.yaml, one model per section, so a bad value fails before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from transferline.errors import ParamsError
+
+DEFAULT_PARAMS_FILE = Path("params.yaml")
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestParams(Section):
+    """Where raw images come from: the built-in Fashion-MNIST or a folder of class sub-folders."""
+
+    source: Literal["fashion_mnist", "folder"] = "fashion_mnist"
+    path: Path = Path("data/external/fashion-mnist")
+    per_class: int | None = Field(default=400, gt=0)
+    seed: int = 0
+
+
+class PreprocessParams(Section):
+    """The one definition of model input preprocessing, shared by every stage and the service."""
+
+    image_size: int = Field(default=96, ge=16, le=1024)
+    resize: Literal["crop", "squash"] = "crop"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @model_validator(mode="after")
+    def _positive_std(self) -> PreprocessParams:
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must all be > 0")
+        return self
+
+
+class PrepareParams(Section):
+    """Validation limits, de-duplication and the train/val/test split."""
+
+    val_fraction: float = Field(default=0.15, gt=0, lt=1)
+    test_fraction: float = Field(default=0.15, gt=0, lt=1)
+    seed: int = 0
+    min_per_class: int = Field(default=10, ge=3)
+    max_bad_fraction: float = Field(default=0.05, ge=0, le=1)
+    max_file_bytes: int = Field(default=50_000_000, gt=0)
+    max_pixels: int = Field(default=89_478_485, gt=0)
+    cache: bool = True
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> PrepareParams:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+def read_params_file(path: str | Path = DEFAULT_PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the project root)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def parse_section(data: dict[str, Any], name: str, model: type[SectionT]) -> SectionT:
+    """Validate one section; the error names every bad key as `section.key`."""
+    raw = data.get(name, {})
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params: section '{name}' must be a mapping, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in (name, *err["loc"]))
+            got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
+            problems.append(f"{where}: {err['msg']}{got}")
+        raise ParamsError("invalid params: " + "; ".join(problems)) from None
+
+
+def load_section(name: str, model: type[SectionT], path: str | Path = DEFAULT_PARAMS_FILE) -> SectionT:
+    return parse_section(read_params_file(path), name, model)
