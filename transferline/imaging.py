@@ -53,7 +53,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedIma
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageRejected(f"image dimensions exceed the decoder's safety limit: {exc}") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageRejected(f"unreadable image header: {exc}") from None
+            raise ImageRejected(f"corrupt or truncated image header: {exc}") from None
         width, height = image.size
         if width < 1 or height < 1:
             raise ImageRejected(f"image has no pixels ({width}x{height})")

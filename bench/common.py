@@ -1,0 +1,74 @@
+"""What the benchmarks share: a machine description, timing, and writing results atomically."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from transferline import atomic
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+QUIET_ENV = {
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "ITERATIVE_DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "BENTOML_DO_NOT_TRACK": "true",
+}
+
+
+def machine() -> dict:
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": {
+            name: version(name)
+            for name in ("torch", "torchvision", "dvc", "prefect", "bentoml", "onnxruntime-gpu", "numpy")
+        },
+    }
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_tool(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, **QUIET_ENV}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=True)
+
+
+def write_results(name: str, results: dict, markdown: str) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(RESULTS_DIR / f"{name}.json", {"machine": machine(), **results})
+    atomic.write_text(RESULTS_DIR / f"{name}.md", markdown)
+    return RESULTS_DIR / f"{name}.md"

@@ -1,0 +1,83 @@
+"""Data-stage benchmarks: `prepare` throughput on the default data, and a no-op `dvc repro`.
+
+Run from the project root after `make demo` (or any `dvc repro`): the default data must be in
+data/raw. Writes bench/results/prepare.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import median_seconds, run_tool, write_results
+from stages import prepare
+from transferline.config import PrepareParams, PreprocessParams, load_section
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+NOOP_TARGET_S = 3.0
+
+
+def prepare_throughput(workers: int) -> dict:
+    params = load_section("prepare", PrepareParams, PROJECT_ROOT / "params.yaml")
+    preprocess = load_section("preprocess", PreprocessParams, PROJECT_ROOT / "params.yaml")
+    raw = PROJECT_ROOT / "data" / "raw"
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        metrics = prepare.run(params, preprocess, raw, Path(tmp) / "out", Path(tmp) / "m.json", workers)
+        seconds = time.perf_counter() - start
+    return {
+        "workers": workers,
+        "images": metrics["files"],
+        "seconds": seconds,
+        "images_per_s": metrics["files"] / seconds,
+    }
+
+
+def noop_repro(repeats: int) -> dict:
+    run_tool(["dvc", "repro"], PROJECT_ROOT)  # bring everything up to date first (not timed)
+    seconds = median_seconds(lambda: run_tool(["dvc", "repro"], PROJECT_ROOT), repeats)
+    stages = run_tool(["dvc", "stage", "list", "--name-only"], PROJECT_ROOT).stdout.split()
+    return {"stages": stages, "median_s": seconds, "repeats": repeats, "target_s": NOOP_TARGET_S}
+
+
+def run(quick: bool = False) -> dict:
+    logging.getLogger("transferline").setLevel(logging.WARNING)
+    if not (PROJECT_ROOT / "data" / "raw").is_dir():
+        run_tool(["dvc", "repro", "ingest"], PROJECT_ROOT)
+    serial = prepare_throughput(workers=1)
+    parallel = prepare_throughput(workers=os.cpu_count() or 1)
+    noop = noop_repro(repeats=1 if quick else 3)
+    results = {"prepare_serial": serial, "prepare_parallel": parallel, "noop_repro": noop}
+    speedup = parallel["images_per_s"] / serial["images_per_s"]
+    verdict = "met" if noop["median_s"] <= NOOP_TARGET_S else "NOT met"
+    markdown = "\n".join(
+        [
+            "# Data stages",
+            "",
+            f"Default data: {serial['images']} images (Fashion-MNIST subset, params.yaml defaults).",
+            "",
+            "| measurement | value |",
+            "|---|---|",
+            f"| prepare, 1 worker | {serial['images_per_s']:.0f} images/s ({serial['seconds']:.2f} s) |",
+            f"| prepare, {parallel['workers']} workers | {parallel['images_per_s']:.0f} images/s "
+            f"({parallel['seconds']:.2f} s), {speedup:.2f}x serial |",
+            f"| no-op `dvc repro` ({len(noop['stages'])} stages: {', '.join(noop['stages'])}) | "
+            f"{noop['median_s']:.2f} s median of {noop['repeats']} "
+            f"(target <= {NOOP_TARGET_S:.0f} s: {verdict}) |",
+            "",
+            "prepare decodes and validates every file, hashes it, and resizes it into the uint8 cache.",
+            "",
+        ]
+    )
+    write_results("prepare", results, markdown)
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    run(parser.parse_args().quick)

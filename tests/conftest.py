@@ -1,0 +1,95 @@
+"""Shared fixtures: small image trees made on the fly, and throwaway git+DVC repositories."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PIPELINE_FILES = ("dvc.yaml", "params.yaml", "stages", "transferline")
+QUIET_ENV = {
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "ITERATIVE_DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "BENTOML_DO_NOT_TRACK": "true",
+}
+os.environ.update(QUIET_ENV)
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def class_image(label_index: int, item: int, size: int = 24) -> np.ndarray:
+    """A distinct RGB image per (class, item): a class-specific colour plus seeded noise."""
+    rng = np.random.default_rng(label_index * 10_000 + item)
+    base = np.zeros((size, size, 3), dtype=np.int16)
+    base[..., label_index % 3] = 120 + 40 * (label_index // 3)
+    noise = rng.integers(-40, 40, size=(size, size, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Callable[..., Path]:
+    """Write `<root>/<class>/img_<i>.png` for the given classes; returns the root."""
+
+    def make(classes: dict[str, int] | None = None, root: Path | None = None, size: int = 24) -> Path:
+        classes = classes or {"cat": 12, "dog": 12, "fox": 12}
+        root = root or tmp_path / "images"
+        for label_index, (name, count) in enumerate(classes.items()):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            for item in range(count):
+                data = png_bytes(class_image(label_index, item, size))
+                (root / name / f"img_{item:03d}.png").write_bytes(data)
+        return root
+
+    return make
+
+
+def run_tool(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a real command-line tool with the project's venv first on PATH."""
+    env = {**os.environ, **QUIET_ENV}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+@pytest.fixture
+def dvc_repo(tmp_path: Path) -> Path:
+    """A fresh git+DVC repository holding a copy of the pipeline's code, dvc.yaml and params.yaml."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in PIPELINE_FILES:
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, repo / name)
+    run_tool(["git", "init", "-q"], repo)
+    run_tool(["git", "config", "user.email", "test@example.invalid"], repo)
+    run_tool(["git", "config", "user.name", "test"], repo)
+    run_tool(["dvc", "init", "-q"], repo)
+    run_tool(["dvc", "config", "core.analytics", "false"], repo)
+    return repo

@@ -1,0 +1,43 @@
+import pytest
+
+from transferline.config import IngestParams, PrepareParams, PreprocessParams, load_section, parse_section
+from transferline.errors import ParamsError
+
+
+def test_defaults_in_params_yaml_are_valid():
+    from tests.conftest import PROJECT_ROOT
+
+    params_file = PROJECT_ROOT / "params.yaml"
+    assert load_section("ingest", IngestParams, params_file).source == "fashion_mnist"
+    assert load_section("preprocess", PreprocessParams, params_file).image_size > 0
+    assert 0 < load_section("prepare", PrepareParams, params_file).val_fraction < 1
+
+
+@pytest.mark.parametrize(
+    ("section", "model", "raw", "expected"),
+    [
+        ("prepare", PrepareParams, {"val_fraction": 1.5}, "prepare.val_fraction"),
+        ("prepare", PrepareParams, {"min_per_class": "many"}, "prepare.min_per_class"),
+        ("prepare", PrepareParams, {"val_fraction": 0.5, "test_fraction": 0.45}, "leave at least 10%"),
+        ("prepare", PrepareParams, {"val_fractoin": 0.1}, "prepare.val_fractoin: Extra inputs"),
+        ("ingest", IngestParams, {"source": "imagenet"}, "ingest.source"),
+        ("ingest", IngestParams, {"per_class": 0}, "ingest.per_class"),
+        ("preprocess", PreprocessParams, {"image_size": 8}, "preprocess.image_size"),
+        ("preprocess", PreprocessParams, {"std": [0.2, 0.0, 0.2]}, "std values must all be > 0"),
+    ],
+)
+def test_bad_values_name_the_param(section, model, raw, expected):
+    with pytest.raises(ParamsError, match=expected.replace(".", r"\.")):
+        parse_section({section: raw}, section, model)
+
+
+def test_missing_params_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_section("prepare", PrepareParams, tmp_path / "params.yaml")
+
+
+def test_section_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("prepare: 3\n")
+    with pytest.raises(ParamsError, match="section 'prepare' must be a mapping"):
+        load_section("prepare", PrepareParams, path)
