@@ -79,7 +79,7 @@ def ensure_data(target: Path = DEFAULT_DATA_DIR) -> Path:
     log.info("no system package available; downloading Fashion-MNIST with torchvision")
     try:
         download_with_torchvision(target)
-    except Exception as exc:  # noqa: BLE001 - any download failure becomes one actionable message
+    except Exception as exc:  # any download failure becomes one actionable message
         raise AssetError(
             f"could not get Fashion-MNIST: the Debian package {DEBIAN_PACKAGE} needs root and apt "
             f"(`sudo apt-get install {DEBIAN_PACKAGE}`), and the download failed ({exc}). "
