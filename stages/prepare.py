@@ -83,9 +83,7 @@ def inspect_file(
         decoded = decode_image(data, limits)
     except ImageRejected as exc:
         return Rejected(rel_path, label, sha, exc.reason), None
-    record = Record(
-        rel_path, label, sha, decoded.width, decoded.height, decoded.source_mode, decoded.source_format
-    )
+    record = Record(rel_path, label, sha, decoded.width, decoded.height, decoded.source_mode, decoded.source_format)
     pixels = resize_for_model(decoded.rgb, spec).tobytes() if spec is not None else None
     return record, pixels
 
@@ -168,9 +166,7 @@ def check_data(
     short = {c: counts.get(c, 0) for c in classes if counts.get(c, 0) < params.min_per_class}
     if short:
         listed = ", ".join(f"{c!r} has {n}" for c, n in sorted(short.items()))
-        raise DataError(
-            f"class(es) below prepare.min_per_class={params.min_per_class} usable images: {listed}"
-        )
+        raise DataError(f"class(es) below prepare.min_per_class={params.min_per_class} usable images: {listed}")
 
 
 def size_stats(records: list[Record]) -> dict:

@@ -61,9 +61,7 @@ def test_folder_source_copies_images_byte_for_byte(tmp_path, image_tree):
     assert report.counts == {"cat": 4, "dog": 4}
     copied = tmp_path / "raw" / "dog" / "nested__x.JPG"
     assert copied.read_bytes() == b"not really a jpeg"  # judged later by prepare, not here
-    assert (tmp_path / "raw" / "cat" / "img_000.png").read_bytes() == (
-        root / "cat" / "img_000.png"
-    ).read_bytes()
+    assert (tmp_path / "raw" / "cat" / "img_000.png").read_bytes() == (root / "cat" / "img_000.png").read_bytes()
     reasons = {item["path"].rsplit("/", 1)[1]: item["reason"] for item in report.skipped}
     assert reasons == {"README.md": "not inside a class folder", "notes.txt": reasons["notes.txt"]}
     assert "extension .txt" in reasons["notes.txt"]
@@ -71,9 +69,7 @@ def test_folder_source_copies_images_byte_for_byte(tmp_path, image_tree):
 
 def test_folder_source_caps_per_class(tmp_path, image_tree):
     root = image_tree({"cat": 9, "dog": 3})
-    report = ingest.run(
-        IngestParams(source="folder", path=root, per_class=5), tmp_path / "raw", tmp_path / "r"
-    )
+    report = ingest.run(IngestParams(source="folder", path=root, per_class=5), tmp_path / "raw", tmp_path / "r")
     assert report.counts == {"cat": 5, "dog": 3}
 
 

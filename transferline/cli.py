@@ -15,9 +15,7 @@ log = logging.getLogger("transferline")
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)"
-    )
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
     return parser
 
 

@@ -59,8 +59,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedIma
             raise ImageRejected(f"image has no pixels ({width}x{height})")
         if width * height > limits.max_pixels:
             raise ImageRejected(
-                f"image is {width}x{height} = {width * height} pixels, "
-                f"above the limit of {limits.max_pixels} pixels"
+                f"image is {width}x{height} = {width * height} pixels, above the limit of {limits.max_pixels} pixels"
             )
         source_format = image.format or "unknown"
         source_mode = image.mode
