@@ -98,3 +98,37 @@ def parse_section(data: dict[str, Any], name: str, model: type[SectionT]) -> Sec
 
 def load_section(name: str, model: type[SectionT], path: str | Path = DEFAULT_PARAMS_FILE) -> SectionT:
     return parse_section(read_params_file(path), name, model)
+
+
+class EvaluateParams(Section):
+    """Which extra numbers the evaluate stage records."""
+
+    top_k: int = Field(default=3, ge=1)
+    calibration_bins: int = Field(default=15, ge=2)
+    batch_size: int = Field(default=128, ge=1)
+
+
+class ExportParams(Section):
+    """ONNX export, parity measurement and the optional INT8 variant."""
+
+    parity_batch_size: int = Field(default=32, ge=2)
+    parity_images: int = Field(default=256, ge=2)
+    int8: bool = True
+    int8_calibration_images: int = Field(default=256, ge=8)
+    int8_max_accuracy_drop: float = Field(default=0.01, ge=0, le=1)
+    latency_seconds: float = Field(default=2.0, gt=0)
+
+
+class GateParams(Section):
+    """Every condition a candidate must meet before it may be deployed, checked in one place."""
+
+    min_accuracy: float = Field(default=0.80, ge=0, le=1)
+    min_macro_f1: float = Field(default=0.80, ge=0, le=1)
+    min_class_recall: float = Field(default=0.50, ge=0, le=1)
+    champion_metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    champion_tolerance: float = Field(default=0.005, ge=0, le=1)
+    max_logit_diff: float = Field(default=1e-4, gt=0)
+    min_top1_agreement: float = Field(default=1.0, ge=0, le=1)
+    max_latency_ms: float = Field(default=50.0, gt=0)
+    max_model_mb: float = Field(default=50.0, gt=0)
+    fail_on_reject: bool = False

@@ -1,0 +1,1 @@
+"""Serving: the model registry (BentoML model store) and the BentoML prediction service."""

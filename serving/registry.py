@@ -1,0 +1,233 @@
+"""Model registry on the BentoML model store, with one explicit champion.
+
+A model is saved only if its gate passed. Which model is the champion is a small JSON pointer
+beside the store (`$BENTOML_HOME/transferline/champion.json`) holding the current tag and the
+history of promotions, changed atomically under a file lock, so promote and rollback are single
+renames and concurrent commands cannot interleave.
+
+CLI: python -m serving.registry list | register | promote TAG | rollback | champion
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from transferline import atomic
+from transferline.errors import TransferlineError
+from transferline.preprocessing import PreprocessSpec
+
+MODEL_NAME = "transferline-classifier"
+BUNDLE_FILES = ("model.onnx", "preprocess.json", "classes.json", "export_report.json")
+OPTIONAL_FILES = ("model.int8.onnx",)
+
+
+class RegistryError(TransferlineError):
+    """A registry command that cannot be carried out (unknown tag, failed gate, no history)."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    """What the gate and the service need to know about the model currently served."""
+
+    tag: str
+    path: Path  # directory holding model.onnx, preprocess.json, classes.json, ...
+    classes: list[str]
+    preprocess: PreprocessSpec
+    metadata: dict
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / "model.onnx"
+
+
+def bentoml_home() -> Path:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.bentoml_home.get())
+
+
+def pointer_file() -> Path:
+    return bentoml_home() / "transferline" / "champion.json"
+
+
+@contextlib.contextmanager
+def locked_pointer() -> Iterator[dict]:
+    """Read-modify-write the champion pointer under an exclusive lock; written atomically on exit."""
+    path = pointer_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = read_pointer()
+        before = json.dumps(state, sort_keys=True)
+        yield state
+        if json.dumps(state, sort_keys=True) != before:
+            atomic.write_json(path, state)
+
+
+def read_pointer() -> dict:
+    path = pointer_file()
+    if not path.is_file():
+        return {"champion": None, "history": []}
+    return json.loads(path.read_text())
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def register(export_dir: Path, gate_dir: Path, lineage: dict) -> str:
+    """Save an exported, gate-passed model into the BentoML store; returns its tag."""
+    import bentoml
+
+    decision = json.loads((gate_dir / "decision.json").read_text())
+    if not decision.get("passed"):
+        raise RegistryError(f"refusing to register a model whose gate failed: {decision.get('reason')}")
+    missing = [name for name in BUNDLE_FILES if not (export_dir / name).is_file()]
+    if missing:
+        raise RegistryError(f"export directory {export_dir} lacks {', '.join(missing)}: run the export stage")
+    report = json.loads((export_dir / "export_report.json").read_text())
+    labels = {
+        "gate": "passed",
+        "data_version": str(lineage.get("data_version", "unknown")),
+        "git_commit": str(lineage.get("git_commit", "unknown"))[:12],
+    }
+    metadata = {
+        **lineage,
+        "gate_decision": decision,
+        "metrics": decision.get("metrics", {}),
+        "onnx_opset": report.get("opset"),
+        "registered_at": _now(),
+    }
+    with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as model:
+        target = Path(model.path)
+        for name in (*BUNDLE_FILES, *OPTIONAL_FILES):
+            if (export_dir / name).is_file():
+                shutil.copyfile(export_dir / name, target / name)
+        for name in ("decision.json", "model_card.md"):
+            if (gate_dir / name).is_file():
+                shutil.copyfile(gate_dir / name, target / name)
+    return str(model.tag)
+
+
+def _get(tag: str):
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return bentoml.models.get(tag)
+    except NotFound:
+        raise RegistryError(f"no model {tag!r} in the BentoML model store (see `list`)") from None
+
+
+def promote(tag: str) -> str:
+    """Make `tag` the champion; refuses a model whose gate did not pass."""
+    model = _get(tag)
+    decision = model.info.metadata.get("gate_decision", {})
+    if not decision.get("passed"):
+        raise RegistryError(f"refusing to promote {model.tag}: its gate did not pass")
+    tag = str(model.tag)
+    with locked_pointer() as state:
+        if state["champion"] != tag:
+            state["history"].append({"tag": tag, "previous": state["champion"], "at": _now()})
+            state["champion"] = tag
+    return tag
+
+
+def rollback() -> str:
+    """Restore the champion that preceded the current one."""
+    with locked_pointer() as state:
+        if not state["history"] or state["history"][-1]["previous"] is None:
+            raise RegistryError("nothing to roll back to: no earlier champion in the history")
+        last = state["history"].pop()
+        state["champion"] = last["previous"]
+        return state["champion"]
+
+
+def find_champion() -> Champion | None:
+    """The gate's and the service's single lookup of the model currently promoted, if any."""
+    tag = read_pointer()["champion"]
+    if tag is None:
+        return None
+    model = _get(tag)
+    path = Path(model.path)
+    return Champion(
+        tag=str(model.tag),
+        path=path,
+        classes=json.loads((path / "classes.json").read_text())["classes"],
+        preprocess=PreprocessSpec.from_dict(json.loads((path / "preprocess.json").read_text())),
+        metadata=dict(model.info.metadata),
+    )
+
+
+def list_models() -> list[dict]:
+    import bentoml
+
+    champion = read_pointer()["champion"]
+    rows = []
+    for model in sorted(bentoml.models.list(MODEL_NAME), key=lambda m: m.info.creation_time):
+        metadata = model.info.metadata
+        rows.append(
+            {
+                "tag": str(model.tag),
+                "champion": str(model.tag) == champion,
+                "created": model.info.creation_time.isoformat(timespec="seconds"),
+                "data_version": metadata.get("data_version"),
+                "accuracy": metadata.get("gate_decision", {}).get("metrics", {}).get("accuracy"),
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="transferline model registry (BentoML model store)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="registered models, the champion marked")
+    commands.add_parser("champion", help="print the champion's tag")
+    register_cmd = commands.add_parser("register", help="save the exported, gate-passed model")
+    register_cmd.add_argument("--export-dir", type=Path, default=Path("export"))
+    register_cmd.add_argument("--gate-dir", type=Path, default=Path("gate"))
+    register_cmd.add_argument("--promote", action="store_true", help="also make it the champion")
+    promote_cmd = commands.add_parser("promote", help="make TAG the champion")
+    promote_cmd.add_argument("tag")
+    commands.add_parser("rollback", help="restore the previous champion")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            for row in list_models():
+                marker = "*" if row["champion"] else " "
+                print(
+                    f"{marker} {row['tag']}  created {row['created']}  data {row['data_version']}  "
+                    f"accuracy {row['accuracy']}"
+                )
+        elif args.command == "champion":
+            champion = find_champion()
+            print(champion.tag if champion else "none")
+        elif args.command == "register":
+            from transferline.lineage import collect_lineage
+
+            tag = register(args.export_dir, args.gate_dir, collect_lineage(Path.cwd()))
+            print(tag)
+            if args.promote:
+                promote(tag)
+                print(f"champion: {tag}")
+        elif args.command == "promote":
+            print(f"champion: {promote(args.tag)}")
+        elif args.command == "rollback":
+            print(f"champion: {rollback()}")
+    except TransferlineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

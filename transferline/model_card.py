@@ -1,0 +1,94 @@
+"""The model card: what a model is, how it was made, how good it is, and what it must not be used for."""
+
+from __future__ import annotations
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_model_card(model_meta: dict, metrics: dict, export_report: dict, decision: dict, lineage: dict) -> str:
+    classes = model_meta.get("classes", [])
+    train_params = model_meta.get("params", {})
+    lines = [
+        f"# Model card: {model_meta.get('backbone', 'unknown')} ({model_meta.get('strategy', 'unknown')})",
+        "",
+        "## Decision",
+        "",
+        f"**{'PASSED' if decision['passed'] else 'REJECTED'}** by the deployment gate. {decision['reason']}",
+        "",
+        "| check | value | threshold | verdict |",
+        "|---|---|---|---|",
+        *(
+            f"| {c['name']} | {_fmt(c['value'])} | {c['comparison']} {_fmt(c['threshold'])} | {c['verdict']} |"
+            for c in decision["checks"]
+        ),
+        "",
+        "## Lineage",
+        "",
+        f"- data version: `{lineage.get('data_version')}` (raw data md5 `{lineage.get('raw_data_md5')}`)",
+        f"- git commit: `{lineage.get('git_commit')}`; params digest `{lineage.get('params_digest')}`",
+        f"- backbone: {model_meta.get('backbone')}, ImageNet-pretrained: {train_params.get('pretrained', 'n/a')}",
+        f"- transfer strategy: {model_meta.get('strategy')}",
+        f"- input: {model_meta.get('preprocess', {}).get('image_size')} px RGB, "
+        f"{model_meta.get('preprocess', {}).get('resize')} resize, ImageNet mean/std normalisation",
+        "",
+        "## Training parameters",
+        "",
+        "```",
+        *(f"{key}: {value}" for key, value in sorted(train_params.items())),
+        "```",
+        "",
+        f"## Test metrics ({metrics.get('n')} held-out images)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(
+            f"| {name} | {_fmt(metrics.get(name))} |"
+            for name in (
+                "accuracy",
+                "top_k_accuracy",
+                "macro_precision",
+                "macro_recall",
+                "macro_f1",
+                "min_class_recall",
+                "roc_auc_ovr",
+                "log_loss",
+                "ece",
+            )
+        ),
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {m['support']} |"
+            for name, m in metrics.get("per_class", {}).items()
+        ),
+        "",
+        "## ONNX export",
+        "",
+        f"- opset {export_report.get('opset')}, dynamic batch axis, {export_report.get('model_bytes', 0) / 1e6:.2f} MB",
+        *(
+            f"- parity at batch {p['batch_size']}: max |logit diff| {p['max_abs_diff']:.3g}, "
+            f"top-1 agreement {p['top1_agreement']:.4f}"
+            for p in export_report.get("parity", [])
+        ),
+        f"- CPU latency at batch 1: p50 {export_report.get('latency', {}).get('p50_ms', 0):.2f} ms, "
+        f"p95 {export_report.get('latency', {}).get('p95_ms', 0):.2f} ms",
+        f"- INT8 variant: {export_report.get('int8', {}).get('summary', 'not built')}",
+        "",
+        "## Intended use and limits",
+        "",
+        f"- Classifies an image into one of {len(classes)} classes: {', '.join(classes)}.",
+        '- Every input is assigned one of these classes: it cannot say "none of these"; callers should',
+        "  treat low top-1 probability as uncertain (see the calibration error above).",
+        "- Only as good as its data: performance on images unlike the training data (other sources,",
+        "  lighting, framing, resolution) is unknown until measured on such images.",
+        "- Not for decisions about people without human review.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""Scoring an ONNX model on image files exactly as the service would: decode, resize, normalise, run.
+
+The gate uses it to score the champion and the candidate on the same test images in one run,
+each with its own preprocessing spec.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from transferline.imaging import ImageLimits, decode_image
+from transferline.metrics import softmax
+from transferline.onnx_export import INPUT_NAME, OUTPUT_NAME
+from transferline.preprocessing import PreprocessSpec, normalize, resize_for_model
+
+
+def load_pixels(paths: list[Path], spec: PreprocessSpec, limits: ImageLimits | None = None) -> np.ndarray:
+    """uint8 (N, S, S, 3) model-input pixels for image files, through the shared decode path."""
+    limits = limits or ImageLimits()
+    return np.stack([resize_for_model(decode_image(p.read_bytes(), limits).rgb, spec) for p in paths])
+
+
+def onnx_probabilities(session, pixels: np.ndarray, spec: PreprocessSpec, batch_size: int = 64) -> np.ndarray:
+    outputs = []
+    for start in range(0, len(pixels), batch_size):
+        batch = normalize(pixels[start : start + batch_size], spec)
+        outputs.append(session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0])
+    return softmax(np.concatenate(outputs).astype(np.float64))
