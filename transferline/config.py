@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from transferline.errors import ParamsError
 
@@ -132,3 +140,72 @@ class GateParams(Section):
     max_latency_ms: float = Field(default=50.0, gt=0)
     max_model_mb: float = Field(default=50.0, gt=0)
     fail_on_reject: bool = False
+
+
+BackboneName = Literal["mobilenet_v2", "mobilenet_v3_large", "resnet18", "resnet50", "efficientnet_b0", "convnext_tiny"]
+StrategyName = Literal["feature_extraction", "partial", "full", "discriminative"]
+
+
+class AugmentParams(Section):
+    """Batched, on-device augmentation of the cached pixels; crop_scale_min sets its strength."""
+
+    enabled: bool = True
+    crop_scale_min: float = Field(default=0.6, gt=0, le=1)  # random-resized-crop keeps this area or more
+    hflip: bool = True
+
+
+class TrainParams(Section):
+    """Backbone, transfer strategy and training recipe of the `train` stage.
+
+    Checks that need the backbone's block list (frozen_blocks) or the machine (device, amp)
+    live in transferline.strategies.check_params, run before any work.
+    """
+
+    backbone: BackboneName = "mobilenet_v2"
+    pretrained: bool = True  # false: random init, only ever on request
+    weights_path: Path | None = None  # local state dict of the torchvision backbone, instead of a download
+    strategy: StrategyName = "full"
+    frozen_blocks: int = Field(default=0, ge=0)  # partial, discriminative: freeze the first N blocks
+    layer_groups: int = Field(default=4, ge=1)  # discriminative: backbone blocks split into this many groups
+    lr_decay: float = Field(default=0.5, gt=0, le=1)  # discriminative: LR factor per group toward the input
+    gradual_unfreeze: bool = False  # head first, then one more layer group every epoch
+    lr: float = Field(default=1e-3, gt=0)
+    head_lr: float | None = Field(default=None, gt=0)  # null: same as lr
+    weight_decay: float = Field(default=0.05, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd only
+    scheduler: Literal["cosine", "onecycle"] = "onecycle"
+    epochs: int = Field(default=8, ge=1)
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    augment: AugmentParams = AugmentParams()
+    early_stopping_patience: int | None = Field(default=3, ge=1)  # epochs without val improvement; null: off
+    probe_l2: tuple[float, ...] = (1e-4, 1e-3, 1e-2)  # feature_extraction: L2 strengths tried on val
+    seed: int = 0
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) on CUDA, off on CPU
+    channels_last: bool | Literal["auto"] = "auto"
+    num_threads: int | None = Field(default=None, ge=1)  # CPU threads; null: one per core
+
+    @field_validator("weights_path")
+    @classmethod
+    def _weights_need_pretrained(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("pretrained") is False:
+            raise ValueError("is set but pretrained is false: choose one")
+        return value
+
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup_within_epochs(cls, value: float, info: ValidationInfo) -> float:
+        epochs = info.data.get("epochs")
+        if epochs is not None and value >= epochs:
+            raise ValueError(f"must be below epochs ({epochs})")
+        return value
+
+    @field_validator("probe_l2")
+    @classmethod
+    def _probe_values(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(v < 0 for v in value):
+            raise ValueError("must list one or more L2 strengths >= 0")
+        return value

@@ -65,6 +65,9 @@ def evaluate_gate(
     worst_agreement = min(p["top1_agreement"] for p in parity)
     batches = ", ".join(str(p["batch_size"]) for p in parity)
     checks = [
+        threshold_check(
+            "finite_outputs", metrics.get("non_finite_outputs", 0), 0, "<=", "test images with NaN/inf outputs:"
+        ),
         threshold_check("accuracy", metrics["accuracy"], params.min_accuracy, ">=", "test accuracy"),
         threshold_check("macro_f1", metrics["macro_f1"], params.min_macro_f1, ">=", "test macro-F1"),
         threshold_check(

@@ -43,7 +43,9 @@ def dvc_out_hash(repo: Path, stage: str, out: str) -> str | None:
     return None
 
 
-def params_digest(repo: Path) -> str:
+def params_digest(repo: Path) -> str | None:
+    if not (repo / "params.yaml").is_file():
+        return None
     params = yaml.safe_load((repo / "params.yaml").read_text()) or {}
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -22,25 +22,43 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """Gap between confidence and accuracy, averaged over equal-width confidence bins."""
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> list[dict]:
+    """Per non-empty equal-width confidence bin: mean confidence, accuracy and count."""
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
+    rows = []
     for b in range(bins):
         members = which == b
         if members.any():
-            ece += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(ece)
+            rows.append(
+                {
+                    "confidence": float(confidence[members].mean()),
+                    "accuracy": float(correct[members].mean()),
+                    "count": int(members.sum()),
+                }
+            )
+    return rows
 
 
-def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[str], top_k: int = 3) -> dict:
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Gap between confidence and accuracy, weighted by how many predictions fall in each bin."""
+    rows = reliability_bins(probs, labels, bins)
+    total = sum(row["count"] for row in rows)
+    return float(sum(row["count"] / total * abs(row["accuracy"] - row["confidence"]) for row in rows))
+
+
+def classification_report(
+    probs: np.ndarray, labels: np.ndarray, classes: list[str], top_k: int = 3, calibration_bins: int = 15
+) -> dict:
     """Every metric the evaluate stage records, for probabilities (N, C) and integer labels (N,)."""
     n_classes = len(classes)
     if probs.ndim != 2 or probs.shape[1] != n_classes:
         raise ValueError(f"probabilities shaped {probs.shape} do not match {n_classes} classes")
+    finite = np.isfinite(probs).all(axis=1)
+    if not finite.all():  # a diverged model: score its non-finite rows as uniform guesses, and say so
+        probs = np.where(finite[:, None], probs, 1.0 / n_classes)
     predicted = probs.argmax(axis=1)
     everyone = np.arange(n_classes)
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -59,6 +77,7 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[s
     clipped = np.clip(probs, 1e-12, 1.0)
     return {
         "n": int(labels.size),
+        "non_finite_outputs": int((~finite).sum()),
         "accuracy": accuracy,
         "top_k": k,
         "top_k_accuracy": topk,
@@ -68,7 +87,7 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[s
         "min_class_recall": float(recall.min()),
         "roc_auc_ovr": roc_auc,
         "log_loss": float(log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=everyone)),
-        "ece": expected_calibration_error(probs, labels),
+        "ece": expected_calibration_error(probs, labels, calibration_bins),
         "per_class": {
             name: {
                 "precision": float(precision[i]),

@@ -28,3 +28,16 @@ def onnx_probabilities(session, pixels: np.ndarray, spec: PreprocessSpec, batch_
         batch = normalize(pixels[start : start + batch_size], spec)
         outputs.append(session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0])
     return softmax(np.concatenate(outputs).astype(np.float64))
+
+
+def torch_logits(model, images: np.ndarray, spec: PreprocessSpec, batch_size: int) -> np.ndarray:
+    """PyTorch logits for uint8 (N, S, S, 3) images, normalised by the shared definition."""
+    import torch
+
+    model.eval()
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(normalize(images[start : start + batch_size], spec))
+            outputs.append(model(batch).float().numpy())
+    return np.concatenate(outputs)

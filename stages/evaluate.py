@@ -1,0 +1,89 @@
+"""Stage `evaluate`: score the trained model on the held-out test split.
+
+Writes `metrics/evaluate.json` (accuracy, top-k, macro and per-class precision/recall/F1,
+ROC-AUC one-vs-rest, log-loss, expected calibration error) for `dvc metrics diff`, and three
+DVC plots: the confusion matrix, per-class F1, and the reliability (calibration) curve.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from transferline import atomic
+from transferline.cli import run_cli, stage_parser
+from transferline.config import EvaluateParams, load_section
+from transferline.metrics import classification_report, reliability_bins, softmax
+from transferline.preprocessing import PreprocessSpec
+from transferline.scoring import torch_logits
+
+log = logging.getLogger("transferline.evaluate")
+
+MODELS_DIR = Path("models")
+PREPARED_DIR = Path("data/prepared")
+METRICS_FILE = Path("metrics/evaluate.json")
+PLOTS_DIR = Path("plots/evaluate")
+
+
+def csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def run(
+    params: EvaluateParams,
+    model,
+    classes: list[str],
+    spec: PreprocessSpec,
+    prepared_dir: Path = PREPARED_DIR,
+    metrics_file: Path = METRICS_FILE,
+    plots_dir: Path = PLOTS_DIR,
+) -> dict:
+    images = np.load(prepared_dir / "cache" / "test_images.npy", mmap_mode="r")
+    labels = np.load(prepared_dir / "cache" / "test_labels.npy")
+    probs = softmax(torch_logits(model, images, spec, params.batch_size).astype(np.float64))
+    report = classification_report(probs, labels, classes, params.top_k, params.calibration_bins)
+    report["data_version"] = json.loads((prepared_dir / "dataset.json").read_text())["data_version"]
+    predicted = probs.argmax(axis=1)
+    atomic.write_json(metrics_file, report)
+    atomic.write_text(
+        plots_dir / "confusion.csv",
+        csv_text([{"actual": classes[a], "predicted": classes[p]} for a, p in zip(labels, predicted, strict=True)]),
+    )
+    atomic.write_text(
+        plots_dir / "per_class.csv",
+        csv_text(
+            [{"class": name, **{k: round(v, 6) for k, v in m.items()}} for name, m in report["per_class"].items()]
+        ),
+    )
+    atomic.write_text(plots_dir / "calibration.csv", csv_text(reliability_bins(probs, labels, params.calibration_bins)))
+    log.info(
+        "test accuracy %.4f, macro-F1 %.4f, top-%d %.4f, ECE %.4f on %d images",
+        report["accuracy"],
+        report["macro_f1"],
+        report["top_k"],
+        report["top_k_accuracy"],
+        report["ece"],
+        report["n"],
+    )
+    return report
+
+
+def main(args) -> None:
+    from transferline.trained_model import load_trained_model
+
+    model, meta = load_trained_model(MODELS_DIR)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    run(load_section("evaluate", EvaluateParams, args.params), model, meta["classes"], spec)
+
+
+if __name__ == "__main__":
+    run_cli(main, stage_parser(__doc__.splitlines()[0]))

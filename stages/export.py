@@ -1,0 +1,143 @@
+"""Stage `export`: ONNX export with a dynamic batch axis, parity and latency report, optional INT8.
+
+Writes `export/`: model.onnx (one self-contained file, ONNX Runtime's portable optimisations
+saved), preprocess.json and classes.json (what the service needs to feed it), an INT8 variant
+only if it stays within `export.int8_max_accuracy_drop` on the validation split, and
+export_report.json (opset, parity at batch 1 and a larger batch on real test images, latency,
+size) that the gate reads. The gate, not this stage, decides whether the figures are good enough.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from transferline import atomic
+from transferline.cli import run_cli, stage_parser
+from transferline.config import ExportParams, load_section
+from transferline.onnx_export import (
+    check_parity,
+    cpu_session,
+    export_onnx,
+    measure_latency,
+    optimize_onnx,
+    quantize_int8,
+    run_batches,
+)
+from transferline.preprocessing import PreprocessSpec, normalize
+from transferline.scoring import torch_logits
+
+log = logging.getLogger("transferline.export")
+
+MODELS_DIR = Path("models")
+PREPARED_DIR = Path("data/prepared")
+EXPORT_DIR = Path("export")
+
+
+def load_split(prepared_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    cache = prepared_dir / "cache"
+    return np.load(cache / f"{split}_images.npy", mmap_mode="r"), np.load(cache / f"{split}_labels.npy")
+
+
+def int8_variant(fp32_path: Path, target: Path, params: ExportParams, spec: PreprocessSpec, prepared_dir: Path) -> dict:
+    """Quantize on training images; keep the file only if validation accuracy drops within budget."""
+    train_images, _ = load_split(prepared_dir, "train")
+    rng = np.random.default_rng(0)
+    pick = np.sort(
+        rng.choice(len(train_images), size=min(params.int8_calibration_images, len(train_images)), replace=False)
+    )
+    quantize_int8(fp32_path, target, normalize(np.asarray(train_images[pick]), spec))
+    val_images, val_labels = load_split(prepared_dir, "val")
+    val_pixels = normalize(np.asarray(val_images), spec)
+    fp32_acc = float((run_batches(cpu_session(fp32_path), val_pixels, 64).argmax(1) == val_labels).mean())
+    int8_session = cpu_session(target)
+    int8_acc = float((run_batches(int8_session, val_pixels, 64).argmax(1) == val_labels).mean())
+    drop = fp32_acc - int8_acc
+    kept = drop <= params.int8_max_accuracy_drop
+    result = {
+        "kept": kept,
+        "val_accuracy_fp32": fp32_acc,
+        "val_accuracy_int8": int8_acc,
+        "accuracy_drop": drop,
+        "max_accuracy_drop": params.int8_max_accuracy_drop,
+        "bytes": target.stat().st_size,
+    }
+    if kept:
+        result["latency"] = measure_latency(int8_session, spec.image_size, 1, params.latency_seconds)
+        result["summary"] = (
+            f"kept (model.int8.onnx): validation accuracy {int8_acc:.4f} vs {fp32_acc:.4f} FP32, "
+            f"{result['bytes'] / 1e6:.2f} MB"
+        )
+    else:
+        target.unlink()
+        result["summary"] = (
+            f"discarded: validation accuracy dropped {drop:.4f} (budget {params.int8_max_accuracy_drop})"
+        )
+    return result
+
+
+def run(
+    params: ExportParams,
+    model,
+    classes: list[str],
+    spec: PreprocessSpec,
+    prepared_dir: Path = PREPARED_DIR,
+    export_dir: Path = EXPORT_DIR,
+) -> dict:
+    test_images, _ = load_split(prepared_dir, "test")
+    sample = np.asarray(test_images[: params.parity_images])
+    reference = torch_logits(model, sample, spec, params.parity_batch_size)
+    pixels = normalize(sample, spec)
+    with atomic.atomic_dir(export_dir) as tmp:
+        raw_path = tmp / "exported.onnx"
+        exported = export_onnx(model, spec.image_size, raw_path)
+        model_path = tmp / "model.onnx"
+        optimize_onnx(raw_path, model_path)
+        raw_path.unlink()
+        session = cpu_session(model_path)
+        report = {
+            "opset": exported["opset"],
+            "batch_axis": exported["batch_axis"],
+            "input": {"name": "pixels", "shape": ["batch", 3, spec.image_size, spec.image_size], "dtype": "float32"},
+            "output": {"name": "logits", "shape": ["batch", len(classes)]},
+            "model_bytes": model_path.stat().st_size,
+            "parity": [
+                check_parity(reference, session, pixels, batch).to_dict() for batch in (1, params.parity_batch_size)
+            ],
+            "parity_images": len(sample),
+            "latency": measure_latency(session, spec.image_size, 1, params.latency_seconds),
+            "latency_batch": measure_latency(
+                session, spec.image_size, params.parity_batch_size, params.latency_seconds / 2
+            ),
+        }
+        if params.int8:
+            report["int8"] = int8_variant(model_path, tmp / "model.int8.onnx", params, spec, prepared_dir)
+        else:
+            report["int8"] = {"kept": False, "summary": "not built (export.int8 is false)"}
+        atomic.write_json(tmp / "preprocess.json", spec.to_dict())
+        atomic.write_json(tmp / "classes.json", {"classes": classes})
+        atomic.write_json(tmp / "export_report.json", report)
+    worst = max(p["max_abs_diff"] for p in report["parity"])
+    log.info(
+        "exported opset %d, %.2f MB, parity max |diff| %.2e, batch-1 p50 %.2f ms; INT8: %s",
+        report["opset"],
+        report["model_bytes"] / 1e6,
+        worst,
+        report["latency"]["p50_ms"],
+        report["int8"]["summary"],
+    )
+    return report
+
+
+def main(args) -> None:
+    from transferline.trained_model import load_trained_model
+
+    model, meta = load_trained_model(MODELS_DIR)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    run(load_section("export", ExportParams, args.params), model, meta["classes"], spec)
+
+
+if __name__ == "__main__":
+    run_cli(main, stage_parser(__doc__.splitlines()[0]))

@@ -1,0 +1,179 @@
+"""Evaluate, export and gate stages on a small real model and real ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from stages import evaluate, export, gate, prepare
+from tests.model_fixtures import degrade, fit_tiny_model
+from transferline.config import EvaluateParams, ExportParams, GateParams, PrepareParams, PreprocessParams
+from transferline.onnx_export import check_parity, cpu_session, run_batches
+from transferline.preprocessing import PreprocessSpec, normalize
+from transferline.scoring import torch_logits
+
+PREPROCESS = PreprocessParams(image_size=32)
+SPEC = PreprocessSpec.from_params(PREPROCESS)
+LOOSE_GATE = GateParams(min_accuracy=0.9, min_macro_f1=0.9, min_class_recall=0.8, max_latency_ms=500)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, request):
+    """Prepared data (3 colour classes) and a model fitted on its training split."""
+    from tests.conftest import class_image, png_bytes
+
+    root = tmp_path_factory.mktemp("ws")
+    raw = root / "data" / "raw"
+    for label_index, name in enumerate(("cat", "dog", "fox")):
+        (raw / name).mkdir(parents=True)
+        for item in range(30):
+            (raw / name / f"img_{item:03d}.png").write_bytes(png_bytes(class_image(label_index, item)))
+    prepare.run(PrepareParams(min_per_class=3), PREPROCESS, raw, root / "data" / "prepared", root / "m.json", workers=1)
+    cache = root / "data" / "prepared" / "cache"
+    model = fit_tiny_model(np.load(cache / "train_images.npy"), np.load(cache / "train_labels.npy"), SPEC)
+    (root / "models").mkdir()
+    (root / "models" / "model.json").write_text(
+        json.dumps({"backbone": "tiny", "strategy": "full", "classes": ["cat", "dog", "fox"], "params": {}})
+    )
+    return root, model
+
+
+def run_candidate(root: Path, model, name: str, gate_params: GateParams, champion=None) -> dict:
+    """evaluate -> export -> gate for one candidate, into its own directories."""
+    classes = ["cat", "dog", "fox"]
+    prepared = root / "data" / "prepared"
+    metrics_file = root / name / "metrics.json"
+    evaluate.run(EvaluateParams(), model, classes, SPEC, prepared, metrics_file, root / name / "plots")
+    export_dir = root / name / "export"
+    export.run(
+        ExportParams(parity_images=40, latency_seconds=0.2, int8=False), model, classes, SPEC, prepared, export_dir
+    )
+    return gate.run(
+        gate_params,
+        lambda: champion,
+        export_dir,
+        root / name / "gate",
+        metrics_file,
+        root / "models" / "model.json",
+        prepared,
+        root / "data" / "raw",
+        root,
+    )
+
+
+def test_evaluate_writes_metrics_and_plots(workspace, tmp_path):
+    root, model = workspace
+    report = evaluate.run(
+        EvaluateParams(top_k=2),
+        model,
+        ["cat", "dog", "fox"],
+        SPEC,
+        root / "data" / "prepared",
+        tmp_path / "metrics.json",
+        tmp_path / "plots",
+    )
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["accuracy"] == report["accuracy"] >= 0.9
+    assert saved["top_k"] == 2 and saved["top_k_accuracy"] >= saved["accuracy"]
+    assert set(saved["per_class"]) == {"cat", "dog", "fox"}
+    assert 0 <= saved["ece"] <= 1 and saved["log_loss"] > 0 and saved["roc_auc_ovr"] > 0.9
+    confusion = (tmp_path / "plots" / "confusion.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) == 1 + saved["n"]
+    assert (tmp_path / "plots" / "calibration.csv").read_text().startswith("confidence,accuracy,count")
+
+
+def test_exported_file_has_a_dynamic_batch_and_matches_pytorch(workspace, tmp_path):
+    root, model = workspace
+    export_dir = tmp_path / "export"
+    report = export.run(
+        ExportParams(parity_images=40, latency_seconds=0.2, int8=True, int8_calibration_images=16),
+        model,
+        ["cat", "dog", "fox"],
+        SPEC,
+        root / "data" / "prepared",
+        export_dir,
+    )
+    assert sorted(p.name for p in export_dir.iterdir() if "int8" not in p.name) == [
+        "classes.json",
+        "export_report.json",
+        "model.onnx",
+        "preprocess.json",
+    ]  # one self-contained file: no stray .onnx.data
+    assert report["opset"] >= 17 and report["batch_axis"]
+    assert all(p["max_abs_diff"] < 1e-4 and p["top1_agreement"] == 1.0 for p in report["parity"])
+    session = cpu_session(export_dir / "model.onnx")
+    rng = np.random.default_rng(0)
+    for batch in (1, 7, 64):
+        images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+        onnx_logits = run_batches(session, normalize(images, SPEC), batch)
+        assert onnx_logits.shape == (batch, 3)
+        np.testing.assert_allclose(onnx_logits, torch_logits(model, images, SPEC, batch), atol=1e-4)
+    int8 = report["int8"]
+    assert int8["kept"] == (export_dir / "model.int8.onnx").exists()
+    assert int8["kept"] == (int8["accuracy_drop"] <= 0.01)
+
+
+def test_tampered_onnx_fails_parity(workspace, tmp_path):
+    root, model = workspace
+    export_dir = tmp_path / "export"
+    export.run(
+        ExportParams(parity_images=40, latency_seconds=0.2, int8=False),
+        model,
+        ["cat", "dog", "fox"],
+        SPEC,
+        root / "data" / "prepared",
+        export_dir,
+    )
+    proto = onnx.load(str(export_dir / "model.onnx"))
+    weight = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))
+    array = numpy_helper.to_array(weight).copy()
+    array.flat[0] += 0.5
+    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    onnx.save(proto, str(tmp_path / "tampered.onnx"))
+    images = np.load(root / "data" / "prepared" / "cache" / "test_images.npy")
+    reference = torch_logits(model, images, SPEC, 16)
+    parity = check_parity(reference, cpu_session(tmp_path / "tampered.onnx"), normalize(images, SPEC), 16)
+    assert parity.max_abs_diff > GateParams().max_logit_diff  # the gate's default threshold catches it
+
+
+def test_good_candidate_passes_and_degraded_one_is_rejected(workspace):
+    from serving.registry import Champion
+
+    root, model = workspace
+    good = run_candidate(root, model, "good", LOOSE_GATE)
+    assert good["passed"], good["reason"]
+    champion_check = next(c for c in good["checks"] if c["name"].startswith("no_regression"))
+    assert champion_check["verdict"] == "n/a" and "first model" in champion_check["detail"]
+    assert (root / "good" / "gate" / "model_card.md").read_text().startswith("# Model card")
+
+    export_dir = root / "good" / "export"
+    champion = Champion(
+        tag="transferline-classifier:good",
+        path=export_dir,
+        classes=["cat", "dog", "fox"],
+        preprocess=SPEC,
+        metadata={},
+    )
+    cache = root / "data" / "prepared" / "cache"
+    broken = degrade(model, np.load(cache / "train_images.npy"), np.load(cache / "train_labels.npy"), SPEC)
+    bad = run_candidate(root, broken, "bad", LOOSE_GATE, champion)
+    saved = json.loads((root / "bad" / "gate" / "decision.json").read_text())
+    assert saved == bad and not bad["passed"]
+    verdicts = {c["name"]: c["verdict"] for c in bad["checks"]}
+    assert verdicts["accuracy"] == "fail" and verdicts["no_regression_vs_champion_accuracy"] == "fail"
+    assert "accuracy failed" in bad["reason"] and "vs champion transferline-classifier:good" in bad["reason"]
+    assert bad["champion"]["champion_value"] >= 0.9 > bad["champion"]["candidate_value"]
+
+
+def test_fail_on_reject_exits_after_writing_the_decision(workspace):
+    root, model = workspace
+    strict = GateParams(max_latency_ms=0.001, fail_on_reject=True)
+    with pytest.raises(gate.GateRejected, match=r"gate rejected the candidate.*latency_p95_ms failed"):
+        run_candidate(root, model, "strict", strict)
+    decision = json.loads((root / "strict" / "gate" / "decision.json").read_text())
+    assert decision["passed"] is False
