@@ -11,6 +11,7 @@ import sys
 
 BENCHMARKS = {
     "prepare": "bench.prepare_bench",
+    "export": "bench.export_bench",
 }
 
 
