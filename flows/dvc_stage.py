@@ -1,0 +1,78 @@
+"""Running one DVC stage from a Prefect task, so the flow and `dvc repro` share one cache and dvc.lock.
+
+DVC decides whether the stage is stale; the task reports whether it ran or was skipped, streams
+DVC's output into Prefect's logs, and classifies failures: a stage that exits with status 2 met an
+expected, explained error (bad data or params) that a retry cannot fix; anything else may be
+transient and is retried.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+PIPELINE_STAGES = ("ingest", "prepare", "train", "evaluate", "export", "gate")
+QUIET_ENV = {
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "ITERATIVE_DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "BENTOML_DO_NOT_TRACK": "true",
+}
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    stage: str
+    ran: bool
+    seconds: float
+
+
+class StageFailed(RuntimeError):
+    """`dvc repro` of a stage failed; `user_error` is True when the stage explained why (exit 2)."""
+
+    def __init__(self, stage: str, returncode: int, tail: str) -> None:
+        self.stage = stage
+        self.returncode = returncode
+        self.tail = tail
+        self.user_error = "exited with 2" in tail
+        super().__init__(f"stage '{stage}' failed (dvc exit {returncode}): {last_error_line(tail)}")
+
+
+def last_error_line(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error:"):
+            return line
+    return lines[-1] if lines else "no output"
+
+
+def tool_env() -> dict[str, str]:
+    env = {**os.environ, **QUIET_ENV}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def repro_stage(stage: str, repo: Path, log: Callable[[str], None] = print, force: bool = False) -> StageOutcome:
+    """`dvc repro --single-item STAGE`; upstream stages are the flow's earlier tasks."""
+    args = ["dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        args, cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    lines = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line.rstrip("\n"))
+        log(line.rstrip("\n"))
+    returncode = process.wait()
+    output = "\n".join(lines)
+    if returncode != 0:
+        raise StageFailed(stage, returncode, "\n".join(lines[-40:]))
+    ran = f"Running stage '{stage}'" in output
+    return StageOutcome(stage, ran, time.perf_counter() - start)

@@ -1,0 +1,52 @@
+"""The run report a user sees in Prefect's UI: metrics, the gate's checks and decision, the outcome."""
+
+from __future__ import annotations
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def run_report_markdown(outcomes: list[dict], metrics: dict, decision: dict, outcome: str) -> str:
+    lines = [
+        f"# transferline run: {outcome}",
+        "",
+        "## Stages",
+        "",
+        "| stage | ran | seconds |",
+        "|---|---|---|",
+        *(f"| {o['stage']} | {'ran' if o['ran'] else 'skipped (unchanged)'} | {o['seconds']:.1f} |" for o in outcomes),
+        "",
+        "## Test metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(
+            f"| {name} | {_fmt(metrics.get(name))} |"
+            for name in ("accuracy", "macro_f1", "min_class_recall", "top_k_accuracy", "roc_auc_ovr", "log_loss", "ece")
+        ),
+        "",
+        f"## Gate: {'PASSED' if decision['passed'] else 'REJECTED'}",
+        "",
+        decision["reason"],
+        "",
+        "| check | value | threshold | verdict |",
+        "|---|---|---|---|",
+        *(
+            f"| {c['name']} | {_fmt(c['value'])} | {c['comparison']} {_fmt(c['threshold'])} | {c['verdict']} |"
+            for c in decision["checks"]
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def per_class_rows(metrics: dict) -> list[dict]:
+    return [
+        {"class": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}}
+        for name, m in metrics.get("per_class", {}).items()
+    ]

@@ -1,0 +1,122 @@
+"""Starting, stopping and probing the long-lived `bentoml serve` process that the deploy step manages.
+
+The service runs in its own session, so it outlives the flow run that (re)started it. Its PID,
+port and log live in `.transferline/service/` under the project, so any later run, or
+`make stop`, finds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from flows.dvc_stage import tool_env
+from transferline.errors import TransferlineError
+
+SERVICE_TARGET = "serving.service:Classifier"
+
+
+class ServiceFailed(TransferlineError):
+    """The service did not become ready, or answered wrongly."""
+
+
+@dataclass(frozen=True)
+class ServiceController:
+    repo: Path
+    host: str = "127.0.0.1"
+    port: int = 3000
+    ready_timeout_s: float = 120.0
+
+    @property
+    def state_dir(self) -> Path:
+        return self.repo / ".transferline" / "service"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int((self.state_dir / "pid").read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self) -> int:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.state_dir / "serve.log", "ab")  # noqa: SIM115 - handed to the child process
+        bentoml = str(Path(sys.executable).parent / "bentoml")
+        process = subprocess.Popen(
+            [bentoml, "serve", SERVICE_TARGET, "--host", self.host, "--port", str(self.port)],
+            cwd=self.repo,
+            env=tool_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        (self.state_dir / "pid").write_text(str(process.pid))
+        self.wait_ready(process)
+        return process.pid
+
+    def wait_ready(self, process: subprocess.Popen | None = None) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise ServiceFailed(f"service exited with {process.returncode} before ready: {self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.5)
+        raise ServiceFailed(f"service not ready after {self.ready_timeout_s:.0f} s: {self.log_tail()}")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.pid() is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        (self.state_dir / "pid").unlink(missing_ok=True)
+
+    def restart(self) -> int:
+        self.stop()
+        return self.start()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = (self.state_dir / "serve.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def classify(self, image: bytes, filename: str = "image.png") -> dict:
+        response = httpx.post(f"{self.url}/classify", files={"image": (filename, image)}, timeout=30)
+        if response.status_code != 200:
+            raise ServiceFailed(f"classify answered {response.status_code}: {response.text[:300]}")
+        return response.json()
+
+    def metadata(self) -> dict:
+        return json.loads(httpx.get(f"{self.url}/metadata", timeout=10).text)
