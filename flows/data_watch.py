@@ -1,0 +1,62 @@
+"""A small flow that refreshes only the data stages and starts retraining when the raw data changed.
+
+Scheduled often and cheap: `ingest` and `prepare` run through DVC (skipped when nothing changed);
+if the DVC hash of `data/raw` differs from the one the current champion was trained on, the full
+pipeline runs, as a deployment run when one is named, else in-process as a subflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed
+
+from flows.pipeline import pipeline, stage_task
+from transferline.lineage import dvc_out_hash
+
+
+def champion_raw_md5() -> str | None:
+    from serving.registry import find_champion
+
+    champion = find_champion()
+    return champion.metadata.get("raw_data_md5") if champion else None
+
+
+@flow(name="transferline-data-watch", log_prints=True)
+def data_watch(repo: str = ".", pipeline_deployment: str | None = None, retrain: bool = True):
+    """Run the data stages; if the raw data is not what the champion was trained on, retrain (unless told not to)."""
+    root = Path(repo).resolve()
+    logger = get_run_logger()
+    for stage in ("ingest", "prepare"):
+        stage_task(stage, str(root))
+    current = dvc_out_hash(root, "ingest", "data/raw")
+    trained_on = champion_raw_md5()
+    if current == trained_on:
+        return Completed(message=f"raw data unchanged ({current}): no retraining")
+    if not retrain:
+        return Completed(message=f"raw data changed ({trained_on} -> {current}); retraining not requested")
+    logger.info("raw data %s differs from the champion's %s: retraining", current, trained_on)
+    if pipeline_deployment:
+        from prefect.deployments import run_deployment
+
+        run = run_deployment(pipeline_deployment, parameters={"repo": str(root)}, timeout=0)
+        return Completed(message=f"raw data changed ({current}): triggered {pipeline_deployment} run {run.id}")
+    state = pipeline(repo=str(root), return_state=True)
+    return Completed(message=f"raw data changed ({current}): pipeline {state.name}: {state.message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Refresh the data stages; retrain if the raw data changed.")
+    parser.add_argument("--repo", default=".")
+    parser.add_argument("--pipeline-deployment", default=None, help="e.g. transferline-pipeline/retrain")
+    args = parser.parse_args(argv)
+    state = data_watch(args.repo, args.pipeline_deployment, return_state=True)
+    print(f"{state.name}: {state.message}")
+    return 0 if state.is_completed() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

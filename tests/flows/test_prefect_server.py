@@ -1,0 +1,171 @@
+"""Deployments on a real `prefect server start`: schedule, a process worker, and the concurrency limit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import QUIET_ENV, run_tool
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {
+        **os.environ,
+        **QUIET_ENV,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_UI_ENABLED": "false",
+        "BENTOML_HOME": str(home / "bentoml"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+    log = open(home / "server.log", "w")  # noqa: SIM115 - closed in the teardown
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                break
+        assert server.poll() is None, (home / "server.log").read_text()[-2000:]
+        time.sleep(0.5)
+    else:
+        raise AssertionError("prefect server did not start: " + (home / "server.log").read_text()[-2000:])
+    yield env
+    os.killpg(server.pid, 15)
+    server.wait(timeout=30)
+    log.close()
+
+
+def prefect(env, *args, check=True):
+    result = subprocess.run([str(BIN / "prefect"), *args], env=env, capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"prefect {' '.join(args)}: {result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def data_repo(dvc_repo, image_tree):
+    image_tree({"cat": 8, "dog": 8}, root=dvc_repo / "images")
+    params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
+    params["ingest"].update({"source": "folder", "path": "images", "per_class": None})
+    params["preprocess"]["image_size"] = 16
+    params["prepare"]["min_per_class"] = 3
+    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dvc_repo
+
+
+def wait_for_runs(env, run_ids, timeout=240):
+    from prefect.client.orchestration import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def states():
+        async with get_client() as client:
+            return [await client.read_flow_run(run_id) for run_id in run_ids]
+
+    deadline = time.monotonic() + timeout
+    with _env(env):
+        while time.monotonic() < deadline:
+            runs = run_coro_as_sync(states())
+            if all(run.state and run.state.is_final() for run in runs):
+                return runs
+            time.sleep(2)
+    raise AssertionError(f"runs not finished: {[(r.name, r.state_name) for r in runs]}")
+
+
+@contextlib.contextmanager
+def _env(env):
+    saved = dict(os.environ)
+    os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME")})
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_scheduled_deployment_worker_and_concurrency_limit(prefect_server, data_repo, tmp_path):
+    env = prefect_server
+    prefect(env, "work-pool", "create", "transferline-test", "--type", "process")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.deploy",
+            "--work-pool",
+            "transferline-test",
+            "--cron",
+            "0 3 * * *",
+            "--watch-cron",
+            "*/30 * * * *",
+            "--repo",
+            str(data_repo),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr
+    inspected = prefect(env, "deployment", "inspect", "transferline-data-watch/data-watch").stdout
+    assert "*/30 * * * *" in inspected and "'limit': 1" in inspected.replace('"', "'")
+
+    worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "transferline-test", "--type", "process"],
+        env=env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        run_ids = []
+        for _ in range(2):
+            out = prefect(
+                env,
+                "deployment",
+                "run",
+                "transferline-data-watch/data-watch",
+                "--param",
+                "retrain=false",
+                "--param",
+                f"repo={data_repo}",
+            ).stdout
+            run_ids.append(next(line.split()[-1] for line in out.splitlines() if "UUID" in line))
+        runs = wait_for_runs(env, run_ids)
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(timeout=30)
+        worker_log.close()
+    assert [r.state_name for r in runs] == ["Completed", "Completed"], (tmp_path / "worker.log").read_text()[-3000:]
+    assert "retraining not requested" in runs[0].state.message
+    first, second = sorted(runs, key=lambda r: r.start_time)
+    assert second.start_time >= first.end_time, "two runs of the same deployment overlapped"
+    assert (data_repo / "data" / "prepared" / "manifest.csv").is_file()
+    run_tool(["dvc", "status"], data_repo)
