@@ -120,3 +120,40 @@ class ServiceController:
 
     def metadata(self) -> dict:
         return json.loads(httpx.get(f"{self.url}/metadata", timeout=10).text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    import yaml
+
+    parser = argparse.ArgumentParser(description="Manage the background `bentoml serve` of the champion model.")
+    parser.add_argument("command", choices=["start", "stop", "restart", "ensure", "status"])
+    parser.add_argument("--repo", type=Path, default=Path("."))
+    args = parser.parse_args(argv)
+    serve = (yaml.safe_load((args.repo / "params.yaml").read_text()) or {}).get("serve") or {}
+    controller = ServiceController(
+        args.repo.resolve(), str(serve.get("host", "127.0.0.1")), int(serve.get("port", 3000))
+    )
+    try:
+        if args.command == "stop":
+            controller.stop()
+            print("service stopped")
+        elif args.command == "status":
+            pid = controller.pid()
+            print(f"running (pid {pid}) at {controller.url}" if pid else "not running")
+            return 0 if pid else 1
+        elif args.command == "ensure" and controller.is_running():
+            controller.wait_ready()
+            print(f"service already running at {controller.url} (pid {controller.pid()})")
+        else:
+            pid = controller.restart()
+            print(f"service ready at {controller.url} (pid {pid}); logs: {controller.state_dir / 'serve.log'}")
+    except ServiceFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
