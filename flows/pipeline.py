@@ -106,14 +106,14 @@ def deploy_task(tag: str, repo: str, host: str, port: int) -> dict:
             raise ServiceFailed(f"service answered with model {answer.get('model_tag')!r}, expected {tag!r}")
     except Exception as exc:
         logger.error("deploy of %s failed: %s", tag, exc)
-        if previous is not None:
+        if previous is not None and previous.tag != tag:
             rollback()
             controller.restart()
             raise DeployFailed(
                 f"deploy of {tag} failed ({exc}); rolled back to {previous.tag}, which is serving"
             ) from exc
         controller.stop()
-        raise DeployFailed(f"deploy of {tag} failed ({exc}); no earlier champion, service stopped") from exc
+        raise DeployFailed(f"deploy of {tag} failed ({exc}); no other champion to restore, service stopped") from exc
     logger.info("deployed %s at %s: probe answered %s", tag, controller.url, answer.get("predictions", [{}])[0])
     return {"tag": tag, "url": controller.url}
 

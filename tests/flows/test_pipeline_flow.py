@@ -1,0 +1,133 @@
+"""The pipeline flow end to end on tiny data: real DVC stages, Prefect's temporary server, a real service."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from flows.dvc_stage import PIPELINE_STAGES
+from flows.service_control import ServiceController
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def set_params(repo: Path, **sections: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def flow_repo(tmp_path_factory):
+    """A git+DVC copy of the project with tiny data and fast, still real, training."""
+    import shutil
+
+    from tests.conftest import PROJECT_ROOT, class_image, png_bytes, run_tool
+
+    root = tmp_path_factory.mktemp("flow")
+    repo = root / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml", "stages", "transferline"):
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, repo / name)
+    for label_index, name in enumerate(("cat", "dog", "fox")):
+        (repo / "images" / name).mkdir(parents=True)
+        for item in range(16):
+            (repo / "images" / name / f"img_{item:03d}.png").write_bytes(png_bytes(class_image(label_index, item)))
+    set_params(
+        repo,
+        ingest={"source": "folder", "path": "images", "per_class": None},
+        preprocess={"image_size": 32},
+        prepare={"min_per_class": 3},
+        train={"strategy": "feature_extraction", "epochs": 2, "batch_size": 16},
+        export={"parity_images": 16, "latency_seconds": 0.2, "int8": False},
+        gate={"min_accuracy": 0.6, "min_macro_f1": 0.5, "min_class_recall": 0.3, "max_latency_ms": 500},
+        serve={"port": free_port(), "workers": 1},
+    )
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run_tool(args, repo)
+    os.environ["BENTOML_HOME"] = str(root / "bentoml")
+    os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
+    yield repo
+    ServiceController(repo, port=yaml.safe_load((repo / "params.yaml").read_text())["serve"]["port"]).stop()
+
+
+def controller(repo: Path) -> ServiceController:
+    return ServiceController(repo, port=yaml.safe_load((repo / "params.yaml").read_text())["serve"]["port"])
+
+
+def run_flow(repo: Path, overrides=None):
+    from flows.pipeline import pipeline
+
+    state = pipeline(overrides, str(repo), True, return_state=True)
+    return state
+
+
+def test_first_run_deploys_second_run_skips_degraded_run_keeps_champion(flow_repo):
+    from serving.registry import find_champion
+
+    first = run_flow(flow_repo)
+    assert first.is_completed(), first.message
+    champion = find_champion()
+    assert champion is not None and first.message == f"deployed {champion.tag}"
+    service = controller(flow_repo)
+    image = (flow_repo / "images" / "dog" / "img_003.png").read_bytes()
+    answer = service.classify(image)
+    assert answer["model_tag"] == champion.tag
+    assert answer["predictions"][0]["label"] == "dog"
+    pid = service.pid()
+
+    second = run_flow(flow_repo)
+    assert second.is_completed() and second.message.startswith("unchanged")
+    lock = yaml.safe_load((flow_repo / "dvc.lock").read_text())
+    assert set(PIPELINE_STAGES) <= set(lock["stages"])
+    assert service.pid() == pid, "nothing changed, yet the service was restarted"
+
+    degraded = run_flow(flow_repo, {"train.strategy": "full", "train.lr": 50.0, "train.epochs": 1})
+    assert degraded.is_completed(), degraded.message
+    assert degraded.message.startswith(f"gate failed, champion kept ({champion.tag})")
+    decision = json.loads((flow_repo / "gate" / "decision.json").read_text())
+    assert decision["passed"] is False
+    assert find_champion().tag == champion.tag
+    assert service.classify(image)["model_tag"] == champion.tag
+    assert service.pid() == pid
+
+
+def test_failed_deploy_rolls_back_to_the_previous_champion(flow_repo, monkeypatch):
+    from flows import pipeline as pipeline_module
+    from flows.service_control import ServiceFailed
+    from serving.registry import find_champion, register
+
+    previous = find_champion()
+    assert previous is not None, "runs after the end-to-end test"
+    decision_file = flow_repo / "gate" / "decision.json"
+    decision = json.loads(decision_file.read_text())
+    decision_file.write_text(json.dumps({**decision, "passed": True}))  # a candidate that passed its gate
+    tag = register(flow_repo / "export", flow_repo / "gate", {"data_version": "test"})
+    assert tag != previous.tag
+
+    def broken_classify(self, image, filename="image.png"):
+        raise ServiceFailed("probe answered 500")
+
+    monkeypatch.setattr(ServiceController, "classify", broken_classify)
+    with pytest.raises(pipeline_module.DeployFailed, match=f"rolled back to {previous.tag}"):
+        pipeline_module.deploy_task.fn(tag, str(flow_repo), "127.0.0.1", controller(flow_repo).port)
+    monkeypatch.undo()
+    assert find_champion().tag == previous.tag
+    assert httpx.get(f"{controller(flow_repo).url}/readyz", timeout=5).status_code == 200
