@@ -6,7 +6,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -14,15 +13,9 @@ from importlib import metadata
 from pathlib import Path
 
 from transferline import atomic
+from transferline.env import tool_env
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-QUIET_ENV = {
-    "DO_NOT_TRACK": "1",
-    "DVC_NO_ANALYTICS": "1",
-    "ITERATIVE_DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "BENTOML_DO_NOT_TRACK": "true",
-}
 
 
 def machine() -> dict:
@@ -62,9 +55,7 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def run_tool(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, **QUIET_ENV}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    return subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, check=True)
 
 
 def write_results(name: str, results: dict, markdown: str) -> Path:

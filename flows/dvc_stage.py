@@ -8,22 +8,15 @@ transient and is retried.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from transferline.env import tool_env
+
 PIPELINE_STAGES = ("ingest", "prepare", "train", "evaluate", "export", "gate")
-QUIET_ENV = {
-    "DO_NOT_TRACK": "1",
-    "DVC_NO_ANALYTICS": "1",
-    "ITERATIVE_DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "BENTOML_DO_NOT_TRACK": "true",
-}
 
 
 @dataclass(frozen=True)
@@ -50,12 +43,6 @@ def last_error_line(output: str) -> str:
         if line.startswith("error:"):
             return line
     return lines[-1] if lines else "no output"
-
-
-def tool_env() -> dict[str, str]:
-    env = {**os.environ, **QUIET_ENV}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 def repro_stage(stage: str, repo: Path, log: Callable[[str], None] = print, force: bool = False) -> StageOutcome:

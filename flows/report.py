@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-
-def _fmt(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+from transferline.model_card import checks_table, fmt
 
 
 def run_report_markdown(outcomes: list[dict], metrics: dict, decision: dict, outcome: str) -> str:
@@ -26,7 +20,7 @@ def run_report_markdown(outcomes: list[dict], metrics: dict, decision: dict, out
         "| metric | value |",
         "|---|---|",
         *(
-            f"| {name} | {_fmt(metrics.get(name))} |"
+            f"| {name} | {fmt(metrics.get(name))} |"
             for name in ("accuracy", "macro_f1", "min_class_recall", "top_k_accuracy", "roc_auc_ovr", "log_loss", "ece")
         ),
         "",
@@ -34,12 +28,7 @@ def run_report_markdown(outcomes: list[dict], metrics: dict, decision: dict, out
         "",
         decision["reason"],
         "",
-        "| check | value | threshold | verdict |",
-        "|---|---|---|---|",
-        *(
-            f"| {c['name']} | {_fmt(c['value'])} | {c['comparison']} {_fmt(c['threshold'])} | {c['verdict']} |"
-            for c in decision["checks"]
-        ),
+        *checks_table(decision),
         "",
     ]
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from flows.dvc_stage import tool_env
+from transferline.env import tool_env
 from transferline.errors import TransferlineError
 
 SERVICE_TARGET = "serving.service:Classifier"

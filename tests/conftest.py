@@ -6,7 +6,6 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,15 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from transferline.env import QUIET_ENV, tool_env
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_FILES = ("dvc.yaml", "params.yaml", "stages", "transferline")
-QUIET_ENV = {
-    "DO_NOT_TRACK": "1",
-    "DVC_NO_ANALYTICS": "1",
-    "ITERATIVE_DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "BENTOML_DO_NOT_TRACK": "true",
-}
 os.environ.update(QUIET_ENV)
 
 
@@ -66,9 +60,7 @@ def image_tree(tmp_path: Path) -> Callable[..., Path]:
 
 def run_tool(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a real command-line tool with the project's venv first on PATH."""
-    env = {**os.environ, **QUIET_ENV}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

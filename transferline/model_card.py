@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 
-def _fmt(value) -> str:
+def fmt(value) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def checks_table(decision: dict) -> list[str]:
+    """The gate's checks as markdown table lines."""
+    return [
+        "| check | value | threshold | verdict |",
+        "|---|---|---|---|",
+        *(
+            f"| {c['name']} | {fmt(c['value'])} | {c['comparison']} {fmt(c['threshold'])} | {c['verdict']} |"
+            for c in decision["checks"]
+        ),
+    ]
 
 
 def render_model_card(model_meta: dict, metrics: dict, export_report: dict, decision: dict, lineage: dict) -> str:
@@ -21,12 +33,7 @@ def render_model_card(model_meta: dict, metrics: dict, export_report: dict, deci
         "",
         f"**{'PASSED' if decision['passed'] else 'REJECTED'}** by the deployment gate. {decision['reason']}",
         "",
-        "| check | value | threshold | verdict |",
-        "|---|---|---|---|",
-        *(
-            f"| {c['name']} | {_fmt(c['value'])} | {c['comparison']} {_fmt(c['threshold'])} | {c['verdict']} |"
-            for c in decision["checks"]
-        ),
+        *checks_table(decision),
         "",
         "## Lineage",
         "",
@@ -48,7 +55,7 @@ def render_model_card(model_meta: dict, metrics: dict, export_report: dict, deci
         "| metric | value |",
         "|---|---|",
         *(
-            f"| {name} | {_fmt(metrics.get(name))} |"
+            f"| {name} | {fmt(metrics.get(name))} |"
             for name in (
                 "accuracy",
                 "top_k_accuracy",
@@ -65,7 +72,7 @@ def render_model_card(model_meta: dict, metrics: dict, export_report: dict, deci
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
         *(
-            f"| {name} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {m['support']} |"
+            f"| {name} | {fmt(m['precision'])} | {fmt(m['recall'])} | {fmt(m['f1'])} | {m['support']} |"
             for name, m in metrics.get("per_class", {}).items()
         ),
         "",
