@@ -100,13 +100,15 @@ def register(export_dir: Path, gate_dir: Path, lineage: dict) -> str:
         "data_version": str(lineage.get("data_version", "unknown")),
         "git_commit": str(lineage.get("git_commit", "unknown"))[:12],
     }
-    metadata = {
-        **lineage,
-        "gate_decision": decision,
-        "metrics": decision.get("metrics", {}),
-        "onnx_opset": report.get("opset"),
-        "registered_at": _now(),
-    }
+    metadata = _without_none(
+        {
+            **lineage,
+            "gate_decision": decision,
+            "metrics": decision.get("metrics", {}),
+            "onnx_opset": report.get("opset"),
+            "registered_at": _now(),
+        }
+    )
     with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as model:
         target = Path(model.path)
         for name in (*BUNDLE_FILES, *OPTIONAL_FILES):
@@ -116,6 +118,16 @@ def register(export_dir: Path, gate_dir: Path, lineage: dict) -> str:
             if (gate_dir / name).is_file():
                 shutil.copyfile(gate_dir / name, target / name)
     return str(model.tag)
+
+
+def _without_none(value):
+    """BentoML refuses None in model metadata (a first model's decision has `"champion": null`, n/a checks
+    have null values): drop those entries; decision.json, copied beside the model, keeps them."""
+    if isinstance(value, dict):
+        return {key: _without_none(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_none(item) for item in value if item is not None]
+    return value
 
 
 def _get(tag: str):

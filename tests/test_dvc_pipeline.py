@@ -63,7 +63,7 @@ def test_repro_runs_once_then_skips_then_reruns_only_what_changed(folder_repo):
     assert ran(repro(repo)) == {"ingest", "prepare"}  # new raw data re-runs everything downstream
     report = json.loads((repo / "data" / "prepared" / "quarantine.json").read_text())
     assert len(report["duplicates_removed"]) == 2  # the copy conflicts with its original's label
-    status = run_tool(["dvc", "status"], repo).stdout
+    status = run_tool(["dvc", "status", "ingest", "prepare"], repo).stdout
     assert "up to date" in status
 
 

@@ -167,7 +167,7 @@ def load_imagenet_state(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], di
         log.info("%s is not in the hub cache; downloading %s with torchvision", path.name, spec.weights)
     try:
         state = weights.get_state_dict(progress=False, check_hash=True)
-    except Exception as exc:  # noqa: BLE001 - any download failure becomes one actionable message
+    except Exception as exc:
         if path.is_file():
             raise AssetError(f"{path} could not be loaded ({exc}); delete it and {_how_to_get(spec)}") from exc
         raise AssetError(
@@ -189,7 +189,7 @@ def load_local_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise ParamsError(f"train.weights_path: {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - an unreadable file is the user's to fix
+    except Exception as exc:
         raise ParamsError(f"train.weights_path: {path} is not a loadable state dict ({exc})") from exc
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
@@ -210,7 +210,10 @@ def build_torchvision_model(spec: BackboneSpec, pretrained: bool, weights_path: 
     if weights_path:
         # a local file may come with a head for other classes: only the body has to match
         state = {k: v for k, v in state.items() if k not in head_keys}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shapes that do not fit
+            raise ParamsError(f"train.weights_path: {weights_path} does not fit {spec.name}: {exc}") from exc
         missing = [k for k in missing if k not in head_keys]
         if missing or unexpected:
             raise ParamsError(

@@ -181,7 +181,7 @@ class TrainParams(Section):
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     augment: AugmentParams = AugmentParams()
     early_stopping_patience: int | None = Field(default=3, ge=1)  # epochs without val improvement; null: off
-    probe_l2: tuple[float, ...] = (1e-4, 1e-3, 1e-2)  # feature_extraction: L2 strengths tried on val
+    probe_l2: tuple[float, ...] = (0.1, 0.03, 0.01)  # feature_extraction: L2 strengths tried on val
     seed: int = 0
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) on CUDA, off on CPU
@@ -209,3 +209,32 @@ class TrainParams(Section):
         if not value or any(v < 0 for v in value):
             raise ValueError("must list one or more L2 strengths >= 0")
         return value
+
+
+class ServeParams(Section):
+    """The prediction service: where it listens, how it batches, and what input it accepts.
+
+    Read by `serving/service.py` when the service is defined; each key can be overridden at serve
+    time by an environment variable `TRANSFERLINE_SERVE_<KEY>` (e.g. TRANSFERLINE_SERVE_WORKERS=4).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=3000, ge=1, le=65535)
+    workers: int = Field(default=2, ge=1)
+    ort_threads: int = Field(default=1, ge=0)  # ONNX Runtime intra-op threads per worker; 0: one per core
+    provider: Literal["auto", "cuda", "cpu"] = "auto"  # auto: CUDA when usable, else CPU; cuda: fail without it
+    batching: bool = True
+    max_batch_images: int = Field(default=32, ge=1)
+    max_latency_ms: int = Field(default=1000, ge=10)
+    max_request_images: int = Field(default=32, ge=1)
+    max_image_bytes: int = Field(default=10_000_000, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    top_k_default: int = Field(default=5, ge=1)
+    top_k_max: int = Field(default=20, ge=1)
+    access_log: bool = False
+
+    @model_validator(mode="after")
+    def _top_k_within_max(self) -> ServeParams:
+        if self.top_k_default > self.top_k_max:
+            raise ValueError(f"top_k_default ({self.top_k_default}) must not exceed top_k_max ({self.top_k_max})")
+        return self

@@ -70,7 +70,7 @@ class TransferPlan:
 
 
 def check_params(params: TrainParams) -> None:
-    """Checks that need the backbone's block list; they run before any model or data is loaded."""
+    """Checks that need the backbone's block list or the file system; they run before any model or data is loaded."""
     blocks = BACKBONES[params.backbone].blocks
     if params.frozen_blocks > len(blocks):
         raise ParamsError(
@@ -82,6 +82,8 @@ def check_params(params: TrainParams) -> None:
             f"train.frozen_blocks: {params.frozen_blocks} freezes every block of {params.backbone}, "
             "leaving nothing for discriminative learning rates"
         )
+    if params.weights_path is not None and not params.weights_path.is_file():
+        raise ParamsError(f"train.weights_path: {params.weights_path} does not exist")
     ignored = []
     if params.frozen_blocks and params.strategy in ("full", "feature_extraction"):
         ignored.append("frozen_blocks")

@@ -1,23 +1,48 @@
-"""Rebuilding the trained model from `models/` (state dict + model.json) for evaluation and export."""
+"""The trained model on disk: `models/model.pt` (state dict) and `models/model.json` (how to rebuild and feed it).
+
+Later stages (evaluate, export) and the service rebuild the model from model.json alone: the
+backbone name and class list give the architecture, `preprocess` (PreprocessSpec.to_dict())
+gives the input, fed as `transferline.preprocessing.normalize` produces it.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from transferline.errors import TransferlineError
+import torch
+
+from transferline import atomic
+from transferline.backbones import TransferModel, build_model
+from transferline.errors import DataError
+
+MODEL_FILE = "model.pt"
+META_FILE = "model.json"
+FORMAT = "transferline.model/1"
 
 
-def load_trained_model(models_dir: Path):
-    """The trained TransferModel in eval mode, and its metadata (classes, preprocess, backbone, ...)."""
-    import torch
+def save_trained_model(directory: Path, model: TransferModel, meta: dict) -> None:
+    """Write both files together: a reader never sees weights without their description, or the reverse."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic.atomic_dir(directory) as tmp:
+        torch.save(state, tmp / MODEL_FILE)
+        atomic.write_json(tmp / META_FILE, {"format": FORMAT, **meta})
 
-    from transferline.backbones import build_model
 
-    meta_file, state_file = models_dir / "model.json", models_dir / "model.pt"
-    if not meta_file.is_file() or not state_file.is_file():
-        raise TransferlineError(f"no trained model in {models_dir}: run the train stage first (dvc repro train)")
-    meta = json.loads(meta_file.read_text())
+def read_meta(directory: Path) -> dict:
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: run the train stage first (dvc repro train)")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{path}: unknown model format {meta.get('format')!r}, expected {FORMAT}")
+    return meta
+
+
+def load_trained_model(directory: Path) -> tuple[TransferModel, dict]:
+    """(model in eval mode on CPU, its model.json)."""
+    meta = read_meta(directory)
     model, _ = build_model(meta["backbone"], len(meta["classes"]), pretrained=False)
-    model.load_state_dict(torch.load(state_file, map_location="cpu", weights_only=True))
+    state = torch.load(Path(directory) / MODEL_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
     return model.eval(), meta
