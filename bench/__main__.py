@@ -12,6 +12,7 @@ import sys
 BENCHMARKS = {
     "prepare": "bench.prepare_bench",
     "export": "bench.export_bench",
+    "serving": "bench.serving_bench",
 }
 
 

@@ -1,0 +1,392 @@
+"""Serving benchmark: the BentoML service under load on loopback, against its ceilings, in one run.
+
+Three services run side by side on 127.0.0.1 (idle ones cost no CPU): the real service with
+adaptive batching, the same service with batching off, and a no-model BentoML service that only
+parses the upload (the framework's ceiling). `wrk` (C, one thread, keep-alive; Debian package
+`wrk`) posts one JPEG per request at 1, 8 and 32 concurrent connections; every level runs each
+service in alternating rounds, so background load on a shared machine falls on all of them alike.
+In-process ONNX Runtime, with the service's thread budget and at the batch sizes the service
+formed, gives the model's ceiling.
+
+Model: MobileNetV2, 96 px, 10 classes, random init ($TRANSFERLINE_BENCH_MODEL_TAG and
+$BENTOML_HOME select a trained champion instead). Writes bench/results/serving.{json,md}.
+
+Usage: python -m bench.serving_bench [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from bench.common import write_results
+from serving.local_server import LocalServer, running_server
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONCURRENCY = (1, 8, 32)
+IMAGE_SIZE = 96
+NUM_CLASSES = 10
+TARGETS = {"errors": 0, "share_of_ceiling": 0.40, "p99_ms": 300.0, "batching_gain": 1.0}
+
+WRK_SCRIPT = r"""
+local f = assert(io.open(os.getenv("BENCH_IMAGE"), "rb"))
+local img = f:read("*all")
+f:close()
+local boundary = "----transferline-bench"
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. boundary
+wrk.body = "--" .. boundary .. "\r\n" ..
+  'Content-Disposition: form-data; name="image"; filename="bench.jpg"\r\n' ..
+  "Content-Type: image/jpeg\r\n\r\n" .. img .. "\r\n--" .. boundary .. "--\r\n"
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, "max_us": %d, ' ..
+    '"non_2xx": %d, "socket_errors": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max, e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+NOOP_SERVICE = '''
+"""No model: parses the upload exactly like the real service and answers a constant (framework ceiling)."""
+import bentoml
+from starlette.requests import Request
+
+from serving.http_input import SINGLE, InputLimits, parse_image_request
+from serving.schemas import Classification, ClassifyInput, LabelProbability
+
+LIMITS = InputLimits(32, 10_000_000, 5, 20)
+
+
+@bentoml.service(name="noop", workers=WORKERS, logging={"access": {"enabled": False}})
+class Noop:
+    @bentoml.api(route="/classify", input_spec=ClassifyInput, output_spec=Classification)
+    async def classify(self, request: Request) -> Classification:
+        parsed = await parse_image_request(request, SINGLE, LIMITS)
+        label = LabelProbability(label="none", probability=1.0)
+        return Classification(model_tag="none", data_version="none", predictions=[label] * parsed.top_k)
+'''
+
+
+def require_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("the serving benchmark needs wrk: apt-get install -y wrk (Debian) or brew install wrk")
+    return wrk
+
+
+def bench_image(target: Path) -> Path:
+    """A 128x96 JPEG photo (scikit-image's cat): decoding stays cheap, so serving costs show."""
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.chelsea()).resize((128, 96)).save(target, quality=90)
+    return target
+
+
+def build_store(home: Path, work: Path) -> str:
+    """Register and promote a random-init MobileNetV2 in a throwaway BentoML home; returns its tag."""
+    script = (
+        "from pathlib import Path\n"
+        "from serving.synthetic_bundle import mobilenet_v2, write_export_dir, write_gate_dir\n"
+        "from serving.registry import register, promote\n"
+        f"work = Path({str(work)!r})\n"
+        f"classes = [f'class_{{i}}' for i in range({NUM_CLASSES})]\n"
+        f"write_export_dir(mobilenet_v2({NUM_CLASSES}), classes, {IMAGE_SIZE}, work / 'export')\n"
+        "lineage = {'git_commit': 'bench', 'data_version': 'bench-random-init'}\n"
+        "write_gate_dir(work / 'gate', True, lineage)\n"
+        "print(promote(register(work / 'export', work / 'gate', lineage)))\n"
+    )
+    env = {**os.environ, "BENTOML_HOME": str(home), "DO_NOT_TRACK": "1", "BENTOML_DO_NOT_TRACK": "true"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
+def run_wrk(wrk: str, script: Path, image: Path, url: str, connections: int, seconds: float) -> dict:
+    command = [wrk, "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "5s", "-s", str(script), url]
+    result = subprocess.run(
+        command,
+        env={**os.environ, "BENCH_IMAGE": str(image)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def batch_histogram(server: LocalServer) -> dict[str, float]:
+    """transferline_batch_images_{count,sum,bucket} from the service's /metrics (all workers)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        match = re.match(r'transferline_batch_images_(count|sum|bucket)(?:\{le="([^"]+)"\})? ([0-9.e+]+)', line)
+        if match:
+            kind, le, value = match.groups()
+            values[f"le_{le}" if kind == "bucket" else kind] = float(value)
+    return values
+
+
+def summarise(rounds: list[dict]) -> dict:
+    """Totals over the rounds; percentiles: median p50, worst p95/p99 (a conservative merge)."""
+    requests = sum(r["requests"] for r in rounds)
+    seconds = sum(r["duration_us"] for r in rounds) / 1e6
+    return {
+        "requests": requests,
+        "seconds": round(seconds, 2),
+        "requests_per_s": requests / seconds,
+        "p50_ms": statistics.median(r["p50_us"] for r in rounds) / 1000,
+        "p95_ms": max(r["p95_us"] for r in rounds) / 1000,
+        "p99_ms": max(r["p99_us"] for r in rounds) / 1000,
+        "max_ms": max(r["max_us"] for r in rounds) / 1000,
+        "errors": sum(r["non_2xx"] + r["socket_errors"] for r in rounds),
+        "rounds": len(rounds),
+    }
+
+
+def batches_formed(before: dict, after: dict) -> dict:
+    runs = after.get("count", 0) - before.get("count", 0)
+    images = after.get("sum", 0) - before.get("sum", 0)
+    buckets = {key[3:]: after[key] - before.get(key, 0) for key in after if key.startswith("le_")}
+    return {"runs": int(runs), "images": int(images), "mean_images": images / runs if runs else 0.0, "le": buckets}
+
+
+def _ort_images_per_s(onnx_path: str, batch: int, seconds: float) -> float:
+    from transferline.onnx_export import cpu_session, measure_latency
+
+    return measure_latency(cpu_session(Path(onnx_path), threads=1), IMAGE_SIZE, batch, seconds)["images_per_s"]
+
+
+def _decode_and_ort_per_s(onnx_path: str, image: str, seconds: float) -> float:
+    """Requests/s of decode + preprocess + ONNX Runtime at batch 1, no HTTP: a zero-overhead server."""
+    from serving.inference import prepare_pixels, softmax
+    from transferline.imaging import ImageLimits
+    from transferline.onnx_export import INPUT_NAME, OUTPUT_NAME, cpu_session
+    from transferline.preprocessing import PreprocessSpec, normalize
+
+    session = cpu_session(Path(onnx_path), threads=1)
+    spec = PreprocessSpec(IMAGE_SIZE, "crop", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    data = Path(image).read_bytes()
+    done, deadline = 0, time.perf_counter() + seconds
+    start = time.perf_counter()
+    while time.perf_counter() < deadline:
+        pixels = prepare_pixels(data, spec, ImageLimits())[None]
+        softmax(session.run([OUTPUT_NAME], {INPUT_NAME: normalize(pixels, spec)})[0])
+        done += 1
+    return done / (time.perf_counter() - start)
+
+
+def in_parallel(processes: int, fn, *args) -> float:
+    """Sum of `fn(*args)` run at once in `processes` processes: the machine's ceiling, not one core's."""
+    with ProcessPoolExecutor(processes) as pool:
+        return sum(pool.map(fn, *([arg] * processes for arg in args)))
+
+
+def ceilings(onnx_path: Path, image: Path, workers: int, batch_sizes: list[int], seconds: float) -> dict:
+    """Best of two measurements per batch size: a ceiling should not be lowered by a busy moment."""
+    ort = {
+        batch: max(in_parallel(workers, _ort_images_per_s, str(onnx_path), batch, seconds) for _ in range(2))
+        for batch in batch_sizes
+    }
+    return {
+        "processes": workers,
+        "ort_threads": 1,
+        "ort_images_per_s": {str(batch): value for batch, value in ort.items()},
+        "decode_preprocess_ort_per_s": in_parallel(workers, _decode_and_ort_per_s, str(onnx_path), str(image), seconds),
+    }
+
+
+def own_home(home: Path, target: Path) -> str:
+    """A BentoML home sharing `home`'s models: each `bentoml serve` wipes its home's Prometheus directory
+    at start, so services sharing one home lose each other's metrics."""
+    target.mkdir(parents=True)
+    (target / "models").symlink_to(home / "models", target_is_directory=True)
+    return str(target)
+
+
+def start_variants(tmp: Path, home: Path, common: dict[str, str], workers: int):
+    """The three services, by name, as context managers that start them and always stop them."""
+    (tmp / "noop_service.py").write_text(NOOP_SERVICE.replace("WORKERS", str(workers)))
+    classifier = "serving.service:Classifier"
+    on = {**common, "TRANSFERLINE_SERVE_BATCHING": "true", "BENTOML_HOME": own_home(home, tmp / "home-on")}
+    off = {**common, "TRANSFERLINE_SERVE_BATCHING": "false", "BENTOML_HOME": own_home(home, tmp / "home-off")}
+    noop = {**common, "BENTOML_HOME": own_home(home, tmp / "home-noop")}
+    return {
+        "batching_on": running_server(PROJECT_ROOT, tmp / "on.log", on, classifier),
+        "batching_off": running_server(PROJECT_ROOT, tmp / "off.log", off, classifier),
+        "no_model": running_server(tmp, tmp / "noop.log", noop, "noop_service:Noop"),
+    }
+
+
+def run(quick: bool = False) -> dict:
+    wrk = require_wrk()
+    load_before = os.getloadavg()[0]
+    phase_s = 4.0 if quick else 12.0
+    rounds, workers = 2, 2
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        if os.environ.get("TRANSFERLINE_BENCH_MODEL_TAG"):
+            home, tag = Path(os.environ["BENTOML_HOME"]), os.environ["TRANSFERLINE_BENCH_MODEL_TAG"]
+        else:
+            home = tmp / "bentoml"
+            tag = build_store(home, tmp / "bundle")
+        image = bench_image(tmp / "bench.jpg")
+        script = tmp / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        common = {
+            "TRANSFERLINE_MODEL_TAG": tag,
+            "TRANSFERLINE_SERVE_WORKERS": str(workers),
+            "TRANSFERLINE_SERVE_ORT_THREADS": "1",
+            "PYTHONPATH": str(PROJECT_ROOT),
+        }
+        measured: dict[str, dict[int, list[dict]]] = {}
+        formed: dict[int, dict] = {}
+        with contextlib.ExitStack() as stack:
+            variants = start_variants(tmp, home, common, workers)
+            servers = {name: stack.enter_context(server) for name, server in variants.items()}
+            measured = {name: {c: [] for c in CONCURRENCY} for name in servers}
+            for server in servers.values():  # warm every worker before measuring
+                run_wrk(wrk, script, image, f"{server.url}/classify", 8, 2)
+            on = servers["batching_on"]
+            for connections in CONCURRENCY:
+                before = batch_histogram(on)
+                for round_index in range(rounds):
+                    order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
+                    for name in order:
+                        result = run_wrk(
+                            wrk, script, image, f"{servers[name].url}/classify", connections, phase_s / rounds
+                        )
+                        measured[name][connections].append(result)
+                formed[connections] = batches_formed(before, batch_histogram(on))
+        batch_sizes = sorted({1, *(max(1, round(f["mean_images"])) for f in formed.values())})
+        limits = ceilings(model_onnx_path(home, tag), image, workers, batch_sizes, 2.0 if quick else 4.0)
+    results = analyse(measured, formed, limits, tag, workers, phase_s, rounds)
+    results["setup"]["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
+    write_results("serving", results, render_markdown(results))
+    return results
+
+
+def model_onnx_path(home: Path, tag: str) -> Path:
+    name, version = tag.split(":")
+    return home / "models" / name / version / "model.onnx"
+
+
+def analyse(measured, formed, limits, tag, workers, phase_s, rounds) -> dict:
+    levels = {
+        name: {str(c): summarise(rounds_) for c, rounds_ in per_level.items()} for name, per_level in measured.items()
+    }
+    top = str(max(CONCURRENCY))
+    at_top = formed[max(CONCURRENCY)]
+    ceiling_batch = str(max(1, round(at_top["mean_images"])))
+    ceiling = limits["ort_images_per_s"][ceiling_batch]
+    on, off = levels["batching_on"][top], levels["batching_off"][top]
+    checks = {
+        "errors": {"value": on["errors"], "target": f"== {TARGETS['errors']}", "met": on["errors"] == 0},
+        "share_of_ceiling": {
+            "value": on["requests_per_s"] / ceiling,
+            "target": f">= {TARGETS['share_of_ceiling']}",
+            "met": on["requests_per_s"] / ceiling >= TARGETS["share_of_ceiling"],
+        },
+        "p99_ms": {
+            "value": on["p99_ms"],
+            "target": f"<= {TARGETS['p99_ms']}",
+            "met": on["p99_ms"] <= TARGETS["p99_ms"],
+        },
+        "batching_gain": {
+            "value": on["requests_per_s"] / off["requests_per_s"],
+            "target": f">= {TARGETS['batching_gain']}",
+            "met": on["requests_per_s"] / off["requests_per_s"] >= TARGETS["batching_gain"],
+        },
+    }
+    return {
+        "model": {"tag": tag, "architecture": "mobilenet_v2", "image_size": IMAGE_SIZE, "classes": NUM_CLASSES},
+        "setup": {
+            "workers": workers,
+            "ort_threads": 1,
+            "load_client": "wrk, 1 thread, keep-alive, multipart POST /classify of one 128x96 JPEG",
+            "seconds_per_level": phase_s,
+            "rounds": rounds,
+        },
+        "levels": levels,
+        "batches_formed": {str(c): f for c, f in formed.items()},
+        "ceilings": {**limits, "used_for_share": {"batch": int(ceiling_batch), "images_per_s": ceiling}},
+        "targets_at_32_clients": checks,
+    }
+
+
+def render_markdown(results: dict) -> str:
+    levels, formed, limits = results["levels"], results["batches_formed"], results["ceilings"]
+    rows = []
+    for c in CONCURRENCY:
+        for name in ("batching_on", "batching_off", "no_model"):
+            r = levels[name][str(c)]
+            batch = f"{formed[str(c)]['mean_images']:.2f}" if name == "batching_on" else ""
+            rows.append(
+                f"| {c} | {name} | {r['requests_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+                f"{r['p99_ms']:.1f} | {r['errors']} | {batch} |"
+            )
+    ort = ", ".join(f"batch {b}: {v:.0f} images/s" for b, v in limits["ort_images_per_s"].items())
+    checks = "\n".join(
+        f"| {name} | {c['value']:.3g} | {c['target']} | {'met' if c['met'] else 'NOT met'} |"
+        for name, c in results["targets_at_32_clients"].items()
+    )
+    setup = results["setup"]
+    return "\n".join(
+        [
+            "# Serving",
+            "",
+            f"Model: {results['model']['architecture']}, {results['model']['image_size']} px, "
+            f"{results['model']['classes']} classes ({results['model']['tag']}). Service: {setup['workers']} workers, "
+            f"{setup['ort_threads']} ONNX Runtime thread each. Load: {setup['load_client']}; "
+            f"{setup['seconds_per_level']:.0f} s per service and level, in {setup['rounds']} alternating rounds "
+            "(p50: median of rounds; p95/p99: worst round). "
+            f"Machine load average (1 min) before/after: {setup['load_average_1min']['before']:.1f} / "
+            f"{setup['load_average_1min']['after']:.1f} on {os.cpu_count()} cores: other work on the machine "
+            "lowers every figure, the ceilings included.",
+            "",
+            "| clients | service | requests/s | p50 ms | p95 ms | p99 ms | errors | mean images per model run |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"In-process ceilings ({limits['processes']} processes at once, 1 ONNX Runtime thread each): "
+            f"ORT alone {ort}; "
+            f"decode + preprocess + ORT at batch 1: {limits['decode_preprocess_ort_per_s']:.0f} images/s.",
+            "",
+            "Targets at 32 clients (batching on; share of the ORT ceiling at the batch size the service formed):",
+            "",
+            "| check | value | target | verdict |",
+            "|---|---|---|---|",
+            checks,
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 s per level instead of 12 (a smoke run)")
+    args = parser.parse_args(argv)
+    results = run(quick=args.quick)
+    print(render_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""The served model: an ONNX Runtime session on the best usable provider, fed by the shared preprocessing.
+
+The provider actually running is read back from the session (`get_providers()`), never assumed:
+onnxruntime-gpu silently falls back to CPU when CUDA cannot load, and `ort.get_device()` says
+"GPU" even then.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from transferline.errors import TransferlineError
+from transferline.imaging import ImageLimits, decode_image
+from transferline.onnx_export import INPUT_NAME, OUTPUT_NAME
+from transferline.preprocessing import PreprocessSpec, normalize, resize_for_model
+
+log = logging.getLogger("transferline.serving")
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+ProviderPreference = Literal["auto", "cuda", "cpu"]
+
+
+class ProviderUnavailable(TransferlineError):
+    """`provider: cuda` was asked for and CUDA cannot run here."""
+
+
+def nvidia_device_present() -> bool:
+    """A cheap look for an NVIDIA device, so CPU-only machines never try (and loudly fail) to load CUDA."""
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
+
+
+def create_session(onnx_path: Path, preference: ProviderPreference, threads: int):
+    """A session on CUDA when preferred and usable, else CPU; raises if `cuda` is required and fails."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    want_cuda = preference == "cuda" or (
+        preference == "auto" and CUDA in ort.get_available_providers() and nvidia_device_present()
+    )
+    providers = [CUDA, CPU] if want_cuda else [CPU]
+    if want_cuda and hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels, when the system has none
+        except OSError as exc:
+            log.warning("could not preload CUDA libraries: %s", exc)
+    session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+    active = session.get_providers()[0]
+    if preference == "cuda" and active != CUDA:
+        raise ProviderUnavailable(
+            f"serve.provider is 'cuda' but ONNX Runtime runs on {active}: check the GPU, CUDA and cuDNN libraries"
+        )
+    if want_cuda and active != CUDA:
+        log.warning("CUDA provider not usable here; serving on %s", active)
+    return session
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+
+
+class OnnxClassifier:
+    """Images in (uint8 pixels from `prepare_pixels`), class probabilities out; one session per worker."""
+
+    def __init__(self, onnx_path: Path, classes: list[str], spec: PreprocessSpec, session) -> None:
+        self.onnx_path = onnx_path
+        self.classes = classes
+        self.spec = spec
+        self.session = session
+        self.warm = False
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> float64 (N, classes) softmax probabilities."""
+        logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: normalize(pixels, self.spec)})[0]
+        return softmax(logits.astype(np.float64))
+
+    def warm_up(self, batch_sizes: tuple[int, ...]) -> float:
+        """Run each batch size once, so the first real request pays no allocation; returns seconds."""
+        start = time.perf_counter()
+        size = self.spec.image_size
+        for batch in batch_sizes:
+            probs = self.probabilities(np.zeros((batch, size, size, 3), dtype=np.uint8))
+            if probs.shape != (batch, len(self.classes)) or not np.isfinite(probs).all():
+                raise RuntimeError(
+                    f"warm-up at batch {batch} gave shape {probs.shape} or non-finite values; "
+                    f"expected ({batch}, {len(self.classes)})"
+                )
+        self.warm = True
+        return time.perf_counter() - start
+
+    def top_k(self, probabilities: np.ndarray, k: int) -> list[Prediction]:
+        order = np.argsort(-probabilities, kind="stable")[: min(k, len(self.classes))]
+        return [Prediction(self.classes[i], float(probabilities[i])) for i in order]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def prepare_pixels(data: bytes, spec: PreprocessSpec, limits: ImageLimits) -> np.ndarray:
+    """Untrusted bytes -> uint8 (S, S, 3), by the same functions as training; raises ImageRejected."""
+    return resize_for_model(decode_image(data, limits).rgb, spec)

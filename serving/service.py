@@ -1,0 +1,242 @@
+"""The prediction service: the champion ONNX model on ONNX Runtime, behind BentoML.
+
+Serve from the project root (settings: the `serve` section of params.yaml):
+
+    bentoml serve serving.service:Classifier        # or `bentoml serve .` (reads bentofile.yaml)
+
+Endpoints: POST /classify (one image), POST /classify_batch (several), GET or POST /metadata, and
+BentoML's /livez, /readyz (ready once the model is loaded and a warm-up inference ran), /metrics
+(Prometheus) and /docs.json (OpenAPI). Every prediction carries the model tag and data version.
+Malformed input gets a JSON 4xx `{"error": ..., "detail": ...}`, never a 500.
+
+A worker decodes and validates each request's images with the same functions as training
+(`decode_image`, `resize_for_model`, `normalize`), then hands the pixels to an `ImageBatcher`, which
+runs images from concurrent requests through the model together (see serving/batching.py for why
+this is not BentoML's `batchable=True`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import bentoml
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from serving.auth import BearerTokenAuth
+from serving.batching import ImageBatcher, Overloaded
+from serving.champion import load_bundle, promotion_time, served_model_tag
+from serving.http_input import BATCH, SINGLE, ApiError, Fields, InputLimits, parse_image_request, rejection_status
+from serving.inference import OnnxClassifier, create_session, prepare_pixels
+from serving.metrics import create_metrics
+from serving.schemas import (
+    BatchClassification,
+    Classification,
+    ClassifyBatchInput,
+    ClassifyInput,
+    ImageResult,
+    LabelProbability,
+    ModelMetadata,
+)
+from serving.settings import load_serve_params
+from transferline.imaging import ImageLimits, ImageRejected
+from transferline.onnx_export import INPUT_NAME, OUTPUT_NAME
+
+log = logging.getLogger("transferline.serving")
+
+# Read when the service is defined: BentoML needs workers, host and port, and `bentoml build` the model.
+# Without a model to serve, `bentoml serve` stops here with the fix (NoChampion), not in every worker.
+SETTINGS = load_serve_params()
+SERVED_TAG = served_model_tag()
+
+
+@bentoml.service(
+    name="transferline-classifier",
+    workers=SETTINGS.workers,
+    http={"host": SETTINGS.host, "port": SETTINGS.port},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    traffic={"timeout": 60},
+)
+class Classifier:
+    """Image classifier trained by transferline: upload an image, get the top-k labels with probabilities."""
+
+    bundled_model = bentoml.models.BentoModel(SERVED_TAG)  # declared, so `bentoml build` packs it
+
+    def __init__(self) -> None:
+        if log.level == logging.NOTSET:
+            log.setLevel(logging.INFO)  # BentoML leaves the root logger at WARNING; the startup line matters
+        self.bundle = load_bundle(SERVED_TAG)
+        decision_file = self.bundle.path / "decision.json"  # complete; store metadata drops null values
+        self.gate_decision = (
+            json.loads(decision_file.read_text())
+            if decision_file.is_file()
+            else self.bundle.metadata.get("gate_decision", {})
+        )
+        session = create_session(self.bundle.onnx_path, SETTINGS.provider, SETTINGS.ort_threads)
+        self.model = OnnxClassifier(self.bundle.onnx_path, self.bundle.classes, self.bundle.preprocess, session)
+        self.data_version = str(self.bundle.metadata.get("data_version", "unknown"))
+        self.promoted_at = promotion_time(self.bundle.tag)
+        self.input_limits = InputLimits(
+            SETTINGS.max_request_images, SETTINGS.max_image_bytes, SETTINGS.top_k_default, SETTINGS.top_k_max
+        )
+        self.image_limits = ImageLimits(SETTINGS.max_image_bytes, SETTINGS.max_image_pixels)
+        self.metrics = create_metrics()
+        self.inference_thread = ThreadPoolExecutor(1, thread_name_prefix="onnxruntime")
+        self.decode_threads = ThreadPoolExecutor(2, thread_name_prefix="decode")
+        self.batcher = (
+            ImageBatcher(
+                self.model.probabilities,
+                self.inference_thread,
+                SETTINGS.max_batch_images,
+                SETTINGS.max_latency_ms,
+                on_batch=self.metrics.observe_batch,
+            )
+            if SETTINGS.batching
+            else None
+        )
+        warm_s = self.model.warm_up((1, SETTINGS.max_batch_images) if SETTINGS.batching else (1,))
+        self.metrics.model_info.labels(
+            model_tag=self.bundle.tag, data_version=self.data_version, provider=self.model.provider
+        ).set(1)
+        log.info(
+            "serving %s (data %s) on %s, %d ORT thread(s), batching %s; warm-up %.2f s",
+            self.bundle.tag,
+            self.data_version,
+            self.model.provider,
+            SETTINGS.ort_threads,
+            f"up to {SETTINGS.max_batch_images} images" if SETTINGS.batching else "off",
+            warm_s,
+        )
+
+    async def __is_ready__(self) -> bool:
+        """Ready once the model is loaded and its warm-up inference has run (async: no thread per probe)."""
+        return self.model.warm
+
+    @bentoml.on_shutdown
+    def release_threads(self) -> None:
+        self.inference_thread.shutdown(wait=False, cancel_futures=True)
+        self.decode_threads.shutdown(wait=False, cancel_futures=True)
+
+    @bentoml.api(route="/classify", input_spec=ClassifyInput, output_spec=Classification)
+    async def classify(self, request: Request) -> Classification | JSONResponse:
+        """Classify one image: multipart `image` file or JSON {"image_b64": ...}; optional `top_k`."""
+        try:
+            parsed = await parse_image_request(request, SINGLE, self.input_limits)
+            probabilities = await self._probabilities(parsed.images, SINGLE)
+        except ApiError as exc:
+            return self._refuse("classify", exc)
+        return Classification(
+            model_tag=self.bundle.tag,
+            data_version=self.data_version,
+            predictions=self._top_k(probabilities[0], parsed.top_k),
+        )
+
+    @bentoml.api(route="/classify_batch", input_spec=ClassifyBatchInput, output_spec=BatchClassification)
+    async def classify_batch(self, request: Request) -> BatchClassification | JSONResponse:
+        """Classify several images in one request: multipart `images` files or JSON {"images_b64": [...]}."""
+        try:
+            parsed = await parse_image_request(request, BATCH, self.input_limits)
+            probabilities = await self._probabilities(parsed.images, BATCH)
+        except ApiError as exc:
+            return self._refuse("classify_batch", exc)
+        return BatchClassification(
+            model_tag=self.bundle.tag,
+            data_version=self.data_version,
+            results=[ImageResult(predictions=self._top_k(row, parsed.top_k)) for row in probabilities],
+        )
+
+    @bentoml.api(route="/metadata")
+    def metadata(self) -> ModelMetadata:
+        """The model served: tag, classes, input spec, provider, lineage, metrics and its gate decision."""
+        return self.describe()
+
+    def describe(self) -> ModelMetadata:
+        info = self.bundle.metadata
+        spec = self.bundle.preprocess
+        return ModelMetadata(
+            model_tag=self.bundle.tag,
+            data_version=self.data_version,
+            classes=self.bundle.classes,
+            input={
+                "name": INPUT_NAME,
+                "output": OUTPUT_NAME,
+                "shape": ["N", 3, spec.image_size, spec.image_size],
+                "dtype": "float32",
+                "preprocess": spec.to_dict(),
+                "max_image_bytes": SETTINGS.max_image_bytes,
+                "max_image_pixels": SETTINGS.max_image_pixels,
+                "max_request_images": SETTINGS.max_request_images,
+            },
+            provider=self.model.provider,
+            git_commit=info.get("git_commit"),
+            metrics=info.get("metrics", {}),
+            gate_decision=self.gate_decision,
+            registered_at=info.get("registered_at"),
+            promoted_at=self.promoted_at,
+            serving={
+                "batching": SETTINGS.batching,
+                "max_batch_images": SETTINGS.max_batch_images,
+                "max_latency_ms": SETTINGS.max_latency_ms,
+                "ort_threads": SETTINGS.ort_threads,
+                "workers": SETTINGS.workers,
+                "top_k_default": SETTINGS.top_k_default,
+                "top_k_max": SETTINGS.top_k_max,
+            },
+        )
+
+    async def _probabilities(self, images: list[bytes], fields: Fields) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(self.decode_threads, self._decode_all, images, fields)
+        if self.batcher is None:
+            return await loop.run_in_executor(self.inference_thread, self.model.probabilities, pixels)
+        try:
+            return await self.batcher.infer(pixels)
+        except Overloaded as exc:
+            raise ApiError(503, f"server busy: {exc}; retry later", headers={"Retry-After": "1"}) from None
+
+    def _decode_all(self, images: list[bytes], fields: Fields) -> np.ndarray:
+        """uint8 model input for every image, or one ApiError naming each image that cannot be used."""
+        pixels, problems = [], []
+        for index, data in enumerate(images):
+            try:
+                pixels.append(prepare_pixels(data, self.model.spec, self.image_limits))
+            except ImageRejected as exc:
+                problems.append({"index": index, "reason": exc.reason, "status": rejection_status(exc.reason)})
+            except Exception as exc:  # hostile files can make PIL's format plugins raise other errors too
+                log.warning("image %d could not be decoded", index, exc_info=True)
+                reason = f"image could not be decoded ({type(exc).__name__}: {exc})"
+                problems.append({"index": index, "reason": reason, "status": 422})
+        if not problems:
+            return np.stack(pixels)
+        if not fields.many:
+            reason = problems[0]["reason"]
+            raise ApiError(problems[0]["status"], f"image rejected: {reason}", {"field": fields.file, "reason": reason})
+        statuses = {problem["status"] for problem in problems}
+        first = problems[0]
+        raise ApiError(
+            statuses.pop() if len(statuses) == 1 else 400,
+            f"{len(problems)} of {len(images)} images rejected; image {first['index']}: {first['reason']}",
+            problems,
+        )
+
+    def _top_k(self, probabilities: np.ndarray, k: int) -> list[LabelProbability]:
+        return [LabelProbability(label=p.label, probability=p.probability) for p in self.model.top_k(probabilities, k)]
+
+    def _refuse(self, endpoint: str, error: ApiError) -> JSONResponse:
+        self.metrics.count_rejection(endpoint, error.status)
+        return error.response()
+
+
+async def _metadata_get(_: Request) -> JSONResponse:
+    return JSONResponse(bentoml.get_current_service().describe().model_dump(mode="json"))
+
+
+# GET /metadata for curl and browsers; BentoML API methods answer POST only.
+Classifier.mount_asgi_app(Starlette(routes=[Route("/metadata", _metadata_get, methods=["GET"])]), path="/")
+Classifier.add_asgi_middleware(BearerTokenAuth)
