@@ -16,9 +16,10 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export ITERATIVE_DO_NOT_TRACK := 1
 export BENTOML_DO_NOT_TRACK := true
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup assets demo test lint bench clean
+.PHONY: setup assets demo stop test lint bench clean
 
 $(STAMP): pyproject.toml
 	@bash scripts/ensure_python.sh "$(PYTHON)" "$(VENV)"
@@ -32,8 +33,17 @@ setup: $(STAMP) assets
 assets: $(STAMP)
 	$(BIN)/python -m transferline.assets all
 
+# The whole pipeline as a Prefect flow (DVC stages, gate, register, deploy), then two predictions
+# from the served champion: a held-out Fashion-MNIST image and a photo. The service keeps running.
 demo: setup
-	dvc repro
+	$(BIN)/python -m flows.pipeline
+	$(BIN)/python -m flows.demo
+	@echo
+	@echo "The model is served at http://127.0.0.1:3000 (try: curl -F image=@data/external/samples/coffee.jpg http://127.0.0.1:3000/classify)."
+	@echo "Stop the service with: make stop"
+
+stop:
+	$(BIN)/python -m flows.service_control stop
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -43,7 +53,9 @@ test: setup lint
 	$(BIN)/python -m pytest
 
 bench: setup
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || \
+		echo "the serving benchmark needs wrk (apt-get install wrk)"
 	$(BIN)/python -m bench
 
-clean:
-	rm -rf $(VENV) data/raw data/prepared .dvc/cache .dvc/tmp
+clean: stop
+	rm -rf $(VENV) data/raw data/prepared data/features models export checkpoints .dvc/cache .dvc/tmp .transferline

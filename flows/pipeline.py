@@ -27,7 +27,7 @@ from prefect.states import Completed, Failed
 from flows.dvc_stage import PIPELINE_STAGES, StageFailed, repro_stage
 from flows.params_override import apply_overrides
 from flows.report import per_class_rows, run_report_markdown
-from flows.service_control import ServiceController, ServiceFailed
+from flows.service_control import ServiceController, ServiceFailed, controller_from_params
 from transferline.errors import TransferlineError
 from transferline.lineage import collect_lineage, dvc_out_hash
 
@@ -118,12 +118,6 @@ def deploy_task(tag: str, repo: str, host: str, port: int) -> dict:
     return {"tag": tag, "url": controller.url}
 
 
-def serve_address(repo: Path) -> tuple[str, int]:
-    params = yaml.safe_load((repo / "params.yaml").read_text()) or {}
-    serve = params.get("serve") or {}
-    return str(serve.get("host", "127.0.0.1")), int(serve.get("port", 3000))
-
-
 @flow(name="transferline-pipeline", log_prints=True)
 def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: bool = True):
     """ingest -> prepare -> train -> evaluate -> export -> gate, then register + deploy if the gate passed."""
@@ -159,8 +153,8 @@ def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: b
         state = Completed(message=outcome)
     else:
         tag = register_task(str(root))
-        host, port = serve_address(root)
-        deploy_future = deploy_task.submit(tag, str(root), host, port)
+        service = controller_from_params(root)
+        deploy_future = deploy_task.submit(tag, str(root), service.host, service.port)
         deploy_future.wait()
         if deploy_future.state.is_failed():
             outcome = f"deploy of {tag} failed, rolled back"

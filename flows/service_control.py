@@ -122,19 +122,22 @@ class ServiceController:
         return json.loads(httpx.get(f"{self.url}/metadata", timeout=10).text)
 
 
+def controller_from_params(repo: Path) -> ServiceController:
+    """The controller for the address in params.yaml's `serve` section (defaults: 127.0.0.1:3000)."""
+    import yaml
+
+    serve = (yaml.safe_load((repo / "params.yaml").read_text()) or {}).get("serve") or {}
+    return ServiceController(repo.resolve(), str(serve.get("host", "127.0.0.1")), int(serve.get("port", 3000)))
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
-
-    import yaml
 
     parser = argparse.ArgumentParser(description="Manage the background `bentoml serve` of the champion model.")
     parser.add_argument("command", choices=["start", "stop", "restart", "ensure", "status"])
     parser.add_argument("--repo", type=Path, default=Path("."))
     args = parser.parse_args(argv)
-    serve = (yaml.safe_load((args.repo / "params.yaml").read_text()) or {}).get("serve") or {}
-    controller = ServiceController(
-        args.repo.resolve(), str(serve.get("host", "127.0.0.1")), int(serve.get("port", 3000))
-    )
+    controller = controller_from_params(args.repo)
     try:
         if args.command == "stop":
             controller.stop()

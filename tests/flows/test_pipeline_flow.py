@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from flows.dvc_stage import PIPELINE_STAGES
-from flows.service_control import ServiceController
+from flows.service_control import ServiceController, controller_from_params
 
 pytestmark = pytest.mark.slow
 
@@ -65,11 +65,11 @@ def flow_repo(tmp_path_factory):
     os.environ["BENTOML_HOME"] = str(root / "bentoml")
     os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
     yield repo
-    ServiceController(repo, port=yaml.safe_load((repo / "params.yaml").read_text())["serve"]["port"]).stop()
+    controller_from_params(repo).stop()
 
 
 def controller(repo: Path) -> ServiceController:
-    return ServiceController(repo, port=yaml.safe_load((repo / "params.yaml").read_text())["serve"]["port"])
+    return controller_from_params(repo)
 
 
 def run_flow(repo: Path, overrides=None):
