@@ -13,6 +13,7 @@ BENCHMARKS = {
     "prepare": "bench.prepare_bench",
     "export": "bench.export_bench",
     "serving": "bench.serving_bench",
+    "tune": "bench.tune_bench",
 }
 
 

@@ -1,0 +1,184 @@
+"""Hyperparameter search as a Prefect flow: grid, random or Bayesian (TPE) trials run as parallel tasks.
+
+    python -m flows.tune --space search_space.yaml --sampler tpe --trials 20 --workers 2
+    python -m flows.tune ... --apply-best        # also write the best trial's values into params.yaml
+
+The study is stored (SQLite under tuning/ by default, any SQLAlchemy URL with --storage), so running
+the same command again resumes it: finished trials are kept, trials of a killed run are failed by
+their stale heartbeat and re-queued, and only the missing trials run. Trials are scored on the
+validation split. The flow leaves a table artifact of all trials and a markdown artifact with the
+optimisation history, and prints the `dvc exp run -S ...` command that replays the best trial.
+
+Scale-out: trials are ordinary Prefect tasks, so another task runner spreads them over a cluster,
+e.g. `tune.with_options(task_runner=DaskTaskRunner(address=...))` (prefect-dask) or
+`RayTaskRunner(address=...)` (prefect-ray), with --storage pointing at a database every worker
+reaches (PostgreSQL) and the project directory (data/prepared, tuning/features) on a shared path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.params_override import apply_overrides
+from flows.tune_report import history_markdown
+from transferline.errors import TransferlineError
+from transferline.tuning import (
+    PRUNERS,
+    SAMPLERS,
+    StudyConfig,
+    best_trial,
+    check_config,
+    completed,
+    dvc_exp_command,
+    fail_stale_trials,
+    open_study,
+    remaining_trials,
+    replay_overrides,
+    run_trial,
+    runner_for,
+    trial_rows,
+)
+
+
+class TuningFailed(TransferlineError):
+    """No trial of the search completed."""
+
+
+@task(name="tune-features", cache_policy=NO_CACHE)
+def features_task(config: StudyConfig) -> list[str]:
+    """Backbone features for head-only trials, computed (or read from the cache) once for the whole study."""
+    return runner_for(config).prepare_features()
+
+
+@task(name="tune-trial", task_run_name="trial slot {slot}", cache_policy=NO_CACHE)
+def trial_task(config: StudyConfig, slot: int) -> dict:
+    outcome = run_trial(config, slot)
+    message = f"trial {outcome['number']}: {outcome['state']}"
+    if outcome["value"] is not None:
+        message += f", val accuracy {outcome['value']:.4f}"
+    if outcome["error"]:
+        message += f" ({outcome['error']})"
+    get_run_logger().info(message)
+    return outcome
+
+
+@flow(name="transferline-tune", log_prints=True)
+def tune(config: StudyConfig, apply_best: bool = False) -> dict:
+    """Validate the space, run the missing trials as tasks, report them, and (only if asked) apply the best."""
+    logger = get_run_logger()
+    check_config(config)
+    runner = runner_for(config)  # loads and validates the search space before any trial
+    study = open_study(config, runner.space)
+    fail_stale_trials(study)
+    todo = remaining_trials(config, study, runner.space)
+    logger.info(
+        "study %r in %s: %d trials finished, %d to run (%s sampler)",
+        config.study_name,
+        config.storage_url,
+        len(study.trials) - todo if todo == 0 else config.trials - todo,
+        todo,
+        config.sampler,
+    )
+    if todo:
+        features_task(config)
+        first_slot = len(study.trials)
+        futures = [trial_task.submit(config, first_slot + index) for index in range(todo)]
+        for future in futures:
+            future.wait()
+    study = open_study(config, runner.space)
+    create_table_artifact(trial_rows(study), key="tuning-trials", description=f"study {config.study_name}")
+    best = best_trial(study) if completed(study) else None
+    create_markdown_artifact(history_markdown(study, best), key="tuning-history", description="optimisation history")
+    if best is None:
+        raise TuningFailed(f"no trial of study {config.study_name!r} completed; see the trials table for errors")
+    command = dvc_exp_command(best)
+    print(f"best trial {best.number}: val accuracy {best.value:.4f}\nreplay it with:\n  {command}")
+    applied = {}
+    if apply_best:
+        changed = apply_overrides(Path(config.params_file), replay_overrides(best))
+        applied = {key: new for key, (_, new) in changed.items()}
+        logger.info("wrote the best trial's values into %s: %s", config.params_file, applied or "already there")
+    return {
+        "best_trial": best.number,
+        "val_accuracy": best.value,
+        "params": best.params,
+        "train_params": best.user_attrs.get("train_params"),
+        "dvc_exp_run": command,
+        "applied": applied,
+        "trials": len(study.trials),
+    }
+
+
+def run_tune(config: StudyConfig, workers: int = 1, apply_best: bool = False) -> dict:
+    """The flow on a thread pool of `workers` parallel trials (torch threads shared out between them)."""
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    runner = ThreadPoolTaskRunner(max_workers=workers)
+    return tune.with_options(task_runner=runner)(config, apply_best)
+
+
+def parse_args(argv: list[str] | None) -> tuple[StudyConfig, int, bool]:
+    defaults = StudyConfig()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default=defaults.space_file, help="search space YAML (default: %(default)s)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=defaults.sampler)
+    parser.add_argument("--trials", type=int, default=defaults.trials, help="finished trials the study should hold")
+    parser.add_argument("--workers", type=int, default=1, help="trials run in parallel (threads)")
+    parser.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite under --work-dir)")
+    parser.add_argument("--study-name", default=defaults.study_name)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--pruner", choices=PRUNERS, default=defaults.pruner)
+    parser.add_argument("--pruner-startup-trials", type=int, default=defaults.pruner_startup_trials)
+    parser.add_argument("--pruner-warmup-epochs", type=int, default=defaults.pruner_warmup_epochs)
+    parser.add_argument("--params", default=defaults.params_file)
+    parser.add_argument("--prepared", default=defaults.prepared_dir)
+    parser.add_argument("--work-dir", default=defaults.work_dir, help="study.db, feature cache, trial checkpoints")
+    parser.add_argument("--grace-period", type=int, default=defaults.grace_period,
+                        help="seconds without a heartbeat after which a RUNNING trial counts as dead")  # fmt: skip
+    parser.add_argument("--apply-best", action="store_true", help="write the best trial's values into params.yaml")
+    args = parser.parse_args(argv)
+    config = StudyConfig(
+        space_file=args.space,
+        params_file=args.params,
+        prepared_dir=args.prepared,
+        work_dir=args.work_dir,
+        storage=args.storage,
+        study_name=args.study_name,
+        sampler=args.sampler,
+        seed=args.seed,
+        trials=args.trials,
+        pruner=args.pruner,
+        pruner_startup_trials=args.pruner_startup_trials,
+        pruner_warmup_epochs=args.pruner_warmup_epochs,
+        grace_period=args.grace_period,
+        heartbeat_interval=max(1, min(StudyConfig.heartbeat_interval, args.grace_period // 2)),
+    )
+    return config, max(1, args.workers), args.apply_best
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config, workers, apply_best = parse_args(argv)
+        summary = run_tune(config, workers, apply_best)
+    except TransferlineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"best trial {summary['best_trial']} of {summary['trials']}: val accuracy {summary['val_accuracy']:.4f}")
+    print(f"replay it through the pipeline:\n  {summary['dvc_exp_run']}")
+    if summary["applied"]:
+        print(f"wrote the best trial's values into {config.params_file}: {summary['applied']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
