@@ -150,7 +150,7 @@ class AugmentParams(Section):
     """Batched, on-device augmentation of the cached pixels; crop_scale_min sets its strength."""
 
     enabled: bool = True
-    crop_scale_min: float = Field(default=0.6, gt=0, le=1)  # random-resized-crop keeps this area or more
+    crop_scale_min: float = Field(default=0.8, gt=0, le=1)  # random-resized-crop keeps this area or more
     hflip: bool = True
 
 
@@ -164,18 +164,18 @@ class TrainParams(Section):
     backbone: BackboneName = "mobilenet_v2"
     pretrained: bool = True  # false: random init, only ever on request
     weights_path: Path | None = None  # local state dict of the torchvision backbone, instead of a download
-    strategy: StrategyName = "full"
-    frozen_blocks: int = Field(default=0, ge=0)  # partial, discriminative: freeze the first N blocks
+    strategy: StrategyName = "partial"
+    frozen_blocks: int = Field(default=4, ge=0)  # partial, discriminative: freeze the first N blocks
     layer_groups: int = Field(default=4, ge=1)  # discriminative: backbone blocks split into this many groups
     lr_decay: float = Field(default=0.5, gt=0, le=1)  # discriminative: LR factor per group toward the input
     gradual_unfreeze: bool = False  # head first, then one more layer group every epoch
-    lr: float = Field(default=1e-3, gt=0)
+    lr: float = Field(default=2e-3, gt=0)
     head_lr: float | None = Field(default=None, gt=0)  # null: same as lr
     weight_decay: float = Field(default=0.05, ge=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd only
     scheduler: Literal["cosine", "onecycle"] = "onecycle"
-    epochs: int = Field(default=8, ge=1)
+    epochs: int = Field(default=10, ge=1)
     warmup_epochs: float = Field(default=1.0, ge=0)
     batch_size: int = Field(default=64, ge=1)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)

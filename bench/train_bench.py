@@ -1,0 +1,324 @@
+"""Training benchmarks on the default data (run `dvc repro prepare` first), on this machine's CPU.
+
+- throughput: images/s of real training epochs (the stage's own loop: uint8 batches, normalisation,
+  augmentation, AdamW, schedule) against the model alone (forward + backward, and + optimizer step)
+  on a fixed, ready batch of the same size, same model, same process, interleaved so that load
+  from other processes hits both alike. Writes bench/results/train.{json,md}.
+- probe: seconds to fit the feature_extraction head on the cached features (and scikit-learn's
+  LogisticRegression on the same features, for reference). Also in train.{json,md}.
+- accuracy: the default recipe under each strategy, plus a random-init baseline: test accuracy
+  and wall time. Writes bench/results/train_accuracy.{json,md}. Takes ~20 min on 2 cores.
+
+Usage: python -m bench.train_bench [--quick] [throughput|probe|accuracy ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import RESULTS_DIR, write_results
+from transferline.config import TrainParams, load_section
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PREPARED = PROJECT_ROOT / "data" / "prepared"
+WORK = PROJECT_ROOT / "bench" / ".work" / "train"
+ACCURACY_RUNS = {
+    "feature_extraction": {"strategy": "feature_extraction"},
+    "partial (the default)": {"strategy": "partial"},
+    "full": {"strategy": "full", "frozen_blocks": 0},
+    "discriminative": {"strategy": "discriminative", "frozen_blocks": 0},
+    "discriminative + gradual unfreezing": {"strategy": "discriminative", "frozen_blocks": 0, "gradual_unfreeze": True},
+    "full, random init (baseline)": {"strategy": "full", "frozen_blocks": 0, "pretrained": False},
+    # DESIGN.md's plain script, on this data: AdamW 3e-4, one-cycle, label smoothing 0.1, 3 epochs, no augmentation
+    "plain-script recipe": {
+        "strategy": "full",
+        "frozen_blocks": 0,
+        "lr": 3e-4,
+        "epochs": 3,
+        "warmup_epochs": 0.9,
+        "weight_decay": 0.01,
+        "augment": {"enabled": False},
+        "early_stopping_patience": None,
+        "channels_last": False,
+    },
+}
+
+
+def default_params(**overrides) -> TrainParams:
+    values = load_section("train", TrainParams, PROJECT_ROOT / "params.yaml").model_dump()
+    values.update(overrides)
+    return TrainParams(**values)
+
+
+def load_default_data():
+    from stages.train import load_split, read_dataset
+    from transferline.preprocessing import PreprocessSpec
+
+    dataset = read_dataset(PREPARED)
+    spec = PreprocessSpec.from_dict(dataset["preprocess"])
+    splits = {n: load_split(PREPARED, n, len(dataset["classes"]), spec.image_size) for n in ("train", "val", "test")}
+    return dataset, spec, splits
+
+
+def bench_throughput(quick: bool) -> dict:
+    """Real epochs vs the bare model on the same batch size, alternated `rounds` times."""
+    from transferline.backbones import build_model
+    from transferline.strategies import make_plan
+    from transferline.training import (
+        BatchSource,
+        build_optimizer,
+        build_scheduler,
+        configure_threads,
+        model_input,
+        resolve_runtime,
+        train_one_epoch,
+    )
+
+    params = default_params(strategy="full")
+    dataset, spec, splits = load_default_data()
+    runtime = resolve_runtime(params)
+    threads = configure_threads(params, runtime)
+    torch.manual_seed(0)
+    model, _ = build_model(params.backbone, len(dataset["classes"]), params.pretrained)
+    model.to(memory_format=torch.channels_last if runtime.channels_last else torch.contiguous_format)
+    plan = make_plan(model, params)
+    plan.apply(model, 0)
+    optimizer = build_optimizer(plan, params)
+    train = splits["train"]
+    steps = len(train) // params.batch_size
+    if quick:
+        steps = min(steps, 8)
+    scheduler = build_scheduler(optimizer, params, steps * 10)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+    generator = torch.Generator().manual_seed(0)
+    source = BatchSource(train, runtime.device)
+    fixed_x = model_input(source.get(torch.arange(params.batch_size))[0], spec, runtime)
+    fixed_y = source.get(torch.arange(params.batch_size))[1]
+
+    def model_only(with_step: bool) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss = criterion(model(fixed_x), fixed_y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if with_step:
+                optimizer.step()
+        return steps * params.batch_size / (time.perf_counter() - start)
+
+    model_only(True)  # warm-up: oneDNN primitives, allocator
+    rounds = 1 if quick else 3
+    epochs, bare, bare_step = [], [], []
+    for _ in range(rounds):
+        stats = train_one_epoch(
+            model, source, spec, params, runtime, optimizer, scheduler, scaler, criterion, generator, steps, "bench"
+        )
+        epochs.append(stats["images_per_s"])
+        bare.append(model_only(False))
+        bare_step.append(model_only(True))
+    result = {
+        "backbone": params.backbone,
+        "image_size": spec.image_size,
+        "batch_size": params.batch_size,
+        "steps_per_measure": steps,
+        "threads": threads,
+        "runtime": runtime.describe(),
+        "augment": params.augment.model_dump(),
+        "epoch_images_per_s": epochs,
+        "model_fwd_bwd_images_per_s": bare,
+        "model_fwd_bwd_step_images_per_s": bare_step,
+    }
+    result["ratio_vs_fwd_bwd"] = statistics.median(epochs) / statistics.median(bare)
+    result["ratio_vs_fwd_bwd_step"] = statistics.median(epochs) / statistics.median(bare_step)
+    return result
+
+
+def bench_probe(quick: bool) -> dict:
+    """Head fit on the default data's features (computed here, or read from the stage's cache)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from transferline.backbones import build_model, feature_dim
+    from transferline.features import cache_key, cached_features, fit_probe
+    from transferline.training import configure_threads, resolve_runtime
+
+    params = default_params(strategy="feature_extraction")
+    dataset, spec, splits = load_default_data()
+    runtime = resolve_runtime(params)
+    configure_threads(params, runtime)
+    model, weights = build_model(params.backbone, len(dataset["classes"]), params.pretrained)
+    key = cache_key(params.backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model))
+    start = time.perf_counter()
+    features, from_cache = cached_features(
+        model, {"train": splits["train"], "val": splits["val"]}, spec, runtime, WORK / "features", key, 128
+    )
+    feature_seconds = time.perf_counter() - start
+    repeats = 1 if quick else 3
+    fits = [
+        fit_probe(features["train"], splits["train"].labels, features["val"], splits["val"].labels, 10, params.probe_l2)
+        for _ in range(repeats)
+    ]
+    result = {
+        "features": {"train": list(features["train"].shape), "from_cache": from_cache, "seconds": feature_seconds},
+        "probe_l2": list(params.probe_l2),
+        "lbfgs_seconds": [f.seconds for f in fits],
+        "lbfgs_val_accuracy": fits[0].val_accuracy,
+        "lbfgs_l2": fits[0].l2,
+    }
+    # scikit-learn on the same standardised features and grid (C = 1 / (l2 * n)), for reference
+    mean, std = features["train"].mean(0), features["train"].std(0) + 1e-6
+    xt, xv = (features["train"] - mean) / std, (features["val"] - mean) / std
+    start, best = time.perf_counter(), 0.0
+    for l2 in params.probe_l2:
+        clf = LogisticRegression(C=1.0 / (l2 * len(xt)), max_iter=1000).fit(xt, splits["train"].labels)
+        best = max(best, clf.score(xv, splits["val"].labels))
+    result["sklearn_seconds"] = time.perf_counter() - start
+    result["sklearn_val_accuracy"] = best
+    return result
+
+
+def test_accuracy(models_dir: Path, splits) -> float:
+    """Accuracy of the saved model on the test split, fed through the shared numpy preprocessing."""
+    from transferline.preprocessing import PreprocessSpec
+    from transferline.scoring import torch_logits
+    from transferline.trained_model import load_trained_model
+
+    model, meta = load_trained_model(models_dir)
+    logits = torch_logits(model, splits["test"].images, PreprocessSpec.from_dict(meta["preprocess"]), 200)
+    return float((logits.argmax(1) == splits["test"].labels).mean())
+
+
+def bench_accuracy(quick: bool) -> dict:
+    from stages import train as train_stage
+
+    _, _, splits = load_default_data()
+    rows = {}
+    for name, overrides in ACCURACY_RUNS.items():
+        params = default_params(**{**overrides, **({"epochs": 2, "warmup_epochs": 0.5} if quick else {})})
+        base = WORK / "accuracy" / "".join(c if c.isalnum() else "_" for c in name)
+        start = time.perf_counter()
+        metrics = train_stage.run(
+            params,
+            prepared_dir=PREPARED,
+            models_dir=base / "models",
+            features_dir=base / "features",
+            checkpoint_dir=base / "checkpoints",
+            metrics_file=base / "train.json",
+            live_dir=None,
+        )
+        wall = time.perf_counter() - start
+        rows[name] = {
+            "overrides": overrides,
+            "test_accuracy": test_accuracy(base / "models", splits),
+            "val_accuracy": metrics["val_accuracy"],
+            "best_epoch": metrics["best_epoch"],
+            "epochs_run": metrics["epochs_run"],
+            "wall_seconds": wall,
+        }
+        logging.getLogger("bench").info("%s: %s", name, rows[name])
+    return {"recipe": default_params().model_dump(mode="json"), "runs": rows, "test_images": len(splits["test"])}
+
+
+def throughput_markdown(result: dict) -> str:
+    t, p = result.get("throughput"), result.get("probe")
+    lines = ["# Training benchmarks (CPU)", ""]
+    if t:
+        lines += [
+            f"{t['backbone']}, {t['image_size']} px, batch {t['batch_size']}, {t['threads']} threads, "
+            f"{t['runtime']}; augmentation {'on' if t['augment']['enabled'] else 'off'}. Each figure: "
+            f"{t['steps_per_measure']} steps, {len(t['epoch_images_per_s'])} interleaved rounds, median.",
+            "",
+            "| measured | images/s (median) | rounds |",
+            "|---|---|---|",
+            f"| real training epoch (stage loop) | {statistics.median(t['epoch_images_per_s']):.1f} | "
+            f"{', '.join(f'{v:.0f}' for v in t['epoch_images_per_s'])} |",
+            f"| model only: forward + backward | {statistics.median(t['model_fwd_bwd_images_per_s']):.1f} | "
+            f"{', '.join(f'{v:.0f}' for v in t['model_fwd_bwd_images_per_s'])} |",
+            f"| model only: forward + backward + AdamW step | "
+            f"{statistics.median(t['model_fwd_bwd_step_images_per_s']):.1f} | "
+            f"{', '.join(f'{v:.0f}' for v in t['model_fwd_bwd_step_images_per_s'])} |",
+            "",
+            f"Real epoch / model-only: **{t['ratio_vs_fwd_bwd']:.0%}** of forward+backward, "
+            f"**{t['ratio_vs_fwd_bwd_step']:.0%}** of forward+backward+step (target >= 90%).",
+            "",
+        ]
+    if p:
+        lines += [
+            "## Feature-extraction head fit",
+            "",
+            f"Features {p['features']['train']} ({'from the cache' if p['features']['from_cache'] else 'computed'}, "
+            f"{p['features']['seconds']:.1f} s). L2 grid {p['probe_l2']}, best on val.",
+            "",
+            "| fitter | seconds | val accuracy |",
+            "|---|---|---|",
+            f"| torch L-BFGS, full batch, warm-started (the stage's) | "
+            f"{statistics.median(p['lbfgs_seconds']):.2f} | {p['lbfgs_val_accuracy']:.4f} (l2={p['lbfgs_l2']}) |",
+            f"| scikit-learn LogisticRegression (lbfgs), same grid | {p['sklearn_seconds']:.2f} | "
+            f"{p['sklearn_val_accuracy']:.4f} |",
+            "",
+            "Target: head fit <= 10 s.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def accuracy_markdown(result: dict) -> str:
+    recipe = result["recipe"]
+    lines = [
+        "# Transfer strategies on the default data (CPU)",
+        "",
+        f"Fashion-MNIST subset from `dvc repro prepare` (train/val/test from dataset.json), {recipe['backbone']}, "
+        f"test split of {result['test_images']} images never seen in training or model selection. Recipe: the "
+        f"params.yaml defaults (lr {recipe['lr']}, {recipe['scheduler']}, {recipe['epochs']} epochs, batch "
+        f"{recipe['batch_size']}, label smoothing {recipe['label_smoothing']}, augmentation crop>="
+        f"{recipe['augment']['crop_scale_min']}), changed only as the overrides say.",
+        "",
+        "| strategy | overrides | test accuracy | val accuracy | best epoch / run | wall time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in result["runs"].items():
+        overrides = ", ".join(f"{k}={v}" for k, v in row["overrides"].items())
+        lines.append(
+            f"| {name} | {overrides} | {row['test_accuracy']:.4f} | {row['val_accuracy']:.4f} | "
+            f"{row['best_epoch']} / {row['epochs_run']} | {row['wall_seconds']:.0f} s |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run(quick: bool = False, parts: tuple[str, ...] = ("throughput", "probe", "accuracy")) -> dict:
+    results = {}
+    if "throughput" in parts or "probe" in parts:
+        previous = RESULTS_DIR / "train.json"
+        speed = json.loads(previous.read_text()) if previous.is_file() else {}
+        speed.pop("machine", None)
+        if "throughput" in parts:
+            speed["throughput"] = bench_throughput(quick)
+        if "probe" in parts:
+            speed["probe"] = bench_probe(quick)
+        write_results("train", speed, throughput_markdown(speed))
+        results.update(speed)
+    if "accuracy" in parts:
+        accuracy = bench_accuracy(quick)
+        write_results("train_accuracy", accuracy, accuracy_markdown(accuracy))
+        results["accuracy"] = accuracy
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="*", choices=["throughput", "probe", "accuracy", []])
+    parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run(args.quick, tuple(args.parts or ("throughput", "probe", "accuracy")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""Stage `train`: transfer-learn an ImageNet backbone on the prepared images.
+
+Reads `data/prepared` (dataset.json and the cached uint8 pixels of train and val; never test)
+and the `train` params section; the input preprocessing comes from dataset.json, i.e. what
+the pixels were actually made with. Writes `models/` (model.pt + model.json), `metrics/train.json`,
+DVCLive curves in `dvclive/train`, and two directories that persist across runs: the feature
+cache `data/features` (feature_extraction) and the per-epoch checkpoint `checkpoints/train`,
+which a re-run with the same params and data resumes from after a crash or a kill.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from transferline import atomic
+from transferline.backbones import TransferModel, build_model, feature_dim, get_spec, imagenet_normalization
+from transferline.checkpoints import CheckpointStore, run_digest
+from transferline.cli import run_cli, stage_parser
+from transferline.config import TrainParams, load_section
+from transferline.errors import DataError
+from transferline.features import KEY_FILE, cache_key, cached_features, fit_probe, install_head
+from transferline.preprocessing import PreprocessSpec
+from transferline.strategies import check_params, make_plan
+from transferline.trained_model import save_trained_model
+from transferline.training import (
+    BatchSource,
+    EpochSink,
+    FitResult,
+    Runtime,
+    SplitData,
+    configure_threads,
+    evaluate,
+    fit,
+    resolve_runtime,
+)
+
+log = logging.getLogger("transferline.train")
+
+PREPARED_DIR = Path("data/prepared")
+MODELS_DIR = Path("models")
+FEATURES_DIR = Path("data/features")
+CHECKPOINT_DIR = Path("checkpoints/train")
+METRICS_FILE = Path("metrics/train.json")
+LIVE_DIR = Path("dvclive/train")
+
+
+def read_dataset(prepared_dir: Path) -> dict:
+    path = prepared_dir / "dataset.json"
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: run the prepare stage first (dvc repro prepare)")
+    dataset = json.loads(path.read_text())
+    if not dataset.get("cached"):
+        raise DataError(f"{prepared_dir} has no pixel cache: training reads it, set prepare.cache: true")
+    return dataset
+
+
+def load_split(prepared_dir: Path, name: str, num_classes: int, image_size: int) -> SplitData:
+    cache = prepared_dir / "cache"
+    images = np.load(cache / f"{name}_images.npy", mmap_mode="c")  # copy-on-write map: no full read up front
+    labels = np.load(cache / f"{name}_labels.npy").astype(np.int64)
+    if images.shape[1:] != (image_size, image_size, 3) or images.dtype != np.uint8 or len(images) != len(labels):
+        raise DataError(f"{cache}/{name}_*.npy: expected uint8 (N, {image_size}, {image_size}, 3) and N labels")
+    if len(labels) == 0:
+        raise DataError(f"the {name} split is empty: more images are needed")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(f"{cache}/{name}_labels.npy holds labels outside 0..{num_classes - 1}")
+    return SplitData(images, labels)
+
+
+def warn_on_normalization(params: TrainParams, spec: PreprocessSpec) -> None:
+    if not params.pretrained or params.weights_path:
+        return
+    mean, std = imagenet_normalization(get_spec(params.backbone))
+    if not (np.allclose(mean, spec.mean, atol=1e-4) and np.allclose(std, spec.std, atol=1e-4)):
+        log.warning(
+            "preprocess mean/std %s/%s differ from the %s weights' own %s/%s: features may suffer",
+            spec.mean,
+            spec.std,
+            params.backbone,
+            mean,
+            std,
+        )
+
+
+def fit_feature_extraction(
+    model: TransferModel,
+    train: SplitData,
+    val: SplitData,
+    spec: PreprocessSpec,
+    params: TrainParams,
+    runtime: Runtime,
+    features_dir: Path,
+    key: dict,
+    sink: EpochSink | None,
+) -> FitResult:
+    """Frozen body: cached features -> logistic-regression head, installed into the model."""
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    splits = {"train": train, "val": val}
+    features, from_cache = cached_features(
+        model, splits, spec, runtime, features_dir, key, max(2 * params.batch_size, 64)
+    )
+    feature_seconds = time.perf_counter() - start
+    probe = fit_probe(
+        features["train"], train.labels, features["val"], val.labels, model.head.out_features, params.probe_l2
+    )
+    install_head(model, probe)
+    log.info("head fitted in %.2f s (l2=%g, val acc %.4f)", probe.seconds, probe.l2, probe.val_accuracy)
+    # the assembled model, scored end to end: it must agree with the probe's own val score
+    val_loss, val_accuracy = evaluate(
+        model, BatchSource(val, runtime.device), spec, runtime, max(2 * params.batch_size, 64)
+    )
+    if abs(val_accuracy - probe.val_accuracy) * len(val) > 1.5:  # one borderline image may flip in float32
+        log.warning("assembled model scores %.4f on val, the probe %.4f", val_accuracy, probe.val_accuracy)
+    record = {
+        "epoch": 1,
+        "train_accuracy": probe.train_accuracy,
+        "val_loss": val_loss,
+        "val_accuracy": val_accuracy,
+        "feature_seconds": feature_seconds,
+        "head_fit_seconds": probe.seconds,
+    }
+    if sink is not None:
+        sink.start([])
+        sink.epoch(record)
+    return FitResult(
+        [record],
+        1,
+        val_accuracy,
+        val_loss,
+        0,
+        False,
+        False,
+        {
+            "probe": {"l2": probe.l2, "trials": probe.trials, "seconds": probe.seconds},
+            "features_from_cache": from_cache,
+        },
+    )
+
+
+def ensure_features_dir(features_dir: Path) -> None:
+    """The feature cache is a DVC out of this stage whatever the strategy: make it exist, never clobber it."""
+    if not (features_dir / KEY_FILE).is_file():
+        atomic.write_json(features_dir / KEY_FILE, {"key": None, "note": "filled by train.strategy=feature_extraction"})
+
+
+def run(
+    params: TrainParams,
+    prepared_dir: Path = PREPARED_DIR,
+    models_dir: Path = MODELS_DIR,
+    features_dir: Path = FEATURES_DIR,
+    checkpoint_dir: Path = CHECKPOINT_DIR,
+    metrics_file: Path = METRICS_FILE,
+    live_dir: Path | None = LIVE_DIR,
+    stop_after_epoch: int | None = None,
+) -> dict:
+    """Train and write the model; returns the metrics (with `interrupted` when stopped on purpose)."""
+    wall_start = time.perf_counter()
+    check_params(params)
+    runtime = resolve_runtime(params)
+    threads = configure_threads(params, runtime)
+    dataset = read_dataset(prepared_dir)
+    spec = PreprocessSpec.from_dict(dataset["preprocess"])
+    classes = list(dataset["classes"])
+
+    torch.manual_seed(params.seed)  # the new head's initial weights
+    model, weights = build_model(params.backbone, len(classes), params.pretrained, params.weights_path)
+    warn_on_normalization(params, spec)
+    plan = make_plan(model, params)
+    log.info("%s on %s (%d threads); %s", params.backbone, runtime.describe(), threads, plan.describe(0))
+
+    train = load_split(prepared_dir, "train", len(classes), spec.image_size)
+    val = load_split(prepared_dir, "val", len(classes), spec.image_size)
+    params_json = params.model_dump(mode="json")
+    digest = run_digest(params_json, dataset["data_version"], dataset["preprocess"], classes, len(train))
+    store = CheckpointStore(checkpoint_dir, digest)
+    sink = None
+    if live_dir is not None:
+        from transferline.tracking import LiveSink
+
+        sink = LiveSink(live_dir)
+
+    if params.strategy == "feature_extraction":
+        key = cache_key(params.backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model))
+        result = fit_feature_extraction(model, train, val, spec, params, runtime, features_dir, key, sink)
+        store.clear()
+    else:
+        ensure_features_dir(features_dir)
+        result = fit(model, plan, train, val, spec, params, runtime, store, sink, stop_after_epoch)
+    if sink is not None:
+        sink.end()
+    if result.interrupted:
+        return {
+            "interrupted": True,
+            "epochs_done": len(result.history),
+            "resumed_from_epoch": result.resumed_from_epoch,
+        }
+
+    wall = time.perf_counter() - wall_start
+    rates = [r["images_per_s"] for r in result.history if "images_per_s" in r]
+    metrics = {
+        "backbone": params.backbone,
+        "strategy": params.strategy,
+        "val_accuracy": result.best_val_accuracy,
+        "val_loss": result.best_val_loss,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "train_images_per_s": statistics.median(rates) if rates else None,
+        "wall_seconds": wall,
+        "data_version": dataset["data_version"],
+        **({"head_fit_seconds": result.extra["probe"]["seconds"]} if "probe" in result.extra else {}),
+    }
+    meta = {
+        "backbone": params.backbone,
+        "strategy": params.strategy,
+        "classes": classes,
+        "num_classes": len(classes),
+        "feature_dim": feature_dim(model),
+        "preprocess": spec.to_dict(),
+        "input": {
+            "shape": ["batch", 3, spec.image_size, spec.image_size],
+            "dtype": "float32",
+            "normalization": "transferline.preprocessing.normalize: uint8 RGB / 255, then (x - mean) / std; "
+            "not inside the model",
+        },
+        "params": params_json,
+        "weights": weights,
+        "data_version": dataset["data_version"],
+        "best_epoch": result.best_epoch,
+        "val": {"accuracy": result.best_val_accuracy, "loss": result.best_val_loss},
+        "training": {
+            "epochs_run": len(result.history),
+            "stopped_early": result.stopped_early,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "params_digest": digest,
+            "runtime": runtime.describe(),
+            "wall_seconds": wall,
+            **result.extra,
+        },
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
+    }
+    save_trained_model(models_dir, model.cpu(), meta)
+    atomic.write_json(metrics_file, metrics)
+    store.finish(best_epoch=result.best_epoch, val_accuracy=result.best_val_accuracy, epochs_run=len(result.history))
+    log.info(
+        "best val accuracy %.4f at epoch %d of %d; model in %s (%.0f s)",
+        result.best_val_accuracy,
+        result.best_epoch,
+        len(result.history),
+        models_dir,
+        wall,
+    )
+    return metrics
+
+
+def main(args) -> None:
+    run(load_section("train", TrainParams, args.params), stop_after_epoch=args.stop_after_epoch)
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--stop-after-epoch",
+        type=int,
+        default=None,
+        help="stop after this epoch, leaving the checkpoint a re-run resumes from (for tests)",
+    )
+    run_cli(main, parser)
