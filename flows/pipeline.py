@@ -131,7 +131,9 @@ def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: b
     decision = json.loads((root / "gate" / "decision.json").read_text())
     champion = find_champion()
     current = champion.tag if champion else None
-    if decision.get("champion_at_decision") != current:
+    export_md5 = dvc_out_hash(root, "export", "export")
+    already_serving = champion is not None and champion.metadata.get("export_md5") == export_md5
+    if decision.get("champion_at_decision") != current and not already_serving:
         logger.info(
             "champion changed since the gate ran (%s -> %s): re-running the gate",
             decision.get("champion_at_decision"),
@@ -141,11 +143,10 @@ def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: b
         decision = json.loads((root / "gate" / "decision.json").read_text())
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
 
-    export_md5 = dvc_out_hash(root, "export", "export")
     if not decision["passed"]:
         outcome = f"gate failed, champion kept ({current or 'none'})"
         state = Completed(message=f"{outcome}: {decision['reason']}")
-    elif champion is not None and champion.metadata.get("export_md5") == export_md5:
+    elif already_serving:
         outcome = f"unchanged: champion {current} already serves this model"
         state = Completed(message=outcome)
     elif not deploy:

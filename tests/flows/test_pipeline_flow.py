@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prefect import flow
 
 from flows.dvc_stage import PIPELINE_STAGES
 from flows.service_control import ServiceController, controller_from_params
@@ -95,11 +96,15 @@ def test_first_run_deploys_second_run_skips_degraded_run_keeps_champion(flow_rep
 
     second = run_flow(flow_repo)
     assert second.is_completed() and second.message.startswith("unchanged")
+    report = json.loads((flow_repo / "gate" / "decision.json").read_text())
+    assert report["champion_at_decision"] is None  # the gate was not re-run: nothing changed
     lock = yaml.safe_load((flow_repo / "dvc.lock").read_text())
     assert set(PIPELINE_STAGES) <= set(lock["stages"])
     assert service.pid() == pid, "nothing changed, yet the service was restarted"
 
-    degraded = run_flow(flow_repo, {"train.strategy": "full", "train.lr": 50.0, "train.epochs": 1})
+    degraded = run_flow(
+        flow_repo, {"train.strategy": "full", "train.lr": 50.0, "train.epochs": 1, "train.warmup_epochs": 0}
+    )
     assert degraded.is_completed(), degraded.message
     assert degraded.message.startswith(f"gate failed, champion kept ({champion.tag})")
     decision = json.loads((flow_repo / "gate" / "decision.json").read_text())
@@ -126,8 +131,14 @@ def test_failed_deploy_rolls_back_to_the_previous_champion(flow_repo, monkeypatc
         raise ServiceFailed("probe answered 500")
 
     monkeypatch.setattr(ServiceController, "classify", broken_classify)
-    with pytest.raises(pipeline_module.DeployFailed, match=f"rolled back to {previous.tag}"):
-        pipeline_module.deploy_task.fn(tag, str(flow_repo), "127.0.0.1", controller(flow_repo).port)
+
+    @flow
+    def deploy_only():
+        return pipeline_module.deploy_task(tag, str(flow_repo), "127.0.0.1", controller(flow_repo).port)
+
+    state = deploy_only(return_state=True)
+    assert state.is_failed()
+    assert f"rolled back to {previous.tag}, which is serving" in state.message
     monkeypatch.undo()
     assert find_champion().tag == previous.tag
     assert httpx.get(f"{controller(flow_repo).url}/readyz", timeout=5).status_code == 200
