@@ -63,10 +63,16 @@ def flow_repo(tmp_path_factory):
     )
     for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
         run_tool(args, repo)
-    os.environ["BENTOML_HOME"] = str(root / "bentoml")
+    saved = {key: os.environ.get(key) for key in ("BENTOML_HOME", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")}
+    os.environ["BENTOML_HOME"] = str(root / "bentoml")  # the flow uses the registry in this process
     os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
     yield repo
     controller_from_params(repo).stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def controller(repo: Path) -> ServiceController:
