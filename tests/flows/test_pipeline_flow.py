@@ -14,6 +14,7 @@ from prefect import flow
 
 from flows.dvc_stage import PIPELINE_STAGES
 from flows.service_control import ServiceController, controller_from_params
+from tests.conftest import run_tool
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def flow_repo(tmp_path_factory):
     """A git+DVC copy of the project with tiny data and fast, still real, training."""
     import shutil
 
-    from tests.conftest import PROJECT_ROOT, class_image, png_bytes, run_tool
+    from tests.conftest import PROJECT_ROOT, class_image, png_bytes
 
     root = tmp_path_factory.mktemp("flow")
     repo = root / "repo"
@@ -100,6 +101,9 @@ def test_first_run_deploys_second_run_skips_degraded_run_keeps_champion(flow_rep
     assert answer["predictions"][0]["label"] == "dog"
     pid = service.pid()
 
+    run_tool(["git", "add", "-A"], flow_repo)
+    run_tool(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "first"], flow_repo)
+
     second = run_flow(flow_repo)
     assert second.is_completed() and second.message.startswith("unchanged")
     report = json.loads((flow_repo / "gate" / "decision.json").read_text())
@@ -118,6 +122,9 @@ def test_first_run_deploys_second_run_skips_degraded_run_keeps_champion(flow_rep
     assert find_champion().tag == champion.tag
     assert service.classify(image)["model_tag"] == champion.tag
     assert service.pid() == pid
+    diff = json.loads(run_tool(["dvc", "metrics", "diff", "--json"], flow_repo).stdout)
+    accuracy = diff["metrics/evaluate.json"]["accuracy"]
+    assert accuracy["old"] > accuracy["new"], accuracy  # the degraded params show up as a metrics change
 
 
 def test_failed_deploy_rolls_back_to_the_previous_champion(flow_repo, monkeypatch):
