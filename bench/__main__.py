@@ -14,6 +14,7 @@ BENCHMARKS = {
     "export": "bench.export_bench",
     "serving": "bench.serving_bench",
     "tune": "bench.tune_bench",
+    "flow": "bench.flow_bench",
 }
 
 

@@ -194,12 +194,16 @@ def test_accuracy(models_dir: Path, splits) -> float:
     return float((logits.argmax(1) == splits["test"].labels).mean())
 
 
-def bench_accuracy(quick: bool) -> dict:
+def bench_accuracy(quick: bool, only: list[str] | None = None) -> dict:
+    """Every run in ACCURACY_RUNS, or only the named ones, merged into the previous results."""
     from stages import train as train_stage
 
     _, _, splits = load_default_data()
-    rows = {}
+    previous = RESULTS_DIR / "train_accuracy.json"
+    rows = json.loads(previous.read_text())["runs"] if only and previous.is_file() else {}
     for name, overrides in ACCURACY_RUNS.items():
+        if only and name not in only:
+            continue
         params = default_params(**{**overrides, **({"epochs": 2, "warmup_epochs": 0.5} if quick else {})})
         base = WORK / "accuracy" / "".join(c if c.isalnum() else "_" for c in name)
         start = time.perf_counter()
@@ -220,8 +224,10 @@ def bench_accuracy(quick: bool) -> dict:
             "best_epoch": metrics["best_epoch"],
             "epochs_run": metrics["epochs_run"],
             "wall_seconds": wall,
+            "train_images_per_s": metrics["train_images_per_s"],
         }
         logging.getLogger("bench").info("%s: %s", name, rows[name])
+    rows = {name: rows[name] for name in ACCURACY_RUNS if name in rows}
     return {"recipe": default_params().model_dump(mode="json"), "runs": rows, "test_images": len(splits["test"])}
 
 
@@ -268,6 +274,10 @@ def throughput_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
 def accuracy_markdown(result: dict) -> str:
     recipe = result["recipe"]
     lines = [
@@ -279,19 +289,22 @@ def accuracy_markdown(result: dict) -> str:
         f"{recipe['batch_size']}, label smoothing {recipe['label_smoothing']}, augmentation crop>="
         f"{recipe['augment']['crop_scale_min']}), changed only as the overrides say.",
         "",
-        "| strategy | overrides | test accuracy | val accuracy | best epoch / run | wall time |",
-        "|---|---|---|---|---|---|",
+        "| strategy | overrides | test accuracy | val accuracy | best epoch / run | wall time | train images/s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in result["runs"].items():
         overrides = ", ".join(f"{k}={v}" for k, v in row["overrides"].items())
         lines.append(
             f"| {name} | {overrides} | {row['test_accuracy']:.4f} | {row['val_accuracy']:.4f} | "
-            f"{row['best_epoch']} / {row['epochs_run']} | {row['wall_seconds']:.0f} s |"
+            f"{row['best_epoch']} / {row['epochs_run']} | {row['wall_seconds']:.0f} s | "
+            f"{_rate(row.get('train_images_per_s'))} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def run(quick: bool = False, parts: tuple[str, ...] = ("throughput", "probe", "accuracy")) -> dict:
+def run(
+    quick: bool = False, parts: tuple[str, ...] = ("throughput", "probe", "accuracy"), only: list[str] | None = None
+) -> dict:
     results = {}
     if "throughput" in parts or "probe" in parts:
         previous = RESULTS_DIR / "train.json"
@@ -304,7 +317,7 @@ def run(quick: bool = False, parts: tuple[str, ...] = ("throughput", "probe", "a
         write_results("train", speed, throughput_markdown(speed))
         results.update(speed)
     if "accuracy" in parts:
-        accuracy = bench_accuracy(quick)
+        accuracy = bench_accuracy(quick, only)
         write_results("train_accuracy", accuracy, accuracy_markdown(accuracy))
         results["accuracy"] = accuracy
     return results
@@ -314,9 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("parts", nargs="*", choices=["throughput", "probe", "accuracy", []])
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
+    parser.add_argument("--only", action="append", choices=list(ACCURACY_RUNS), help="re-run just this accuracy row")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run(args.quick, tuple(args.parts or ("throughput", "probe", "accuracy")))
+    run(args.quick, tuple(args.parts or ("throughput", "probe", "accuracy")), args.only)
     return 0
 
 
