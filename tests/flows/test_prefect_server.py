@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ from tests.conftest import QUIET_ENV, run_tool
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def free_port() -> int:
@@ -81,32 +83,15 @@ def data_repo(dvc_repo, image_tree):
 
 
 def wait_for_runs(env, run_ids, timeout=240):
-    from prefect.client.orchestration import get_client
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    async def states():
-        async with get_client() as client:
-            return [await client.read_flow_run(run_id) for run_id in run_ids]
-
+    """Poll the server's REST API (not an in-process client, whose settings may point elsewhere)."""
+    api = env["PREFECT_API_URL"]
     deadline = time.monotonic() + timeout
-    with _env(env):
-        while time.monotonic() < deadline:
-            runs = run_coro_as_sync(states())
-            if all(run.state and run.state.is_final() for run in runs):
-                return runs
-            time.sleep(2)
-    raise AssertionError(f"runs not finished: {[(r.name, r.state_name) for r in runs]}")
-
-
-@contextlib.contextmanager
-def _env(env):
-    saved = dict(os.environ)
-    os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME")})
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    while time.monotonic() < deadline:
+        runs = [httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json() for run_id in run_ids]
+        if all(run["state"] and run["state"]["type"] in FINAL_STATES for run in runs):
+            return runs
+        time.sleep(2)
+    raise AssertionError(f"runs not finished: {[(r['name'], r['state']) for r in runs]}")
 
 
 def test_scheduled_deployment_worker_and_concurrency_limit(prefect_server, data_repo, tmp_path):
@@ -163,9 +148,11 @@ def test_scheduled_deployment_worker_and_concurrency_limit(prefect_server, data_
         os.killpg(worker.pid, 15)
         worker.wait(timeout=30)
         worker_log.close()
-    assert [r.state_name for r in runs] == ["Completed", "Completed"], (tmp_path / "worker.log").read_text()[-3000:]
-    assert "retraining not requested" in runs[0].state.message
-    first, second = sorted(runs, key=lambda r: r.start_time)
-    assert second.start_time >= first.end_time, "two runs of the same deployment overlapped"
+    worker_output = (tmp_path / "worker.log").read_text()[-3000:]
+    assert [r["state"]["type"] for r in runs] == ["COMPLETED", "COMPLETED"], worker_output
+    assert "retraining not requested" in runs[0]["state"]["message"]
+    first, second = sorted(runs, key=lambda r: datetime.fromisoformat(r["start_time"]))
+    overlap_free = datetime.fromisoformat(second["start_time"]) >= datetime.fromisoformat(first["end_time"])
+    assert overlap_free, "two runs of the same deployment overlapped"
     assert (data_repo / "data" / "prepared" / "manifest.csv").is_file()
     run_tool(["dvc", "status"], data_repo)
