@@ -11,6 +11,7 @@ import sys
 
 BENCHMARKS = {
     "prepare": "bench.prepare_bench",
+    "train": "bench.train_bench",
     "export": "bench.export_bench",
     "serving": "bench.serving_bench",
     "tune": "bench.tune_bench",

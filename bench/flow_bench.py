@@ -36,7 +36,7 @@ def timed(args: list[str], cwd: Path) -> float:
 def small_repo(root: Path) -> Path:
     """A git+DVC copy of the pipeline on 3 generated classes x 20 images, with quick training."""
     repo = root / "repo"
-    repo.mkdir()
+    repo.mkdir(parents=True)
     for name in ("dvc.yaml", "params.yaml", "stages", "transferline"):
         source = PROJECT_ROOT / name
         copy = shutil.copytree if source.is_dir() else shutil.copy2
