@@ -7,15 +7,14 @@ bento serves the model it was built with, whatever the registry says later.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import yaml
 
 from serving.registry import MODEL_NAME, Champion, read_pointer
+from serving.registry import bundle as registry_bundle
 from transferline.errors import TransferlineError
-from transferline.preprocessing import PreprocessSpec
 
 MODEL_TAG_ENV = "TRANSFERLINE_MODEL_TAG"
 NO_CHAMPION = "no champion model: run the pipeline or `python -m serving.registry promote TAG`"
@@ -56,17 +55,7 @@ def bundled_model_tag(working_dir: Path) -> str | None:
 
 def load_bundle(tag: str) -> Champion:
     """The model's files and lineage from the model store."""
-    import bentoml
-
-    model = bentoml.models.get(tag)
-    path = Path(model.path)
-    return Champion(
-        tag=str(model.tag),
-        path=path,
-        classes=json.loads((path / "classes.json").read_text())["classes"],
-        preprocess=PreprocessSpec.from_dict(json.loads((path / "preprocess.json").read_text())),
-        metadata=dict(model.info.metadata),
-    )
+    return registry_bundle(tag)
 
 
 def promotion_time(tag: str) -> str | None:

@@ -167,8 +167,11 @@ def rollback() -> str:
 def find_champion() -> Champion | None:
     """The gate's and the service's single lookup of the model currently promoted, if any."""
     tag = read_pointer()["champion"]
-    if tag is None:
-        return None
+    return None if tag is None else bundle(tag)
+
+
+def bundle(tag: str) -> Champion:
+    """A registered model's files, classes, preprocessing and lineage."""
     model = _get(tag)
     path = Path(model.path)
     return Champion(
