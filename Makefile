@@ -17,6 +17,8 @@ export DVC_NO_ANALYTICS := 1
 export ITERATIVE_DO_NOT_TRACK := 1
 export BENTOML_DO_NOT_TRACK := true
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+# Idle OpenMP threads sleep: spinning ones collapse throughput beside any other busy process.
+export OMP_WAIT_POLICY := PASSIVE
 export PATH := $(BIN):$(PATH)
 
 .PHONY: setup assets demo stop test lint bench clean
