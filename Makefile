@@ -48,8 +48,8 @@ stop:
 	$(BIN)/python -m flows.service_control stop
 
 lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --check --no-cache .
 
 test: setup lint
 	$(BIN)/python -m pytest
