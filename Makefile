@@ -21,7 +21,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export OMP_WAIT_POLICY := PASSIVE
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup assets demo stop test lint bench clean
+.PHONY: setup assets bench-tools demo stop test lint bench clean
 
 $(STAMP): pyproject.toml
 	@bash scripts/ensure_python.sh "$(PYTHON)" "$(VENV)"
@@ -51,12 +51,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/ruff format --check --no-cache .
 
-test: setup lint
+test: setup bench-tools lint
 	$(BIN)/python -m pytest
 
-bench: setup
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || \
-		echo "the serving benchmark needs wrk (apt-get install wrk)"
+# The load client of the serving and load benchmarks (a test runs the load benchmark in quick mode).
+bench-tools:
+	@bash scripts/ensure_wrk.sh
+
+# Every benchmark, one report: bench/RESULTS.md and bench/RESULTS.json (about 15 minutes on 2 cores).
+bench: setup bench-tools
 	$(BIN)/python -m bench
 
 clean: stop

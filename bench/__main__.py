@@ -1,33 +1,75 @@
-"""Run the benchmarks and write their results under bench/results/.
+"""Run the benchmarks and write one report: bench/RESULTS.md and bench/RESULTS.json.
 
-Usage: python -m bench [--quick] [name ...]   (names: see BENCHMARKS)
+Each benchmark also writes its details under bench/results/. The pipeline state (`dvc repro`, as
+`make demo` leaves it) is brought up to date first, outside the timed benchmarks. A benchmark that
+fails is reported as failed, the others still run, and the exit status is non-zero.
+
+Usage: python -m bench [--quick] [name ...]   (names: see BENCHMARKS; default: all)
+$TRANSFERLINE_BENCH_RESULTS_DIR sends every file (report included) elsewhere, for smoke runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import time
+import traceback
+from pathlib import Path
 
+from bench.common import machine, results_dir, run_tool
+from bench.report import build_report, render_markdown
+from transferline import atomic
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = {
-    "prepare": "bench.prepare_bench",
-    "train": "bench.train_bench",
-    "export": "bench.export_bench",
-    "serving": "bench.serving_bench",
-    "tune": "bench.tune_bench",
-    "flow": "bench.flow_bench",
+    "prepare": ("bench.prepare_bench", {}),
+    "train": ("bench.train_bench", {"parts": ("throughput", "probe")}),
+    "export": ("bench.export_bench", {}),
+    "serving": ("bench.serving_bench", {}),
+    "load": ("bench.load_bench", {}),
+    "tune": ("bench.tune_bench", {}),
+    "flow": ("bench.flow_bench", {}),
 }
+NEEDS_PIPELINE = {"prepare", "train", "export", "tune", "flow"}
+
+
+def report_dir() -> Path:
+    return results_dir() if os.environ.get("TRANSFERLINE_BENCH_RESULTS_DIR") else PROJECT_ROOT / "bench"
+
+
+def run_one(name: str, quick: bool) -> dict:
+    module, kwargs = BENCHMARKS[name]
+    start = time.perf_counter()
+    try:
+        results = importlib.import_module(module).run(quick=quick, **kwargs)
+    except Exception as error:  # one broken benchmark must not cost the others' figures
+        traceback.print_exc()
+        return {"seconds": time.perf_counter() - start, "error": f"{type(error).__name__}: {error}"}
+    return {"seconds": time.perf_counter() - start, "results": results}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run transferline's benchmarks.")
+    parser = argparse.ArgumentParser(description="Run transferline's benchmarks and write one report.")
     parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], help="default: all")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="short runs: a smoke test of every benchmark")
     args = parser.parse_args(argv)
-    for name in args.names or list(BENCHMARKS):
+    names = args.names or list(BENCHMARKS)
+    if NEEDS_PIPELINE & set(names):
+        print("== pipeline state (dvc repro, not timed)", flush=True)
+        run_tool(["dvc", "repro"], PROJECT_ROOT)
+    runs = {}
+    for name in names:
         print(f"== {name}", flush=True)
-        importlib.import_module(BENCHMARKS[name]).run(quick=args.quick)
-    return 0
+        runs[name] = run_one(name, args.quick)
+        print(f"   {runs[name]['seconds']:.0f} s, {runs[name].get('error', 'ok')}", flush=True)
+    report = build_report(machine(), runs, args.quick)
+    target = report_dir()
+    atomic.write_json(target / "RESULTS.json", report)
+    atomic.write_text(target / "RESULTS.md", render_markdown(report))
+    print(render_markdown(report))
+    return 1 if any("error" in run for run in runs.values()) else 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ from transferline.env import tool_env
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def results_dir() -> Path:
+    """Where results go: bench/results/, or $TRANSFERLINE_BENCH_RESULTS_DIR (smoke runs must not overwrite them)."""
+    return Path(os.environ.get("TRANSFERLINE_BENCH_RESULTS_DIR") or RESULTS_DIR)
+
+
 def machine() -> dict:
     def version(name: str) -> str | None:
         try:
@@ -59,7 +64,8 @@ def run_tool(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def write_results(name: str, results: dict, markdown: str) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(RESULTS_DIR / f"{name}.json", {"machine": machine(), **results})
-    atomic.write_text(RESULTS_DIR / f"{name}.md", markdown)
-    return RESULTS_DIR / f"{name}.md"
+    target = results_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(target / f"{name}.json", {"machine": machine(), **results})
+    atomic.write_text(target / f"{name}.md", markdown)
+    return target / f"{name}.md"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS_DIR, write_results
+from bench.common import results_dir, write_results
 from transferline.config import TrainParams, load_section
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -199,7 +199,7 @@ def bench_accuracy(quick: bool, only: list[str] | None = None) -> dict:
     from stages import train as train_stage
 
     _, _, splits = load_default_data()
-    previous = RESULTS_DIR / "train_accuracy.json"
+    previous = results_dir() / "train_accuracy.json"
     rows = json.loads(previous.read_text())["runs"] if only and previous.is_file() else {}
     for name, overrides in ACCURACY_RUNS.items():
         if only and name not in only:
@@ -320,7 +320,7 @@ def run(
 ) -> dict:
     results = {}
     if "throughput" in parts or "probe" in parts:
-        previous = RESULTS_DIR / "train.json"
+        previous = results_dir() / "train.json"
         speed = json.loads(previous.read_text()) if previous.is_file() else {}
         speed.pop("machine", None)
         if "throughput" in parts:

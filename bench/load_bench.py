@@ -1,0 +1,208 @@
+"""Load test: many concurrent clients for a minute against the served model, with its memory before and after.
+
+The service runs as `make demo` serves it (adaptive batching on, 2 workers, 1 ONNX Runtime thread each)
+on 127.0.0.1; the client is the serving benchmark's `wrk` script (C, one thread, keep-alive, multipart
+POST /classify of one JPEG). Memory is the proportional set size (PSS) summed over the service's whole
+process tree, so shared pages count once: sampled after a warm-up at full load (allocator pools and
+ONNX Runtime arenas settle there), every second during the run, and after it. A leak shows as growth
+between the two; the bound is stated in MEMORY_GROWTH_BOUND_MIB.
+
+Writes bench/results/load.{json,md}. Usage: python -m bench.load_bench [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import httpx
+import psutil
+
+from bench.common import write_results
+from bench.serving_bench import WRK_SCRIPT, bench_image, build_store, require_wrk, run_wrk
+from serving.local_server import LocalServer, running_server
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CLIENTS = 50
+SECONDS = 60.0
+WARMUP_SECONDS = 10.0
+WORKERS = 2
+MEMORY_GROWTH_BOUND_MIB = 32.0
+P99_BOUND_MS = 500.0
+
+
+def tree_pss_mib(root_pid: int) -> float:
+    """PSS of a process and all its descendants, in MiB (processes that vanish meanwhile are left out)."""
+    total = 0
+    root = psutil.Process(root_pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            total += process.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total / 2**20
+
+
+class MemorySampler:
+    """Samples the tree's PSS once a second on a thread while the load runs; keeps the peak."""
+
+    def __init__(self, root_pid: int, interval_s: float = 1.0) -> None:
+        self.root_pid, self.interval_s = root_pid, interval_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.samples.append(tree_pss_mib(self.root_pid))
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def answers_normally(server: LocalServer, image: Path) -> bool:
+    """One ordinary prediction after the load: 200 with predictions."""
+    with image.open("rb") as body:
+        response = httpx.post(f"{server.url}/classify", files={"image": ("after.jpg", body, "image/jpeg")}, timeout=10)
+    return response.status_code == 200 and bool(response.json().get("predictions"))
+
+
+def measure(clients: int, seconds: float, warmup_s: float) -> dict:
+    wrk = require_wrk()
+    with tempfile.TemporaryDirectory(prefix="load-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        home = tmp / "bentoml"
+        tag = build_store(home, tmp / "bundle")
+        image = bench_image(tmp / "bench.jpg")
+        script = tmp / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        env = {
+            "BENTOML_HOME": str(home),
+            "TRANSFERLINE_MODEL_TAG": tag,
+            "TRANSFERLINE_SERVE_WORKERS": str(WORKERS),
+            "TRANSFERLINE_SERVE_ORT_THREADS": "1",
+            "TRANSFERLINE_SERVE_BATCHING": "true",
+            "PYTHONPATH": str(PROJECT_ROOT),
+        }
+        with running_server(PROJECT_ROOT, tmp / "serve.log", env) as server:
+            url = f"{server.url}/classify"
+            idle_mib = tree_pss_mib(server.process.pid)
+            warmup = run_wrk(wrk, script, image, url, clients, warmup_s)
+            before_mib = tree_pss_mib(server.process.pid)
+            with MemorySampler(server.process.pid) as sampler:
+                load = run_wrk(wrk, script, image, url, clients, seconds)
+            after_mib = tree_pss_mib(server.process.pid)
+            healthy = answers_normally(server, image)
+            ready = httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200
+    return {
+        "model_tag": tag,
+        "warmup": warmup,
+        "load": load,
+        "memory_mib": {
+            "idle": idle_mib,
+            "before": before_mib,
+            "peak": max(sampler.samples, default=after_mib),
+            "after": after_mib,
+            "samples": len(sampler.samples),
+        },
+        "answers_after": healthy and ready,
+    }
+
+
+def analyse(raw: dict, clients: int, seconds: float) -> dict:
+    load, memory = raw["load"], raw["memory_mib"]
+    errors = load["non_2xx"] + load["socket_errors"]
+    growth = memory["after"] - memory["before"]
+    p99_ms = load["p99_us"] / 1000
+    checks = {
+        "errors": {"value": errors, "target": "== 0", "met": errors == 0},
+        "memory_growth_mib": {
+            "value": growth,
+            "target": f"<= {MEMORY_GROWTH_BOUND_MIB:.0f}",
+            "met": growth <= MEMORY_GROWTH_BOUND_MIB,
+        },
+        "p99_ms": {"value": p99_ms, "target": f"<= {P99_BOUND_MS:.0f}", "met": p99_ms <= P99_BOUND_MS},
+        "answers_after": {"value": raw["answers_after"], "target": "true", "met": raw["answers_after"]},
+    }
+    return {
+        "setup": {
+            "clients": clients,
+            "seconds": seconds,
+            "workers": WORKERS,
+            "ort_threads": 1,
+            "model": "mobilenet_v2, 96 px, 10 classes, random init",
+            "client": "wrk, 1 thread, keep-alive, multipart POST /classify of one 128x96 JPEG",
+            "load_average_1min_after": os.getloadavg()[0],
+        },
+        "requests": load["requests"],
+        "requests_per_s": load["requests"] / (load["duration_us"] / 1e6),
+        "p50_ms": load["p50_us"] / 1000,
+        "p95_ms": load["p95_us"] / 1000,
+        "p99_ms": p99_ms,
+        "max_ms": load["max_us"] / 1000,
+        "errors": errors,
+        "memory_mib": memory,
+        "memory_growth_mib": growth,
+        "checks": checks,
+    }
+
+
+def render_markdown(results: dict) -> str:
+    setup, memory = results["setup"], results["memory_mib"]
+    checks = "\n".join(
+        f"| {name} | {check['value']:.4g} | {check['target']} | {'met' if check['met'] else 'NOT met'} |"
+        if not isinstance(check["value"], bool)
+        else f"| {name} | {str(check['value']).lower()} | {check['target']} | {'met' if check['met'] else 'NOT met'} |"
+        for name, check in results["checks"].items()
+    )
+    return "\n".join(
+        [
+            "# Load",
+            "",
+            f"{setup['clients']} concurrent clients for {setup['seconds']:.0f} s against the service "
+            f"({setup['workers']} workers, {setup['ort_threads']} ONNX Runtime thread each, batching on; "
+            f"{setup['model']}). Client: {setup['client']}.",
+            "",
+            "| requests | requests/s | p50 ms | p95 ms | p99 ms | max ms | errors |",
+            "|---|---|---|---|---|---|---|",
+            f"| {results['requests']} | {results['requests_per_s']:.0f} | {results['p50_ms']:.1f} | "
+            f"{results['p95_ms']:.1f} | {results['p99_ms']:.1f} | {results['max_ms']:.1f} | {results['errors']} |",
+            "",
+            "Service memory, PSS of the whole process tree (MiB): "
+            f"idle {memory['idle']:.0f}, after warm-up {memory['before']:.0f}, peak during the run "
+            f"{memory['peak']:.0f}, after the run {memory['after']:.0f} "
+            f"(growth {results['memory_growth_mib']:+.1f} MiB).",
+            "",
+            "| check | value | target | verdict |",
+            "|---|---|---|---|",
+            checks,
+            "",
+        ]
+    )
+
+
+def run(quick: bool = False) -> dict:
+    seconds, warmup_s = (10.0, 3.0) if quick else (SECONDS, WARMUP_SECONDS)
+    results = analyse(measure(CLIENTS, seconds, warmup_s), CLIENTS, seconds)
+    write_results("load", results, render_markdown(results))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10 s instead of 60 s (a smoke run)")
+    args = parser.parse_args(argv)
+    print(render_markdown(run(quick=args.quick)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
