@@ -10,17 +10,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
+PICKLE = "application/vnd.bentoml+pickle"  # BentoML's internal framing between its own services
 MAX_FIELD_BYTES = 64 * 1024  # multipart text fields (top_k): anything this large is not a number
 BASE64_OVERHEAD = 4 / 3
 ENVELOPE_BYTES = 64 * 1024  # multipart headers, JSON keys, boundaries
@@ -220,13 +223,22 @@ def _decode_base64(text: str, where: str) -> bytes:
         raise ApiError(400, f"{where} is not valid base64: {exc}") from None
 
 
+# ASCII digits only, and few: str.isdigit() also accepts "²" (which int() refuses) and int() refuses strings
+# of more than 4300 digits; either used to escape as a 500.
+_TOP_K_TEXT = re.compile(r"\+?[0-9]{1,9}")
+_SHOWN_CHARS = 40
+
+
 def _check_top_k(value: Any, limits: InputLimits) -> int:
     if value is None:
         return limits.top_k_default
-    if isinstance(value, str) and value.strip().lstrip("+").isdigit():
-        value = int(value)
+    if isinstance(value, str) and _TOP_K_TEXT.fullmatch(value.strip()):
+        value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limits.top_k_max:
-        raise ApiError(422, f"top_k must be an integer from 1 to {limits.top_k_max}, got {value!r}")
+        shown = repr(value)
+        if len(shown) > _SHOWN_CHARS:
+            shown = f"{shown[:_SHOWN_CHARS]}... ({len(shown)} characters)"
+        raise ApiError(422, f"top_k must be an integer from 1 to {limits.top_k_max}, got {shown}")
     return value
 
 
@@ -239,3 +251,22 @@ def rejection_status(reason: str) -> int:
     if reason.startswith("not a recognised image format"):
         return 415
     return 422  # corrupt or truncated data, no pixels: an image format, but unusable
+
+
+class RefusePickle:
+    """ASGI middleware: a pickled body gets the service's JSON 415 like any other unsupported type.
+
+    BentoML refuses it on its own too, but with a differently shaped body and a traceback in the log per request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            media_type = Headers(scope=scope).get("content-type", "").split(";")[0].strip().lower()
+            if media_type == PICKLE:
+                refusal = ApiError(415, f"unsupported content type {PICKLE!r}: use {MULTIPART} or {JSON}")
+                await refusal.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

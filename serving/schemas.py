@@ -36,6 +36,15 @@ class _RawBodyInput(IODescriptor):
         return RawRequest.model_construct(request=request)
 
 
+# Not read at all: BentoML's JSON parser would answer a junk body with a 400 and log a traceback for each.
+class NoInput(IODescriptor):
+    """No input: the body of a POST is ignored."""
+
+    @classmethod
+    async def from_http_request(cls, request, serde) -> NoInput:
+        return cls.model_construct()
+
+
 class ClassifyInput(_RawBodyInput):
     """One image: multipart file `image`, or JSON {"image_b64": "<base64>"}; optional `top_k`."""
 

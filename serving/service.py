@@ -32,7 +32,16 @@ from starlette.routing import Route
 from serving.auth import BearerTokenAuth
 from serving.batching import ImageBatcher, Overloaded
 from serving.champion import load_bundle, promotion_time, served_model_tag
-from serving.http_input import BATCH, SINGLE, ApiError, Fields, InputLimits, parse_image_request, rejection_status
+from serving.http_input import (
+    BATCH,
+    SINGLE,
+    ApiError,
+    Fields,
+    InputLimits,
+    RefusePickle,
+    parse_image_request,
+    rejection_status,
+)
 from serving.inference import OnnxClassifier, create_session, prepare_pixels
 from serving.metrics import create_metrics
 from serving.schemas import (
@@ -43,6 +52,7 @@ from serving.schemas import (
     ImageResult,
     LabelProbability,
     ModelMetadata,
+    NoInput,
 )
 from serving.settings import load_serve_params
 from transferline.imaging import ImageLimits, ImageRejected
@@ -151,7 +161,7 @@ class Classifier:
             results=[ImageResult(predictions=self._top_k(row, parsed.top_k)) for row in probabilities],
         )
 
-    @bentoml.api(route="/metadata")
+    @bentoml.api(route="/metadata", input_spec=NoInput)
     def metadata(self) -> ModelMetadata:
         """The model served: tag, classes, input spec, provider, lineage, metrics and its gate decision."""
         return self.describe()
@@ -240,3 +250,4 @@ async def _metadata_get(_: Request) -> JSONResponse:
 # GET /metadata for curl and browsers; BentoML API methods answer POST only.
 Classifier.mount_asgi_app(Starlette(routes=[Route("/metadata", _metadata_get, methods=["GET"])]), path="/")
 Classifier.add_asgi_middleware(BearerTokenAuth)
+Classifier.add_asgi_middleware(RefusePickle)
