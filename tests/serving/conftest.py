@@ -108,3 +108,14 @@ def no_inherited_serve_settings():
     saved = {name: os.environ.pop(name) for name in names}
     yield
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def corpus_server(serving_models: ServingModels, tmp_path_factory: pytest.TempPathFactory):
+    """The champion served with the limits tests/serving/hostile_uploads.py writes its expectations for."""
+    from serving.local_server import running_server
+    from tests.serving.hostile_uploads import SERVER_LIMITS
+
+    env = server_env(serving_models.home, **SERVER_LIMITS.settings())
+    with running_server(PROJECT_ROOT, tmp_path_factory.mktemp("serve") / "serve.log", env) as running:
+        yield running
