@@ -6,6 +6,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,20 @@ from transferline.env import QUIET_ENV, tool_env
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_FILES = ("dvc.yaml", "params.yaml", "stages", "transferline")
 os.environ.update(QUIET_ENV)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_prefect_temporary_server():
+    """Prefect stops the temporary server of in-process flow runs at interpreter exit, when pytest has
+    already closed the stream its logger writes to; stop it here, while that stream is open."""
+    yield
+    server_module = sys.modules.get("prefect.server.api.server")
+    if server_module is not None:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)  # send the last flow-run logs while the server still listens
+        for server in list(server_module.SubprocessASGIServer._instances.values()):
+            server.stop()
 
 
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
