@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from transferline.errors import TransferlineError
-from transferline.imaging import ImageLimits, ImageRejected, decode_image
+from transferline.imaging import ImageLimits, decode_image
 from transferline.onnx_export import INPUT_NAME, OUTPUT_NAME
 from transferline.preprocessing import PreprocessSpec, normalize, resize_for_model
 
@@ -114,43 +114,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-# Pillow decodes (E)PS by running Ghostscript on the file: an interpreter no upload should reach. The same
-# test as Pillow's EPS plugin, so nothing it would accept gets through.
-POSTSCRIPT_SIGNATURES = (b"%!PS", b"\xc5\xd0\xd3\xc6")
-# Files that start like one of these formats but that no decoder can open are damaged images, not other data.
-SIGNATURES = {
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"\xff\xd8\xff": "JPEG",
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
-    b"II*\x00": "TIFF",
-    b"MM\x00*": "TIFF",
-}
-
-
 def prepare_pixels(data: bytes, spec: PreprocessSpec, limits: ImageLimits) -> np.ndarray:
     """Untrusted bytes -> uint8 (S, S, 3), by the same functions as training; raises ImageRejected."""
-    if data.startswith(POSTSCRIPT_SIGNATURES):
-        raise ImageRejected("not a recognised image format: PostScript/EPS is not decoded here")
-    try:
-        decoded = decode_image(data, limits)
-    except ImageRejected as exc:
-        raise ImageRejected(_clearer(exc.reason, data)) from None
-    return resize_for_model(decoded.rgb, spec)
-
-
-def _clearer(reason: str, data: bytes) -> str:
-    """Pillow's words for two hostile cases, put so that the sender knows what is wrong with the file."""
-    if reason.startswith("not a recognised image format"):
-        claimed = _claimed_format(data)
-        if claimed:
-            return f"corrupt {claimed} file: it starts like {claimed} but its header cannot be read"
-    if "decompressed data too large" in reason.lower():  # a zlib bomb in a PNG text or colour-profile chunk
-        return f"image metadata decompresses beyond the decoder's safety limit ({reason})"
-    return reason
-
-
-def _claimed_format(data: bytes) -> str | None:
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return next((name for signature, name in SIGNATURES.items() if data.startswith(signature)), None)
+    return resize_for_model(decode_image(data, limits).rgb, spec)

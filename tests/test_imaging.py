@@ -1,13 +1,23 @@
 """Decoding untrusted bytes: every odd but valid image becomes correct RGB; every bad one a clear reason."""
 
 import io
+import re
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.conftest import jpeg_bytes, png_bytes
-from transferline.imaging import ImageLimits, ImageRejected, decode_image
+from transferline.imaging import (
+    ACCEPTED_FORMATS,
+    ImageLimits,
+    ImageRejected,
+    claimed_format,
+    decode_image,
+    refused_format,
+)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -105,3 +115,102 @@ def test_byte_limit():
     data = png_bytes(np.zeros((32, 32, 3), np.uint8))
     with pytest.raises(ImageRejected, match="above the limit of 10 bytes"):
         decode_image(data, ImageLimits(max_bytes=10))
+
+
+def eps_bytes() -> bytes:
+    """A real EPS, as Pillow writes it: Pillow would open it and render it with Ghostscript."""
+    return encode(Image.new("RGB", (8, 8), (200, 10, 10)), "EPS")
+
+
+def test_eps_is_refused_before_any_postscript_code_runs(monkeypatch):
+    import subprocess
+
+    from PIL import EpsImagePlugin
+
+    data = eps_bytes()
+    assert Image.open(io.BytesIO(data)).format == "EPS"  # what Pillow alone would do with it
+    calls = []
+
+    def record(name):
+        def called(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} called while decoding an upload")
+
+        return called
+
+    monkeypatch.setattr(subprocess, "Popen", record("subprocess.Popen"))
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", record("EpsImagePlugin.Ghostscript"))
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", record("EpsImageFile._open"))
+    for variant in (data, b"\xc5\xd0\xd3\xc6" + data[4:]):  # plain, and the DOS binary EPS header
+        with pytest.raises(ImageRejected, match=r"^not a recognised image format: PostScript/EPS is not decoded"):
+            decode_image(variant)
+    assert calls == []
+
+
+# Formats Pillow opens by itself but that we never claim to decode.
+UNACCEPTED = {
+    "PPM": "RGB",
+    "TGA": "RGB",
+    "PCX": "RGB",
+    "SGI": "RGB",
+    "DDS": "RGB",
+    "QOI": "RGB",
+    "JPEG2000": "RGB",
+    "AVIF": "RGB",
+    "ICNS": "RGB",
+    "DIB": "RGB",
+    "SPIDER": "F",
+    "MSP": "1",
+    "XBM": "1",
+}
+
+
+@pytest.mark.parametrize(("fmt", "mode"), UNACCEPTED.items())
+def test_formats_we_do_not_accept_are_refused(fmt, mode):
+    data = encode(Image.new("RGB", (16, 16), (10, 120, 200)).convert(mode), fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt  # Pillow would decode it
+    assert fmt not in ACCEPTED_FORMATS
+    with pytest.raises(ImageRejected, match=r"^not a recognised image format"):
+        decode_image(data)
+
+
+@pytest.mark.parametrize("fmt", ACCEPTED_FORMATS)
+def test_every_accepted_format_decodes(fmt):
+    decoded = decode_image(encode(Image.new("RGB", (16, 16), (10, 120, 200)), fmt))
+    assert decoded.source_format == fmt
+    assert decoded.rgb.size == (16, 16)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"%PDF-1.4\n1 0 obj <</Type /Catalog>> endobj\n%%EOF\n", "PDF is not decoded here"),
+        (encode(Image.new("RGB", (8, 8)), "AVIF"), "HEIF/AVIF is not decoded here"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "corrupt PNG file: it starts like PNG but its header cannot be read"),
+        (b"GIF89a" + b"\xff" * 3, "corrupt GIF file"),
+        (b"II*\x00" + b"\x00" * 4, "corrupt TIFF file"),
+        (b"RIFF\x10\x00\x00\x00WEBPVP8X", "corrupt or truncated WEBP header"),
+        (b"\xff\xd8\xff\xd9", "corrupt JPEG file"),
+    ],
+)
+def test_refused_and_damaged_files_are_named(data, reason):
+    with pytest.raises(ImageRejected, match=re.escape(reason)):
+        decode_image(data)
+
+
+def test_format_sniffing_reads_only_the_signature():
+    assert claimed_format(png_bytes(np.zeros((2, 2, 3), np.uint8))) == "PNG"
+    assert claimed_format(b"%!PS-Adobe-3.0") is None
+    assert refused_format(b"%!PS-Adobe-3.0 EPSF-3.0") == "PostScript/EPS"
+    assert refused_format(b"%PDF-1.7") == "PDF"
+    assert refused_format(b"\x00\x00\x00\x18ftypheic") == "HEIF/AVIF"
+    assert refused_format(jpeg_bytes(np.zeros((8, 8, 3), np.uint8))) is None
+
+
+def test_metadata_zlib_bomb_is_a_safety_limit():
+    text = zlib.compress(b"a" * 8_000_000, 9)
+    chunk = b"zTXt" + b"Comment\x00\x00" + text
+    png = png_bytes(np.zeros((4, 4, 3), np.uint8))
+    bomb = png[:33] + struct.pack(">I", len(chunk) - 4) + chunk + struct.pack(">I", zlib.crc32(chunk)) + png[33:]
+    with pytest.raises(ImageRejected, match=r"^image metadata decompresses beyond the decoder's safety limit"):
+        decode_image(bomb)

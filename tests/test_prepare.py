@@ -75,6 +75,33 @@ def test_bad_files_are_quarantined_with_their_reason(tmp_path, image_tree):
     assert not any(r["path"] in reasons for r in manifest(tmp_path))
 
 
+def test_documents_renamed_png_are_quarantined_without_running_ghostscript(tmp_path, image_tree, monkeypatch):
+    import io
+    import subprocess
+
+    from PIL import EpsImagePlugin, Image
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a raw file reached Ghostscript")
+
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", forbidden)
+    raw = image_tree({"cat": 20, "dog": 20})
+    for name, fmt in (("drawing.png", "EPS"), ("scan.png", "PDF")):
+        buffer = io.BytesIO()
+        Image.fromarray(class_image(0, 500)).save(buffer, format=fmt)
+        (raw / "cat" / name).write_bytes(buffer.getvalue())
+    metrics = run_prepare(tmp_path, raw, max_bad_fraction=0.1)
+    report = json.loads((tmp_path / "prepared" / "quarantine.json").read_text())
+    reasons = {item["path"]: item["reason"] for item in report["quarantined"]}
+    assert reasons == {
+        "cat/drawing.png": "not a recognised image format: PostScript/EPS is not decoded here",
+        "cat/scan.png": "not a recognised image format: PDF is not decoded here",
+    }
+    assert metrics["quarantined"] == 2 and metrics["usable"] == 40
+    assert (tmp_path / "prepared" / "quarantine" / "cat" / "drawing.png").read_bytes().startswith(b"%!PS-Adobe")
+
+
 def test_huge_file_is_quarantined_unread(tmp_path, image_tree):
     raw = image_tree({"cat": 20, "dog": 20})
     (raw / "dog" / "huge.png").write_bytes(b"\0" * 5000)
