@@ -82,8 +82,10 @@ class CheckpointStore:
         return payload["model"]
 
     def clear(self) -> None:
+        """Remove the weights files, and any a killed run was writing (they would end up in DVC's cache)."""
         for name in (LAST, BEST):
             (self.directory / name).unlink(missing_ok=True)
+            atomic.remove_stale_temps(self.directory / name)
 
     def write_state(self, status: str, **extra: Any) -> None:
         atomic.write_json(self.directory / STATE, {"status": status, "digest": self.digest, **extra})

@@ -127,31 +127,83 @@ def test_first_run_deploys_second_run_skips_degraded_run_keeps_champion(flow_rep
     assert accuracy["old"] > accuracy["new"], accuracy  # the degraded params show up as a metrics change
 
 
-def test_failed_deploy_rolls_back_to_the_previous_champion(flow_repo, monkeypatch):
+def passed_candidate(repo: Path, export_dir: Path) -> str:
+    """Register the export in `export_dir` as a candidate that passed its gate."""
+    from serving.registry import register
+
+    decision_file = repo / "gate" / "decision.json"
+    decision = json.loads(decision_file.read_text())
+    decision_file.write_text(json.dumps({**decision, "passed": True}))
+    return register(export_dir, repo / "gate", {"data_version": "test"})
+
+
+def assert_answers_with(repo: Path, tag: str) -> None:
+    """The service at the project's address answers a real prediction, from model `tag`, over HTTP."""
+    image = (repo / "images" / "dog" / "img_003.png").read_bytes()
+    response = httpx.post(f"{controller(repo).url}/classify", files={"image": ("dog.png", image)}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["model_tag"] == tag
+    assert response.json()["predictions"][0]["label"] == "dog"
+    assert httpx.get(f"{controller(repo).url}/readyz", timeout=5).status_code == 200
+
+
+def deploy(repo: Path, tag: str):
     from flows import pipeline as pipeline_module
+
+    @flow
+    def deploy_only():
+        return pipeline_module.deploy_task(tag, str(repo), "127.0.0.1", controller(repo).port)
+
+    return deploy_only(return_state=True)
+
+
+def test_failed_deploy_rolls_back_to_the_previous_champion(flow_repo, monkeypatch):
     from flows.service_control import ServiceFailed
-    from serving.registry import find_champion, register
+    from serving.registry import find_champion
 
     previous = find_champion()
     assert previous is not None, "runs after the end-to-end test"
-    decision_file = flow_repo / "gate" / "decision.json"
-    decision = json.loads(decision_file.read_text())
-    decision_file.write_text(json.dumps({**decision, "passed": True}))  # a candidate that passed its gate
-    tag = register(flow_repo / "export", flow_repo / "gate", {"data_version": "test"})
+    tag = passed_candidate(flow_repo, flow_repo / "export")
     assert tag != previous.tag
 
     def broken_classify(self, image, filename="image.png"):
         raise ServiceFailed("probe answered 500")
 
     monkeypatch.setattr(ServiceController, "classify", broken_classify)
-
-    @flow
-    def deploy_only():
-        return pipeline_module.deploy_task(tag, str(flow_repo), "127.0.0.1", controller(flow_repo).port)
-
-    state = deploy_only(return_state=True)
+    state = deploy(flow_repo, tag)
     assert state.is_failed()
     assert f"rolled back to {previous.tag}, which is serving" in state.message
     monkeypatch.undo()
     assert find_champion().tag == previous.tag
-    assert httpx.get(f"{controller(flow_repo).url}/readyz", timeout=5).status_code == 200
+    assert_answers_with(flow_repo, previous.tag)
+
+
+def test_a_new_service_that_never_gets_ready_is_rolled_back_and_the_old_champion_answers(
+    flow_repo, monkeypatch, tmp_path
+):
+    """A candidate whose ONNX file is corrupt: `bentoml serve` starts, its workers fail to load the model and
+    /readyz never answers 200; the deploy gives up, restores the previous champion and restarts it."""
+    import functools
+    import shutil
+
+    from flows import pipeline as pipeline_module
+    from serving.registry import find_champion
+
+    previous = find_champion()
+    assert previous is not None, "runs after the end-to-end test"
+    broken_export = tmp_path / "export"
+    shutil.copytree(flow_repo / "export", broken_export)
+    model = broken_export / "model.onnx"
+    model.write_bytes(model.read_bytes()[:1000])
+    tag = passed_candidate(flow_repo, broken_export)
+    # readiness is given 25 s instead of 120 s: the broken service would never get ready anyway
+    monkeypatch.setattr(pipeline_module, "ServiceController", functools.partial(ServiceController, ready_timeout_s=25))
+
+    state = deploy(flow_repo, tag)
+    assert state.is_failed()
+    assert f"deploy of {tag} failed (service " in state.message
+    assert "not ready after 25 s" in state.message or "before ready" in state.message, state.message
+    assert f"rolled back to {previous.tag}, which is serving" in state.message
+    assert "Protobuf parsing failed" in (flow_repo / ".transferline" / "service" / "serve.log").read_text()
+    assert find_champion().tag == previous.tag
+    assert_answers_with(flow_repo, previous.tag)

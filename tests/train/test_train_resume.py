@@ -95,37 +95,54 @@ def start_stage(root: Path) -> subprocess.Popen:
     )
 
 
+def checkpoint_state(directory: Path) -> dict:
+    path = directory / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 @pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_resumes_from_the_last_checkpoint(prepared, tmp_path):
+def test_sigkill_mid_epoch_then_rerun_resumes_from_the_last_checkpoint(prepared, tmp_path):
+    """Killed half-way through an epoch (timed from the epochs before it), not at a checkpoint boundary."""
     root = tmp_path / "project"
     write_project(root, prepared, epochs=30)
-    state_file = root / "checkpoints" / "train" / "state.json"
+    checkpoints = root / "checkpoints" / "train"
     process = start_stage(root)
     deadline = time.monotonic() + 120
+    seen: dict[int, float] = {}  # epoch -> when its checkpoint appeared
     killed_at = None
     try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if state_file.is_file():
-                state = json.loads(state_file.read_text())
-                if state.get("status") == "running" and state["epoch"] >= 1:
-                    process.send_signal(signal.SIGKILL)
-                    killed_at = state["epoch"]
-                    break
-            time.sleep(0.01)
+        while time.monotonic() < deadline and process.poll() is None and killed_at is None:
+            state = checkpoint_state(checkpoints)
+            if state.get("status") == "running":
+                seen.setdefault(state["epoch"], time.monotonic())
+                epoch = state["epoch"]
+                if epoch - 1 in seen:
+                    epoch_s = seen[epoch] - seen[epoch - 1]
+                    time.sleep(max(0.0, seen[epoch] + epoch_s / 2 - time.monotonic()))  # the middle of the next epoch
+                    if checkpoint_state(checkpoints)["epoch"] == epoch:
+                        process.send_signal(signal.SIGKILL)
+                        killed_at = epoch
+                    continue
+            time.sleep(0.005)
     finally:
         if process.poll() is None and killed_at is None:
             process.kill()
         output = process.communicate(timeout=60)[0]
-    assert killed_at is not None, f"never saw a checkpoint:\n{output}"
+    assert killed_at is not None, f"never saw two checkpoints:\n{output}"
     assert process.returncode == -signal.SIGKILL
     assert not (root / "models").exists()
-    saved = torch.load(root / "checkpoints" / "train" / "last.pt", weights_only=True)["epoch"]
-    assert killed_at <= saved < 30  # killed mid-run: the checkpoint is whole (atomic), the run unfinished
+    saved = torch.load(checkpoints / "last.pt", weights_only=True)
+    # the epoch in progress left no checkpoint: the one on disk is whole (atomic) and is the last finished epoch's
+    assert saved["epoch"] == killed_at < 30, (saved["epoch"], killed_at)
+    assert [record["epoch"] for record in saved["history"]] == list(range(1, killed_at + 1))
 
     rerun = start_stage(root)
     output = rerun.communicate(timeout=300)[0]
     assert rerun.returncode == 0, output
-    assert f"resuming from the checkpoint of epoch {saved}/30" in output
+    assert f"resuming from the checkpoint of epoch {killed_at}/30" in output
     meta = json.loads((root / "models" / "model.json").read_text())
-    assert meta["training"]["resumed_from_epoch"] == saved and meta["training"]["epochs_run"] == 30
+    assert meta["training"]["resumed_from_epoch"] == killed_at and meta["training"]["epochs_run"] == 30
     assert json.loads((root / "metrics" / "train.json").read_text())["epochs_run"] == 30
+    # finished: only the small record is left in the DVC out, nothing a killed writer might have left
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["state.json"]
+    assert json.loads((checkpoints / "state.json").read_text())["status"] == "complete"

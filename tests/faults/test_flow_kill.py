@@ -1,0 +1,160 @@
+"""The pipeline flow SIGKILLed between stages: the next run re-runs only what is missing, and ends where an
+uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.dvc_stage import PIPELINE_STAGES
+from tests.conftest import PIPELINE_FILES, PROJECT_ROOT, class_image, png_bytes, run_tool
+
+pytestmark = pytest.mark.slow
+
+DONE_BEFORE_KILL = ("ingest", "prepare")
+
+
+def make_repo(repo: Path) -> Path:
+    """A git+DVC copy of the pipeline on 3 classes x 16 tiny images, with fast (still real) training and export."""
+    repo.mkdir(parents=True)
+    for name in PIPELINE_FILES:
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, repo / name)
+    for label_index, name in enumerate(("cat", "dog", "fox")):
+        (repo / "images" / name).mkdir(parents=True)
+        for item in range(16):
+            (repo / "images" / name / f"img_{item:03d}.png").write_bytes(png_bytes(class_image(label_index, item)))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    overrides = {
+        "ingest": {"source": "folder", "path": "images", "per_class": None},
+        "preprocess": {"image_size": 32},
+        "prepare": {"min_per_class": 3},
+        "train": {"strategy": "feature_extraction", "epochs": 2, "batch_size": 16},
+        "export": {"parity_images": 16, "latency_seconds": 0.2, "int8": False},
+        "gate": {"min_accuracy": 0.6, "min_macro_f1": 0.5, "min_class_recall": 0.3, "max_latency_ms": 500},
+    }
+    for section, values in overrides.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run_tool(args, repo)
+    return repo
+
+
+def start_flow(repo: Path, home: Path) -> subprocess.Popen:
+    """`python -m flows.pipeline` in its own process group, with its own Prefect and BentoML homes."""
+    (home / "prefect").mkdir(parents=True, exist_ok=True)  # its server's database is created there
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "PREFECT_HOME": str(home / "prefect"),
+        "BENTOML_HOME": str(home / "bentoml"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    }
+    for key in ("PREFECT_API_URL", "PREFECT_PROFILE"):
+        env.pop(key, None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.pipeline", "--repo", str(repo), "--no-deploy"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def group_members(group: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rpartition(")")[2].split()[:3]
+        except (OSError, ValueError):  # exited while we looked
+            continue
+        if int(pgrp) == group and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def group_gone(group: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while group_members(group):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def locked_stages(repo: Path) -> dict:
+    try:
+        return (yaml.safe_load((repo / "dvc.lock").read_text()) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError):  # not written yet, or caught mid-rename on a slow file system
+        return {}
+
+
+def outs_md5(lock: dict, stage: str) -> dict[str, str]:
+    return {out["path"]: out["md5"] for out in lock[stage].get("outs", [])}
+
+
+def test_flow_killed_between_stages_reruns_only_the_missing_stages(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    flow = start_flow(repo, tmp_path / "home")
+    deadline = time.monotonic() + 300
+    at_kill: dict = {}
+    try:
+        while time.monotonic() < deadline and flow.poll() is None:
+            at_kill = locked_stages(repo)
+            if all(stage in at_kill for stage in DONE_BEFORE_KILL):
+                os.killpg(flow.pid, signal.SIGKILL)  # the flow, its Prefect server, dvc and the running stage
+                break
+            time.sleep(0.05)
+    finally:
+        if flow.poll() is None and not at_kill:
+            os.killpg(flow.pid, signal.SIGKILL)
+        first_output = flow.communicate(timeout=60)[0]
+    assert flow.returncode == -signal.SIGKILL, f"the flow ended before the kill:\n{first_output[-3000:]}"
+    assert set(at_kill) == set(DONE_BEFORE_KILL), f"killed too late: {sorted(at_kill)} done"
+    assert group_gone(flow.pid), "a process of the killed flow (Prefect server, dvc, a stage) outlived it"
+    manifest = repo / "data" / "prepared" / "manifest.csv"
+    manifest_mtime = manifest.stat().st_mtime_ns
+    # what the lock records is whole: the finished stages' outputs match it, the rest is marked missing
+    stale = json.loads(run_tool(["dvc", "status", "--json"], repo).stdout)
+    assert not set(DONE_BEFORE_KILL) & set(stale), stale
+    assert "train" in stale, stale
+
+    rerun = start_flow(repo, tmp_path / "home")
+    output = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, output[-5000:]
+    assert "Completed: gate passed; deployment skipped (deploy=false)" in output, output[-3000:]
+    for stage in PIPELINE_STAGES:
+        expected = "was unchanged, skipped" if stage in DONE_BEFORE_KILL else "ran"
+        assert f"stage {stage} {expected}" in output, f"{stage}: expected '{expected}'\n{output[-5000:]}"
+    assert manifest.stat().st_mtime_ns == manifest_mtime, "prepare's output was rewritten"
+    lock = locked_stages(repo)
+    assert set(lock) == set(PIPELINE_STAGES)
+    for stage in DONE_BEFORE_KILL:
+        assert lock[stage] == at_kill[stage], f"{stage} was recorded again"
+    assert "Data and pipelines are up to date" in run_tool(["dvc", "status"], repo).stdout
+    assert (repo / "gate" / "decision.json").is_file() and (repo / "export" / "model.onnx").is_file()
+
+    # the same data stages run without interruption give the same outputs, hash for hash
+    reference = make_repo(tmp_path / "reference")
+    run_tool(["dvc", "repro", "prepare"], reference)
+    reference_lock = locked_stages(reference)
+    for stage in DONE_BEFORE_KILL:
+        assert outs_md5(lock, stage) == outs_md5(reference_lock, stage), stage
+    trained_on = {dep["path"]: dep["md5"] for dep in lock["train"]["deps"]}["data/prepared"]
+    assert trained_on == outs_md5(reference_lock, "prepare")["data/prepared"]
