@@ -17,8 +17,8 @@ import ctypes
 import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,21 @@ def _fsync_dir(path: Path) -> None:
 
 def _temp_prefix(target: Path) -> str:
     return f".{target.name}.{os.getpid()}."
+
+
+def _new_temp(target: Path, suffix: str, directory: bool) -> Path:
+    """A fresh temporary next to `target`, created with the modes plain `open`/`mkdir` give (umask
+    applied), so artifacts keep the permissions users expect rather than mkstemp's private 0600."""
+    while True:
+        path = target.parent / f"{_temp_prefix(target)}{secrets.token_hex(6)}{suffix}"
+        try:
+            if directory:
+                os.mkdir(path, 0o777)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
 
 
 def _writer_alive(pid: int) -> bool:
@@ -87,9 +102,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_temp(target, ".tmp", directory=False)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -137,7 +150,7 @@ def _swap_in(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
     elif not _exchange(tmp, target):
         # two renames, with a moment where `target` is absent: its old content waits at `.old`
-        old = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".old", dir=target.parent))
+        old = _new_temp(target, ".old", directory=True)
         old.rmdir()
         os.replace(target, old)
         os.replace(tmp, target)
@@ -160,7 +173,7 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     _restore_interrupted_swap(target)
     remove_stale_temps(target)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
+    tmp = _new_temp(target, ".tmp", directory=True)
     try:
         yield tmp
         _swap_in(tmp, target)

@@ -4,6 +4,7 @@ swap interrupted half-way that the next write undoes before anything else."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 
 import pytest
@@ -70,3 +71,16 @@ def test_a_finished_training_run_leaves_no_checkpoint_a_killed_run_was_writing(t
     store.finish(epochs_run=2)
     assert [p.name for p in directory.iterdir()] == ["state.json"]
     assert store.read_state() == {"status": "complete", "digest": "digest", "epochs_run": 2}
+
+
+def test_artifacts_get_the_permissions_of_plain_files_and_folders(tmp_path):
+    """Not the private 0600/0700 of mkstemp/mkdtemp: a service run by another user must read the model."""
+    previous = os.umask(0o022)
+    try:
+        atomic.write_bytes(tmp_path / "model.onnx", b"onnx")
+        with atomic.atomic_dir(tmp_path / "export") as tmp:
+            (tmp / "classes.json").write_text("[]")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "model.onnx").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "export").stat().st_mode) == 0o755
