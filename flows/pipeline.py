@@ -90,17 +90,24 @@ def probe_image(repo: Path) -> tuple[str, bytes]:
 
 @task(name="deploy-model")
 def deploy_task(tag: str, repo: str, host: str, port: int) -> dict:
-    """Promote, restart the service, check one real prediction; on any failure, roll back."""
+    """Check the candidate in a service of its own, then promote, restart the live service and check one real
+    prediction; a candidate that fails its own check is never promoted, and any later failure rolls back."""
     from serving.registry import find_champion, promote, rollback
 
     logger = get_run_logger()
     root = Path(repo)
     previous = find_champion()
-    promote(tag)
     controller = ServiceController(root, host, port)
+    name, image = probe_image(root)
+    try:
+        controller.preflight(tag, image, name)
+    except ServiceFailed as exc:
+        logger.error("candidate %s failed its preflight: %s", tag, exc)
+        kept = f"champion {previous.tag} keeps serving" if previous is not None else "no champion was serving"
+        raise DeployFailed(f"deploy of {tag} failed ({exc}); not promoted, {kept}") from exc
+    promote(tag)
     try:
         controller.restart()
-        name, image = probe_image(root)
         answer = controller.classify(image, name)
         if answer.get("model_tag") != tag:
             raise ServiceFailed(f"service answered with model {answer.get('model_tag')!r}, expected {tag!r}")

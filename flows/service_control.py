@@ -19,10 +19,25 @@ from pathlib import Path
 
 import httpx
 
+from serving.auth import TOKEN_ENV
 from transferline.env import tool_env
 from transferline.errors import TransferlineError
 
 SERVICE_TARGET = "serving.service:Classifier"
+
+
+def auth_headers() -> dict[str, str]:
+    """The bearer token the service was started with, if any: probes must pass the same check as users."""
+    token = os.environ.get(TOKEN_ENV)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def probe_classify(url: str, image: bytes, filename: str) -> dict:
+    """One real prediction from the service at `url`; ServiceFailed unless it answers 200."""
+    response = httpx.post(f"{url}/classify", files={"image": (filename, image)}, headers=auth_headers(), timeout=30)
+    if response.status_code != 200:
+        raise ServiceFailed(f"classify answered {response.status_code}: {response.text[:300]}")
+    return response.json()
 
 
 class ServiceFailed(TransferlineError):
@@ -113,13 +128,28 @@ class ServiceController:
         return "\n".join(text.splitlines()[-lines:])
 
     def classify(self, image: bytes, filename: str = "image.png") -> dict:
-        response = httpx.post(f"{self.url}/classify", files={"image": (filename, image)}, timeout=30)
-        if response.status_code != 200:
-            raise ServiceFailed(f"classify answered {response.status_code}: {response.text[:300]}")
-        return response.json()
+        return probe_classify(self.url, image, filename)
 
     def metadata(self) -> dict:
-        return json.loads(httpx.get(f"{self.url}/metadata", timeout=10).text)
+        return json.loads(httpx.get(f"{self.url}/metadata", headers=auth_headers(), timeout=10).text)
+
+    def preflight(self, tag: str, image: bytes, filename: str) -> dict:
+        """Serve model `tag` beside the live service (free loopback port, one worker), check that it gets
+        ready and answers `image` with its own tag, then stop it. The live service is not touched, so a
+        candidate that cannot serve never costs the champion a second of downtime."""
+        from serving.local_server import ServerFailed, running_server
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        env = {**tool_env(), "TRANSFERLINE_MODEL_TAG": tag, "TRANSFERLINE_SERVE_WORKERS": "1"}
+        log = self.state_dir / "preflight.log"
+        try:
+            with running_server(self.repo, log, env, SERVICE_TARGET, self.ready_timeout_s) as server:
+                answer = probe_classify(server.url, image, filename)
+        except ServerFailed as exc:
+            raise ServiceFailed(f"candidate service {exc}") from exc
+        if answer.get("model_tag") != tag:
+            raise ServiceFailed(f"candidate service answered with model {answer.get('model_tag')!r}, expected {tag!r}")
+        return answer
 
 
 def controller_from_params(repo: Path) -> ServiceController:

@@ -178,11 +178,12 @@ def test_failed_deploy_rolls_back_to_the_previous_champion(flow_repo, monkeypatc
     assert_answers_with(flow_repo, previous.tag)
 
 
-def test_a_new_service_that_never_gets_ready_is_rolled_back_and_the_old_champion_answers(
+def test_a_candidate_that_never_gets_ready_is_not_promoted_and_the_champion_serves_throughout(
     flow_repo, monkeypatch, tmp_path
 ):
-    """A candidate whose ONNX file is corrupt: `bentoml serve` starts, its workers fail to load the model and
-    /readyz never answers 200; the deploy gives up, restores the previous champion and restarts it."""
+    """A candidate whose ONNX file is corrupt: in its preflight service, beside the live one, the workers fail
+    to load the model and /readyz never answers 200; the deploy gives up before promoting it, and the live
+    service (same process) keeps answering with the champion."""
     import functools
     import shutil
 
@@ -191,6 +192,8 @@ def test_a_new_service_that_never_gets_ready_is_rolled_back_and_the_old_champion
 
     previous = find_champion()
     assert previous is not None, "runs after the end-to-end test"
+    live_pid = controller(flow_repo).pid()
+    assert live_pid is not None
     broken_export = tmp_path / "export"
     shutil.copytree(flow_repo / "export", broken_export)
     model = broken_export / "model.onnx"
@@ -201,9 +204,10 @@ def test_a_new_service_that_never_gets_ready_is_rolled_back_and_the_old_champion
 
     state = deploy(flow_repo, tag)
     assert state.is_failed()
-    assert f"deploy of {tag} failed (service " in state.message
-    assert "not ready after 25 s" in state.message or "before ready" in state.message, state.message
-    assert f"rolled back to {previous.tag}, which is serving" in state.message
-    assert "Protobuf parsing failed" in (flow_repo / ".transferline" / "service" / "serve.log").read_text()
+    assert f"deploy of {tag} failed (candidate service " in state.message
+    assert "not ready after 25 s" in state.message or "exited" in state.message, state.message
+    assert f"not promoted, champion {previous.tag} keeps serving" in state.message
+    assert "Protobuf parsing failed" in (flow_repo / ".transferline" / "service" / "preflight.log").read_text()
     assert find_champion().tag == previous.tag
+    assert controller(flow_repo).pid() == live_pid  # never stopped, never restarted
     assert_answers_with(flow_repo, previous.tag)
