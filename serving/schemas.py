@@ -85,6 +85,16 @@ class BatchClassification(ModelLineage):
     results: list[ImageResult] = Field(description="one entry per image, in request order")
 
 
+class ErrorBody(BaseModel):
+    """Every refusal (4xx, 503): what is wrong in words, and structured detail where there is any."""
+
+    error: str = Field(description="what is wrong with the request, and how to send it right")
+    detail: Any = Field(
+        description="usage, limits, or one entry per rejected image (index, reason, status); may be null",
+        json_schema_extra={"nullable": True},
+    )
+
+
 class ModelMetadata(ModelLineage):
     classes: list[str]
     input: dict

@@ -6,8 +6,9 @@ Serve from the project root (settings: the `serve` section of params.yaml):
 
 Endpoints: POST /classify (one image), POST /classify_batch (several), GET or POST /metadata, and
 BentoML's /livez, /readyz (ready once the model is loaded and a warm-up inference ran), /metrics
-(Prometheus) and /docs.json (OpenAPI). Every prediction carries the model tag and data version.
-Malformed input gets a JSON 4xx `{"error": ..., "detail": ...}`, never a 500.
+(Prometheus) and /docs.json (OpenAPI: BentoML's document, completed by serving/openapi.py). Every
+prediction carries the model tag and data version. Malformed input gets a JSON 4xx
+`{"error": ..., "detail": ...}`, never a 500.
 
 A worker decodes and validates each request's images with the same functions as training
 (`decode_image`, `resize_for_model`, `normalize`), then hands the pixels to an `ImageBatcher`, which
@@ -18,6 +19,7 @@ this is not BentoML's `batchable=True`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +46,7 @@ from serving.http_input import (
 )
 from serving.inference import OnnxClassifier, create_session, prepare_pixels
 from serving.metrics import create_metrics
+from serving.openapi import DocLimits, complete_spec
 from serving.schemas import (
     BatchClassification,
     Classification,
@@ -247,7 +250,25 @@ async def _metadata_get(_: Request) -> JSONResponse:
     return JSONResponse(bentoml.get_current_service().describe().model_dump(mode="json"))
 
 
-# GET /metadata for curl and browsers; BentoML API methods answer POST only.
-Classifier.mount_asgi_app(Starlette(routes=[Route("/metadata", _metadata_get, methods=["GET"])]), path="/")
+@functools.cache
+def _openapi_document() -> dict:
+    return complete_spec(Classifier.openapi_spec.asdict(), DocLimits(SETTINGS.top_k_max, SETTINGS.max_request_images))
+
+
+async def _docs_json(_: Request) -> JSONResponse:
+    return JSONResponse(_openapi_document())
+
+
+# GET /metadata for curl and browsers (BentoML API methods answer POST only), and /docs.json completed by
+# serving/openapi.py: mounted routes are matched before BentoML's own /docs.json.
+Classifier.mount_asgi_app(
+    Starlette(
+        routes=[
+            Route("/metadata", _metadata_get, methods=["GET"]),
+            Route("/docs.json", _docs_json, methods=["GET"]),
+        ]
+    ),
+    path="/",
+)
 Classifier.add_asgi_middleware(BearerTokenAuth)
 Classifier.add_asgi_middleware(RefusePickle)

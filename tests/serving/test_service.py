@@ -297,7 +297,9 @@ def test_openapi_document(client):
     assert {"/classify", "/classify_batch", "/metadata", "/readyz", "/metrics"} <= set(spec["paths"])
     single = spec["paths"]["/classify"]["post"]
     fields = single["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
-    assert fields["image"]["format"] == "binary" and {"image_b64", "top_k"} <= set(fields)
+    assert fields["image"]["format"] == "binary" and set(fields) == {"image", "top_k"}
+    payload = single["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert set(payload) == {"image_b64", "top_k"}  # base64 goes in the JSON body; the form refuses it
     answer = single["responses"]["200"]["content"]["application/json"]["schema"]
     assert {"model_tag", "data_version", "predictions"} <= set(answer["required"])
     batch = spec["paths"]["/classify_batch"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
