@@ -112,7 +112,14 @@ def fit_feature_extraction(
     )
     feature_seconds = time.perf_counter() - start
     probe = fit_probe(
-        features["train"], train.labels, features["val"], val.labels, model.head.out_features, params.probe_l2
+        features["train"],
+        train.labels,
+        features["val"],
+        val.labels,
+        model.head.out_features,
+        params.probe_l2,
+        standardize=params.probe_standardize,
+        label_smoothing=params.probe_label_smoothing,
     )
     install_head(model, probe)
     log.info("head fitted in %.2f s (l2=%g, val acc %.4f)", probe.seconds, probe.l2, probe.val_accuracy)

@@ -182,6 +182,8 @@ class TrainParams(Section):
     augment: AugmentParams = AugmentParams()
     early_stopping_patience: int | None = Field(default=3, ge=1)  # epochs without val improvement; null: off
     probe_l2: tuple[float, ...] = (0.1, 0.03, 0.01)  # feature_extraction: L2 strengths tried on val
+    probe_standardize: bool = True  # feature_extraction: unit-variance features before the L2; false: centred only
+    probe_label_smoothing: float = Field(default=0.0, ge=0, lt=1)  # feature_extraction head's label smoothing
     seed: int = 0
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) on CUDA, off on CPU

@@ -5,9 +5,9 @@ The cache (`data/features/{split}.npy`) is keyed by `key.json`: backbone, the ex
 the run's is recomputed, never reused, so it cannot go silently stale. Features are computed in
 float32 (no autocast) and without augmentation.
 
-The head is a multinomial logistic regression fitted with full-batch L-BFGS on standardised
-features, its L2 strength picked on the validation split; the standardisation is then folded
-into the Linear layer, so the final model is plain `body -> head` like every other strategy.
+The head fitted on them (multinomial logistic regression, L2 strength picked on the validation
+split, standardisation folded into the Linear layer) lives in transferline.head; it is re-exported
+here for the callers that import it with the cache.
 """
 
 from __future__ import annotations
@@ -15,19 +15,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from transferline import atomic
 from transferline.backbones import TransferModel
+from transferline.head import ProbeResult, fit_probe, install_head
 from transferline.preprocessing import PreprocessSpec
 from transferline.training import BatchSource, Runtime, SplitData, model_input
 
 log = logging.getLogger("transferline.features")
+
+__all__ = ["ProbeResult", "cache_key", "cached_features", "compute_features", "fit_probe", "install_head", "read_cache"]
 
 KEY_FILE = "key.json"
 FEATURE_SPLITS = ("train", "val")
@@ -114,85 +115,3 @@ def cached_features(
         atomic.write_npy(directory / f"{name}.npy", features[name])
     atomic.write_json(directory / KEY_FILE, {"key": key, "sizes": sizes, "computed_with": {"torch": torch.__version__}})
     return features, False
-
-
-@dataclass
-class ProbeResult:
-    weight: np.ndarray  # (num_classes, feature_dim), for raw (unstandardised) features
-    bias: np.ndarray
-    l2: float
-    val_accuracy: float
-    val_loss: float
-    train_accuracy: float
-    trials: list[dict]
-    seconds: float
-
-
-def _lbfgs_fit(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, init: tuple[torch.Tensor, torch.Tensor] | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    weight = (init[0].clone() if init else torch.zeros(x.shape[1], num_classes, dtype=x.dtype)).requires_grad_()
-    bias = (init[1].clone() if init else torch.zeros(num_classes, dtype=x.dtype)).requires_grad_()
-    optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1, max_iter=300, history_size=20, tolerance_grad=1e-5, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(x @ weight + bias, y) + 0.5 * l2 * (weight * weight).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return weight.detach(), bias.detach()
-
-
-def fit_probe(
-    train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, num_classes: int, l2_grid
-) -> ProbeResult:
-    """Logistic regression head; the L2 strength with the best val accuracy (then loss) wins."""
-    start = time.perf_counter()
-    mean = train_x.mean(0, dtype=np.float64)
-    std = train_x.std(0, dtype=np.float64) + 1e-6
-    xt = torch.from_numpy(((train_x - mean) / std).astype(np.float32))
-    xv = torch.from_numpy(((val_x - mean) / std).astype(np.float32))
-    yt, yv = torch.from_numpy(train_y.astype(np.int64)), torch.from_numpy(val_y.astype(np.int64))
-    trials, best, init = [], None, None
-    for l2 in sorted(l2_grid, reverse=True):  # strongest first: each fit warm-starts the next
-        weight, bias = _lbfgs_fit(xt, yt, num_classes, float(l2), init)
-        init = (weight, bias)
-        with torch.no_grad():
-            val_logits = xv @ weight + bias
-            trial = {
-                "l2": float(l2),
-                "val_accuracy": (val_logits.argmax(1) == yv).double().mean().item(),
-                "val_loss": nn.functional.cross_entropy(val_logits, yv).item(),
-                "train_accuracy": ((xt @ weight + bias).argmax(1) == yt).double().mean().item(),
-            }
-        trials.append(trial)
-        log.info("probe l2=%g: train acc %.4f, val acc %.4f", l2, trial["train_accuracy"], trial["val_accuracy"])
-        if best is None or (trial["val_accuracy"], -trial["val_loss"]) > (
-            best[0]["val_accuracy"],
-            -best[0]["val_loss"],
-        ):
-            best = (trial, weight, bias)
-    trial, weight, bias = best
-    # fold the standardisation into the layer: ((f - mean) / std) @ W + b == f @ (W / std) + (b - (mean / std) @ W)
-    w = weight.numpy() / std[:, None]
-    b = bias.numpy() - (mean / std) @ weight.numpy()
-    return ProbeResult(
-        w.T.astype(np.float32),
-        b.astype(np.float32),
-        trial["l2"],
-        trial["val_accuracy"],
-        trial["val_loss"],
-        trial["train_accuracy"],
-        trials,
-        time.perf_counter() - start,
-    )
-
-
-def install_head(model: TransferModel, probe: ProbeResult) -> None:
-    with torch.no_grad():
-        model.head.weight.copy_(torch.from_numpy(probe.weight))
-        model.head.bias.copy_(torch.from_numpy(probe.bias))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transferline.config import TrainParams
+from transferline.config import TrainParams, parse_section
 from transferline.errors import ParamsError
 from transferline.search_space import (
     Choice,
@@ -44,6 +44,11 @@ BASE = {"epochs": 2, "warmup_epochs": 0.5}
         ({"train.frozen_blocks": {"type": "int", "low": 0, "high": 40}}, "train.frozen_blocks: high (40) is not"),
         ({"train.lr": {"type": "float", "low": 0.01, "high": 0.1, "scale": "log"}}, "unknown field(s) for a float"),
         ({"train.probe_l2": {"type": "float", "low": -1.0, "high": 1.0}}, "train.probe_l2: low (-1.0) is not"),
+        ({"train.probe_standardise": [True, False]}, "train.probe_standardise: not a train param"),
+        (
+            {"train.probe_label_smoothing": {"type": "float", "low": 0.0, "high": 1.0}},
+            "train.probe_label_smoothing: high (1.0) is not accepted",
+        ),
         ({}, "expected a non-empty mapping"),
     ],
 )
@@ -106,3 +111,13 @@ def test_the_projects_default_space_is_valid():
         PROJECT_ROOT / "search_space.yaml", read_params_file(PROJECT_ROOT / "params.yaml")["train"]
     )
     assert "train.lr" in space.dimensions and "train.strategy" in space.dimensions
+    assert {"train.probe_l2", "train.probe_standardize", "train.probe_label_smoothing"} <= set(space.dimensions)
+
+
+def test_head_params_are_validated_and_a_misspelt_one_is_named():
+    params = parse_section({"train": {"probe_standardize": False, "probe_label_smoothing": 0.1}}, "train", TrainParams)
+    assert params.probe_standardize is False and params.probe_label_smoothing == 0.1
+    with pytest.raises(ParamsError, match=r"train\.probe_standardise: Extra inputs are not permitted"):
+        parse_section({"train": {"probe_standardise": False}}, "train", TrainParams)
+    with pytest.raises(ParamsError, match=r"train\.probe_label_smoothing: Input should be less than 1"):
+        parse_section({"train": {"probe_label_smoothing": 1.0}}, "train", TrainParams)

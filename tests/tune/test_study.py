@@ -1,4 +1,5 @@
-"""Studies on tiny real data: each sampler, pruning, resuming, feature reuse, and the test split left alone."""
+"""Studies on tiny real data: each sampler, pruning, resuming, feature reuse, reproducible head-only trials,
+seeding, storage, and the test split left alone."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import optuna
 import pytest
 import torchvision
 
-from transferline.search_space import resolve_params
+from transferline.head import fit_probe
+from transferline.search_space import parse_search_space, resolve_params
 from transferline.tuning import (
+    StudyConfig,
     TrialRunner,
     best_trial,
     dvc_exp_command,
     finished_count,
+    make_sampler,
     open_storage,
     open_study,
     run_study,
@@ -160,3 +164,65 @@ def test_the_tuner_never_reads_the_test_split(study_config, prepared_without_tes
     names = [Path(p).name for p in opened]
     assert "train_images.npy" in names and "val_images.npy" in names
     assert not [name for name in names if name.startswith("test_")]
+
+
+HEAD_SPACE = {
+    "train.probe_l2": {"type": "float", "low": 1.0e-3, "high": 1.0, "log": True},
+    "train.probe_standardize": [True, False],
+    "train.probe_label_smoothing": {"type": "float", "low": 0.0, "high": 0.3},
+}
+
+
+def test_head_only_trials_are_reproduced_by_their_params_alone(study_config, monkeypatch):
+    calls = []
+    forward = torchvision.models.MobileNetV2.forward
+    counting = lambda self, x: calls.append(len(x)) or forward(self, x)  # noqa: E731
+    monkeypatch.setattr(torchvision.models.MobileNetV2, "forward", counting)
+    config = study_config(HEAD_SPACE, trials=3)
+    runner = TrialRunner(config)
+    a = {"train.probe_l2": 0.01, "train.probe_standardize": False, "train.probe_label_smoothing": 0.2}
+    b = {"train.probe_l2": 0.5, "train.probe_standardize": True, "train.probe_label_smoothing": 0.0}
+    study = open_study(config, runner.space)
+    for values in (a, b, a):
+        study.enqueue_trial(values)
+    first, other, again = run_study(config, runner).trials
+    assert sum(calls) == 24 + 6  # one backbone pass for both standardisations and every trial
+    assert first.params == a and first.user_attrs["train_params"]["probe_standardize"] is False
+    assert first.user_attrs["train_params"]["probe_label_smoothing"] == 0.2
+    assert other.user_attrs["val_loss"] != first.user_attrs["val_loss"]  # the values do reach the head
+    for name in ("val_loss", "head_evaluations"):
+        assert again.user_attrs[name] == first.user_attrs[name]  # not warm-started by the trial before
+    # what the train stage fits for these params (features from the study's cache) is the trial's head
+    features = runner.features.get(resolve_params(runner.base, a))
+    replay = fit_probe(
+        features["train"], runner.data.train.labels, features["val"], runner.data.val.labels, 3, [0.01],
+        standardize=False, label_smoothing=0.2,
+    )  # fmt: skip
+    assert replay.val_loss == pytest.approx(first.user_attrs["val_loss"], rel=1e-6)
+
+
+def test_studies_with_other_seeds_draw_other_values():
+    space = parse_search_space(HEAD_SPACE, {})
+
+    def draw(seed: int, slot: int) -> dict:
+        study = optuna.create_study(sampler=make_sampler(StudyConfig(sampler="random", seed=seed), space, slot))
+        return suggest(study.ask(), space)
+
+    assert draw(0, 0) == draw(0, 0)  # a re-run draws the same values
+    assert draw(0, 1) != draw(0, 0)  # parallel slots differ
+    assert draw(1, 0) != draw(0, 1)  # and seed 1 is not seed 0 shifted by one slot
+
+
+def test_a_runner_keeps_one_storage_whose_commits_do_not_wait_for_the_disk(study_config, monkeypatch):
+    config = study_config(trials=3)
+    runner = TrialRunner(config)
+    opened = []
+    real_open = open_storage
+    monkeypatch.setattr("transferline.tuning.open_storage", lambda c: opened.append(c) or real_open(c))
+    run_study(config, runner)
+    assert len(opened) == 1  # not one per trial
+    with runner.storage(config).engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    # a fresh storage (another process) sees every trial the runner's storage committed
+    assert finished_count(open_study(config, runner.space, storage=real_open(config))) == 3
