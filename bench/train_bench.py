@@ -58,7 +58,7 @@ def default_params(**overrides) -> TrainParams:
 
 
 def load_default_data():
-    from stages.train import load_split, read_dataset
+    from transferline.pixel_cache import load_split, read_dataset
     from transferline.preprocessing import PreprocessSpec
 
     dataset = read_dataset(PREPARED)

@@ -19,6 +19,7 @@ from transferline import atomic
 from transferline.cli import run_cli, stage_parser
 from transferline.config import EvaluateParams, load_section
 from transferline.metrics import classification_report, reliability_bins, softmax
+from transferline.pixel_cache import load_split
 from transferline.preprocessing import PreprocessSpec
 from transferline.scoring import torch_logits
 
@@ -47,8 +48,8 @@ def run(
     metrics_file: Path = METRICS_FILE,
     plots_dir: Path = PLOTS_DIR,
 ) -> dict:
-    images = np.load(prepared_dir / "cache" / "test_images.npy", mmap_mode="r")
-    labels = np.load(prepared_dir / "cache" / "test_labels.npy")
+    test = load_split(prepared_dir, "test", len(classes), spec.image_size)
+    images, labels = test.images, test.labels
     probs = softmax(torch_logits(model, images, spec, params.batch_size).astype(np.float64))
     report = classification_report(probs, labels, classes, params.top_k, params.calibration_bins)
     report["data_version"] = json.loads((prepared_dir / "dataset.json").read_text())["data_version"]

@@ -26,6 +26,7 @@ from transferline.onnx_export import (
     quantize_int8,
     run_batches,
 )
+from transferline.pixel_cache import load_split
 from transferline.preprocessing import PreprocessSpec, normalize
 from transferline.scoring import torch_logits
 
@@ -36,20 +37,18 @@ PREPARED_DIR = Path("data/prepared")
 EXPORT_DIR = Path("export")
 
 
-def load_split(prepared_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    cache = prepared_dir / "cache"
-    return np.load(cache / f"{split}_images.npy", mmap_mode="r"), np.load(cache / f"{split}_labels.npy")
-
-
-def int8_variant(fp32_path: Path, target: Path, params: ExportParams, spec: PreprocessSpec, prepared_dir: Path) -> dict:
+def int8_variant(
+    fp32_path: Path, target: Path, params: ExportParams, spec: PreprocessSpec, prepared_dir: Path, num_classes: int
+) -> dict:
     """Quantize on training images; keep the file only if validation accuracy drops within budget."""
-    train_images, _ = load_split(prepared_dir, "train")
+    train_images = load_split(prepared_dir, "train", num_classes, spec.image_size).images
     rng = np.random.default_rng(0)
     pick = np.sort(
         rng.choice(len(train_images), size=min(params.int8_calibration_images, len(train_images)), replace=False)
     )
     quantize_int8(fp32_path, target, normalize(np.asarray(train_images[pick]), spec))
-    val_images, val_labels = load_split(prepared_dir, "val")
+    val = load_split(prepared_dir, "val", num_classes, spec.image_size)
+    val_images, val_labels = val.images, val.labels
     val_pixels = normalize(np.asarray(val_images), spec)
     fp32_acc = float((run_batches(cpu_session(fp32_path), val_pixels, 64).argmax(1) == val_labels).mean())
     int8_session = cpu_session(target)
@@ -86,7 +85,7 @@ def run(
     prepared_dir: Path = PREPARED_DIR,
     export_dir: Path = EXPORT_DIR,
 ) -> dict:
-    test_images, _ = load_split(prepared_dir, "test")
+    test_images = load_split(prepared_dir, "test", len(classes), spec.image_size).images
     sample = np.asarray(test_images[: params.parity_images])
     reference = torch_logits(model, sample, spec, params.parity_batch_size)
     pixels = normalize(sample, spec)
@@ -113,7 +112,7 @@ def run(
             ),
         }
         if params.int8:
-            report["int8"] = int8_variant(model_path, tmp / "model.int8.onnx", params, spec, prepared_dir)
+            report["int8"] = int8_variant(model_path, tmp / "model.int8.onnx", params, spec, prepared_dir, len(classes))
         else:
             report["int8"] = {"kept": False, "summary": "not built (export.int8 is false)"}
         atomic.write_json(tmp / "preprocess.json", spec.to_dict())

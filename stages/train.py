@@ -10,7 +10,6 @@ which a re-run with the same params and data resumes from after a crash or a kil
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import time
@@ -25,8 +24,8 @@ from transferline.backbones import TransferModel, build_model, feature_dim, get_
 from transferline.checkpoints import CheckpointStore, run_digest
 from transferline.cli import run_cli, stage_parser
 from transferline.config import TrainParams, load_section
-from transferline.errors import DataError
 from transferline.features import KEY_FILE, cache_key, cached_features, fit_probe, install_head
+from transferline.pixel_cache import load_split, read_dataset
 from transferline.preprocessing import PreprocessSpec
 from transferline.strategies import check_params, make_plan
 from transferline.trained_model import save_trained_model
@@ -50,29 +49,6 @@ FEATURES_DIR = Path("data/features")
 CHECKPOINT_DIR = Path("checkpoints/train")
 METRICS_FILE = Path("metrics/train.json")
 LIVE_DIR = Path("dvclive/train")
-
-
-def read_dataset(prepared_dir: Path) -> dict:
-    path = prepared_dir / "dataset.json"
-    if not path.is_file():
-        raise DataError(f"{path} does not exist: run the prepare stage first (dvc repro prepare)")
-    dataset = json.loads(path.read_text())
-    if not dataset.get("cached"):
-        raise DataError(f"{prepared_dir} has no pixel cache: training reads it, set prepare.cache: true")
-    return dataset
-
-
-def load_split(prepared_dir: Path, name: str, num_classes: int, image_size: int) -> SplitData:
-    cache = prepared_dir / "cache"
-    images = np.load(cache / f"{name}_images.npy", mmap_mode="c")  # copy-on-write map: no full read up front
-    labels = np.load(cache / f"{name}_labels.npy").astype(np.int64)
-    if images.shape[1:] != (image_size, image_size, 3) or images.dtype != np.uint8 or len(images) != len(labels):
-        raise DataError(f"{cache}/{name}_*.npy: expected uint8 (N, {image_size}, {image_size}, 3) and N labels")
-    if len(labels) == 0:
-        raise DataError(f"the {name} split is empty: more images are needed")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise DataError(f"{cache}/{name}_labels.npy holds labels outside 0..{num_classes - 1}")
-    return SplitData(images, labels)
 
 
 def warn_on_normalization(params: TrainParams, spec: PreprocessSpec) -> None:

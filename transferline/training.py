@@ -25,6 +25,7 @@ from transferline.augment import augment_batch
 from transferline.checkpoints import CheckpointStore
 from transferline.config import TrainParams
 from transferline.errors import ParamsError
+from transferline.pixel_cache import SplitData
 from transferline.preprocessing import PreprocessSpec
 from transferline.preprocessing_torch import normalize_torch
 from transferline.strategies import NEVER, TransferPlan, optimizer_param_groups
@@ -87,15 +88,6 @@ def configure_threads(params: TrainParams, runtime: Runtime) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return threads
-
-
-@dataclass
-class SplitData:
-    images: np.ndarray  # uint8 (N, S, S, 3), possibly memory-mapped
-    labels: np.ndarray  # int64 (N,)
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 class BatchSource:

@@ -101,7 +101,7 @@ class TuningData:
 
 
 def load_tuning_data(prepared_dir: Path) -> TuningData:
-    from stages.train import load_split, read_dataset
+    from transferline.pixel_cache import load_split, read_dataset
 
     dataset = read_dataset(prepared_dir)
     spec = PreprocessSpec.from_dict(dataset["preprocess"])
