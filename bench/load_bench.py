@@ -4,9 +4,11 @@ The service runs as `make demo` serves it (adaptive batching on, 2 workers, 1 ON
 on 127.0.0.1; the client is the serving benchmark's `wrk` script (C, one thread, keep-alive, multipart
 POST /classify of one JPEG). Memory is the proportional set size (PSS) summed over the service's whole
 process tree, so shared pages count once: sampled after a warm-up at full load, every second during the
-run, and after it. Measured: each worker's heap grows from ~180 to ~310-340 MiB over its first 45-60 s
-under this load and then stays flat (ONNX Runtime's arena on or off, MALLOC_ARENA_MAX=2 or not), so the
-warm-up lasts as long as the run; a leak shows as growth after it, bounded by MEMORY_GROWTH_BOUND_MIB.
+run, and after it. Measured: each worker's heap grows from ~180 to ~310-340 MiB over its first one to two
+minutes under this load and then stays flat (ONNX Runtime's arena on or off, MALLOC_ARENA_MAX=2 or not;
+the tree ends near 740 MiB after 48,000 requests as after 78,000). So a leak is judged on the second half
+of the measured run, after two minutes of load: a leak grows there as fast as before, a warm-up does not.
+That growth is bounded by MEMORY_GROWTH_BOUND_MIB; the growth over the whole run is reported too.
 
 Writes bench/results/load.{json,md}. Usage: python -m bench.load_bench [--quick]
 """
@@ -31,7 +33,7 @@ CLIENTS = 50
 SECONDS = 60.0
 WARMUP_SECONDS = 60.0
 WORKERS = 2
-MEMORY_GROWTH_BOUND_MIB = 32.0
+MEMORY_GROWTH_BOUND_MIB = 16.0
 P99_BOUND_MS = 500.0
 
 
@@ -112,7 +114,7 @@ def measure(clients: int, seconds: float, warmup_s: float) -> dict:
             "before": before_mib,
             "peak": max(sampler.samples, default=after_mib),
             "after": after_mib,
-            "samples": len(sampler.samples),
+            "samples": sampler.samples,
         },
         "answers_after": healthy and ready,
     }
@@ -122,13 +124,15 @@ def analyse(raw: dict, clients: int, seconds: float, warmup_s: float) -> dict:
     load, memory = raw["load"], raw["memory_mib"]
     errors = load["non_2xx"] + load["socket_errors"]
     growth = memory["after"] - memory["before"]
+    samples = memory["samples"] or [memory["after"]]
+    late_growth = memory["after"] - samples[len(samples) // 2]
     p99_ms = load["p99_us"] / 1000
     checks = {
         "errors": {"value": errors, "target": "== 0", "met": errors == 0},
-        "memory_growth_mib": {
-            "value": growth,
+        "memory_growth_second_half_mib": {
+            "value": late_growth,
             "target": f"<= {MEMORY_GROWTH_BOUND_MIB:.0f}",
-            "met": growth <= MEMORY_GROWTH_BOUND_MIB,
+            "met": late_growth <= MEMORY_GROWTH_BOUND_MIB,
         },
         "p99_ms": {"value": p99_ms, "target": f"<= {P99_BOUND_MS:.0f}", "met": p99_ms <= P99_BOUND_MS},
         "answers_after": {"value": raw["answers_after"], "target": "true", "met": raw["answers_after"]},
@@ -153,6 +157,7 @@ def analyse(raw: dict, clients: int, seconds: float, warmup_s: float) -> dict:
         "errors": errors,
         "memory_mib": memory,
         "memory_growth_mib": growth,
+        "memory_growth_second_half_mib": late_growth,
         "checks": checks,
     }
 
@@ -182,7 +187,8 @@ def render_markdown(results: dict) -> str:
             "Service memory, PSS of the whole process tree (MiB): "
             f"idle {memory['idle']:.0f}, after the warm-up {memory['before']:.0f}, peak during the run "
             f"{memory['peak']:.0f}, after the run {memory['after']:.0f} "
-            f"(growth {results['memory_growth_mib']:+.1f} MiB).",
+            f"(growth {results['memory_growth_mib']:+.1f} MiB over the run, "
+            f"{results['memory_growth_second_half_mib']:+.1f} MiB over its second half).",
             "",
             "| check | value | target | verdict |",
             "|---|---|---|---|",

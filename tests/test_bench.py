@@ -69,6 +69,7 @@ def test_quick_load_benchmark_serves_without_errors_and_writes_the_report(tmp_pa
         "p99 latency",
         "errors",
         "service memory growth over the run (PSS",
+        "service memory growth over the run's second half (PSS",
     }
     assert (tmp_path / "RESULTS.md").read_text().startswith("# Benchmark results")
     assert [path.stat().st_mtime_ns if path.exists() else None for path in committed] == before
