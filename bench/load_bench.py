@@ -6,7 +6,7 @@ POST /classify of one JPEG). Memory is the proportional set size (PSS) summed ov
 process tree, so shared pages count once: sampled after a warm-up at full load, every second during the
 run, and after it. Measured: each worker's heap grows from ~180 to ~310-340 MiB over its first one to two
 minutes under this load and then stays flat (ONNX Runtime's arena on or off, MALLOC_ARENA_MAX=2 or not;
-the tree ends near 740 MiB after 48,000 requests as after 78,000). So a leak is judged on the second half
+the tree levels off at 680-740 MiB, after 48,000 requests as after 78,000). So a leak is judged on the second half
 of the measured run, after two minutes of load: a leak grows there as fast as before, a warm-up does not.
 That growth is bounded by MEMORY_GROWTH_BOUND_MIB; the growth over the whole run is reported too.
 
