@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from transferline.env import QUIET_ENV, tool_env
@@ -56,18 +57,21 @@ def class_image(label_index: int, item: int, size: int = 24) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
+def write_class_images(root: Path, classes: dict[str, int], size: int = 24) -> None:
+    """`<root>/<class>/img_<i>.png`, `count` distinct images per class (see class_image)."""
+    for label_index, (name, count) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for item in range(count):
+            (root / name / f"img_{item:03d}.png").write_bytes(png_bytes(class_image(label_index, item, size)))
+
+
 @pytest.fixture
 def image_tree(tmp_path: Path) -> Callable[..., Path]:
     """Write `<root>/<class>/img_<i>.png` for the given classes; returns the root."""
 
     def make(classes: dict[str, int] | None = None, root: Path | None = None, size: int = 24) -> Path:
-        classes = classes or {"cat": 12, "dog": 12, "fox": 12}
         root = root or tmp_path / "images"
-        for label_index, (name, count) in enumerate(classes.items()):
-            (root / name).mkdir(parents=True, exist_ok=True)
-            for item in range(count):
-                data = png_bytes(class_image(label_index, item, size))
-                (root / name / f"img_{item:03d}.png").write_bytes(data)
+        write_class_images(root, classes or {"cat": 12, "dog": 12, "fox": 12}, size)
         return root
 
     return make
@@ -85,16 +89,48 @@ def run_tool(args: list[str], cwd: Path, check: bool = True) -> subprocess.Compl
 def dvc_repo(tmp_path: Path) -> Path:
     """A fresh git+DVC repository holding a copy of the pipeline's code, dvc.yaml and params.yaml."""
     repo = tmp_path / "repo"
-    repo.mkdir()
+    copy_pipeline(repo)
+    init_git_dvc(repo)
+    return repo
+
+
+def copy_pipeline(repo: Path) -> None:
+    """The pipeline's code, dvc.yaml and params.yaml, copied into `repo` (created)."""
+    repo.mkdir(parents=True)
     for name in PIPELINE_FILES:
         source = PROJECT_ROOT / name
         if source.is_dir():
             shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, repo / name)
+
+
+def init_git_dvc(repo: Path) -> None:
     run_tool(["git", "init", "-q"], repo)
     run_tool(["git", "config", "user.email", "test@example.invalid"], repo)
     run_tool(["git", "config", "user.name", "test"], repo)
     run_tool(["dvc", "init", "-q"], repo)
     run_tool(["dvc", "config", "core.analytics", "false"], repo)
+
+
+TINY_PIPELINE_PARAMS = {
+    "ingest": {"source": "folder", "path": "images", "per_class": None},
+    "preprocess": {"image_size": 32},
+    "prepare": {"min_per_class": 3},
+    "train": {"strategy": "feature_extraction", "epochs": 2, "batch_size": 16},
+    "export": {"parity_images": 16, "latency_seconds": 0.2, "int8": False},
+    "gate": {"min_accuracy": 0.6, "min_macro_f1": 0.5, "min_class_recall": 0.3, "max_latency_ms": 500},
+}
+
+
+def tiny_pipeline_repo(repo: Path, **sections: dict) -> Path:
+    """A git+DVC copy of the pipeline on 3 classes x 16 tiny images, with fast (still real) training and
+    export; `sections` add to TINY_PIPELINE_PARAMS."""
+    copy_pipeline(repo)
+    write_class_images(repo / "images", {"cat": 16, "dog": 16, "fox": 16})
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in {**TINY_PIPELINE_PARAMS, **sections}.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    init_git_dvc(repo)
     return repo

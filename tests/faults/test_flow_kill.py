@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,41 +15,11 @@ import pytest
 import yaml
 
 from flows.dvc_stage import PIPELINE_STAGES
-from tests.conftest import PIPELINE_FILES, PROJECT_ROOT, class_image, png_bytes, run_tool
+from tests.conftest import PROJECT_ROOT, run_tool, tiny_pipeline_repo
 
 pytestmark = pytest.mark.slow
 
 DONE_BEFORE_KILL = ("ingest", "prepare")
-
-
-def make_repo(repo: Path) -> Path:
-    """A git+DVC copy of the pipeline on 3 classes x 16 tiny images, with fast (still real) training and export."""
-    repo.mkdir(parents=True)
-    for name in PIPELINE_FILES:
-        source = PROJECT_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, repo / name)
-    for label_index, name in enumerate(("cat", "dog", "fox")):
-        (repo / "images" / name).mkdir(parents=True)
-        for item in range(16):
-            (repo / "images" / name / f"img_{item:03d}.png").write_bytes(png_bytes(class_image(label_index, item)))
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    overrides = {
-        "ingest": {"source": "folder", "path": "images", "per_class": None},
-        "preprocess": {"image_size": 32},
-        "prepare": {"min_per_class": 3},
-        "train": {"strategy": "feature_extraction", "epochs": 2, "batch_size": 16},
-        "export": {"parity_images": 16, "latency_seconds": 0.2, "int8": False},
-        "gate": {"min_accuracy": 0.6, "min_macro_f1": 0.5, "min_class_recall": 0.3, "max_latency_ms": 500},
-    }
-    for section, values in overrides.items():
-        params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        run_tool(args, repo)
-    return repo
 
 
 def start_flow(repo: Path, home: Path) -> subprocess.Popen:
@@ -110,7 +79,7 @@ def outs_md5(lock: dict, stage: str) -> dict[str, str]:
 
 
 def test_flow_killed_between_stages_reruns_only_the_missing_stages(tmp_path):
-    repo = make_repo(tmp_path / "repo")
+    repo = tiny_pipeline_repo(tmp_path / "repo")
     flow = start_flow(repo, tmp_path / "home")
     deadline = time.monotonic() + 300
     at_kill: dict = {}
@@ -151,7 +120,7 @@ def test_flow_killed_between_stages_reruns_only_the_missing_stages(tmp_path):
     assert (repo / "gate" / "decision.json").is_file() and (repo / "export" / "model.onnx").is_file()
 
     # the same data stages run without interruption give the same outputs, hash for hash
-    reference = make_repo(tmp_path / "reference")
+    reference = tiny_pipeline_repo(tmp_path / "reference")
     run_tool(["dvc", "repro", "prepare"], reference)
     reference_lock = locked_stages(reference)
     for stage in DONE_BEFORE_KILL:

@@ -14,7 +14,7 @@ from prefect import flow
 
 from flows.dvc_stage import PIPELINE_STAGES
 from flows.service_control import ServiceController, controller_from_params
-from tests.conftest import run_tool
+from tests.conftest import run_tool, tiny_pipeline_repo
 
 pytestmark = pytest.mark.slow
 
@@ -35,35 +35,8 @@ def set_params(repo: Path, **sections: dict) -> None:
 @pytest.fixture(scope="module")
 def flow_repo(tmp_path_factory):
     """A git+DVC copy of the project with tiny data and fast, still real, training."""
-    import shutil
-
-    from tests.conftest import PROJECT_ROOT, class_image, png_bytes
-
     root = tmp_path_factory.mktemp("flow")
-    repo = root / "repo"
-    repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "stages", "transferline"):
-        source = PROJECT_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, repo / name)
-    for label_index, name in enumerate(("cat", "dog", "fox")):
-        (repo / "images" / name).mkdir(parents=True)
-        for item in range(16):
-            (repo / "images" / name / f"img_{item:03d}.png").write_bytes(png_bytes(class_image(label_index, item)))
-    set_params(
-        repo,
-        ingest={"source": "folder", "path": "images", "per_class": None},
-        preprocess={"image_size": 32},
-        prepare={"min_per_class": 3},
-        train={"strategy": "feature_extraction", "epochs": 2, "batch_size": 16},
-        export={"parity_images": 16, "latency_seconds": 0.2, "int8": False},
-        gate={"min_accuracy": 0.6, "min_macro_f1": 0.5, "min_class_recall": 0.3, "max_latency_ms": 500},
-        serve={"port": free_port(), "workers": 1},
-    )
-    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        run_tool(args, repo)
+    repo = tiny_pipeline_repo(root / "repo", serve={"port": free_port(), "workers": 1})
     saved = {key: os.environ.get(key) for key in ("BENTOML_HOME", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")}
     os.environ["BENTOML_HOME"] = str(root / "bentoml")  # the flow uses the registry in this process
     os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"

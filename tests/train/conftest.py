@@ -10,7 +10,7 @@ import pytest
 
 from stages import prepare
 from stages import train as train_stage
-from tests.conftest import class_image, png_bytes
+from tests.conftest import write_class_images
 from transferline.config import PrepareParams, PreprocessParams, TrainParams
 
 CLASSES = ("cat", "dog", "fox")
@@ -18,10 +18,7 @@ IMAGE_SIZE = 32
 
 
 def write_images(raw: Path, per_class: int = 12, size: int = IMAGE_SIZE) -> None:
-    for label_index, name in enumerate(CLASSES):
-        (raw / name).mkdir(parents=True, exist_ok=True)
-        for item in range(per_class):
-            (raw / name / f"img_{item:03d}.png").write_bytes(png_bytes(class_image(label_index, item, size)))
+    write_class_images(raw, dict.fromkeys(CLASSES, per_class), size)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from stages import prepare
-from tests.conftest import PROJECT_ROOT, class_image, png_bytes
+from tests.conftest import PROJECT_ROOT, write_class_images
 from transferline.config import PrepareParams, PreprocessParams
 from transferline.tuning import StudyConfig
 
@@ -36,11 +36,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 def tiny_prepared(tmp_path_factory) -> Path:
     """data/prepared made by the prepare stage itself: train 8, val 2, test 2 images per class."""
     root = tmp_path_factory.mktemp("tune-data")
-    for label_index, name in enumerate(CLASSES):
-        (root / "raw" / name).mkdir(parents=True)
-        for item in range(12):
-            image = png_bytes(class_image(label_index, item, IMAGE_SIZE))
-            (root / "raw" / name / f"img_{item:03d}.png").write_bytes(image)
+    write_class_images(root / "raw", dict.fromkeys(CLASSES, 12), IMAGE_SIZE)
     prepare.run(
         PrepareParams(min_per_class=3),
         PreprocessParams(image_size=IMAGE_SIZE),
