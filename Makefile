@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) assets
 
 assets: $(STAMP)
-	$(BIN)/python -m transferline.assets all
+	$(BIN)/python -m transferline.data.assets all
 
 # The whole pipeline as a Prefect flow (DVC stages, gate, register, deploy), then two predictions
 # from the served champion: a held-out Fashion-MNIST image and a photo. The service keeps running.

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import write_results
-from transferline.onnx_export import cpu_session, run_batches
-from transferline.preprocessing import PreprocessSpec, normalize
-from transferline.trained_model import load_trained_model
+from transferline.data.preprocessing import PreprocessSpec, normalize
+from transferline.evaluation.onnx_export import cpu_session, run_batches
+from transferline.model.trained_model import load_trained_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,11 +28,11 @@ if not torch.cuda.is_available() and not DRY:
 
 import numpy as np
 
-from transferline.backbones import build_model
+from transferline.model.backbones import build_model
 from transferline.config import TrainParams
-from transferline.preprocessing import PreprocessSpec
-from transferline.strategies import make_plan
-from transferline.training import (
+from transferline.data.preprocessing import PreprocessSpec
+from transferline.model.strategies import make_plan
+from transferline.model.training import (
     BatchSource, SplitData, build_optimizer, build_scheduler, configure_threads, model_input,
     predict_logits, resolve_runtime, train_one_epoch,
 )
@@ -116,7 +116,7 @@ for backbone in ("mobilenet_v2", "resnet50"):
 try:
     import onnxruntime as ort
 
-    from transferline.onnx_export import export_onnx
+    from transferline.evaluation.onnx_export import export_onnx
 
     backbone, model = last_model
     model = model.float().eval().to("cpu").to(memory_format=torch.contiguous_format)

@@ -169,7 +169,7 @@ def batches_formed(before: dict, after: dict) -> dict:
 
 
 def _ort_images_per_s(onnx_path: str, batch: int, seconds: float) -> float:
-    from transferline.onnx_export import cpu_session, measure_latency
+    from transferline.evaluation.onnx_export import cpu_session, measure_latency
 
     return measure_latency(cpu_session(Path(onnx_path), threads=1), IMAGE_SIZE, batch, seconds)["images_per_s"]
 
@@ -177,9 +177,9 @@ def _ort_images_per_s(onnx_path: str, batch: int, seconds: float) -> float:
 def _decode_and_ort_per_s(onnx_path: str, image: str, seconds: float) -> float:
     """Requests/s of decode + preprocess + ONNX Runtime at batch 1, no HTTP: a zero-overhead server."""
     from serving.inference import prepare_pixels, softmax
-    from transferline.imaging import ImageLimits
-    from transferline.onnx_export import INPUT_NAME, OUTPUT_NAME, cpu_session
-    from transferline.preprocessing import PreprocessSpec, normalize
+    from transferline.data.imaging import ImageLimits
+    from transferline.data.preprocessing import PreprocessSpec, normalize
+    from transferline.evaluation.onnx_export import INPUT_NAME, OUTPUT_NAME, cpu_session
 
     session = cpu_session(Path(onnx_path), threads=1)
     spec = PreprocessSpec(IMAGE_SIZE, "crop", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -58,8 +58,8 @@ def default_params(**overrides) -> TrainParams:
 
 
 def load_default_data():
-    from transferline.pixel_cache import load_split, read_dataset
-    from transferline.preprocessing import PreprocessSpec
+    from transferline.data.pixel_cache import load_split, read_dataset
+    from transferline.data.preprocessing import PreprocessSpec
 
     dataset = read_dataset(PREPARED)
     spec = PreprocessSpec.from_dict(dataset["preprocess"])
@@ -69,9 +69,9 @@ def load_default_data():
 
 def bench_throughput(quick: bool) -> dict:
     """Real epochs vs the bare model on the same batch size, alternated `rounds` times."""
-    from transferline.backbones import build_model
-    from transferline.strategies import make_plan
-    from transferline.training import (
+    from transferline.model.backbones import build_model
+    from transferline.model.strategies import make_plan
+    from transferline.model.training import (
         BatchSource,
         build_optimizer,
         build_scheduler,
@@ -144,9 +144,9 @@ def bench_probe(quick: bool) -> dict:
     """Head fit on the default data's features (computed here, or read from the stage's cache)."""
     from sklearn.linear_model import LogisticRegression
 
-    from transferline.backbones import build_model, feature_dim
-    from transferline.features import cache_key, cached_features, fit_probe
-    from transferline.training import configure_threads, resolve_runtime
+    from transferline.model.backbones import build_model, feature_dim
+    from transferline.model.features import cache_key, cached_features, fit_probe
+    from transferline.model.training import configure_threads, resolve_runtime
 
     params = default_params(strategy="feature_extraction")
     dataset, spec, splits = load_default_data()
@@ -185,9 +185,9 @@ def bench_probe(quick: bool) -> dict:
 
 def test_accuracy(models_dir: Path, splits) -> float:
     """Accuracy of the saved model on the test split, fed through the shared numpy preprocessing."""
-    from transferline.preprocessing import PreprocessSpec
-    from transferline.scoring import torch_logits
-    from transferline.trained_model import load_trained_model
+    from transferline.data.preprocessing import PreprocessSpec
+    from transferline.evaluation.scoring import torch_logits
+    from transferline.model.trained_model import load_trained_model
 
     model, meta = load_trained_model(models_dir)
     logits = torch_logits(model, splits["test"].images, PreprocessSpec.from_dict(meta["preprocess"]), 200)

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import write_results
-from transferline.tuning import StudyConfig, TrialRunner, completed, open_study, run_study, run_trial
+from transferline.search.tuning import StudyConfig, TrialRunner, completed, open_study, run_study, run_trial
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SPEEDUP_TARGET = 20.0

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed
 
 from flows.pipeline import pipeline, stage_task
-from transferline.lineage import dvc_out_hash
+from transferline.evaluation.lineage import dvc_out_hash
 
 
 def champion_raw_md5() -> str | None:

@@ -29,7 +29,7 @@ from flows.params_override import apply_overrides
 from flows.report import per_class_rows, run_report_markdown
 from flows.service_control import ServiceController, ServiceFailed, controller_from_params
 from transferline.errors import TransferlineError
-from transferline.lineage import collect_lineage, dvc_out_hash
+from transferline.evaluation.lineage import collect_lineage, dvc_out_hash
 
 
 class DeployFailed(TransferlineError):

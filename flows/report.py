@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transferline.model_card import checks_table, fmt
+from transferline.evaluation.model_card import checks_table, fmt
 
 
 def run_report_markdown(outcomes: list[dict], metrics: dict, decision: dict, outcome: str) -> str:

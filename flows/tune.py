@@ -30,7 +30,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.params_override import apply_overrides
 from flows.tune_report import history_markdown
 from transferline.errors import TransferlineError
-from transferline.tuning import (
+from transferline.search.tuning import (
     PRUNERS,
     SAMPLERS,
     StudyConfig,

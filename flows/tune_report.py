@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from transferline.tuning import completed, dvc_exp_command
+from transferline.search.tuning import completed, dvc_exp_command
 
 BARS = "▁▂▃▄▅▆▇█"
 

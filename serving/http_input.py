@@ -243,7 +243,7 @@ def _check_top_k(value: Any, limits: InputLimits) -> int:
 
 
 def rejection_status(reason: str) -> int:
-    """HTTP status for an `ImageRejected.reason` from transferline.imaging.decode_image."""
+    """HTTP status for an `ImageRejected.reason` from transferline.data.imaging.decode_image."""
     if reason.startswith("empty file"):
         return 400
     if "above the limit" in reason or "safety limit" in reason:

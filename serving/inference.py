@@ -15,10 +15,10 @@ from typing import Literal
 
 import numpy as np
 
+from transferline.data.imaging import ImageLimits, decode_image
+from transferline.data.preprocessing import PreprocessSpec, normalize, resize_for_model
 from transferline.errors import TransferlineError
-from transferline.imaging import ImageLimits, decode_image
-from transferline.onnx_export import INPUT_NAME, OUTPUT_NAME
-from transferline.preprocessing import PreprocessSpec, normalize, resize_for_model
+from transferline.evaluation.onnx_export import INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger("transferline.serving")
 

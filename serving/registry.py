@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from transferline import atomic
+from transferline.data.preprocessing import PreprocessSpec
 from transferline.errors import TransferlineError
-from transferline.preprocessing import PreprocessSpec
 
 MODEL_NAME = "transferline-classifier"
 BUNDLE_FILES = ("model.onnx", "preprocess.json", "classes.json", "export_report.json")
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             champion = find_champion()
             print(champion.tag if champion else "none")
         elif args.command == "register":
-            from transferline.lineage import collect_lineage
+            from transferline.evaluation.lineage import collect_lineage
 
             tag = register(args.export_dir, args.gate_dir, collect_lineage(Path.cwd()))
             print(tag)

@@ -58,8 +58,8 @@ from serving.schemas import (
     NoInput,
 )
 from serving.settings import load_serve_params
-from transferline.imaging import ImageLimits, ImageRejected
-from transferline.onnx_export import INPUT_NAME, OUTPUT_NAME
+from transferline.data.imaging import ImageLimits, ImageRejected
+from transferline.evaluation.onnx_export import INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger("transferline.serving")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transferline.onnx_export import export_onnx, optimize_onnx
-from transferline.preprocessing import PreprocessSpec
+from transferline.data.preprocessing import PreprocessSpec
+from transferline.evaluation.onnx_export import export_onnx, optimize_onnx
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,7 +40,7 @@ def _calibrate(model, image_size: int, seed: int, head_scale: float) -> None:
     import torch
     from PIL import Image
 
-    from transferline.preprocessing import normalize
+    from transferline.data.preprocessing import normalize
 
     spec = PreprocessSpec(image_size, "crop", IMAGENET_MEAN, IMAGENET_STD)
     rng = np.random.default_rng(seed)

@@ -18,10 +18,10 @@ import numpy as np
 from transferline import atomic
 from transferline.cli import run_cli, stage_parser
 from transferline.config import EvaluateParams, load_section
-from transferline.metrics import classification_report, reliability_bins, softmax
-from transferline.pixel_cache import load_split
-from transferline.preprocessing import PreprocessSpec
-from transferline.scoring import torch_logits
+from transferline.data.pixel_cache import load_split
+from transferline.data.preprocessing import PreprocessSpec
+from transferline.evaluation.metrics import classification_report, reliability_bins, softmax
+from transferline.evaluation.scoring import torch_logits
 
 log = logging.getLogger("transferline.evaluate")
 
@@ -79,7 +79,7 @@ def run(
 
 
 def main(args) -> None:
-    from transferline.trained_model import load_trained_model
+    from transferline.model.trained_model import load_trained_model
 
     model, meta = load_trained_model(MODELS_DIR)
     spec = PreprocessSpec.from_dict(meta["preprocess"])

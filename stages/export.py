@@ -17,7 +17,9 @@ import numpy as np
 from transferline import atomic
 from transferline.cli import run_cli, stage_parser
 from transferline.config import ExportParams, load_section
-from transferline.onnx_export import (
+from transferline.data.pixel_cache import load_split
+from transferline.data.preprocessing import PreprocessSpec, normalize
+from transferline.evaluation.onnx_export import (
     check_parity,
     cpu_session,
     export_onnx,
@@ -26,9 +28,7 @@ from transferline.onnx_export import (
     quantize_int8,
     run_batches,
 )
-from transferline.pixel_cache import load_split
-from transferline.preprocessing import PreprocessSpec, normalize
-from transferline.scoring import torch_logits
+from transferline.evaluation.scoring import torch_logits
 
 log = logging.getLogger("transferline.export")
 
@@ -131,7 +131,7 @@ def run(
 
 
 def main(args) -> None:
-    from transferline.trained_model import load_trained_model
+    from transferline.model.trained_model import load_trained_model
 
     model, meta = load_trained_model(MODELS_DIR)
     spec = PreprocessSpec.from_dict(meta["preprocess"])

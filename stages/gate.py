@@ -2,7 +2,7 @@
 
 Reads the evaluate metrics and the export report, scores the current champion (if any) and the
 candidate on the same test images, applies every threshold from `params.yaml` in one place
-(transferline/gate.py), and writes `gate/decision.json` and `gate/model_card.md`, pass or fail.
+(transferline/evaluation/gate.py), and writes `gate/decision.json` and `gate/model_card.md`, pass or fail.
 A rejection is data, not an error, unless `gate.fail_on_reject` is set (for CI): then the stage
 exits with status 2 after writing the decision.
 """
@@ -19,16 +19,16 @@ from pathlib import Path
 from transferline import atomic
 from transferline.cli import run_cli, stage_parser
 from transferline.config import GateParams, load_section
+from transferline.data.preprocessing import PreprocessSpec
 from transferline.errors import TransferlineError
-from transferline.gate import ChampionScore, evaluate_gate
-from transferline.lineage import collect_lineage
-from transferline.metrics import classification_report
-from transferline.model_card import render_model_card
-from transferline.onnx_export import cpu_session
-from transferline.preprocessing import PreprocessSpec
-from transferline.scoring import load_pixels, onnx_probabilities
+from transferline.evaluation.gate import ChampionScore, evaluate_gate
+from transferline.evaluation.lineage import collect_lineage
+from transferline.evaluation.metrics import classification_report
+from transferline.evaluation.model_card import render_model_card
+from transferline.evaluation.onnx_export import cpu_session
+from transferline.evaluation.scoring import load_pixels, onnx_probabilities
 
-log = logging.getLogger("transferline.gate")
+log = logging.getLogger("transferline.evaluation.gate")
 
 EXPORT_DIR = Path("export")
 GATE_DIR = Path("gate")

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transferline import atomic, fashion_mnist
+from transferline import atomic
 from transferline.cli import run_cli, stage_parser
 from transferline.config import IngestParams, load_section
+from transferline.data import fashion_mnist
+from transferline.data.imaging import IMAGE_EXTENSIONS
 from transferline.errors import DataError
-from transferline.imaging import IMAGE_EXTENSIONS
 
 log = logging.getLogger("transferline.ingest")
 

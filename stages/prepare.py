@@ -25,10 +25,10 @@ import numpy as np
 from transferline import atomic
 from transferline.cli import run_cli, stage_parser
 from transferline.config import PrepareParams, PreprocessParams, parse_section, read_params_file
+from transferline.data.imaging import ImageLimits, ImageRejected, decode_image
+from transferline.data.preprocessing import PreprocessSpec, resize_for_model
+from transferline.data.splits import SPLITS, assign_splits
 from transferline.errors import DataError
-from transferline.imaging import ImageLimits, ImageRejected, decode_image
-from transferline.preprocessing import PreprocessSpec, resize_for_model
-from transferline.splits import SPLITS, assign_splits
 
 log = logging.getLogger("transferline.prepare")
 

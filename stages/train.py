@@ -20,16 +20,16 @@ import torch
 import torchvision
 
 from transferline import atomic
-from transferline.backbones import TransferModel, build_model, feature_dim, get_spec, imagenet_normalization
-from transferline.checkpoints import CheckpointStore, run_digest
 from transferline.cli import run_cli, stage_parser
 from transferline.config import TrainParams, load_section
-from transferline.features import KEY_FILE, cache_key, cached_features, fit_probe, install_head
-from transferline.pixel_cache import load_split, read_dataset
-from transferline.preprocessing import PreprocessSpec
-from transferline.strategies import check_params, make_plan
-from transferline.trained_model import save_trained_model
-from transferline.training import (
+from transferline.data.pixel_cache import load_split, read_dataset
+from transferline.data.preprocessing import PreprocessSpec
+from transferline.model.backbones import TransferModel, build_model, feature_dim, get_spec, imagenet_normalization
+from transferline.model.checkpoints import CheckpointStore, run_digest
+from transferline.model.features import KEY_FILE, cache_key, cached_features, fit_probe, install_head
+from transferline.model.strategies import check_params, make_plan
+from transferline.model.trained_model import save_trained_model
+from transferline.model.training import (
     BatchSource,
     EpochSink,
     FitResult,
@@ -169,7 +169,7 @@ def run(
     store = CheckpointStore(checkpoint_dir, digest)
     sink = None
     if live_dir is not None:
-        from transferline.tracking import LiveSink
+        from transferline.model.tracking import LiveSink
 
         sink = LiveSink(live_dir)
 
@@ -215,7 +215,7 @@ def run(
         "input": {
             "shape": ["batch", 3, spec.image_size, spec.image_size],
             "dtype": "float32",
-            "normalization": "transferline.preprocessing.normalize: uint8 RGB / 255, then (x - mean) / std; "
+            "normalization": "transferline.data.preprocessing.normalize: uint8 RGB / 255, then (x - mean) / std; "
             "not inside the model",
         },
         "params": params_json,

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferline.preprocessing import PreprocessSpec, normalize
+from transferline.data.preprocessing import PreprocessSpec, normalize
 
 
 class TinyConvNet(nn.Module):

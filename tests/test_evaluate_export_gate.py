@@ -13,9 +13,9 @@ from onnx import numpy_helper
 from stages import evaluate, export, gate, prepare
 from tests.model_fixtures import degrade, fit_tiny_model
 from transferline.config import EvaluateParams, ExportParams, GateParams, PrepareParams, PreprocessParams
-from transferline.onnx_export import check_parity, cpu_session, run_batches
-from transferline.preprocessing import PreprocessSpec, normalize
-from transferline.scoring import torch_logits
+from transferline.data.preprocessing import PreprocessSpec, normalize
+from transferline.evaluation.onnx_export import check_parity, cpu_session, run_batches
+from transferline.evaluation.scoring import torch_logits
 
 PREPROCESS = PreprocessParams(image_size=32)
 SPEC = PreprocessSpec.from_params(PREPROCESS)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import jpeg_bytes, png_bytes
-from transferline.imaging import (
+from transferline.data.imaging import (
     ACCEPTED_FORMATS,
     ImageLimits,
     ImageRejected,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from stages import ingest
-from transferline import fashion_mnist
 from transferline.config import IngestParams
+from transferline.data import fashion_mnist
 from transferline.errors import AssetError, DataError
 
 

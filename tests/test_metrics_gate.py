@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from transferline.config import GateParams
-from transferline.gate import ChampionScore, evaluate_gate
-from transferline.metrics import classification_report, expected_calibration_error, softmax
+from transferline.evaluation.gate import ChampionScore, evaluate_gate
+from transferline.evaluation.metrics import classification_report, expected_calibration_error, softmax
 
 EXPORT_REPORT = {
     "parity": [{"batch_size": 1, "max_abs_diff": 2e-6, "top1_agreement": 1.0}],

@@ -46,7 +46,7 @@ def test_clean_folder_gives_manifest_cache_and_metrics(tmp_path, image_tree):
 def test_cache_holds_the_pixels_of_the_manifest_rows(tmp_path, image_tree):
     from PIL import Image
 
-    from transferline.preprocessing import PreprocessSpec, resize_for_model
+    from transferline.data.preprocessing import PreprocessSpec, resize_for_model
 
     raw = image_tree({"cat": 10, "dog": 10})
     run_prepare(tmp_path, raw)

@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from transferline.preprocessing import PreprocessSpec, normalize, resize_for_model
+from transferline.data.preprocessing import PreprocessSpec, normalize, resize_for_model
 
 SPEC = PreprocessSpec(32, "crop", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from transferline.splits import assign_splits, split_counts
+from transferline.data.splits import assign_splits, split_counts
 
 
 def items(per_label: dict[str, int]) -> list[tuple[str, str]]:

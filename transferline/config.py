@@ -158,7 +158,7 @@ class TrainParams(Section):
     """Backbone, transfer strategy and training recipe of the `train` stage.
 
     Checks that need the backbone's block list (frozen_blocks) or the machine (device, amp)
-    live in transferline.strategies.check_params, run before any work.
+    live in transferline.model.strategies.check_params, run before any work.
     """
 
     backbone: BackboneName = "mobilenet_v2"

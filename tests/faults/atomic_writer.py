@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from transferline import atomic
-from transferline.checkpoints import CheckpointStore
+from transferline.model.checkpoints import CheckpointStore
 
 MB = 1 << 20
 BLOB = np.random.default_rng(0).bytes(20 * MB)  # incompressible, the same in every process

@@ -62,7 +62,7 @@ def test_a_swap_killed_between_its_two_renames_is_undone_before_the_next_write(t
 
 def test_a_finished_training_run_leaves_no_checkpoint_a_killed_run_was_writing(tmp_path):
     """`checkpoints/train` is a DVC output: what a killed save left there must not reach DVC's cache."""
-    from transferline.checkpoints import CheckpointStore
+    from transferline.model.checkpoints import CheckpointStore
 
     directory = tmp_path / "checkpoints"
     store = CheckpointStore(directory, "digest")

@@ -3,7 +3,7 @@
 Every case is data: the exact request (endpoint, content type, body bytes, whether it is streamed without
 a Content-Length) and the expected outcome, either a refusal (a precise 4xx and a fragment of its message)
 or a prediction for images that are valid however odd (CMYK, 16-bit, palette, EXIF-rotated, 1x1, ...),
-which must equal what the offline preprocessing path (`transferline.scoring`) gives for the same file.
+which must equal what the offline preprocessing path (`transferline.evaluation.scoring`) gives for the same file.
 Everything is generated here from Pillow and numpy, so no binary fixture is committed.
 
 The expectations assume a service running with `SERVER_LIMITS`. Write the corpus out with

@@ -37,10 +37,10 @@ def client(corpus_server) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def offline(serving_models: ServingModels, tmp_path_factory: pytest.TempPathFactory) -> Scorer:
-    """Probabilities for image files through transferline.scoring, as the gate scores models offline."""
-    from transferline.onnx_export import cpu_session
-    from transferline.preprocessing import PreprocessSpec
-    from transferline.scoring import load_pixels, onnx_probabilities
+    """Probabilities for image files through transferline.evaluation.scoring, as the gate scores models offline."""
+    from transferline.data.preprocessing import PreprocessSpec
+    from transferline.evaluation.onnx_export import cpu_session
+    from transferline.evaluation.scoring import load_pixels, onnx_probabilities
 
     spec = PreprocessSpec.from_dict(json.loads((serving_models.export_dir / "preprocess.json").read_text()))
     session = cpu_session(serving_models.export_dir / "model.onnx")

@@ -7,8 +7,8 @@ import pytest
 from serving.http_input import ApiError, InputLimits, _check_top_k, _decode_base64, rejection_status
 from serving.settings import load_serve_params
 from tests.serving import images
+from transferline.data.imaging import ImageLimits, ImageRejected, decode_image
 from transferline.errors import ParamsError
-from transferline.imaging import ImageLimits, ImageRejected, decode_image
 
 LIMITS = InputLimits(max_request_images=4, max_image_bytes=1000, top_k_default=5, top_k_max=10)
 
@@ -25,7 +25,7 @@ LIMITS = InputLimits(max_request_images=4, max_image_bytes=1000, top_k_default=5
     ],
 )
 def test_every_decode_rejection_maps_to_its_status(data, limits, status):
-    """Guards the mapping against changes in transferline.imaging's wording."""
+    """Guards the mapping against changes in transferline.data.imaging's wording."""
     with pytest.raises(ImageRejected) as rejected:
         decode_image(data, limits)
     assert rejection_status(rejected.value.reason) == status

@@ -9,7 +9,7 @@ import pytest
 
 from serving.inference import CPU, CUDA, OnnxClassifier, ProviderUnavailable, create_session, nvidia_device_present
 from tests.serving.conftest import CLASSES, ServingModels
-from transferline.preprocessing import PreprocessSpec
+from transferline.data.preprocessing import PreprocessSpec
 
 
 def classifier(models: ServingModels, preference: str = "cpu") -> OnnxClassifier:

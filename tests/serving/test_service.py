@@ -48,10 +48,10 @@ def photos() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def offline(serving_models: ServingModels, photos: dict[str, bytes], tmp_path_factory) -> dict[str, np.ndarray]:
-    """Probabilities from ONNX Runtime in this process, through transferline.scoring, on the same files."""
-    from transferline.onnx_export import cpu_session
-    from transferline.preprocessing import PreprocessSpec
-    from transferline.scoring import load_pixels, onnx_probabilities
+    """Probabilities from ONNX Runtime in this process, through transferline.evaluation.scoring, on the same files."""
+    from transferline.data.preprocessing import PreprocessSpec
+    from transferline.evaluation.onnx_export import cpu_session
+    from transferline.evaluation.scoring import load_pixels, onnx_probabilities
 
     folder = tmp_path_factory.mktemp("offline")
     paths = []
@@ -126,7 +126,7 @@ def test_batch_multipart_and_json_keep_order(client, photos):
 
 def test_preprocessing_identical_to_offline_scoring(client, photos, offline):
     """Every accepted kind of file (CMYK, 16-bit, grey, RGBA, palette, EXIF-rotated, ...) gets the same answer
-    from the service as from ONNX Runtime in-process through transferline.scoring."""
+    from the service as from ONNX Runtime in-process through transferline.evaluation.scoring."""
     names = list(photos)
     batch = client.post(
         "/classify_batch", files=[("images", (n, photos[n])) for n in names], data={"top_k": str(len(CLASSES))}

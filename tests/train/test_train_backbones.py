@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from transferline import backbones
-from transferline.backbones import BACKBONES, build_model, build_torchvision_model, checkpoint_file, get_spec
 from transferline.config import BackboneName
 from transferline.errors import AssetError, ParamsError
+from transferline.model import backbones
+from transferline.model.backbones import BACKBONES, build_model, build_torchvision_model, checkpoint_file, get_spec
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -55,7 +55,7 @@ def test_seeded_imagenet_mobilenet_v2_calls_chelsea_a_cat():
     from torchvision.models import get_model_weights
 
     spec = get_spec("mobilenet_v2")
-    assert checkpoint_file(spec).is_file(), "run `make assets` (python -m transferline.assets weights)"
+    assert checkpoint_file(spec).is_file(), "run `make assets` (python -m transferline.data.assets weights)"
     model, source = build_torchvision_model(spec, pretrained=True)
     assert source["kind"] == "torchvision" and source["sha256"].startswith("b0353104")
     transform = get_model_weights("mobilenet_v2")[spec.weights].transforms()  # resize 256, centre crop 224

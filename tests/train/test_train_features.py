@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from stages import train as train_stage
-from transferline.backbones import build_model
-from transferline.features import cache_key, cached_features, fit_probe
-from transferline.preprocessing import PreprocessSpec
-from transferline.training import Runtime
+from transferline.data.preprocessing import PreprocessSpec
+from transferline.model.backbones import build_model
+from transferline.model.features import cache_key, cached_features, fit_probe
+from transferline.model.training import Runtime
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from transferline.augment import augment_batch
 from transferline.config import AugmentParams
-from transferline.preprocessing import PreprocessSpec, normalize
-from transferline.preprocessing_torch import normalize_torch
+from transferline.data.preprocessing import PreprocessSpec, normalize
+from transferline.data.preprocessing_torch import normalize_torch
+from transferline.model.augment import augment_batch
 
 SPEC = PreprocessSpec(40, "crop", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

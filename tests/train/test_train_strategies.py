@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from stages import train as train_stage
-from transferline.backbones import build_model
-from transferline.checkpoints import CheckpointStore
 from transferline.config import TrainParams
-from transferline.preprocessing import PreprocessSpec
-from transferline.strategies import make_plan, optimizer_param_groups
-from transferline.training import build_optimizer, fit, resolve_runtime
+from transferline.data.preprocessing import PreprocessSpec
+from transferline.model.backbones import build_model
+from transferline.model.checkpoints import CheckpointStore
+from transferline.model.strategies import make_plan, optimizer_param_groups
+from transferline.model.training import build_optimizer, fit, resolve_runtime
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -91,7 +91,7 @@ def test_feature_extraction_keeps_the_body_and_fits_the_head(run_train, tmp_path
     torch.manual_seed(params.seed)
     reference, _ = build_model("mobilenet_v2", 3, pretrained=True)
     metrics = run_train(params)
-    from transferline.trained_model import load_trained_model
+    from transferline.model.trained_model import load_trained_model
 
     model, meta = load_trained_model(tmp_path / "out" / "models")
     for key, value in reference.body.state_dict().items():

@@ -15,7 +15,7 @@ import yaml
 from stages import prepare
 from tests.conftest import PROJECT_ROOT, write_class_images
 from transferline.config import PrepareParams, PreprocessParams
-from transferline.tuning import StudyConfig
+from transferline.search.tuning import StudyConfig
 
 CLASSES = ("cat", "dog", "fox")
 IMAGE_SIZE = 32

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from transferline import head
+from transferline.model import head
 
 
 @pytest.fixture(scope="module")

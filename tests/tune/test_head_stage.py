@@ -6,12 +6,12 @@ import numpy as np
 import torch
 
 from stages import train as train_stage
-from transferline.backbones import build_model, feature_dim
-from transferline.features import cache_key
-from transferline.head import fit_probe
-from transferline.search_space import resolve_params
-from transferline.training import resolve_runtime
-from transferline.tuning import load_tuning_data
+from transferline.model.backbones import build_model, feature_dim
+from transferline.model.features import cache_key
+from transferline.model.head import fit_probe
+from transferline.model.training import resolve_runtime
+from transferline.search.search_space import resolve_params
+from transferline.search.tuning import load_tuning_data
 
 
 def test_the_train_stage_honours_the_head_params(tiny_prepared, tmp_path, monkeypatch):

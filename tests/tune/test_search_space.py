@@ -6,7 +6,7 @@ import pytest
 
 from transferline.config import TrainParams, parse_section
 from transferline.errors import ParamsError
-from transferline.search_space import (
+from transferline.search.search_space import (
     Choice,
     FloatRange,
     IntRange,

@@ -11,9 +11,9 @@ import optuna
 import pytest
 import torchvision
 
-from transferline.head import fit_probe
-from transferline.search_space import parse_search_space, resolve_params
-from transferline.tuning import (
+from transferline.model.head import fit_probe
+from transferline.search.search_space import parse_search_space, resolve_params
+from transferline.search.tuning import (
     StudyConfig,
     TrialRunner,
     best_trial,
@@ -218,7 +218,7 @@ def test_a_runner_keeps_one_storage_whose_commits_do_not_wait_for_the_disk(study
     runner = TrialRunner(config)
     opened = []
     real_open = open_storage
-    monkeypatch.setattr("transferline.tuning.open_storage", lambda c: opened.append(c) or real_open(c))
+    monkeypatch.setattr("transferline.search.tuning.open_storage", lambda c: opened.append(c) or real_open(c))
     run_study(config, runner)
     assert len(opened) == 1  # not one per trial
     with runner.storage(config).engine.connect() as connection:

@@ -10,7 +10,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows import tune as tune_flow
-from transferline.tuning import StudyConfig
+from transferline.search.tuning import StudyConfig
 
 
 def cli_args(config: StudyConfig, *extra: str) -> list[str]:

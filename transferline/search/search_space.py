@@ -24,7 +24,7 @@ import yaml
 
 from transferline.config import TrainParams, parse_section
 from transferline.errors import ParamsError
-from transferline.strategies import check_params
+from transferline.model.strategies import check_params
 
 SECTION = "train"
 GRID_POINTS = 3  # grid values of a float range that lists no `grid`
@@ -224,7 +224,7 @@ def resolve_params(base: dict[str, Any], values: Mapping[str, Any]) -> TrainPara
 
 
 def _check_value(space_source: str, key: str, what: str, value: Any, base: dict[str, Any]) -> None:
-    strategies_log = logging.getLogger("transferline.strategies")
+    strategies_log = logging.getLogger("transferline.model.strategies")
     level = strategies_log.level
     strategies_log.setLevel(logging.ERROR)  # "strategy X ignores Y" is noise for a lone edge value
     try:

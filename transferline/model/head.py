@@ -30,9 +30,9 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from transferline.backbones import TransferModel
+from transferline.model.backbones import TransferModel
 
-log = logging.getLogger("transferline.head")
+log = logging.getLogger("transferline.model.head")
 
 RTOL = 3e-4  # stop once max |gradient| <= RTOL * max |gradient at zero| (val predictions then match a tight fit)
 MAX_ITER = 500  # L-BFGS iterations at most (a safety cap: fits stop on RTOL well before)

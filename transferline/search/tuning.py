@@ -5,7 +5,7 @@ them on the trial, and trains on the prepared train split, scored on the val spl
 is never opened. Head-only (feature_extraction) trials fit only the logistic head on backbone
 features that are computed once per study and cached on disk (`<work_dir>/features/<backbone>`,
 keyed like the train stage's cache), so a head-only search never runs the backbone per trial; the
-features are also kept in memory prepared for the head (transferline.head.HeadFeatures, one per
+features are also kept in memory prepared for the head (transferline.model.head.HeadFeatures, one per
 body and `probe_standardize` value), so a trial is only the head fit itself, from zero, and its result
 depends on its params alone.
 Fine-tuning trials report val accuracy every epoch (through training's EpochSink) so the pruner can
@@ -32,14 +32,16 @@ import optuna
 import sqlalchemy
 import torch
 
-from transferline.backbones import build_model, feature_dim
-from transferline.checkpoints import CheckpointStore, run_digest
 from transferline.config import TrainParams, read_params_file
+from transferline.data.preprocessing import PreprocessSpec
 from transferline.errors import DataError, ParamsError
-from transferline.features import cache_key, cached_features, compute_features
-from transferline.head import HeadFeatures, fit_prepared, prepare_head_features
-from transferline.preprocessing import PreprocessSpec
-from transferline.search_space import (
+from transferline.model.backbones import build_model, feature_dim
+from transferline.model.checkpoints import CheckpointStore, run_digest
+from transferline.model.features import cache_key, cached_features, compute_features
+from transferline.model.head import HeadFeatures, fit_prepared, prepare_head_features
+from transferline.model.strategies import check_params, make_plan
+from transferline.model.training import EpochSink, Runtime, SplitData, fit, resolve_runtime
+from transferline.search.search_space import (
     Choice,
     FloatRange,
     IntRange,
@@ -47,10 +49,8 @@ from transferline.search_space import (
     load_search_space,
     resolve_params,
 )
-from transferline.strategies import check_params, make_plan
-from transferline.training import EpochSink, Runtime, SplitData, fit, resolve_runtime
 
-log = logging.getLogger("transferline.tuning")
+log = logging.getLogger("transferline.search.tuning")
 
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("median", "halving", "none")
@@ -101,7 +101,7 @@ class TuningData:
 
 
 def load_tuning_data(prepared_dir: Path) -> TuningData:
-    from transferline.pixel_cache import load_split, read_dataset
+    from transferline.data.pixel_cache import load_split, read_dataset
 
     dataset = read_dataset(prepared_dir)
     spec = PreprocessSpec.from_dict(dataset["preprocess"])
@@ -497,7 +497,7 @@ def format_value(value: Any) -> str:
 
 def replay_overrides(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """The params.yaml overrides that reproduce a trial (tuple-valued keys as their 1-element lists)."""
-    from transferline.search_space import TUPLE_KEYS
+    from transferline.search.search_space import TUPLE_KEYS
 
     return {k: ([v] if k.rsplit(".", 1)[-1] in TUPLE_KEYS else v) for k, v in sorted(trial.params.items())}
 

@@ -20,7 +20,7 @@ import torch
 
 from transferline import atomic
 
-log = logging.getLogger("transferline.checkpoints")
+log = logging.getLogger("transferline.model.checkpoints")
 
 FORMAT = 1
 LAST, BEST, STATE = "last.pt", "best.pt", "state.json"

@@ -1,4 +1,4 @@
-"""Torch twin of `transferline.preprocessing.normalize`, so batches can be normalised on the GPU.
+"""Torch twin of `transferline.data.preprocessing.normalize`, so batches can be normalised on the GPU.
 
 It performs the same float32 operations in the same order (cast, divide by 255, subtract mean,
 divide by std), so on CPU its output equals the numpy function's bit for bit
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from transferline.preprocessing import PreprocessSpec
+from transferline.data.preprocessing import PreprocessSpec
 
 
 def normalize_torch(batch_nhwc: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:

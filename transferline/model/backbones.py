@@ -3,7 +3,7 @@
 Every backbone becomes a `TransferModel`: `body` is torchvision's own model with its final
 Linear replaced by Identity (so it returns pooled features), `head` is a fresh Linear for our
 classes. The forward pass takes float32 NCHW normalised exactly as
-`transferline.preprocessing.normalize` does; normalisation is not inside the model.
+`transferline.data.preprocessing.normalize` does; normalisation is not inside the model.
 
 ImageNet weights come through torchvision's weights API and its hub cache (`$TORCH_HOME`),
 so online any backbone downloads its checkpoint and offline a pre-seeded one (`make assets`
@@ -25,7 +25,7 @@ from torch import nn
 
 from transferline.errors import AssetError, ParamsError
 
-log = logging.getLogger("transferline.backbones")
+log = logging.getLogger("transferline.model.backbones")
 
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 

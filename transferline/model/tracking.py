@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from transferline.training import EpochSink
+from transferline.model.training import EpochSink
 
-log = logging.getLogger("transferline.tracking")
+log = logging.getLogger("transferline.model.tracking")
 
 CURVES = {
     "train/loss": "train_loss",

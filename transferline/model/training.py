@@ -2,7 +2,7 @@
 warm-up + cosine or one-cycle, label smoothing, early stopping, best-epoch selection, and a
 checkpoint every epoch that a re-run resumes from.
 
-Model input contract: float32 NCHW normalised exactly as `transferline.preprocessing.normalize`
+Model input contract: float32 NCHW normalised exactly as `transferline.data.preprocessing.normalize`
 (done here by its bit-exact torch twin), so export and serving feed the model the same way.
 """
 
@@ -21,16 +21,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferline.augment import augment_batch
-from transferline.checkpoints import CheckpointStore
 from transferline.config import TrainParams
+from transferline.data.pixel_cache import SplitData
+from transferline.data.preprocessing import PreprocessSpec
+from transferline.data.preprocessing_torch import normalize_torch
 from transferline.errors import ParamsError
-from transferline.pixel_cache import SplitData
-from transferline.preprocessing import PreprocessSpec
-from transferline.preprocessing_torch import normalize_torch
-from transferline.strategies import NEVER, TransferPlan, optimizer_param_groups
+from transferline.model.augment import augment_batch
+from transferline.model.checkpoints import CheckpointStore
+from transferline.model.strategies import NEVER, TransferPlan, optimizer_param_groups
 
-log = logging.getLogger("transferline.training")
+log = logging.getLogger("transferline.model.training")
 
 RESIDENT_BYTES = 2 << 30  # a split this small is copied to the GPU once instead of per batch
 LOG_EVERY_S = 30.0  # plain progress lines (no terminal) at most this often

@@ -19,10 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from transferline import fashion_mnist
+from transferline.data import fashion_mnist
 from transferline.errors import AssetError, TransferlineError
 
-log = logging.getLogger("transferline.assets")
+log = logging.getLogger("transferline.data.assets")
 
 DEFAULT_DATA_DIR = Path("data/external/fashion-mnist")
 SAMPLES_DIR = Path("data/external/samples")

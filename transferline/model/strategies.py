@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from transferline.backbones import BACKBONES, TransferModel
 from transferline.config import TrainParams
 from transferline.errors import ParamsError
+from transferline.model.backbones import BACKBONES, TransferModel
 
-log = logging.getLogger("transferline.strategies")
+log = logging.getLogger("transferline.model.strategies")
 
 NEVER = -1  # trainable_from value of a group that stays frozen
 

@@ -54,7 +54,7 @@ def load(directory: Path) -> FashionMnist:
     if missing:
         raise AssetError(
             f"Fashion-MNIST files missing in {directory}: {', '.join(missing)}. "
-            "Run `make assets` (or `python -m transferline.assets data`) to fetch them."
+            "Run `make assets` (or `python -m transferline.data.assets data`) to fetch them."
         )
     images, labels, origins = [], [], []
     for split, (image_file, label_file) in SPLIT_FILES.items():

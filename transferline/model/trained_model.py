@@ -2,7 +2,7 @@
 
 Later stages (evaluate, export) and the service rebuild the model from model.json alone: the
 backbone name and class list give the architecture, `preprocess` (PreprocessSpec.to_dict())
-gives the input, fed as `transferline.preprocessing.normalize` produces it.
+gives the input, fed as `transferline.data.preprocessing.normalize` produces it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from transferline import atomic
-from transferline.backbones import TransferModel, build_model
 from transferline.errors import DataError
+from transferline.model.backbones import TransferModel, build_model
 
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from transferline.imaging import ImageLimits, decode_image
-from transferline.metrics import softmax
-from transferline.onnx_export import INPUT_NAME, OUTPUT_NAME
-from transferline.preprocessing import PreprocessSpec, normalize, resize_for_model
+from transferline.data.imaging import ImageLimits, decode_image
+from transferline.data.preprocessing import PreprocessSpec, normalize, resize_for_model
+from transferline.evaluation.metrics import softmax
+from transferline.evaluation.onnx_export import INPUT_NAME, OUTPUT_NAME
 
 
 def load_pixels(paths: list[Path], spec: PreprocessSpec, limits: ImageLimits | None = None) -> np.ndarray:

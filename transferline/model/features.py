@@ -6,7 +6,7 @@ the run's is recomputed, never reused, so it cannot go silently stale. Features 
 float32 (no autocast) and without augmentation.
 
 The head fitted on them (multinomial logistic regression, L2 strength picked on the validation
-split, standardisation folded into the Linear layer) lives in transferline.head; it is re-exported
+split, standardisation folded into the Linear layer) lives in transferline.model.head; it is re-exported
 here for the callers that import it with the cache.
 """
 
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from transferline import atomic
-from transferline.backbones import TransferModel
-from transferline.head import ProbeResult, fit_probe, install_head
-from transferline.preprocessing import PreprocessSpec
-from transferline.training import BatchSource, Runtime, SplitData, model_input
+from transferline.data.preprocessing import PreprocessSpec
+from transferline.model.backbones import TransferModel
+from transferline.model.head import ProbeResult, fit_probe, install_head
+from transferline.model.training import BatchSource, Runtime, SplitData, model_input
 
-log = logging.getLogger("transferline.features")
+log = logging.getLogger("transferline.model.features")
 
 __all__ = ["ProbeResult", "cache_key", "cached_features", "compute_features", "fit_probe", "install_head", "read_cache"]
 

@@ -1,7 +1,7 @@
 """ONNX export with a real dynamic batch axis, parity against PyTorch, INT8 quantization, latency.
 
 The exported graph takes `pixels`, float32 (N, 3, S, S) normalised exactly as
-`transferline.preprocessing.normalize` makes it, and returns `logits` (N, classes).
+`transferline.data.preprocessing.normalize` makes it, and returns `logits` (N, classes).
 """
 
 from __future__ import annotations

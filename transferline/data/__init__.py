@@ -1,0 +1,1 @@
+"""Data: decoding, preprocessing, splits, the pixel cache, data sources and offline assets."""

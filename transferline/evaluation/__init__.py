@@ -1,0 +1,1 @@
+"""Evaluation: metrics, scoring, the quality gate, ONNX export, model cards and lineage."""

@@ -1,0 +1,1 @@
+"""Models: backbones, transfer strategies, the training loop, heads, features and checkpoints."""
