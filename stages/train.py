@@ -24,6 +24,7 @@ from transferline.cli import run_cli, stage_parser
 from transferline.config import TrainParams, load_section
 from transferline.data.pixel_cache import load_split, read_dataset
 from transferline.data.preprocessing import PreprocessSpec
+from transferline.model.advice_signals import advise
 from transferline.model.backbones import TransferModel, build_model, feature_dim, get_spec, imagenet_normalization
 from transferline.model.checkpoints import CheckpointStore, run_digest
 from transferline.model.features import KEY_FILE, cache_key, cached_features, fit_probe, install_head
@@ -49,6 +50,7 @@ FEATURES_DIR = Path("data/features")
 CHECKPOINT_DIR = Path("checkpoints/train")
 METRICS_FILE = Path("metrics/train.json")
 LIVE_DIR = Path("dvclive/train")
+ADVICE_FILE = "advice.json"  # models/advice.json: what `strategy: auto` measured and chose, and why
 
 
 def warn_on_normalization(params: TrainParams, spec: PreprocessSpec) -> None:
@@ -159,11 +161,17 @@ def run(
     torch.manual_seed(params.seed)  # the new head's initial weights
     model, weights = build_model(params.backbone, len(classes), params.pretrained, params.weights_path)
     warn_on_normalization(params, spec)
-    plan = make_plan(model, params)
-    log.info("%s on %s (%d threads); %s", params.backbone, runtime.describe(), threads, plan.describe(0))
-
     train = load_split(prepared_dir, "train", len(classes), spec.image_size)
     val = load_split(prepared_dir, "val", len(classes), spec.image_size)
+    key = cache_key(params.backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model))
+    advice = None
+    if params.strategy == "auto":
+        ensure_features_dir(features_dir)
+        params, advice = advise(
+            params, model, train, val, spec, runtime, features_dir, key, len(model.blocks()), params.advisor_rule
+        )
+    plan = make_plan(model, params)
+    log.info("%s on %s (%d threads); %s", params.backbone, runtime.describe(), threads, plan.describe(0))
     params_json = params.model_dump(mode="json")
     digest = run_digest(params_json, dataset["data_version"], dataset["preprocess"], classes, len(train))
     store = CheckpointStore(checkpoint_dir, digest)
@@ -174,7 +182,6 @@ def run(
         sink = LiveSink(live_dir)
 
     if params.strategy == "feature_extraction":
-        key = cache_key(params.backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model))
         result = fit_feature_extraction(model, train, val, spec, params, runtime, features_dir, key, sink)
         store.clear()
     else:
@@ -234,7 +241,9 @@ def run(
         },
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
     }
-    save_trained_model(models_dir, model.cpu(), meta)
+    if advice is not None:
+        meta["advice"] = advice.to_dict()
+    save_trained_model(models_dir, model.cpu(), meta, extra_files={ADVICE_FILE: advice.to_dict()} if advice else None)
     atomic.write_json(metrics_file, metrics)
     store.finish(best_epoch=result.best_epoch, val_accuracy=result.best_val_accuracy, epochs_run=len(result.history))
     log.info(

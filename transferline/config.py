@@ -143,7 +143,7 @@ class GateParams(Section):
 
 
 BackboneName = Literal["mobilenet_v2", "mobilenet_v3_large", "resnet18", "resnet50", "efficientnet_b0", "convnext_tiny"]
-StrategyName = Literal["feature_extraction", "partial", "full", "discriminative"]
+StrategyName = Literal["auto", "feature_extraction", "partial", "full", "discriminative"]
 
 
 class AugmentParams(Section):
@@ -189,6 +189,8 @@ class TrainParams(Section):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) on CUDA, off on CPU
     channels_last: bool | Literal["auto"] = "auto"
     num_threads: int | None = Field(default=None, ge=1)  # CPU threads; null: one per core
+    time_budget_s: float | None = Field(default=None, gt=0)  # auto: the chosen recipe must fit (estimated)
+    advisor_rule: Path = Path("transferline/model/advisor_rule.json")  # auto: the rule fitted by the transfer study
 
     @field_validator("weights_path")
     @classmethod

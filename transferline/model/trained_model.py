@@ -21,12 +21,19 @@ META_FILE = "model.json"
 FORMAT = "transferline.model/1"
 
 
-def save_trained_model(directory: Path, model: TransferModel, meta: dict) -> None:
-    """Write both files together: a reader never sees weights without their description, or the reverse."""
+def save_trained_model(
+    directory: Path, model: TransferModel, meta: dict, extra_files: dict[str, dict] | None = None
+) -> None:
+    """Write the files together: a reader never sees weights without their description, or the reverse.
+
+    `extra_files` are JSON documents that belong to this model (models/advice.json), written in the same swap.
+    """
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic.atomic_dir(directory) as tmp:
         torch.save(state, tmp / MODEL_FILE)
         atomic.write_json(tmp / META_FILE, {"format": FORMAT, **meta})
+        for name, document in (extra_files or {}).items():
+            atomic.write_json(tmp / name, document)
 
 
 def read_meta(directory: Path) -> dict:

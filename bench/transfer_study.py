@@ -1,0 +1,472 @@
+"""The transfer study: which strategy wins, on which data, at which size, and can `auto` tell beforehand?
+
+Runs the grid data sets x sizes (images per class) x backbones x recipes x seeds through the stages'
+own cores (ingest, prepare, train) and scores every model on its test split. For each (data set, size,
+backbone) cell it also measures the advisor's cheap signals. Then:
+
+- Kendall tau of each signal against the cell's best fine-tuned accuracy;
+- leave-one-data-set-out: the advisor's rule fitted on the other data sets picks a recipe for each cell
+  of the held-out one; its accuracy against the cell's best, the share of cells within one standard
+  error of it, and its CPU time (signals + the picked run) as a share of the whole cell's grid;
+- the same verdicts for fixed policies: always partial, always full, fastai-style (one frozen epoch,
+  then everything);
+- the rule fitted on every cell, written to transferline/model/advisor_rule.json for `strategy: auto`.
+
+Writes bench/results/transfer_study.{md,json} and one PNG of learning curves per data set. Every run is
+appended to bench/.work/transfer_study/runs.json as it finishes, so a stopped study resumes where it was.
+
+Usage: python -m bench.transfer_study [--quick] [--datasets ...] [--sizes ...] [--backbones ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import machine, results_dir, write_results
+from bench.transfer_analysis import (
+    build_cells,
+    cell_name,
+    judge_policy,
+    kendall_taus,
+    leave_one_dataset_out,
+    standard_error,
+)
+from transferline import atomic
+
+log = logging.getLogger("bench.transfer_study")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WORK = PROJECT_ROOT / "bench" / ".work" / "transfer_study"
+RULE_FILE = PROJECT_ROOT / "transferline" / "model" / "advisor_rule.json"
+
+DATASETS: dict[str, dict[str, Any]] = {
+    "fashion_mnist": {"source": "fashion_mnist", "path": "data/external/fashion-mnist"},
+    "elpv_defective": {"source": "elpv", "task": "functional_vs_defective"},
+    "elpv_levels": {"source": "elpv", "task": "defect_level"},
+}
+SIZES: list[int | None] = [10, 30, 100, 400]
+BACKBONES = ["mobilenet_v2", "efficientnet_lite0"]
+# The recipes the advisor chooses between (its rule's leaves). Partial at two depths: a quarter and half
+# of the backbone's blocks frozen.
+RECIPES: dict[str, dict[str, Any]] = {
+    "feature_extraction": {"strategy": "feature_extraction"},
+    "partial_quarter": {"strategy": "partial", "frozen_fraction": 0.25, "epochs": 10, "lr": 2e-3},
+    "partial_half": {"strategy": "partial", "frozen_fraction": 0.5, "epochs": 10, "lr": 2e-3},
+    "full": {"strategy": "full", "epochs": 10, "lr": 1e-3},
+    "discriminative": {"strategy": "discriminative", "frozen_fraction": 0.0, "epochs": 10, "lr": 2e-3},
+}
+# Fixed policies judged beside auto; fastai's `fine_tune`: the head alone for one epoch, then everything.
+FASTAI = {"strategy": "discriminative", "frozen_blocks": 0, "gradual_unfreeze": True, "layer_groups": 1}
+SEEDS_SMALL, SEEDS_LARGE, SMALL = 3, 1, 100  # seeds per cell: 3 up to 100 images per class, 1 above
+
+
+def train_overrides(recipe: dict[str, Any], num_blocks: int) -> dict[str, Any]:
+    """TrainParams values for a study recipe (frozen_fraction resolved for the backbone)."""
+    from transferline.model.advisor import Recipe
+
+    if set(recipe) <= {"strategy", "frozen_fraction", "epochs", "lr"}:
+        base = Recipe(**recipe)
+        return base.overrides(num_blocks, base.epochs)
+    return dict(recipe)
+
+
+def seeds_for(size: int | None, quick: bool) -> list[int]:
+    if quick:
+        return [0]
+    return list(range(SEEDS_SMALL if size is not None and size <= SMALL else SEEDS_LARGE))
+
+
+# ---------------------------------------------------------------- data
+
+
+def prepared_data(
+    work: Path, dataset: str, source: dict[str, Any], size: int | None, norm: tuple, image_size: int
+) -> Path:
+    """Ingest and prepare one (data set, size) for one input normalisation, once (reused across runs)."""
+    from stages import ingest, prepare
+    from transferline.config import IngestParams, PrepareParams, PreprocessParams
+
+    directory = work / "data" / dataset / str(size) / f"{image_size}-{'-'.join(f'{x:g}' for x in norm[0])}"
+    prepared = directory / "prepared"
+    if (prepared / "dataset.json").is_file():
+        return prepared
+    params = IngestParams(**{**source, "per_class": size, "seed": 0})
+    ingest.run(params, directory / "raw", directory / "ingest.json")
+    preprocess = PreprocessParams(image_size=image_size, mean=norm[0], std=norm[1])
+    prepare.run(PrepareParams(min_per_class=3), preprocess, directory / "raw", prepared, directory / "prepare.json")
+    return prepared
+
+
+# ---------------------------------------------------------------- runs
+
+
+def base_params(backbone: str, quick: bool, **overrides):
+    from transferline.config import TrainParams, load_section
+
+    values = load_section("train", TrainParams, PROJECT_ROOT / "params.yaml").model_dump()
+    values.update(backbone=backbone, seed=0)
+    values.update(overrides)
+    if quick:  # the machinery, not the figures: one short epoch of everything
+        values.update(epochs=1, warmup_epochs=0.5, batch_size=16)
+    return TrainParams(**values)
+
+
+def measure_cell(prepared: Path, backbone: str, quick: bool) -> dict[str, float]:
+    """The advisor's signals for this cell, and how long measuring them took."""
+    from transferline.data.pixel_cache import load_split, read_dataset
+    from transferline.data.preprocessing import PreprocessSpec
+    from transferline.model.advice_signals import measure_signals
+    from transferline.model.backbones import build_model, feature_dim
+    from transferline.model.features import cache_key
+    from transferline.model.training import configure_threads, resolve_runtime
+
+    params = base_params(backbone, quick, strategy="feature_extraction")
+    runtime = resolve_runtime(params)
+    configure_threads(params, runtime)
+    dataset = read_dataset(prepared)
+    spec = PreprocessSpec.from_dict(dataset["preprocess"])
+    classes = dataset["classes"]
+    train = load_split(prepared, "train", len(classes), spec.image_size)
+    val = load_split(prepared, "val", len(classes), spec.image_size)
+    model, weights = build_model(backbone, len(classes), True)
+    key = cache_key(backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model))
+    features_dir = prepared.parent / f"features-{backbone}"
+    features_dir.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    signals, timings = measure_signals(model, train, val, spec, params, runtime, features_dir, key)
+    result = {k: signals.value(k) for k in signals.__dataclass_fields__}
+    result["seconds"] = time.perf_counter() - start
+    result["timings"] = timings
+    return result
+
+
+def train_and_test(prepared: Path, backbone: str, overrides: dict[str, Any], seed: int, quick: bool) -> dict:
+    """One training through the train stage's core, scored on the test split it never saw."""
+    from stages import train
+    from transferline.data.pixel_cache import load_split, read_dataset
+    from transferline.data.preprocessing import PreprocessSpec
+    from transferline.model.trained_model import load_trained_model
+    from transferline.model.training import BatchSource, evaluate, resolve_runtime
+
+    params = base_params(backbone, quick, seed=seed, **overrides)
+    scratch = prepared.parent / "scratch"
+    start = time.perf_counter()
+    metrics = train.run(
+        params,
+        prepared_dir=prepared,
+        models_dir=scratch / "models",
+        features_dir=prepared.parent / f"features-{backbone}",
+        checkpoint_dir=scratch / "checkpoints",
+        metrics_file=scratch / "metrics.json",
+        live_dir=None,
+    )
+    wall = time.perf_counter() - start
+    dataset = read_dataset(prepared)
+    spec = PreprocessSpec.from_dict(dataset["preprocess"])
+    test = load_split(prepared, "test", len(dataset["classes"]), spec.image_size)
+    model, _ = load_trained_model(scratch / "models")
+    runtime = resolve_runtime(params)
+    _, accuracy = evaluate(model, BatchSource(test, runtime.device), spec, runtime, 128)
+    return {
+        "test_accuracy": float(accuracy),
+        "test_images": len(test),
+        "val_accuracy": metrics["val_accuracy"],
+        "best_epoch": metrics["best_epoch"],
+        "epochs_run": metrics["epochs_run"],
+        "wall_seconds": wall,
+        "train_images": int(dataset["splits"]["train"]),
+    }
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def run_grid(args: argparse.Namespace) -> dict[str, Any]:
+    from transferline.model.backbones import BACKBONES, get_spec, imagenet_normalization
+
+    state_file = args.work / "runs.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {"runs": [], "signals": {}}
+    done = {(r["dataset"], r["size"], r["backbone"], r["recipe"], r["seed"]) for r in state["runs"]}
+    started = time.perf_counter()
+    for dataset in args.datasets:
+        source = args.sources[dataset]
+        for size in args.sizes:
+            for backbone in args.backbones:
+                norm = imagenet_normalization(get_spec(backbone))
+                prepared = prepared_data(args.work, dataset, source, size, norm, args.image_size)
+                name = cell_name((dataset, size, backbone))
+                if name not in state["signals"]:
+                    state["signals"][name] = measure_cell(prepared, backbone, args.quick)
+                    atomic.write_json(state_file, state)
+                num_blocks = len(BACKBONES[backbone].blocks)
+                runs = {**{k: train_overrides(v, num_blocks) for k, v in RECIPES.items()}, "fastai": FASTAI}
+                for recipe, overrides in runs.items():
+                    for seed in seeds_for(size, args.quick):
+                        if (dataset, size, backbone, recipe, seed) in done:
+                            continue
+                        result = train_and_test(prepared, backbone, overrides, seed, args.quick)
+                        record = {"dataset": dataset, "size": size, "backbone": backbone, "recipe": recipe}
+                        state["runs"].append({**record, "seed": seed, "overrides": overrides, **result})
+                        atomic.write_json(state_file, state)
+                        log.info(
+                            "%s %s seed %d: test %.4f (%.0f s)",
+                            name,
+                            recipe,
+                            seed,
+                            result["test_accuracy"],
+                            result["wall_seconds"],
+                        )
+    state["grid_wall_seconds_this_run"] = time.perf_counter() - started
+    return state
+
+
+def analyse(state: dict[str, Any]) -> dict[str, Any]:
+    """Cells, signal rankings, and the verdicts of auto (leave-one-data-set-out) and the fixed policies."""
+    records = [r for r in state["runs"] if r["recipe"] in RECIPES]
+    cells = build_cells(records, state["signals"])
+    errors = {}
+    for cell in cells:
+        key = next(k for k in {(r["dataset"], r["size"], r["backbone"]) for r in records} if cell_name(k) == cell.name)
+        best = max(cell.accuracy, key=cell.accuracy.get)
+        errors[cell.name] = standard_error(records, key, best)
+    signal_seconds = {name: values["seconds"] for name, values in state["signals"].items()}
+    picks, loo_rules = leave_one_dataset_out(cells, RECIPES)
+    fine_tuned = [name for name in RECIPES if name != "feature_extraction"]
+    verdicts = {
+        "auto (leave one data set out)": judge_policy(
+            [c for c in cells if c.name in picks], picks, errors, signal_seconds
+        )
+    }
+    for label, recipe in [
+        ("always partial_quarter", "partial_quarter"),
+        ("always full", "full"),
+        ("always feature_extraction", "feature_extraction"),
+    ]:
+        verdicts[label] = judge_policy(cells, {c.name: recipe for c in cells}, errors, {})
+    fastai = {}
+    for run in state["runs"]:
+        if run["recipe"] == "fastai":
+            fastai.setdefault(cell_name((run["dataset"], run["size"], run["backbone"])), []).append(run)
+    with_fastai = [c for c in cells if c.name in fastai]
+    for cell in with_fastai:
+        cell.accuracy["fastai"] = statistics.fmean(r["test_accuracy"] for r in fastai[cell.name])
+        cell.seconds["fastai"] = statistics.fmean(r["wall_seconds"] for r in fastai[cell.name])
+    if with_fastai:
+        # judged against the best of the grid's recipes, not against itself
+        verdicts["fastai fine_tune"] = _judge_outside_grid(with_fastai, "fastai", errors)
+    from transferline.model.advisor import fit_rule
+
+    rule = fit_rule(cells, RECIPES) if cells else None
+    if rule is not None:
+        rule["cost"] = cost_model(state["runs"])
+    return {
+        "cells": [
+            {
+                "cell": c.name,
+                "signals": state["signals"][c.name],
+                "accuracy": c.accuracy,
+                "seconds": c.seconds,
+                "standard_error": errors[c.name],
+                "best": max((r for r in c.accuracy if r in RECIPES), key=c.accuracy.get),
+                "auto_pick": picks.get(c.name),
+            }
+            for c in cells
+        ],
+        "kendall_tau": kendall_taus(cells, fine_tuned),
+        "verdicts": verdicts,
+        "rule": rule,
+        "leave_one_out_rules": loo_rules,
+    }
+
+
+def _judge_outside_grid(cells, recipe: str, errors: dict[str, float]) -> dict[str, Any]:
+    within, regrets, spent, grid = [], [], [], []
+    for cell in cells:
+        best = max(v for k, v in cell.accuracy.items() if k in RECIPES)
+        regrets.append(best - cell.accuracy[recipe])
+        within.append(regrets[-1] <= errors[cell.name] + 1e-12)
+        spent.append(cell.seconds[recipe])
+        grid.append(sum(v for k, v in cell.seconds.items() if k in RECIPES))
+    return {
+        "cells": len(cells),
+        "within_one_se": sum(within) / len(within),
+        "mean_regret": statistics.fmean(regrets),
+        "max_regret": max(regrets),
+        "cpu_share_of_grid": sum(spent) / sum(grid),
+    }
+
+
+def cost_model(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Seconds per training image per epoch, by backbone and strategy, from the study's own runs (median);
+    feature extraction per image once. `auto` uses it to fit a recipe into `train.time_budget_s`."""
+    samples: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        images = run.get("train_images")
+        if not images:
+            continue
+        strategy = run["overrides"]["strategy"]
+        epochs = 1 if strategy == "feature_extraction" else max(1, run["epochs_run"])
+        samples.setdefault(run["backbone"], {}).setdefault(strategy, []).append(run["wall_seconds"] / (epochs * images))
+    return {b: {s: statistics.median(v) for s, v in by.items()} for b, by in samples.items()}
+
+
+# ---------------------------------------------------------------- report
+
+
+def curves(state: dict[str, Any], out_dir: Path) -> list[str]:
+    """One PNG per data set: test accuracy against images per class, a line per recipe, a panel per backbone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for dataset in sorted({r["dataset"] for r in state["runs"]}):
+        runs = [r for r in state["runs"] if r["dataset"] == dataset and r["size"] is not None]
+        backbones = sorted({r["backbone"] for r in runs})
+        figure, axes = plt.subplots(1, len(backbones), figsize=(5.5 * len(backbones), 4), squeeze=False)
+        for axis, backbone in zip(axes[0], backbones, strict=True):
+            for recipe in [*RECIPES, "fastai"]:
+                points = {}
+                for r in runs:
+                    if r["backbone"] == backbone and r["recipe"] == recipe:
+                        points.setdefault(r["size"], []).append(r["test_accuracy"])
+                if points:
+                    sizes = sorted(points)
+                    axis.plot(sizes, [statistics.fmean(points[s]) for s in sizes], marker="o", label=recipe)
+            axis.set_xscale("log")
+            axis.set_xlabel("images per class")
+            axis.set_ylabel("test accuracy")
+            axis.set_title(f"{dataset}: {backbone}")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=7)
+        figure.tight_layout()
+        path = out_dir / f"transfer_study_{dataset}.png"
+        tmp = path.with_suffix(".tmp.png")
+        figure.savefig(tmp, dpi=110)
+        plt.close(figure)
+        tmp.replace(path)
+        written.append(path.name)
+    return written
+
+
+def markdown(state: dict[str, Any], analysis: dict[str, Any], pictures: list[str], wall: float) -> str:
+    lines = ["# Transfer study", ""]
+    lines += [
+        f"Machine: {state['machine']['cpu']}, {state['machine']['cores']} cores. Grid wall time "
+        f"(all runs, summed): {wall / 3600:.2f} h.",
+        "",
+    ]
+    lines += [
+        "## Policies against each cell's best recipe",
+        "",
+        "| policy | cells | within one SE of the best | mean regret | max regret | CPU share of the grid |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in analysis["verdicts"].items():
+        if not v.get("cells"):
+            continue
+        lines.append(
+            f"| {name} | {v['cells']} | {v['within_one_se']:.0%} | {v['mean_regret']:.4f} | "
+            f"{v['max_regret']:.4f} | {v['cpu_share_of_grid']:.1%} |"
+        )
+    lines += ["", "Targets for auto: within one SE in >= 80% of cells, at <= 15% of the grid's CPU time.", ""]
+    lines += ["## Kendall tau of each signal against the best fine-tuned accuracy", ""]
+    datasets = sorted({c["cell"].split("/")[0] for c in analysis["cells"]})
+    lines += ["| signal | all cells | " + " | ".join(datasets) + " |", "|---" * (2 + len(datasets)) + "|"]
+    for signal, row in analysis["kendall_tau"].items():
+        cells = [row["all"], *[row.get(d) for d in datasets]]
+        lines.append(f"| {signal} | " + " | ".join("n/a" if x is None else f"{x:+.2f}" for x in cells) + " |")
+    lines += [
+        "",
+        "## Cells",
+        "",
+        "| cell | " + " | ".join([*RECIPES, "fastai"]) + " | best | auto pick | SE |",
+        "|---" * (len(RECIPES) + 5) + "|",
+    ]
+    for c in analysis["cells"]:
+        accs = " | ".join(f"{c['accuracy'][r]:.3f}" if r in c["accuracy"] else "-" for r in [*RECIPES, "fastai"])
+        lines.append(f"| {c['cell']} | {accs} | {c['best']} | {c['auto_pick'] or '-'} | {c['standard_error']:.3f} |")
+    lines += ["", *[f"![{p}]({p})" for p in pictures], ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny generated data, 2 epochs: checks the machinery")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--sizes", nargs="+", default=[str(s) for s in SIZES], help="images per class; 'all'")
+    parser.add_argument("--backbones", nargs="+", default=BACKBONES)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--work", type=Path, default=None, help="where data and runs.json live (resumable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.sizes = [None if s == "all" else int(s) for s in args.sizes]
+    args.sources = dict(DATASETS)
+    args.work = args.work or WORK
+    out_dir = results_dir()
+    if args.quick:
+        args.work = args.work if args.work != WORK else WORK.parent / "transfer_study_quick"
+        args.sources, args.datasets, args.sizes = quick_sources(args.work), ["tiny_a", "tiny_b"], [6]
+        args.backbones, args.image_size = ["mobilenet_v2"], 32
+    args.work.mkdir(parents=True, exist_ok=True)
+    state = run_grid(args)
+    state["machine"] = machine()
+    analysis = analyse(state)
+    wall = sum(r["wall_seconds"] for r in state["runs"]) + sum(s["seconds"] for s in state["signals"].values())
+    pictures = curves(state, out_dir)
+    payload = {
+        "machine": state["machine"],
+        "grid_seconds": wall,
+        "runs": state["runs"],
+        "signals": state["signals"],
+        **analysis,
+    }
+    write_results("transfer_study", payload, markdown(state, analysis, pictures, wall))
+    if analysis["rule"] is not None:
+        rule_file = RULE_FILE if not args.quick else out_dir / "advisor_rule.json"
+        atomic.write_json(
+            rule_file,
+            {
+                **analysis["rule"],
+                "fitted_on": sorted({c["cell"] for c in analysis["cells"]}),
+                "machine": state["machine"]["cpu"],
+            },
+        )
+        log.info("advisor rule written to %s", rule_file)
+    if not math.isfinite(wall):
+        raise SystemExit("the study produced no timings")
+
+
+def quick_sources(work: Path) -> dict[str, dict[str, Any]]:
+    """Two tiny folder data sets of coloured shapes, generated once: enough to exercise every step."""
+    from PIL import Image, ImageDraw
+
+    sources = {}
+    for name, classes in {"tiny_a": ("red", "green", "blue"), "tiny_b": ("square", "disc")}.items():
+        root = work / "sources" / name
+        if not root.is_dir():
+            for label in classes:
+                (root / label).mkdir(parents=True)
+                for i in range(12):
+                    image = Image.new("RGB", (40, 40), (30 + 5 * i, 30, 30))
+                    draw = ImageDraw.Draw(image)
+                    fill = {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 220)}.get(
+                        label, (200, 200, 200)
+                    )
+                    box = (6 + i % 5, 6 + i % 7, 30 + i % 4, 32)
+                    (draw.rectangle if label in ("square", "red", "green", "blue") else draw.ellipse)(box, fill=fill)
+                    image.save(root / label / f"{label}-{i}.png")
+        sources[name] = {"source": "folder", "path": str(root)}
+    return sources
+
+
+if __name__ == "__main__":
+    main()

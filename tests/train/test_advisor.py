@@ -1,0 +1,91 @@
+"""The advisor's rule: fitted to the study's regret, walked with reasons, and fitted into the time budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from transferline.errors import ParamsError
+from transferline.model.advisor import Cell, Signals, decide, fit_rule, walk
+
+RECIPES = {
+    "feature_extraction": {"strategy": "feature_extraction"},
+    "partial": {"strategy": "partial", "frozen_fraction": 0.25, "epochs": 10, "lr": 0.002},
+    "full": {"strategy": "full", "epochs": 10, "lr": 0.001},
+}
+COST = {"feature_extraction": 0.001, "partial": 0.004, "full": 0.01}
+
+
+def signals(per_class: float, probe: float = 0.8, gain: float = 0.3) -> Signals:
+    return Signals(per_class, 10, probe, probe - 0.02, -0.5, gain)
+
+
+def cells() -> list[Cell]:
+    """Small data: the probe wins; large data far from ImageNet (small pretrained gain): full wins;
+    large data close to ImageNet: partial wins."""
+    result = []
+    for i, per_class in enumerate([10, 20, 30]):
+        result.append(Cell(f"small{i}", signals(per_class), {"feature_extraction": 0.80, "partial": 0.75, "full": 0.7}))
+    for i, per_class in enumerate([300, 400, 800]):
+        result.append(
+            Cell(f"near{i}", signals(per_class, gain=0.4), {"feature_extraction": 0.8, "partial": 0.9, "full": 0.88})
+        )
+        result.append(
+            Cell(f"far{i}", signals(per_class, gain=0.05), {"feature_extraction": 0.6, "partial": 0.8, "full": 0.86})
+        )
+    return result
+
+
+def test_the_fitted_rule_recovers_the_splits_that_lower_regret():
+    rule = fit_rule(cells(), RECIPES)
+    tree = rule["tree"]
+    assert tree["signal"] == "images_per_class"
+    assert 30 <= tree["threshold"] < 300
+    assert tree["le"]["recipe"] == "feature_extraction"
+    assert tree["gt"]["signal"] == "pretrained_gain"
+    assert tree["gt"]["le"]["recipe"] == "full"
+    assert tree["gt"]["gt"]["recipe"] == "partial"
+    # every cell's pick is its best recipe: zero regret
+    for cell in cells():
+        node, _ = walk(tree, cell.signals)
+        assert cell.regret(node["recipe"]) == 0
+    json.dumps(rule)  # the rule is data
+
+
+def test_a_split_that_does_not_lower_regret_is_not_made():
+    flat = [
+        Cell(f"d{i}", signals(10 * (i + 1)), {"feature_extraction": 0.7, "partial": 0.8, "full": 0.75})
+        for i in range(6)
+    ]
+    rule = fit_rule(flat, RECIPES)
+    assert rule["tree"]["recipe"] == "partial"
+
+
+def test_decide_explains_the_branch_and_the_expected_range():
+    rule = fit_rule(cells(), RECIPES)
+    advice = decide(signals(500, probe=0.7, gain=0.5), rule, 20, 5000, COST, None)
+    assert advice.recipe == "partial"
+    assert advice.params == {"strategy": "partial", "lr": 0.002, "frozen_blocks": 5, "epochs": 10, "warmup_epochs": 1.0}
+    assert advice.path[0].startswith("images_per_class 500 >")
+    assert advice.path[1].startswith("pretrained_gain 0.5 >")
+    # partial gained 0.10 over the probe (0.8 -> 0.9) in every cell of its leaf
+    assert advice.expected_accuracy == pytest.approx((0.8, 0.8))
+    assert advice.estimated_seconds == pytest.approx(10 * 5000 * 0.004)
+    assert "partial" in advice.summary()
+
+
+def test_a_short_budget_cuts_epochs_then_falls_back_to_feature_extraction():
+    rule = fit_rule(cells(), RECIPES)
+    far = signals(500, gain=0.01)
+    cut = decide(far, rule, 20, 1000, COST, budget_seconds=50)  # 10 s per full epoch: 5 epochs fit
+    assert cut.recipe == "full" and cut.params["epochs"] == 5 and "5 epochs" in cut.notes[0]
+    fallback = decide(far, rule, 20, 1000, COST, budget_seconds=20)  # 3 epochs need 30 s
+    assert fallback.recipe == "feature_extraction" and "feature extraction instead" in fallback.notes[0]
+    assert fallback.params == {"strategy": "feature_extraction", "lr": pytest.approx(2e-3)}
+
+
+def test_a_rule_naming_an_unknown_signal_is_refused():
+    rule = {"tree": {"signal": "vibes", "threshold": 1, "le": {"recipe": "full"}, "gt": {"recipe": "full"}}}
+    with pytest.raises(ParamsError, match="unknown signal 'vibes'"):
+        walk(rule["tree"], signals(10))

@@ -1,0 +1,245 @@
+"""`train.strategy: auto`: choose the transfer recipe from cheap signals, by a rule fitted on the transfer study.
+
+The rule is data (a JSON file written by `python -m bench.transfer_study`), not thresholds written by
+hand: a regression tree of depth at most two over the signals, whose leaves name a recipe. It was fitted
+to minimise the study's regret (the accuracy lost against the best recipe of each cell), so each split
+is there because it lowered that loss on real data sets. `decide` walks it for a new data set, says
+which branch fired and why, and turns the recipe into train params that fit the time budget.
+
+Everything here is pure: signals and rule in, advice out. Measuring the signals is
+`transferline.model.advice_signals`; the study that fits the rule is `bench/transfer_study.py`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from transferline.errors import ParamsError
+
+SIGNALS = ("images_per_class", "num_classes", "probe_accuracy", "knn_accuracy", "logme", "pretrained_gain")
+MIN_EPOCHS = 3  # fewer epochs than this cannot anneal a fine-tuning schedule: pick a cheaper recipe instead
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the advisor knows about a data set before fine-tuning (all measured on train/val features)."""
+
+    images_per_class: float  # training images per class (mean)
+    num_classes: int
+    probe_accuracy: float  # the linear probe's val accuracy on pretrained features
+    knn_accuracy: float  # cosine k-NN val accuracy on pretrained features
+    logme: float  # LogME evidence per example, pretrained features
+    pretrained_gain: float  # probe val accuracy on pretrained minus on random-init features
+
+    def value(self, name: str) -> float:
+        return float(getattr(self, name))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Train params for one strategy; `frozen_fraction` becomes frozen_blocks for the chosen backbone."""
+
+    strategy: str
+    frozen_fraction: float = 0.0
+    epochs: int = 10
+    lr: float = 2e-3
+
+    def overrides(self, num_blocks: int, epochs: int) -> dict[str, Any]:
+        values: dict[str, Any] = {"strategy": self.strategy, "lr": self.lr}
+        if self.strategy in ("partial", "discriminative"):
+            values["frozen_blocks"] = min(num_blocks - 1, round(self.frozen_fraction * num_blocks))
+        elif self.strategy == "full":
+            values["frozen_blocks"] = 0
+        if self.strategy != "feature_extraction":
+            values["epochs"] = epochs
+            values["warmup_epochs"] = min(1.0, epochs / 4)
+        return values
+
+
+@dataclass
+class Advice:
+    """The decision and its reasons: what models/advice.json holds."""
+
+    recipe: str
+    params: dict[str, Any]
+    path: list[str]  # the rule's conditions that fired, root first
+    expected_accuracy: tuple[float, float]  # from the leaf's observed gains over the probe
+    estimated_seconds: float
+    budget_seconds: float | None
+    notes: list[str] = field(default_factory=list)
+    signals: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        low, high = self.expected_accuracy
+        why = " and ".join(self.path) or "the study's best recipe overall"
+        return (
+            f"auto chose {self.recipe} ({why}); expected accuracy {low:.2f}-{high:.2f}, "
+            f"~{self.estimated_seconds:.0f} s" + (f"; {'; '.join(self.notes)}" if self.notes else "")
+        )
+
+
+# ---------------------------------------------------------------- the rule as data
+
+
+def leaf(recipe: str, gains: list[float]) -> dict[str, Any]:
+    return {"recipe": recipe, "gain_over_probe": [min(gains), max(gains)] if gains else [0.0, 0.0], "cells": len(gains)}
+
+
+def walk(tree: dict[str, Any], signals: Signals) -> tuple[dict[str, Any], list[str]]:
+    """The leaf this data set reaches, and the conditions met on the way."""
+    path = []
+    node = tree
+    while "recipe" not in node:
+        name, threshold = node["signal"], node["threshold"]
+        if name not in SIGNALS:
+            raise ParamsError(f"advisor rule: unknown signal {name!r}; known: {', '.join(SIGNALS)}")
+        value = signals.value(name)
+        below = value <= threshold
+        path.append(f"{name} {value:.3g} {'<=' if below else '>'} {threshold:.3g}")
+        node = node["le"] if below else node["gt"]
+    return node, path
+
+
+def decide(
+    signals: Signals,
+    rule: dict[str, Any],
+    num_blocks: int,
+    train_images: int,
+    seconds_per_image_epoch: dict[str, float],
+    budget_seconds: float | None,
+) -> Advice:
+    """Walk the rule, then fit the recipe into the budget: fewer epochs, or a cheaper recipe if it cannot."""
+    recipes = {name: Recipe(**values) for name, values in rule["recipes"].items()}
+    node, path = walk(rule["tree"], signals)
+    name = node["recipe"]
+    if name not in recipes:
+        raise ParamsError(f"advisor rule: leaf names recipe {name!r}, which the rule does not define")
+    notes = []
+    chosen = recipes[name]
+    epochs = chosen.epochs
+    cost = _seconds(chosen, epochs, train_images, seconds_per_image_epoch)
+    if budget_seconds is not None and cost > budget_seconds and chosen.strategy != "feature_extraction":
+        per_epoch = cost / epochs
+        fitting = int(budget_seconds // per_epoch)
+        if fitting >= MIN_EPOCHS:
+            notes.append(f"{epochs} epochs (~{cost:.0f} s) exceed the {budget_seconds:.0f} s budget: {fitting} epochs")
+            epochs = fitting
+        else:
+            notes.append(
+                f"{name} needs ~{per_epoch * MIN_EPOCHS:.0f} s for {MIN_EPOCHS} epochs, over the "
+                f"{budget_seconds:.0f} s budget: feature extraction instead"
+            )
+            name, chosen = _cheapest(recipes)
+            epochs = chosen.epochs
+        cost = _seconds(chosen, epochs, train_images, seconds_per_image_epoch)
+    low, high = node["gain_over_probe"] if node["recipe"] == name else (0.0, 0.0)
+    expected = (_clip(signals.probe_accuracy + low), _clip(signals.probe_accuracy + high))
+    return Advice(
+        recipe=name,
+        params=chosen.overrides(num_blocks, epochs),
+        path=path,
+        expected_accuracy=expected,
+        estimated_seconds=cost,
+        budget_seconds=budget_seconds,
+        notes=notes,
+        signals={k: signals.value(k) for k in SIGNALS},
+    )
+
+
+def _cheapest(recipes: dict[str, Recipe]) -> tuple[str, Recipe]:
+    for name, recipe in recipes.items():
+        if recipe.strategy == "feature_extraction":
+            return name, recipe
+    raise ParamsError("advisor rule: no feature_extraction recipe to fall back on when the budget is short")
+
+
+def _seconds(recipe: Recipe, epochs: int, train_images: int, seconds_per_image_epoch: dict[str, float]) -> float:
+    if recipe.strategy == "feature_extraction":
+        return train_images * seconds_per_image_epoch.get("feature_extraction", 0.0)
+    return epochs * train_images * seconds_per_image_epoch[recipe.strategy]
+
+
+def _clip(x: float) -> float:
+    return min(1.0, max(0.0, x))
+
+
+# ---------------------------------------------------------------- fitting the rule on study cells
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (data set, size, backbone) of the study: its signals and each recipe's mean test accuracy."""
+
+    dataset: str
+    signals: Signals
+    accuracy: dict[str, float]  # recipe -> mean test accuracy over seeds
+    seconds: dict[str, float] = field(default_factory=dict)  # recipe -> mean wall seconds
+    name: str = ""  # data set/size/backbone, for reports
+
+    def regret(self, recipe: str) -> float:
+        return max(self.accuracy.values()) - self.accuracy[recipe]
+
+
+def fit_rule(
+    cells: list[Cell], recipes: dict[str, dict[str, Any]], max_depth: int = 2, min_leaf: int = 2
+) -> dict[str, Any]:
+    """The regression tree (depth <= max_depth) whose leaves minimise the cells' total regret.
+
+    Exhaustive over signals and midpoint thresholds: the study has tens of cells, so this is instant and,
+    unlike greedy growth, finds the best tree of that depth. A split must leave `min_leaf` cells on each
+    side, and must lower the regret, so an unhelpful signal never appears in the rule.
+    """
+    names = [name for name in recipes if all(name in c.accuracy for c in cells)]
+    if not cells or not names:
+        raise ValueError("fit_rule needs cells with results for at least one common recipe")
+    tree, _ = _best_tree(cells, names, max_depth, min_leaf)
+    return {"tree": tree, "recipes": recipes, "signals": list(SIGNALS)}
+
+
+def _best_leaf(cells: list[Cell], names: list[str]) -> tuple[dict[str, Any], float]:
+    regrets = {name: sum(c.regret(name) for c in cells) for name in names}
+    best = min(names, key=lambda n: (round(regrets[n], 9), names.index(n)))
+    gains = [c.accuracy[best] - c.signals.probe_accuracy for c in cells]
+    return leaf(best, gains), regrets[best]
+
+
+def _best_tree(cells: list[Cell], names: list[str], depth: int, min_leaf: int) -> tuple[dict[str, Any], float]:
+    best_node, best_regret = _best_leaf(cells, names)
+    if depth == 0 or len(cells) < 2 * min_leaf:
+        return best_node, best_regret
+    for signal in SIGNALS:
+        values = sorted({c.signals.value(signal) for c in cells})
+        for low, high in itertools.pairwise(values):
+            left = [c for c in cells if c.signals.value(signal) <= low]
+            right = [c for c in cells if c.signals.value(signal) >= high]
+            if len(left) < min_leaf or len(right) < min_leaf:
+                continue
+            left_node, left_regret = _best_tree(left, names, depth - 1, min_leaf)
+            right_node, right_regret = _best_tree(right, names, depth - 1, min_leaf)
+            if left_regret + right_regret < best_regret - 1e-9:
+                best_regret = left_regret + right_regret
+                best_node = {
+                    "signal": signal,
+                    "threshold": _short_threshold(low, high),
+                    "le": left_node,
+                    "gt": right_node,
+                }
+    return best_node, best_regret
+
+
+def _short_threshold(low: float, high: float) -> float:
+    """The number with the fewest significant digits in [low, high): a rule people can read, splitting the
+    same cells as the midpoint would."""
+    middle = (low + high) / 2
+    scale = math.floor(math.log10(max(abs(low), abs(high), 1e-12)))
+    for digits in range(0, 12):
+        candidate = round(middle, digits - scale)
+        if low <= candidate < high:
+            return float(candidate)
+    return middle
