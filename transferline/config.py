@@ -125,6 +125,7 @@ class EvaluateParams(Section):
     top_k: int = Field(default=3, ge=1)
     calibration_bins: int = Field(default=15, ge=2)
     batch_size: int = Field(default=128, ge=1)
+    gallery_size: int = Field(default=16, ge=1, le=100)
 
 
 class ExportParams(Section):
