@@ -274,3 +274,11 @@ def test_assets_copy_elpv_whole_and_only_once(tmp_path, tiny_elpv):
 def test_assets_elpv_refers_to_the_installed_package():
     assert (elpv.packaged_dir() / "images" / "cell2624.png").is_file()
     assert len(elpv.load(elpv.packaged_dir())) == 2624
+
+
+def test_elpv_without_its_package_says_which_extra_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(elpv.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(AssetError, match=r"elpv-dataset package is not installed: pip install -e '\.\[elpv\]'"):
+        elpv.packaged_dir()
+    # the set-up step reports it as an error, not a traceback
+    assert assets.main(["elpv", "--elpv-dir", str(tmp_path / "elpv")]) == 2
