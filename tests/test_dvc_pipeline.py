@@ -3,10 +3,13 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from tests.conftest import PROJECT_ROOT, run_tool
+from transferline.data import elpv
+from transferline.evaluation import gallery
 
 pytestmark = pytest.mark.slow
 
@@ -100,3 +103,28 @@ def test_default_fashion_mnist_source(dvc_repo):
     assert metrics["classes"] == 10 and metrics["files"] == 60
     assert metrics["splits"]["test"]["per_class"]["ankle_boot"] == 1
     assert metrics["splits"]["train"]["image_size"]["modes"] == {"L": metrics["splits"]["train"]["total"]}
+
+
+def test_elpv_source_through_dvc(dvc_repo):
+    set_params(
+        dvc_repo,
+        ingest={"source": "elpv", "path": str(elpv.packaged_dir()), "per_class": 5, "task": "defect_level"},
+        preprocess={"image_size": 32},
+        prepare={"min_per_class": 3},
+    )
+    assert ran(repro(dvc_repo)) == {"ingest", "prepare"}
+    metrics = json.loads((dvc_repo / "metrics" / "prepare.json").read_text())
+    assert metrics["files"] == 20 and metrics["usable"] == 20
+    assert set(metrics["splits"]["test"]["per_class"]) == {"defect_000", "defect_033", "defect_067", "defect_100"}
+    assert metrics["splits"]["train"]["image_size"]["modes"] == {"L": metrics["splits"]["train"]["total"]}
+    assert (dvc_repo / "data" / "raw" / "elpv_cells.csv").is_file()
+    assert ran(repro(dvc_repo)) == set()
+
+
+def test_confident_errors_gallery_is_a_dvc_image_plot(dvc_repo):
+    sheet = gallery.render(np.zeros((1, 8, 8, 3), np.uint8), [], 0, 1)
+    (dvc_repo / "plots" / "evaluate").mkdir(parents=True)
+    (dvc_repo / "plots" / "evaluate" / "confident_errors.png").write_bytes(sheet)
+    shown = json.loads(run_tool(["dvc", "plots", "show", "--json"], dvc_repo, check=False).stdout)
+    (entry,) = shown["data"]["plots/evaluate/confident_errors.png"]
+    assert entry["type"] == "image" and Path(entry["url"]).read_bytes() == sheet

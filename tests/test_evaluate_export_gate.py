@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -9,11 +10,14 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from PIL import Image
 
 from stages import evaluate, export, gate, prepare
 from tests.model_fixtures import degrade, fit_tiny_model
 from transferline.config import EvaluateParams, ExportParams, GateParams, PrepareParams, PreprocessParams
 from transferline.data.preprocessing import PreprocessSpec, normalize
+from transferline.evaluation import gallery
+from transferline.evaluation.metrics import softmax
 from transferline.evaluation.onnx_export import check_parity, cpu_session, run_batches
 from transferline.evaluation.scoring import torch_logits
 
@@ -85,6 +89,57 @@ def test_evaluate_writes_metrics_and_plots(workspace, tmp_path):
     confusion = (tmp_path / "plots" / "confusion.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 1 + saved["n"]
     assert (tmp_path / "plots" / "calibration.csv").read_text().startswith("confidence,accuracy,count")
+    listing = json.loads((tmp_path / "plots" / "confident_errors.json").read_text())
+    wrong = sum(1 for row in confusion[1:] if row.split(",")[0] != row.split(",")[1])
+    assert listing["test_images"] == saved["n"] and listing["errors"] == wrong
+    assert listing["shown"] == min(wrong, EvaluateParams().gallery_size) == len(listing["images"])
+    with Image.open(tmp_path / "plots" / "confident_errors.png") as png:
+        assert png.format == "PNG"
+        png.verify()
+
+
+def test_gallery_shows_the_most_confidently_misclassified_test_images(workspace, tmp_path):
+    """On a broken model: every listed image is a real test image that evaluate's own predictions
+    (confusion.csv, in test-split order) got wrong, ranked by confidence, and its thumbnail is that image."""
+    root, model = workspace
+    prepared = root / "data" / "prepared"
+    cache = prepared / "cache"
+    broken = degrade(model, np.load(cache / "train_images.npy"), np.load(cache / "train_labels.npy"), SPEC)
+    classes = ["cat", "dog", "fox"]
+    plots = tmp_path / "plots"
+    evaluate.run(EvaluateParams(gallery_size=5), broken, classes, SPEC, prepared, tmp_path / "m.json", plots)
+    listing = json.loads((plots / "confident_errors.json").read_text())
+    confusion = [row.split(",") for row in (plots / "confusion.csv").read_text().splitlines()[1:]]
+    assert listing["errors"] == sum(a != p for a, p in confusion) >= 5 and listing["shown"] == 5
+
+    test_rows = [row for row in prepare.read_manifest(prepared) if row["split"] == "test"]
+    images = np.load(cache / "test_images.npy")
+    probs = softmax(torch_logits(broken, images, SPEC, 16).astype(np.float64))
+    all_wrong_confidences = sorted((probs[i].max() for i, (a, p) in enumerate(confusion) if a != p), reverse=True)
+    for shown in listing["images"]:
+        i = shown["test_index"]
+        assert shown["path"] == test_rows[i]["path"] and (root / "data" / "raw" / shown["path"]).is_file()
+        assert [shown["actual"], shown["predicted"]] == confusion[i] and shown["actual"] != shown["predicted"]
+        assert shown["actual"] == test_rows[i]["label"]
+        assert shown["confidence"] == pytest.approx(probs[i].max(), abs=1e-6)
+        assert shown["actual_probability"] == pytest.approx(probs[i, classes.index(shown["actual"])], abs=1e-6)
+    confidences = [shown["confidence"] for shown in listing["images"]]
+    assert confidences == pytest.approx(all_wrong_confidences[:5], abs=1e-6)
+
+    with Image.open(plots / "confident_errors.png") as png:
+        assert png.format == "PNG"
+        sheet = np.asarray(png.convert("RGB"))
+    x, y = gallery.PAD, gallery.HEADER  # the first thumbnail: the most confident mistake
+    first = np.asarray(gallery._thumbnail(images[listing["images"][0]["test_index"]]))
+    np.testing.assert_array_equal(sheet[y : y + gallery.THUMB, x : x + gallery.THUMB], first)
+
+
+def test_gallery_without_errors_is_still_a_png_that_says_so():
+    data = gallery.render(np.zeros((4, 32, 32, 3), np.uint8), [], 0, 4)
+    with Image.open(io.BytesIO(data)) as png:
+        assert png.format == "PNG" and png.width >= 320
+        pixels = np.asarray(png.convert("L"))
+    assert (pixels < 128).any()  # the message is drawn, not a blank sheet
 
 
 def test_exported_file_has_a_dynamic_batch_and_matches_pytorch(workspace, tmp_path):

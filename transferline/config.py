@@ -27,13 +27,24 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class IngestParams(Section):
-    """Where raw images come from: the built-in Fashion-MNIST or a folder of class sub-folders."""
+IngestSource = Literal["fashion_mnist", "folder", "elpv"]
+ElpvTask = Literal["functional_vs_defective", "defect_level"]
 
-    source: Literal["fashion_mnist", "folder"] = "fashion_mnist"
+
+class IngestParams(Section):
+    """Where raw images come from: Fashion-MNIST, the ELPV solar cells, or a folder of class sub-folders."""
+
+    source: IngestSource = "fashion_mnist"
     path: Path = Path("data/external/fashion-mnist")
     per_class: int | None = Field(default=400, gt=0)
+    task: ElpvTask | None = None  # elpv only; None there means functional_vs_defective
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _task_only_for_elpv(self) -> IngestParams:
+        if self.task is not None and self.source != "elpv":
+            raise ValueError(f"task applies only to source elpv (source is {self.source}); set it to null")
+        return self
 
 
 class PreprocessParams(Section):
@@ -114,6 +125,7 @@ class EvaluateParams(Section):
     top_k: int = Field(default=3, ge=1)
     calibration_bins: int = Field(default=15, ge=2)
     batch_size: int = Field(default=128, ge=1)
+    gallery_size: int = Field(default=16, ge=1, le=100)
 
 
 class ExportParams(Section):

@@ -4,6 +4,8 @@ Nothing here runs during the pipeline: stages only read what this step (or the u
 Sources, in order: what is already present; the operating system's package
 (`dataset-fashion-mnist`, installed with apt when we are root); the Python package that
 ships torchvision's MobileNetV2 checkpoint; and last, torchvision's own download code.
+The ELPV solar cells come only from the installed `elpv-dataset` package (the `elpv` extra):
+copied, never downloaded.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from transferline.data import fashion_mnist
+from transferline import atomic
+from transferline.data import elpv, fashion_mnist
 from transferline.errors import AssetError, TransferlineError
 
 log = logging.getLogger("transferline.data.assets")
 
 DEFAULT_DATA_DIR = Path("data/external/fashion-mnist")
+ELPV_DIR = Path("data/external/elpv")
 SAMPLES_DIR = Path("data/external/samples")
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -87,6 +91,31 @@ def ensure_data(target: Path = DEFAULT_DATA_DIR) -> Path:
             f"Alternatively copy the four idx .gz files into {target}."
         ) from exc
     log.info("Fashion-MNIST downloaded into %s", target)
+    return target
+
+
+def has_elpv(directory: Path) -> bool:
+    try:
+        elpv.load(directory)
+    except AssetError:
+        return False
+    return True
+
+
+def ensure_elpv(target: Path = ELPV_DIR, source: Path | None = None) -> Path:
+    """Copy labels.csv and the images of the installed elpv-dataset package into `target`, whole or
+    not at all (a half-copied folder would pass for the data set)."""
+    if has_elpv(target):
+        log.info("ELPV already in %s", target)
+        return target
+    source = source or elpv.packaged_dir()
+    cells = elpv.load(source)
+    with atomic.atomic_dir(target) as tmp:
+        shutil.copyfile(source / elpv.LABELS_FILE, tmp / elpv.LABELS_FILE)
+        for cell in cells:
+            (tmp / cell.image).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / cell.image, tmp / cell.image)
+    log.info("ELPV (%d cells, CC BY-NC-SA 4.0: non-commercial) copied from %s into %s", len(cells), source, target)
     return target
 
 
@@ -155,8 +184,9 @@ def ensure_samples(target: Path = SAMPLES_DIR) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fetch the default data set and ImageNet weights.")
-    parser.add_argument("what", choices=["all", "data", "weights", "samples"], nargs="?", default="all")
+    parser.add_argument("what", choices=["all", "data", "weights", "samples", "elpv"], nargs="?", default="all")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--elpv-dir", type=Path, default=ELPV_DIR)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
@@ -166,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             ensure_weights()
         if args.what in ("all", "samples"):
             ensure_samples()
+        if args.what == "elpv" or (args.what == "all" and importlib.util.find_spec(elpv.PACKAGE) is not None):
+            ensure_elpv(args.elpv_dir)
+        elif args.what == "all":
+            log.info("ELPV skipped: the %s package is not installed (pip install -e '.[elpv]')", elpv.PIP_NAME)
     except TransferlineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from transferline.data import subsets
 from transferline.errors import AssetError
 
 CLASS_NAMES = (
@@ -71,13 +73,12 @@ def load(directory: Path) -> FashionMnist:
     return FashionMnist(np.concatenate(images), np.concatenate(labels), tuple(origins))
 
 
-def stratified_subset(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
-    """Indices of `per_class` images of every class (all if None), seeded, in ascending order."""
-    rng = np.random.default_rng(seed)
+def stratified_subset(labels: np.ndarray, origins: Sequence[str], per_class: int | None, seed: int) -> np.ndarray:
+    """Indices of `per_class` images of every class (all if None), in ascending order; nested across
+    `per_class` for one seed (see transferline/data/subsets.py)."""
     chosen = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        if per_class is not None and per_class < members.size:
-            members = rng.choice(members, size=per_class, replace=False)
-        chosen.append(members)
+        keep = subsets.choose([origins[i] for i in members], per_class, seed)
+        chosen.append(members[keep])
     return np.sort(np.concatenate(chosen))
