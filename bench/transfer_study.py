@@ -48,8 +48,8 @@ RULE_FILE = PROJECT_ROOT / "transferline" / "model" / "advisor_rule.json"
 
 DATASETS: dict[str, dict[str, Any]] = {
     "fashion_mnist": {"source": "fashion_mnist", "path": "data/external/fashion-mnist"},
-    "elpv_defective": {"source": "elpv", "task": "functional_vs_defective"},
-    "elpv_levels": {"source": "elpv", "task": "defect_level"},
+    "elpv_defective": {"source": "elpv", "path": "data/external/elpv", "task": "functional_vs_defective"},
+    "elpv_levels": {"source": "elpv", "path": "data/external/elpv", "task": "defect_level"},
 }
 SIZES: list[int | None] = [10, 30, 100, 400]
 BACKBONES = ["mobilenet_v2", "efficientnet_lite0"]
