@@ -262,3 +262,41 @@ def test_inception_v3_on_images_too_small_for_it_fails_before_any_work(run_train
     with pytest.raises(ParamsError, match=r"preprocess\.image_size: 32 px is below the 75 px"):
         run_train(tiny_params(backbone="inception_v3", pretrained=False))
     assert not (tmp_path / "out" / "models").exists()
+
+
+def test_efficientnet_lite0_exports_to_onnx_with_its_same_padding_intact(tmp_path):
+    """Its TensorFlow-style padding is computed in Python at trace time: ONNX Runtime must agree with PyTorch."""
+    import onnxruntime as ort
+
+    from transferline.evaluation.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    model, _ = build_model("efficientnet_lite0", num_classes=3, pretrained=True)
+    info = export_onnx(model, 64, tmp_path / "lite0.onnx")
+    assert info["batch_axis"]
+    session = ort.InferenceSession(str(tmp_path / "lite0.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    actual = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(actual - expected).max() < 1e-4
+
+
+def test_inception_v3_imagenet_checkpoint_loads_strictly_then_loses_its_auxiliary_head(monkeypatch):
+    """torchvision's InceptionV3 checkpoint holds AuxLogits.*: it must load strictly, and only then be dropped."""
+    from torchvision.models import get_model
+
+    spec = get_spec("inception_v3")
+    assert checkpoint_file(spec).name == "inception_v3_google-0cc3c7bd.pth"  # what torchvision would download
+    torch.manual_seed(1)
+    # the model torchvision's own builder makes for these weights: auxiliary head and input transform on
+    reference = get_model("inception_v3", weights=None, aux_logits=True, transform_input=True, init_weights=False)
+    state = reference.state_dict()
+    assert any(k.startswith("AuxLogits.") for k in state)
+    monkeypatch.setattr(backbones, "load_imagenet_state", lambda s: (dict(state), {"kind": "torchvision"}))
+    model, _ = build_model("inception_v3", num_classes=4, pretrained=True)
+    assert model.body.AuxLogits is None and model.body.transform_input is True
+    assert torch.equal(model.body.Mixed_6e.branch7x7dbl_5.conv.weight, reference.Mixed_6e.branch7x7dbl_5.conv.weight)
+    monkeypatch.setattr(backbones, "load_imagenet_state", lambda s: ({**state, "extra": torch.zeros(1)}, {}))
+    with pytest.raises(RuntimeError, match="extra"):  # strict: a checkpoint that does not fit is never half-loaded
+        build_model("inception_v3", num_classes=4, pretrained=True)
