@@ -158,7 +158,7 @@ def test_seeded_efficientnet_lite0_calls_chelsea_an_egyptian_cat():
     assert float(probabilities[EGYPTIAN_CAT]) > 0.5
 
 
-def test_efficientnet_lite0_body_holds_every_checkpoint_tensor_renamed():
+def test_efficientnet_lite0_body_holds_every_checkpoint_tensor_renamed(tmp_path):
     from transferline.model.efficientnet_lite import checkpoint_to_ours
 
     raw = torch.load(checkpoint_file(get_spec("efficientnet_lite0")), map_location="cpu", weights_only=True)
@@ -169,8 +169,10 @@ def test_efficientnet_lite0_body_holds_every_checkpoint_tensor_renamed():
     assert set(body) == set(mapped) - {"classifier.1.weight", "classifier.1.bias"}
     for key, value in body.items():
         assert torch.equal(value, mapped[key]), key
-    with pytest.raises(KeyError, match=r"_blocks\.3\._se_reduce\.weight"):
-        checkpoint_to_ours({**raw, "_blocks.3._se_reduce.weight": torch.zeros(1)})
+    # a local file in the published layout (train.weights_path) is renamed too; a key we do not know is refused
+    torch.save({**raw, "_blocks.3._se_reduce.weight": torch.zeros(1)}, tmp_path / "with_se.pth")
+    with pytest.raises(ParamsError, match=r"train\.weights_path: unexpected key '_blocks\.3\._se_reduce\.weight'"):
+        build_model("efficientnet_lite0", 3, pretrained=True, weights_path=tmp_path / "with_se.pth")
 
 
 def test_efficientnet_lite0_is_seeded_with_its_sha256_checked_and_a_corrupt_copy_refused(monkeypatch, tmp_path):

@@ -14,10 +14,9 @@ download URL: the package is its only source). Random init happens only on reque
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -25,7 +24,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from transferline.data.assets import EFFICIENTNET_LITE0, SEEDED_CHECKPOINTS, SeededCheckpoint
+from transferline.data.assets import EFFICIENTNET_LITE0, SEEDED_CHECKPOINTS, SeededCheckpoint, sha256_of
 from transferline.errors import AssetError, ParamsError
 from transferline.model import efficientnet_lite
 
@@ -47,6 +46,8 @@ class BackboneSpec:
     min_input_size: int = 32  # smaller images cannot pass through the architecture
     native_input_size: int | None = None  # set where another size is warned about (see check_input_size)
     build_kwargs: tuple[tuple[str, object], ...] = ()  # extra arguments of torchvision's builder
+    builder: Callable[[], nn.Module] | None = None  # an architecture outside torchvision (ImageNet head included)
+    key_map: Callable[[dict], dict] | None = None  # renames a checkpoint's keys to the architecture's
 
     @property
     def block_names(self) -> list[str]:
@@ -102,6 +103,8 @@ BACKBONES: dict[str, BackboneSpec] = {
             _numbered("features", 9),
             seeded=EFFICIENTNET_LITE0,
             normalization=efficientnet_lite.NORMALIZATION,
+            builder=efficientnet_lite.efficientnet_lite0,
+            key_map=efficientnet_lite.to_module_keys,
         ),
         BackboneSpec(
             "convnext_tiny",
@@ -217,14 +220,6 @@ def imagenet_normalization(spec: BackboneSpec) -> tuple[tuple[float, ...], tuple
     return tuple(float(v) for v in transform.mean), tuple(float(v) for v in transform.std)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _seeded_for(spec: BackboneSpec) -> SeededCheckpoint | None:
     """The packaged checkpoint `make assets` seeds for this backbone, if any."""
     if spec.seeded is not None:
@@ -254,7 +249,7 @@ def load_seeded_state(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], dict
             f"ImageNet weights for train.backbone={spec.name} are not available ({path} is missing; they have "
             f"no download URL). To fix: {_how_to_get(spec)}."
         )
-    actual = _file_sha256(path)
+    actual = sha256_of(path)
     if actual != seeded.sha256:
         raise AssetError(
             f"{path} has sha256 {actual}, expected {seeded.sha256}: it is corrupt or not the {seeded.label} "
@@ -277,7 +272,7 @@ def load_imagenet_state(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], di
     expected = HASH_IN_NAME.search(path.name)
     if path.is_file():
         # torchvision checks the hash only while downloading; a cached file is checked here
-        actual = _file_sha256(path)
+        actual = sha256_of(path)
         if expected and not actual.startswith(expected.group(1)):
             raise AssetError(
                 f"{path} does not match the hash in its name ({expected.group(1)}): it is corrupt or not the "
@@ -299,7 +294,7 @@ def load_imagenet_state(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], di
         "kind": "torchvision",
         "weights": f"{type(weights).__name__}.{weights.name}",
         "file": path.name,
-        "sha256": _file_sha256(path) if path.is_file() else None,
+        "sha256": sha256_of(path) if path.is_file() else None,
     }
     return state, source
 
@@ -316,13 +311,13 @@ def load_local_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ParamsError(f"train.weights_path: {path} does not hold a state dict of tensors")
-    return dict(state), {"kind": "file", "file": str(path), "sha256": _file_sha256(path)}
+    return dict(state), {"kind": "file", "file": str(path), "sha256": sha256_of(path)}
 
 
 def _architecture(spec: BackboneSpec, pretrained: bool) -> nn.Module:
     """The untrained architecture with its 1000-class ImageNet head."""
-    if spec.seeded is EFFICIENTNET_LITE0:
-        return efficientnet_lite.efficientnet_lite0()
+    if spec.builder is not None:
+        return spec.builder()
     from torchvision.models import get_model
 
     kwargs = dict(spec.build_kwargs)
@@ -331,14 +326,15 @@ def _architecture(spec: BackboneSpec, pretrained: bool) -> nn.Module:
     return get_model(spec.name, weights=None, **kwargs)
 
 
-def _to_architecture_keys(spec: BackboneSpec, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """EfficientNet-Lite0 checkpoints in the published layout are renamed to our module's keys."""
-    if spec.seeded is EFFICIENTNET_LITE0 and efficientnet_lite.is_checkpoint_layout(state):
-        try:
-            return efficientnet_lite.checkpoint_to_ours(state)
-        except KeyError as exc:
-            raise ParamsError(f"{spec.name}: unexpected key {exc} in the checkpoint") from None
-    return state
+def _to_architecture_keys(spec: BackboneSpec, state: dict[str, torch.Tensor], weights_path: Path | None) -> dict:
+    """A checkpoint in another layout (EfficientNet-Lite0's published one) renamed to the architecture's keys."""
+    if spec.key_map is None:
+        return state
+    try:
+        return spec.key_map(state)
+    except KeyError as exc:
+        where = "train.weights_path" if weights_path else str(checkpoint_file(spec))
+        raise ParamsError(f"{where}: unexpected key {exc} for {spec.name}") from None
 
 
 def drop_aux_head(model: nn.Module) -> None:
@@ -361,7 +357,7 @@ def build_torchvision_model(spec: BackboneSpec, pretrained: bool, weights_path: 
             drop_aux_head(model)
         return model, {"kind": "random-init"}
     state, source = load_local_state(weights_path) if weights_path else load_imagenet_state(spec)
-    state = _to_architecture_keys(spec, state)
+    state = _to_architecture_keys(spec, state, weights_path)
     head_keys = {f"{spec.head_path}.weight", f"{spec.head_path}.bias"}
     if weights_path:
         # a local file may come with a head for other classes: only the body has to match

@@ -142,9 +142,9 @@ _TOP_PARTS |= {"_bn1": "features.8.1", "_fc": "classifier.1"}
 _KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$|^(\w+)\.(\w+)$")
 
 
-def is_checkpoint_layout(state: dict[str, torch.Tensor]) -> bool:
-    """True for the published checkpoint's key names (`_conv_stem.weight`, `_blocks.0...`)."""
-    return "_conv_stem.weight" in state
+def to_module_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict in either layout, with this module's keys (the published one is recognised by `_conv_stem`)."""
+    return checkpoint_to_ours(state) if "_conv_stem.weight" in state else state
 
 
 def checkpoint_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
