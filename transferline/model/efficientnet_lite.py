@@ -25,7 +25,8 @@ from torch.nn import functional as F
 from torchvision.ops import StochasticDepth
 
 # (repeats, kernel, stride, expansion, input channels, output channels) per stage, from the Lite builder
-LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
+Stage = tuple[int, int, int, int, int, int]
+LITE0_STAGES: tuple[Stage, ...] = (
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
     (2, 5, 2, 6, 24, 40),
@@ -46,7 +47,7 @@ NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # (mean, std) the checkpoint
 class SameConv2d(nn.Conv2d):
     """A Conv2d padded like TensorFlow's `SAME`: output size ceil(input / stride), any extra pixel at the end."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding=0, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +61,10 @@ class SameConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True):
+def conv_bn(
+    in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True
+) -> nn.Sequential:
+    """Convolution, BatchNorm with TensorFlow's constants, and ReLU6 unless `act` is false (projections)."""
     layers: list[nn.Module] = [
         SameConv2d(in_channels, out_channels, kernel, stride, groups),
         nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM),
@@ -73,7 +77,7 @@ def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, g
 class MBConv(nn.Module):
     """Inverted residual without squeeze-and-excitation: 1x1 expand, depthwise k x k, 1x1 project (+ skip)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int, drop: float):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int, drop: float) -> None:
         super().__init__()
         hidden = in_channels * expand
         self.expand = conv_bn(in_channels, hidden, 1) if expand != 1 else nn.Identity()
@@ -90,7 +94,14 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    def __init__(self, num_classes: int = 1000, stages=LITE0_STAGES, stochastic_depth: float = STOCHASTIC_DEPTH):
+    """Stem, one Sequential of MBConv blocks per stage, 1x1 head conv, pooling, dropout and the classifier."""
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        stages: tuple[Stage, ...] = LITE0_STAGES,
+        stochastic_depth: float = STOCHASTIC_DEPTH,
+    ) -> None:
         super().__init__()
         total_blocks = sum(stage[0] for stage in stages)
         features: list[nn.Module] = [conv_bn(3, STEM_CHANNELS, 3, stride=2)]
@@ -130,7 +141,7 @@ def efficientnet_lite0(num_classes: int = 1000) -> EfficientNetLite:
     return EfficientNetLite(num_classes)
 
 
-def _block_locations(stages=LITE0_STAGES) -> list[tuple[int, int]]:
+def _block_locations(stages: tuple[Stage, ...] = LITE0_STAGES) -> list[tuple[int, int]]:
     """(stage, index in stage) of each block, in the checkpoint's flat `_blocks.i` order."""
     return [(s + 1, j) for s, stage in enumerate(stages) for j in range(stage[0])]
 
