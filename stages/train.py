@@ -25,7 +25,14 @@ from transferline.config import TrainParams, load_section
 from transferline.data.pixel_cache import load_split, read_dataset
 from transferline.data.preprocessing import PreprocessSpec
 from transferline.model.advice_signals import advise
-from transferline.model.backbones import TransferModel, build_model, feature_dim, get_spec, imagenet_normalization
+from transferline.model.backbones import (
+    TransferModel,
+    build_model,
+    check_input_size,
+    feature_dim,
+    get_spec,
+    imagenet_normalization,
+)
 from transferline.model.checkpoints import CheckpointStore, run_digest
 from transferline.model.features import KEY_FILE, cache_key, cached_features, fit_probe, install_head
 from transferline.model.strategies import check_params, make_plan
@@ -156,6 +163,7 @@ def run(
     threads = configure_threads(params, runtime)
     dataset = read_dataset(prepared_dir)
     spec = PreprocessSpec.from_dict(dataset["preprocess"])
+    check_input_size(params.backbone, spec.image_size, params.pretrained)
     classes = list(dataset["classes"])
 
     torch.manual_seed(params.seed)  # the new head's initial weights

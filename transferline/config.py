@@ -154,7 +154,17 @@ class GateParams(Section):
     fail_on_reject: bool = False
 
 
-BackboneName = Literal["mobilenet_v2", "mobilenet_v3_large", "resnet18", "resnet50", "efficientnet_b0", "convnext_tiny"]
+BackboneName = Literal[
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "resnet18",
+    "resnet50",
+    "efficientnet_b0",
+    "efficientnet_lite0",
+    "convnext_tiny",
+    "vgg16",
+    "inception_v3",
+]
 StrategyName = Literal["auto", "feature_extraction", "partial", "full", "discriminative"]
 
 
@@ -175,7 +185,7 @@ class TrainParams(Section):
 
     backbone: BackboneName = "mobilenet_v2"
     pretrained: bool = True  # false: random init, only ever on request
-    weights_path: Path | None = None  # local state dict of the torchvision backbone, instead of a download
+    weights_path: Path | None = None  # local state dict of the backbone architecture, instead of the hub cache
     strategy: StrategyName = "partial"
     frozen_blocks: int = Field(default=4, ge=0)  # partial, discriminative: freeze the first N blocks
     layer_groups: int = Field(default=4, ge=1)  # discriminative: backbone blocks split into this many groups

@@ -17,7 +17,7 @@ from transferline.errors import ParamsError
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"backbone": "vgg16"}, "train.backbone: Input should be 'mobilenet_v2'"),
+        ({"backbone": "vgg19"}, "train.backbone: Input should be 'mobilenet_v2'"),
         ({"strategy": "linear"}, "train.strategy: Input should be 'feature_extraction'"),
         ({"lr": -0.001}, "train.lr: Input should be greater than 0"),
         ({"head_lr": 0}, "train.head_lr: Input should be greater than 0"),

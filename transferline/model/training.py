@@ -1,6 +1,6 @@
 """The fine-tuning loop: batches from the cached uint8 pixels, augmentation on the device, AdamW or SGD,
-warm-up + cosine or one-cycle, label smoothing, early stopping, best-epoch selection, and a
-checkpoint every epoch that a re-run resumes from.
+warm-up + cosine or one-cycle, label smoothing, early stopping (counted once the LR has annealed),
+best-epoch selection, and a checkpoint every epoch that a re-run resumes from.
 
 Model input contract: float32 NCHW normalised exactly as `transferline.data.preprocessing.normalize`
 (done here by its bit-exact torch twin), so export and serving feed the model the same way.
@@ -179,13 +179,38 @@ def lr_factor(step: int, total: int, warmup: int, scheduler: str) -> float:
     return floor + (1 - floor) * (1 + math.cos(math.pi * progress)) / 2
 
 
+def schedule_steps(params: TrainParams, steps_per_epoch: int) -> tuple[int, int]:
+    """(total steps, warm-up steps) of the run's LR schedule."""
+    total = params.epochs * steps_per_epoch
+    return total, min(round(params.warmup_epochs * steps_per_epoch), total - 1)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int):
     """A per-step LambdaLR over every param group (discriminative LRs keep their ratios)."""
-    total = params.epochs * steps_per_epoch
-    warmup = min(round(params.warmup_epochs * steps_per_epoch), total - 1)
+    total, warmup = schedule_steps(params, steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(lr_factor, total=total, warmup=warmup, scheduler=params.scheduler)
     )
+
+
+PATIENCE_LR_FRACTION = 0.5  # early-stopping patience counts once the LR has annealed to this fraction of its peak
+
+
+def first_patience_epoch(params: TrainParams, steps_per_epoch: int) -> int:
+    """0-based index of the first epoch whose stall counts toward early stopping.
+
+    Both schedules anneal: validation accuracy while the LR is still high is noisy and says little
+    about where the run ends, since most of its gain comes as the LR falls. So an epoch counts only
+    when the LR of its last step has come down to PATIENCE_LR_FRACTION of the peak (past the warm-up
+    and half of the decay). With the default recipe (10 epochs, 1 warm-up) that is epoch 6 (1-based),
+    so the earliest stop is after epoch 8, and never at epoch 5 near the peak.
+    """
+    total, warmup = schedule_steps(params, steps_per_epoch)
+    for epoch in range(params.epochs):
+        last_step = (epoch + 1) * steps_per_epoch - 1
+        if last_step >= warmup and lr_factor(last_step, total, warmup, params.scheduler) <= PATIENCE_LR_FRACTION:
+            return epoch
+    return params.epochs - 1
 
 
 class Progress:
@@ -222,13 +247,14 @@ class EarlyStopping:
     best_loss: float = math.inf
     best_epoch: int = 0  # 1-based; 0: none yet
     bad_epochs: int = 0
+    counts_from: int = 0  # 1-based first epoch whose stall counts toward patience (see first_patience_epoch)
 
-    def update(self, epoch: int, accuracy: float, loss: float, counts: bool) -> bool:
-        """Record an epoch; True when it is the best so far (higher accuracy, then lower loss)."""
+    def update(self, epoch: int, accuracy: float, loss: float) -> bool:
+        """Record epoch `epoch` (1-based); True when it is the best so far (higher accuracy, then lower loss)."""
         improved = accuracy > self.best_accuracy or (accuracy == self.best_accuracy and loss < self.best_loss)
         if improved:
             self.best_accuracy, self.best_loss, self.best_epoch, self.bad_epochs = accuracy, loss, epoch, 0
-        elif counts:
+        elif epoch >= self.counts_from:
             self.bad_epochs += 1
         return improved
 
@@ -350,7 +376,9 @@ def fit(
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
     generator = torch.Generator().manual_seed(params.seed)
-    stopper = EarlyStopping(params.early_stopping_patience)
+    # stalls count toward patience once every group trains and the LR has annealed (first_patience_epoch)
+    counts_from = 1 + max(_last_unfreeze_epoch(plan), first_patience_epoch(params, steps))
+    stopper = EarlyStopping(params.early_stopping_patience, counts_from=counts_from)
     history: list[dict] = []
     first_epoch = 0
 
@@ -361,7 +389,7 @@ def fit(
         scheduler.load_state_dict(resumed["scheduler"])
         scaler.load_state_dict(resumed["scaler"])
         _restore_rng(resumed["rng"], generator)
-        stopper = EarlyStopping(params.early_stopping_patience, **resumed["early_stopping"])
+        stopper = EarlyStopping(params.early_stopping_patience, **resumed["early_stopping"], counts_from=counts_from)
         history = list(resumed["history"])
         first_epoch = int(resumed["epoch"])
         log.info("resuming from the checkpoint of epoch %d/%d in %s", first_epoch, params.epochs, store.directory)
@@ -405,7 +433,7 @@ def fit(
             "eval_seconds": time.perf_counter() - eval_start,
         }
         history.append(record)
-        improved = stopper.update(epoch + 1, val_accuracy, val_loss, counts=epoch >= last_unfreeze)
+        improved = stopper.update(epoch + 1, val_accuracy, val_loss)
         if improved:
             store.save_best(model.state_dict(), epoch + 1)
         store.save_last(

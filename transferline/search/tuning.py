@@ -35,7 +35,7 @@ import torch
 from transferline.config import TrainParams, read_params_file
 from transferline.data.preprocessing import PreprocessSpec
 from transferline.errors import DataError, ParamsError
-from transferline.model.backbones import build_model, feature_dim
+from transferline.model.backbones import build_model, check_input_size, feature_dim
 from transferline.model.checkpoints import CheckpointStore, run_digest
 from transferline.model.features import cache_key, cached_features, compute_features
 from transferline.model.head import HeadFeatures, fit_prepared, prepare_head_features
@@ -250,6 +250,7 @@ class TrialRunner:
         try:
             params = resolve_params(self.base, values)
             check_params(params)
+            check_input_size(params.backbone, self.data.spec.image_size, params.pretrained)
         except ParamsError as exc:
             trial.set_user_attr("error", str(exc))
             raise
