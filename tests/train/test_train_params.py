@@ -18,7 +18,7 @@ from transferline.errors import ParamsError
     ("values", "message"),
     [
         ({"backbone": "vgg19"}, "train.backbone: Input should be 'mobilenet_v2'"),
-        ({"strategy": "linear"}, "train.strategy: Input should be 'feature_extraction'"),
+        ({"strategy": "linear"}, "train.strategy: Input should be 'auto', 'feature_extraction'"),
         ({"lr": -0.001}, "train.lr: Input should be greater than 0"),
         ({"head_lr": 0}, "train.head_lr: Input should be greater than 0"),
         ({"frozen_blocks": -2}, "train.frozen_blocks: Input should be greater than or equal to 0"),
