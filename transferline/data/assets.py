@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 from transferline.data import fashion_mnist
-from transferline.errors import AssetError, TransferlineError
+from transferline.cli import add_command, cli_parser, run_command
+from transferline.errors import AssetError
 
 log = logging.getLogger("transferline.data.assets")
 
@@ -153,23 +154,37 @@ def ensure_samples(target: Path = SAMPLES_DIR) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Fetch the default data set and ImageNet weights.")
-    parser.add_argument("what", choices=["all", "data", "weights", "samples"], nargs="?", default="all")
+def fetch_assets(args: argparse.Namespace) -> None:
+    """The chosen asset, or (`all`, the default) every one of them in turn."""
+    what = args.what or "all"
+    if what in ("all", "data"):
+        ensure_data(args.data_dir)
+    if what in ("all", "weights"):
+        ensure_weights()
+    if what in ("all", "samples"):
+        ensure_samples()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("Fetch the default data set and ImageNet weights.")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        if args.what in ("all", "data"):
-            ensure_data(args.data_dir)
-        if args.what in ("all", "weights"):
-            ensure_weights()
-        if args.what in ("all", "samples"):
-            ensure_samples()
-    except TransferlineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    parser.set_defaults(what=None)
+    commands = parser.add_subparsers(dest="what", metavar="{all,data,weights,samples}", help="default: all")
+    helps = {
+        "all": "data, weights and samples",
+        "data": "the Fashion-MNIST files",
+        "weights": "the ImageNet backbone weights",
+        "samples": "two sample photos",
+    }
+    for name, text in helps.items():
+        command = add_command(commands, name, fetch_assets, text)
+        if name in ("all", "data"):  # also after the sub-command, as before
+            command.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(fetch_assets, build_parser(), argv)
 
 
 if __name__ == "__main__":
