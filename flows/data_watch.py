@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed
 
 from flows.pipeline import pipeline, stage_task
+from transferline.cli import cli_parser, run_command
 from transferline.evaluation.lineage import dvc_out_hash
 
 
@@ -48,14 +49,21 @@ def data_watch(repo: str = ".", pipeline_deployment: str | None = None, retrain:
     return Completed(message=f"raw data changed ({current}): pipeline {state.name}: {state.message}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Refresh the data stages; retrain if the raw data changed.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("Refresh the data stages; retrain if the raw data changed.")
     parser.add_argument("--repo", default=".")
     parser.add_argument("--pipeline-deployment", default=None, help="e.g. transferline-pipeline/retrain")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_data_watch(args: argparse.Namespace) -> int:
     state = data_watch(args.repo, args.pipeline_deployment, return_state=True)
     print(f"{state.name}: {state.message}")
     return 0 if state.is_completed() else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(run_data_watch, build_parser(), argv)
 
 
 if __name__ == "__main__":

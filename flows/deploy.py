@@ -17,6 +17,8 @@ from pathlib import Path
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
+from transferline.cli import cli_parser, run_command
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
@@ -52,16 +54,22 @@ def deploy(work_pool: str, cron: str | None, watch_cron: str | None, repo: Path)
     return ["transferline-pipeline/retrain", "transferline-data-watch/data-watch"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Create transferline's Prefect deployments.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("Create transferline's Prefect deployments.")
     parser.add_argument("--work-pool", default="transferline")
     parser.add_argument("--cron", default="0 3 * * *", help="retraining schedule (default: daily 03:00 UTC)")
     parser.add_argument("--watch-cron", default="*/30 * * * *", help="data-watch schedule (default: every 30 min)")
     parser.add_argument("--repo", type=Path, default=PROJECT_ROOT, help="the project checkout the runs work in")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def create_deployments(args: argparse.Namespace) -> None:
     for name in deploy(args.work_pool, args.cron, args.watch_cron, args.repo.resolve()):
         print(f"deployment {name} created")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(create_deployments, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Running one DVC stage from a Prefect task, so the flow and `dvc repro` share one cache and dvc.lock.
 
 DVC decides whether the stage is stale; the task reports whether it ran or was skipped, streams
-DVC's output into Prefect's logs, and classifies failures: a stage that exits with status 2 met an
+DVC's output into Prefect's logs (its "git add dvc.lock" / autostage hints, which do not apply to a flow
+run, only at debug level), and classifies failures: a stage that exits with status 2 met an
 expected, explained error (bad data or params) that a retry cannot fix; anything else may be
 transient and is retried.
 """
@@ -45,18 +46,49 @@ def last_error_line(output: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def repro_stage(stage: str, repo: Path, log: Callable[[str], None] = print, force: bool = False) -> StageOutcome:
-    """`dvc repro --single-item STAGE`; upstream stages are the flow's earlier tasks."""
+GIT_HINT_HEADERS = ("To track the changes with git, run:", "To enable auto staging, run:")
+
+
+class GitHintFilter:
+    """Tells DVC's git hints (a header, blank lines, tab-indented commands) from the stage's own output."""
+
+    def __init__(self) -> None:
+        self.in_hint = False
+
+    def is_hint(self, line: str) -> bool:
+        text = line.strip()
+        if text in GIT_HINT_HEADERS:
+            self.in_hint = True
+        elif text and not (self.in_hint and line.startswith(("\t", " "))):
+            self.in_hint = False
+        return self.in_hint or not text
+
+
+def _ignore(_line: str) -> None:
+    return None
+
+
+def repro_stage(
+    stage: str,
+    repo: Path,
+    log: Callable[[str], None] = print,
+    force: bool = False,
+    debug: Callable[[str], None] = _ignore,
+) -> StageOutcome:
+    """`dvc repro --single-item STAGE`; upstream stages are the flow's earlier tasks. Output lines go to `log`,
+    DVC's git hints and blank lines to `debug`."""
     args = ["dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
     start = time.perf_counter()
     process = subprocess.Popen(
         args, cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
     lines = []
+    hints = GitHintFilter()
     assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line.rstrip("\n"))
-        log(line.rstrip("\n"))
+    for raw in process.stdout:
+        line = raw.rstrip("\n")
+        lines.append(line)
+        (debug if hints.is_hint(line) else log)(line)
     returncode = process.wait()
     output = "\n".join(lines)
     if returncode != 0:

@@ -25,10 +25,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed
 
 from flows.dvc_stage import PIPELINE_STAGES, StageFailed, repro_stage
-from flows.params_override import apply_overrides
+from flows.params_override import apply_overrides, overridden_params
 from flows.report import per_class_rows, run_report_markdown
 from flows.service_control import ServiceController, ServiceFailed, controller_from_params
-from transferline.errors import TransferlineError
+from transferline.cli import cli_parser, run_command
+from transferline.errors import ParamsError, TransferlineError
 from transferline.evaluation.lineage import collect_lineage, dvc_out_hash
 
 
@@ -56,7 +57,7 @@ def retry_unless_user_error(task, task_run, state) -> bool:
 )
 def stage_task(stage: str, repo: str, force: bool = False) -> dict:
     logger = get_run_logger()
-    outcome = repro_stage(stage, Path(repo), logger.info, force=force)
+    outcome = repro_stage(stage, Path(repo), logger.info, force=force, debug=logger.debug)
     logger.info("stage %s %s in %.1f s", stage, "ran" if outcome.ran else "was unchanged, skipped", outcome.seconds)
     return asdict(outcome)
 
@@ -183,20 +184,29 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--set expects section.key=value, got {pair!r}")
+            raise ParamsError(f"--set expects section.key=value, got {pair!r}")
         overrides[key] = yaml.safe_load(value)
     return overrides
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the transferline pipeline once as a Prefect flow.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("Run the transferline pipeline once as a Prefect flow.")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--no-deploy", action="store_true", help="stop after the gate")
     parser.add_argument("--repo", default=".")
-    args = parser.parse_args(argv)
-    state = pipeline(parse_overrides(args.overrides), args.repo, not args.no_deploy, return_state=True)
+    return parser
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    overrides = parse_overrides(args.overrides)
+    overridden_params(Path(args.repo) / "params.yaml", overrides)  # refuse bad overrides before Prefect starts
+    state = pipeline(overrides, args.repo, not args.no_deploy, return_state=True)
     print(f"{state.name}: {state.message}")
     return 0 if state.is_completed() else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(run_pipeline, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -28,23 +28,18 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.params_override import apply_overrides
-from flows.tune_report import history_markdown
+from flows.tune_report import dvc_exp_command, history_markdown, replay_overrides, trial_rows
+from transferline.cli import cli_parser, run_command
 from transferline.errors import TransferlineError
+from transferline.search.study_config import PRUNERS, SAMPLERS, StudyConfig, default_of
 from transferline.search.tuning import (
-    PRUNERS,
-    SAMPLERS,
-    StudyConfig,
     best_trial,
-    check_config,
     completed,
-    dvc_exp_command,
     fail_stale_trials,
     open_study,
     remaining_trials,
-    replay_overrides,
     run_trial,
     runner_for,
-    trial_rows,
 )
 
 
@@ -74,7 +69,6 @@ def trial_task(config: StudyConfig, slot: int) -> dict:
 def tune(config: StudyConfig, apply_best: bool = False) -> dict:
     """Validate the space, run the missing trials as tasks, report them, and (only if asked) apply the best."""
     logger = get_run_logger()
-    check_config(config)
     runner = runner_for(config)  # loads and validates the search space before any trial
     study = open_study(config, runner.space)
     fail_stale_trials(study)
@@ -127,27 +121,32 @@ def run_tune(config: StudyConfig, workers: int = 1, apply_best: bool = False) ->
     return tune.with_options(task_runner=runner)(config, apply_best)
 
 
-def parse_args(argv: list[str] | None) -> tuple[StudyConfig, int, bool]:
-    defaults = StudyConfig()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--space", default=defaults.space_file, help="search space YAML (default: %(default)s)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default=defaults.sampler)
-    parser.add_argument("--trials", type=int, default=defaults.trials, help="finished trials the study should hold")
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser(__doc__.splitlines()[0])
+    parser.add_argument("--space", default=default_of("space_file"), help="search space YAML (default: %(default)s)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=default_of("sampler"))
+    parser.add_argument(
+        "--trials", type=int, default=default_of("trials"), help="finished trials the study should hold"
+    )
     parser.add_argument("--workers", type=int, default=1, help="trials run in parallel (threads)")
     parser.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite under --work-dir)")
-    parser.add_argument("--study-name", default=defaults.study_name)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--pruner", choices=PRUNERS, default=defaults.pruner)
-    parser.add_argument("--pruner-startup-trials", type=int, default=defaults.pruner_startup_trials)
-    parser.add_argument("--pruner-warmup-epochs", type=int, default=defaults.pruner_warmup_epochs)
-    parser.add_argument("--params", default=defaults.params_file)
-    parser.add_argument("--prepared", default=defaults.prepared_dir)
-    parser.add_argument("--work-dir", default=defaults.work_dir, help="study.db, feature cache, trial checkpoints")
-    parser.add_argument("--grace-period", type=int, default=defaults.grace_period,
+    parser.add_argument("--study-name", default=default_of("study_name"))
+    parser.add_argument("--seed", type=int, default=default_of("seed"))
+    parser.add_argument("--pruner", choices=PRUNERS, default=default_of("pruner"))
+    parser.add_argument("--pruner-startup-trials", type=int, default=default_of("pruner_startup_trials"))
+    parser.add_argument("--pruner-warmup-epochs", type=int, default=default_of("pruner_warmup_epochs"))
+    parser.add_argument("--params", default=default_of("params_file"))
+    parser.add_argument("--prepared", default=default_of("prepared_dir"))
+    parser.add_argument("--work-dir", default=default_of("work_dir"), help="study.db, feature cache, trial checkpoints")
+    parser.add_argument("--grace-period", type=int, default=default_of("grace_period"),
                         help="seconds without a heartbeat after which a RUNNING trial counts as dead")  # fmt: skip
     parser.add_argument("--apply-best", action="store_true", help="write the best trial's values into params.yaml")
-    args = parser.parse_args(argv)
-    config = StudyConfig(
+    return parser
+
+
+def study_config(args: argparse.Namespace) -> StudyConfig:
+    """The validated StudyConfig of the command line (a bad value: ParamsError naming the field)."""
+    return StudyConfig(
         space_file=args.space,
         params_file=args.params,
         prepared_dir=args.prepared,
@@ -161,23 +160,21 @@ def parse_args(argv: list[str] | None) -> tuple[StudyConfig, int, bool]:
         pruner_startup_trials=args.pruner_startup_trials,
         pruner_warmup_epochs=args.pruner_warmup_epochs,
         grace_period=args.grace_period,
-        heartbeat_interval=max(1, min(StudyConfig.heartbeat_interval, args.grace_period // 2)),
+        heartbeat_interval=max(1, min(default_of("heartbeat_interval"), args.grace_period // 2)),
     )
-    return config, max(1, args.workers), args.apply_best
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        config, workers, apply_best = parse_args(argv)
-        summary = run_tune(config, workers, apply_best)
-    except TransferlineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def search(args: argparse.Namespace) -> None:
+    config = study_config(args)
+    summary = run_tune(config, max(1, args.workers), args.apply_best)
     print(f"best trial {summary['best_trial']} of {summary['trials']}: val accuracy {summary['val_accuracy']:.4f}")
     print(f"replay it through the pipeline:\n  {summary['dvc_exp_run']}")
     if summary["applied"]:
         print(f"wrote the best trial's values into {config.params_file}: {summary['applied']}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(search, build_parser(), argv)
 
 
 if __name__ == "__main__":

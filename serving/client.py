@@ -28,11 +28,13 @@ from pathlib import Path
 import httpx
 
 from serving.auth import TOKEN_ENV
+from transferline.cli import cli_parser, run_command
+from transferline.errors import TransferlineError
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 
 
-class ClientError(Exception):
+class ClientError(TransferlineError):
     """The service could not be reached or refused the request; the message says which and why."""
 
 
@@ -67,25 +69,26 @@ def render(paths: list[Path], answer: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Classify images with the transferline prediction service.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("Classify images with the transferline prediction service.")
     parser.add_argument("images", nargs="+", type=Path, help="image files (several: one batch request)")
     parser.add_argument("--url", default=os.environ.get("TRANSFERLINE_URL", DEFAULT_URL), help=f"default {DEFAULT_URL}")
     parser.add_argument("--top-k", type=int, default=None, help="labels per image (default: the service's)")
     parser.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"API token (default: ${TOKEN_ENV})")
     parser.add_argument("--json", action="store_true", help="print the service's JSON answer as it is")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def classify_command(args: argparse.Namespace) -> None:
     missing = [str(path) for path in args.images if not path.is_file()]
     if missing:
-        print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    try:
-        answer = classify(args.images, args.url, args.top_k, args.token)
-    except ClientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ClientError(f"no such file: {', '.join(missing)}")
+    answer = classify(args.images, args.url, args.top_k, args.token)
     print(json.dumps(answer, indent=2) if args.json else render(args.images, answer))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(classify_command, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from transferline import atomic
+from transferline.cli import add_command, cli_parser, run_command
 from transferline.data.preprocessing import PreprocessSpec
 from transferline.errors import TransferlineError
 
@@ -202,46 +203,54 @@ def list_models() -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="transferline model registry (BentoML model store)")
+def _list_command(args: argparse.Namespace) -> None:
+    for row in list_models():
+        marker = "*" if row["champion"] else " "
+        print(
+            f"{marker} {row['tag']}  created {row['created']}  data {row['data_version']}  accuracy {row['accuracy']}"
+        )
+
+
+def _champion_command(args: argparse.Namespace) -> None:
+    champion = find_champion()
+    print(champion.tag if champion else "none")
+
+
+def _register_command(args: argparse.Namespace) -> None:
+    from transferline.evaluation.lineage import collect_lineage
+
+    tag = register(args.export_dir, args.gate_dir, collect_lineage(Path.cwd()))
+    print(tag)
+    if args.promote:
+        promote(tag)
+        print(f"champion: {tag}")
+
+
+def _promote_command(args: argparse.Namespace) -> None:
+    print(f"champion: {promote(args.tag)}")
+
+
+def _rollback_command(args: argparse.Namespace) -> None:
+    print(f"champion: {rollback()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("transferline model registry (BentoML model store)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="registered models, the champion marked")
-    commands.add_parser("champion", help="print the champion's tag")
-    register_cmd = commands.add_parser("register", help="save the exported, gate-passed model")
+    add_command(commands, "list", _list_command, "registered models, the champion marked")
+    add_command(commands, "champion", _champion_command, "print the champion's tag")
+    register_cmd = add_command(commands, "register", _register_command, "save the exported, gate-passed model")
     register_cmd.add_argument("--export-dir", type=Path, default=Path("export"))
     register_cmd.add_argument("--gate-dir", type=Path, default=Path("gate"))
     register_cmd.add_argument("--promote", action="store_true", help="also make it the champion")
-    promote_cmd = commands.add_parser("promote", help="make TAG the champion")
+    promote_cmd = add_command(commands, "promote", _promote_command, "make TAG the champion")
     promote_cmd.add_argument("tag")
-    commands.add_parser("rollback", help="restore the previous champion")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "list":
-            for row in list_models():
-                marker = "*" if row["champion"] else " "
-                print(
-                    f"{marker} {row['tag']}  created {row['created']}  data {row['data_version']}  "
-                    f"accuracy {row['accuracy']}"
-                )
-        elif args.command == "champion":
-            champion = find_champion()
-            print(champion.tag if champion else "none")
-        elif args.command == "register":
-            from transferline.evaluation.lineage import collect_lineage
+    add_command(commands, "rollback", _rollback_command, "restore the previous champion")
+    return parser
 
-            tag = register(args.export_dir, args.gate_dir, collect_lineage(Path.cwd()))
-            print(tag)
-            if args.promote:
-                promote(tag)
-                print(f"champion: {tag}")
-        elif args.command == "promote":
-            print(f"champion: {promote(args.tag)}")
-        elif args.command == "rollback":
-            print(f"champion: {rollback()}")
-    except TransferlineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(None, build_parser(), argv)
 
 
 if __name__ == "__main__":

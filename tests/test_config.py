@@ -41,3 +41,28 @@ def test_section_that_is_not_a_mapping(tmp_path):
     path.write_text("prepare: 3\n")
     with pytest.raises(ParamsError, match="section 'prepare' must be a mapping"):
         load_section("prepare", PrepareParams, path)
+
+
+def test_every_section_of_params_yaml_is_valid():
+    from tests.conftest import PROJECT_ROOT
+    from transferline.config import SECTION_MODELS, parse_all_sections, read_params_file
+
+    data = read_params_file(PROJECT_ROOT / "params.yaml")
+    parsed = parse_all_sections(data)
+    assert set(parsed) == set(SECTION_MODELS) == set(data)
+    assert parsed["train"].epochs == data["train"]["epochs"]
+
+
+@pytest.mark.parametrize(
+    ("section", "raw", "expected"),
+    [
+        ("train", {"epochs": 1, "warmup_epochs": 1}, "train.warmup_epochs: Value error, must be below epochs (1)"),
+        ("serve", {"port": 0}, "serve.port"),
+        ("gate", {"champion_metric": "loss"}, "gate.champion_metric"),
+    ],
+)
+def test_all_sections_check_each_section_with_its_own_model(section, raw, expected):
+    from transferline.config import parse_all_sections
+
+    with pytest.raises(ParamsError, match=expected.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
+        parse_all_sections({section: raw})

