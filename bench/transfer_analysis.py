@@ -35,7 +35,7 @@ def build_cells(records: list[dict[str, Any]], signals: dict[str, dict[str, floa
                 dataset=key[0],
                 signals=Signals(**{k: signals[name][k] for k in SIGNALS}),
                 accuracy={r: statistics.fmean(x["test_accuracy"] for x in runs) for r, runs in by_recipe.items()},
-                seconds={r: statistics.fmean(x["wall_seconds"] for x in runs) for r, runs in by_recipe.items()},
+                seconds={r: statistics.fmean(x["cpu_seconds"] for x in runs) for r, runs in by_recipe.items()},
                 name=name,
             )
         )

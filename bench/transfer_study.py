@@ -23,9 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,16 +139,19 @@ def measure_cell(prepared: Path, backbone: str, quick: bool) -> dict[str, float]
     key = cache_key(backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model))
     features_dir = prepared.parent / f"features-{backbone}"
     features_dir.mkdir(exist_ok=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     signals, timings = measure_signals(model, train, val, spec, params, runtime, features_dir, key)
     result = {k: signals.value(k) for k in signals.__dataclass_fields__}
-    result["seconds"] = time.perf_counter() - start
+    result["wall_seconds"] = time.perf_counter() - start
+    result["seconds"] = time.process_time() - cpu_start  # CPU seconds, comparable with the runs' cpu_seconds
     result["timings"] = timings
     return result
 
 
 def train_and_test(prepared: Path, backbone: str, overrides: dict[str, Any], seed: int, quick: bool) -> dict:
     """One training through the train stage's core, scored on the test split it never saw."""
+    import torch
+
     from stages import train
     from transferline.data.pixel_cache import load_split, read_dataset
     from transferline.data.preprocessing import PreprocessSpec
@@ -158,6 +161,7 @@ def train_and_test(prepared: Path, backbone: str, overrides: dict[str, Any], see
     params = base_params(backbone, quick, seed=seed, **overrides)
     scratch = prepared.parent / "scratch"
     start = time.perf_counter()
+    cpu_start = time.process_time()
     metrics = train.run(
         params,
         prepared_dir=prepared,
@@ -168,6 +172,7 @@ def train_and_test(prepared: Path, backbone: str, overrides: dict[str, Any], see
         live_dir=None,
     )
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     dataset = read_dataset(prepared)
     spec = PreprocessSpec.from_dict(dataset["preprocess"])
     test = load_split(prepared, "test", len(dataset["classes"]), spec.image_size)
@@ -181,6 +186,8 @@ def train_and_test(prepared: Path, backbone: str, overrides: dict[str, Any], see
         "best_epoch": metrics["best_epoch"],
         "epochs_run": metrics["epochs_run"],
         "wall_seconds": wall,
+        "cpu_seconds": cpu,  # all threads: what the grid's cost is compared in (a busy machine inflates wall time)
+        "threads": torch.get_num_threads(),
         "train_images": int(dataset["splits"]["train"]),
     }
 
@@ -188,17 +195,18 @@ def train_and_test(prepared: Path, backbone: str, overrides: dict[str, Any], see
 # ---------------------------------------------------------------- the grid
 
 
-def run_grid(args: argparse.Namespace) -> dict[str, Any]:
+def run_grid(args: argparse.Namespace, checkpoint: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     from transferline.model.backbones import BACKBONES, get_spec, imagenet_normalization
 
     state_file = args.work / "runs.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {"runs": [], "signals": {}}
+    state = load_state(state_file, results_dir() / "transfer_study.json")
     done = {(r["dataset"], r["size"], r["backbone"], r["recipe"], r["seed"]) for r in state["runs"]}
     started = time.perf_counter()
-    for dataset in args.datasets:
-        source = args.sources[dataset]
-        for size in args.sizes:
-            for backbone in args.backbones:
+    cpu_name = machine()["cpu"]
+    for backbone in args.backbones:  # backbone outermost: one backbone's whole grid is a complete study
+        for dataset in args.datasets:
+            source = args.sources[dataset]
+            for size in args.sizes:
                 norm = imagenet_normalization(get_spec(backbone))
                 prepared = prepared_data(args.work, dataset, source, size, norm, args.image_size)
                 name = cell_name((dataset, size, backbone))
@@ -212,7 +220,13 @@ def run_grid(args: argparse.Namespace) -> dict[str, Any]:
                         if (dataset, size, backbone, recipe, seed) in done:
                             continue
                         result = train_and_test(prepared, backbone, overrides, seed, args.quick)
-                        record = {"dataset": dataset, "size": size, "backbone": backbone, "recipe": recipe}
+                        record = {
+                            "dataset": dataset,
+                            "size": size,
+                            "backbone": backbone,
+                            "recipe": recipe,
+                            "cpu": cpu_name,
+                        }
                         state["runs"].append({**record, "seed": seed, "overrides": overrides, **result})
                         atomic.write_json(state_file, state)
                         log.info(
@@ -223,8 +237,20 @@ def run_grid(args: argparse.Namespace) -> dict[str, Any]:
                             result["test_accuracy"],
                             result["wall_seconds"],
                         )
+                checkpoint(state)
     state["grid_wall_seconds_this_run"] = time.perf_counter() - started
     return state
+
+
+def load_state(state_file: Path, results_file: Path) -> dict[str, Any]:
+    """Runs so far: the work folder's runs.json, else the last committed results (a study resumes on
+    another machine too; each run records the machine it ran on)."""
+    for path in (state_file, results_file):
+        if path.is_file():
+            document = json.loads(path.read_text())
+            if "runs" in document and "signals" in document:
+                return {"runs": document["runs"], "signals": document["signals"]}
+    return {"runs": [], "signals": {}}
 
 
 def analyse(state: dict[str, Any]) -> dict[str, Any]:
@@ -257,7 +283,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     with_fastai = [c for c in cells if c.name in fastai]
     for cell in with_fastai:
         cell.accuracy["fastai"] = statistics.fmean(r["test_accuracy"] for r in fastai[cell.name])
-        cell.seconds["fastai"] = statistics.fmean(r["wall_seconds"] for r in fastai[cell.name])
+        cell.seconds["fastai"] = statistics.fmean(r["cpu_seconds"] for r in fastai[cell.name])
     if with_fastai:
         # judged against the best of the grid's recipes, not against itself
         verdicts["fastai fine_tune"] = _judge_outside_grid(with_fastai, "fastai", errors)
@@ -305,7 +331,8 @@ def _judge_outside_grid(cells, recipe: str, errors: dict[str, float]) -> dict[st
 
 def cost_model(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Seconds per training image per epoch, by backbone and strategy, from the study's own runs (median);
-    feature extraction per image once. `auto` uses it to fit a recipe into `train.time_budget_s`."""
+    feature extraction per image once. `auto` uses it to fit a recipe into `train.time_budget_s`. CPU
+    seconds over the run's threads: the wall time the run would take alone on the machine."""
     samples: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         images = run.get("train_images")
@@ -313,7 +340,9 @@ def cost_model(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             continue
         strategy = run["overrides"]["strategy"]
         epochs = 1 if strategy == "feature_extraction" else max(1, run["epochs_run"])
-        samples.setdefault(run["backbone"], {}).setdefault(strategy, []).append(run["wall_seconds"] / (epochs * images))
+        samples.setdefault(run["backbone"], {}).setdefault(strategy, []).append(
+            run["cpu_seconds"] / run["threads"] / (epochs * images)
+        )
     return {b: {s: statistics.median(v) for s, v in by.items()} for b, by in samples.items()}
 
 
@@ -357,11 +386,13 @@ def curves(state: dict[str, Any], out_dir: Path) -> list[str]:
     return written
 
 
-def markdown(state: dict[str, Any], analysis: dict[str, Any], pictures: list[str], wall: float) -> str:
+def markdown(state: dict[str, Any], analysis: dict[str, Any], pictures: list[str], cpu: float, final: bool) -> str:
     lines = ["# Transfer study", ""]
+    if not final:
+        lines += ["**Partial: the grid is still running (or was stopped); the figures cover the cells listed.**", ""]
     lines += [
-        f"Machine: {state['machine']['cpu']}, {state['machine']['cores']} cores. Grid wall time "
-        f"(all runs, summed): {wall / 3600:.2f} h.",
+        f"Machine: {state['machine']['cpu']}, {state['machine']['cores']} cores. Grid CPU time "
+        f"(every run and signal measurement, summed over threads): {cpu / 3600:.2f} h.",
         "",
     ]
     lines += [
@@ -417,32 +448,37 @@ def main(argv: list[str] | None = None) -> None:
         args.sources, args.datasets, args.sizes = quick_sources(args.work), ["tiny_a", "tiny_b"], [6]
         args.backbones, args.image_size = ["mobilenet_v2"], 32
     args.work.mkdir(parents=True, exist_ok=True)
-    state = run_grid(args)
+    state = run_grid(args, lambda partial: report(partial, args, out_dir, final=False))
+    report(state, args, out_dir, final=True)
+
+
+def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final: bool) -> None:
+    """Write the results so far; the rule only once the whole grid has run (a partial grid would fit a
+    rule to whichever cells happened to finish)."""
     state["machine"] = machine()
     analysis = analyse(state)
-    wall = sum(r["wall_seconds"] for r in state["runs"]) + sum(s["seconds"] for s in state["signals"].values())
+    cpu = sum(r["cpu_seconds"] for r in state["runs"]) + sum(s["seconds"] for s in state["signals"].values())
     pictures = curves(state, out_dir)
     payload = {
         "machine": state["machine"],
-        "grid_seconds": wall,
+        "complete": final,
+        "grid_cpu_seconds": cpu,
+        **analysis,
         "runs": state["runs"],
         "signals": state["signals"],
-        **analysis,
     }
-    write_results("transfer_study", payload, markdown(state, analysis, pictures, wall))
-    if analysis["rule"] is not None:
+    write_results("transfer_study", payload, markdown(state, analysis, pictures, cpu, final))
+    if final and analysis["rule"] is not None:
         rule_file = RULE_FILE if not args.quick else out_dir / "advisor_rule.json"
-        atomic.write_json(
-            rule_file,
-            {
-                **analysis["rule"],
-                "fitted_on": sorted({c["cell"] for c in analysis["cells"]}),
-                "machine": state["machine"]["cpu"],
-            },
-        )
+        fitted_on = sorted({c["cell"] for c in analysis["cells"]})
+        document = {
+            **analysis["rule"],
+            "image_size": args.image_size,
+            "fitted_on": fitted_on,
+            "machine": state["machine"]["cpu"],
+        }
+        atomic.write_json(rule_file, document)
         log.info("advisor rule written to %s", rule_file)
-    if not math.isfinite(wall):
-        raise SystemExit("the study produced no timings")
 
 
 def quick_sources(work: Path) -> dict[str, dict[str, Any]]:
