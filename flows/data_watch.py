@@ -18,6 +18,15 @@ from flows.pipeline import pipeline, stage_task
 from transferline.cli import cli_parser, run_command
 from transferline.evaluation.lineage import dvc_out_hash
 
+RETRAIN_TAGS = ("data-watch", "raw-data-changed")
+
+
+def retrain_reason(trained_on: str | None, current: str) -> str:
+    """Why the data watch starts a retraining, in the words its runs record."""
+    if trained_on is None:
+        return f"raw data {current}: no champion was trained on it (none is serving)"
+    return f"raw data changed: {trained_on} -> {current}"
+
 
 def champion_raw_md5() -> str | None:
     from serving.registry import find_champion
@@ -39,14 +48,22 @@ def data_watch(repo: str = ".", pipeline_deployment: str | None = None, retrain:
         return Completed(message=f"raw data unchanged ({current}): no retraining")
     if not retrain:
         return Completed(message=f"raw data changed ({trained_on} -> {current}); retraining not requested")
-    logger.info("raw data %s differs from the champion's %s: retraining", current, trained_on)
+    reason = retrain_reason(trained_on, current)
+    logger.info("retraining: %s", reason)
     if pipeline_deployment:
         from prefect.deployments import run_deployment
 
-        run = run_deployment(pipeline_deployment, parameters={"repo": str(root)}, timeout=0)
-        return Completed(message=f"raw data changed ({current}): triggered {pipeline_deployment} run {run.id}")
+        # the run carries the reason in its name and tags, so the server's UI and API say why it started
+        run = run_deployment(
+            pipeline_deployment,
+            parameters={"repo": str(root)},
+            flow_run_name=f"retrain: {reason}",
+            tags=RETRAIN_TAGS,
+            timeout=0,
+        )
+        return Completed(message=f"{reason}: triggered {pipeline_deployment} run {run.id}")
     state = pipeline(repo=str(root), return_state=True)
-    return Completed(message=f"raw data changed ({current}): pipeline {state.name}: {state.message}")
+    return Completed(message=f"{reason}: pipeline {state.name}: {state.message}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,8 +3,10 @@
 Writes `export/`: model.onnx (one self-contained file, ONNX Runtime's portable optimisations
 saved), preprocess.json and classes.json (what the service needs to feed it), an INT8 variant
 only if it stays within `export.int8_max_accuracy_drop` on the validation split, and
-export_report.json (opset, parity at batch 1 and a larger batch on real test images, latency,
-size) that the gate reads. The gate, not this stage, decides whether the figures are good enough.
+export_report.json (opset, parity at batch 1 and a larger batch on real test images, size) that
+the gate reads. Latency is a measurement, different on every run, so it goes to `metrics/export.json`
+(a DVC metric, not part of `export/`): the same model exports to the same bytes and the same DVC hash.
+The gate, not this stage, decides whether the figures are good enough.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = logging.getLogger("transferline.export")
 MODELS_DIR = Path("models")
 PREPARED_DIR = Path("data/prepared")
 EXPORT_DIR = Path("export")
+METRICS_FILE = Path("metrics/export.json")
 
 
 def int8_variant(
@@ -64,7 +67,6 @@ def int8_variant(
         "bytes": target.stat().st_size,
     }
     if kept:
-        result["latency"] = measure_latency(int8_session, spec.image_size, 1, params.latency_seconds)
         result["summary"] = (
             f"kept (model.int8.onnx): validation accuracy {int8_acc:.4f} vs {fp32_acc:.4f} FP32, "
             f"{result['bytes'] / 1e6:.2f} MB"
@@ -84,7 +86,9 @@ def run(
     spec: PreprocessSpec,
     prepared_dir: Path = PREPARED_DIR,
     export_dir: Path = EXPORT_DIR,
+    metrics_file: Path = METRICS_FILE,
 ) -> dict:
+    """Writes export/ and the latency metrics; returns the report with the latency figures merged in."""
     test_images = load_split(prepared_dir, "test", len(classes), spec.image_size).images
     sample = np.asarray(test_images[: params.parity_images])
     reference = torch_logits(model, sample, spec, params.parity_batch_size)
@@ -106,6 +110,8 @@ def run(
                 check_parity(reference, session, pixels, batch).to_dict() for batch in (1, params.parity_batch_size)
             ],
             "parity_images": len(sample),
+        }
+        latency = {
             "latency": measure_latency(session, spec.image_size, 1, params.latency_seconds),
             "latency_batch": measure_latency(
                 session, spec.image_size, params.parity_batch_size, params.latency_seconds / 2
@@ -113,11 +119,17 @@ def run(
         }
         if params.int8:
             report["int8"] = int8_variant(model_path, tmp / "model.int8.onnx", params, spec, prepared_dir, len(classes))
+            if report["int8"]["kept"]:
+                latency["latency_int8"] = measure_latency(
+                    cpu_session(tmp / "model.int8.onnx"), spec.image_size, 1, params.latency_seconds
+                )
         else:
             report["int8"] = {"kept": False, "summary": "not built (export.int8 is false)"}
         atomic.write_json(tmp / "preprocess.json", spec.to_dict())
         atomic.write_json(tmp / "classes.json", {"classes": classes})
         atomic.write_json(tmp / "export_report.json", report)
+    atomic.write_json(metrics_file, latency)
+    report = {**report, **latency}
     worst = max(p["max_abs_diff"] for p in report["parity"])
     log.info(
         "exported opset %d, %.2f MB, parity max |diff| %.2e, batch-1 p50 %.2f ms; INT8: %s",

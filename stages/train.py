@@ -140,6 +140,27 @@ def fit_feature_extraction(
     )
 
 
+# How a run went, not what it made: timings and cache hits go to metrics/train.json only, so that
+# models/ (and every stage after it) hashes the same when the same params and data are trained again.
+RUN_ONLY_KEYS = ("features_from_cache",)
+
+
+def model_facts(extra: dict) -> dict:
+    """`extra` as model.json records it: without timings or cache hits."""
+    facts = {key: value for key, value in extra.items() if key not in RUN_ONLY_KEYS}
+    if "probe" in facts:
+        facts["probe"] = {key: value for key, value in facts["probe"].items() if key != "seconds"}
+    return facts
+
+
+def run_facts(extra: dict) -> dict:
+    """What metrics/train.json adds from `extra`: the head's fit time and whether features came from the cache."""
+    facts = {key: extra[key] for key in RUN_ONLY_KEYS if key in extra}
+    if "probe" in extra:
+        facts["head_fit_seconds"] = extra["probe"]["seconds"]
+    return facts
+
+
 def ensure_features_dir(features_dir: Path) -> None:
     """The feature cache is a DVC out of this stage whatever the strategy: make it exist, never clobber it."""
     if not (features_dir / KEY_FILE).is_file():
@@ -218,7 +239,7 @@ def run(
         "train_images_per_s": statistics.median(rates) if rates else None,
         "wall_seconds": wall,
         "data_version": dataset["data_version"],
-        **({"head_fit_seconds": result.extra["probe"]["seconds"]} if "probe" in result.extra else {}),
+        **run_facts(result.extra),
     }
     meta = {
         "backbone": params.backbone,
@@ -244,8 +265,7 @@ def run(
             "resumed_from_epoch": result.resumed_from_epoch,
             "params_digest": digest,
             "runtime": runtime.describe(),
-            "wall_seconds": wall,
-            **result.extra,
+            **model_facts(result.extra),
         },
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
     }

@@ -77,9 +77,11 @@ def image_tree(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-def run_tool(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a real command-line tool with the project's venv first on PATH."""
-    result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True)
+def run_tool(
+    args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a real command-line tool with the project's venv first on PATH (and `env` added)."""
+    result = subprocess.run(args, cwd=cwd, env={**tool_env(), **(env or {})}, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -133,4 +135,14 @@ def tiny_pipeline_repo(repo: Path, **sections: dict) -> Path:
         params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     init_git_dvc(repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny_pipeline_repo after one uninterrupted `dvc repro` of every stage, with no champion to compare
+    against (an empty BentoML home). Built once per session and shared: read it, never change it."""
+    root = tmp_path_factory.mktemp("trained-tiny-pipeline")
+    repo = tiny_pipeline_repo(root / "repo")
+    run_tool(["dvc", "repro"], repo, env={"BENTOML_HOME": str(root / "bentoml")})
     return repo

@@ -54,8 +54,15 @@ def run_candidate(root: Path, model, name: str, gate_params: GateParams, champio
     metrics_file = root / name / "metrics.json"
     evaluate.run(EvaluateParams(), model, classes, SPEC, prepared, metrics_file, root / name / "plots")
     export_dir = root / name / "export"
+    export_metrics = root / name / "export-metrics.json"
     export.run(
-        ExportParams(parity_images=40, latency_seconds=0.2, int8=False), model, classes, SPEC, prepared, export_dir
+        ExportParams(parity_images=40, latency_seconds=0.2, int8=False),
+        model,
+        classes,
+        SPEC,
+        prepared,
+        export_dir,
+        export_metrics,
     )
     return gate.run(
         gate_params,
@@ -67,6 +74,7 @@ def run_candidate(root: Path, model, name: str, gate_params: GateParams, champio
         prepared,
         root / "data" / "raw",
         root,
+        export_metrics,
     )
 
 
@@ -152,6 +160,7 @@ def test_exported_file_has_a_dynamic_batch_and_matches_pytorch(workspace, tmp_pa
         SPEC,
         root / "data" / "prepared",
         export_dir,
+        tmp_path / "export-metrics.json",
     )
     assert sorted(p.name for p in export_dir.iterdir() if "int8" not in p.name) == [
         "classes.json",
@@ -159,6 +168,12 @@ def test_exported_file_has_a_dynamic_batch_and_matches_pytorch(workspace, tmp_pa
         "model.onnx",
         "preprocess.json",
     ]  # one self-contained file: no stray .onnx.data
+    # latency is measured, so it lives in the metrics file, never in export/ (whose hash must not vary)
+    measured = json.loads((tmp_path / "export-metrics.json").read_text())
+    assert measured["latency"]["p95_ms"] > 0 and report["latency"] == measured["latency"]
+    assert "latency" not in json.loads((export_dir / "export_report.json").read_text())
+    project_root = str(Path(__file__).resolve().parents[1]).encode()
+    assert project_root not in (export_dir / "model.onnx").read_bytes()  # no source paths: same bytes anywhere
     assert report["opset"] >= 17 and report["batch_axis"]
     assert all(p["max_abs_diff"] < 1e-4 and p["top1_agreement"] == 1.0 for p in report["parity"])
     session = cpu_session(export_dir / "model.onnx")
@@ -183,6 +198,7 @@ def test_tampered_onnx_fails_parity(workspace, tmp_path):
         SPEC,
         root / "data" / "prepared",
         export_dir,
+        tmp_path / "export-metrics.json",
     )
     proto = onnx.load(str(export_dir / "model.onnx"))
     weight = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))

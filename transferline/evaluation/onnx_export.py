@@ -44,12 +44,36 @@ def export_onnx(model, image_size: int, target: Path) -> dict:
             verbose=False,
         )
     proto = onnx.load(str(target))
+    if strip_source_locations(proto.graph):
+        onnx.save(proto, str(target))
     onnx.checker.check_model(proto)
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     if not batch_dim.dim_param:
         raise RuntimeError(f"exported batch axis is fixed at {batch_dim.dim_value}, expected dynamic")
     opset = next(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx"))
     return {"opset": int(opset), "batch_axis": batch_dim.dim_param, "bytes": target.stat().st_size}
+
+
+SOURCE_LOCATION_KEYS = frozenset({"pkg.torch.onnx.stack_trace"})
+
+
+def strip_source_locations(graph) -> int:
+    """Drop the exporter's per-node Python stack traces; returns how many were dropped.
+
+    They name the absolute path of the checkout that ran the export, so the same model exported from two
+    clones would differ byte for byte (and so would its DVC hash); they serve only to debug the exporter.
+    """
+    dropped = 0
+    for node in graph.node:
+        kept = [prop for prop in node.metadata_props if prop.key not in SOURCE_LOCATION_KEYS]
+        if len(kept) != len(node.metadata_props):
+            dropped += len(node.metadata_props) - len(kept)
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+        for attribute in node.attribute:
+            for subgraph in (attribute.g, *attribute.graphs):
+                dropped += strip_source_locations(subgraph)
+    return dropped
 
 
 def _forward_arg_names(model) -> Iterator[str]:
