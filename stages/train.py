@@ -193,10 +193,10 @@ def run(
     train = load_split(prepared_dir, "train", len(classes), spec.image_size)
     val = load_split(prepared_dir, "val", len(classes), spec.image_size)
     key = cache_key(params.backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model))
-    advice = None
+    advice, advice_timings = None, {}
     if params.strategy == "auto":
         ensure_features_dir(features_dir)
-        params, advice = advise(
+        params, advice, advice_timings = advise(
             params, model, train, val, spec, runtime, features_dir, key, len(model.blocks()), params.advisor_rule
         )
     plan = make_plan(model, params)
@@ -240,6 +240,7 @@ def run(
         "wall_seconds": wall,
         "data_version": dataset["data_version"],
         **run_facts(result.extra),
+        **({"auto_recipe": advice.recipe, "advice_seconds": sum(advice_timings.values())} if advice else {}),
     }
     meta = {
         "backbone": params.backbone,

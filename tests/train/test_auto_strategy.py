@@ -81,6 +81,10 @@ def test_auto_follows_the_rule_and_records_its_advice(study: Path, run_train, tm
     assert 0 <= advice["signals"]["probe_accuracy"] <= 1 and advice["signals"]["num_classes"] == 3
     meta = json.loads((tmp_path / "out" / "models" / "model.json").read_text())
     assert meta["strategy"] == "partial" and meta["advice"]["recipe"] == "partial_half"
+    # a second run gives the same models/ bytes: no timing reaches the advice or the model's description
+    run_train(make_tiny_params(strategy="auto", advisor_rule=rule_file), out="again")
+    for name in ("advice.json", "model.json", "model.pt"):
+        assert (tmp_path / "out" / "models" / name).read_bytes() == (tmp_path / "again" / "models" / name).read_bytes()
 
 
 def test_auto_without_a_rule_says_how_to_get_one(run_train, tmp_path: Path):

@@ -161,13 +161,15 @@ def advise(
     key: dict,
     num_blocks: int,
     rule_path: Path,
-) -> tuple[TrainParams, Advice]:
-    """Measure, decide, and return the train params the advice resolves to (strategy no longer auto)."""
+) -> tuple[TrainParams, Advice, dict[str, float]]:
+    """Measure, decide, and return the train params the advice resolves to (strategy no longer auto), the
+    advice, and how long measuring took."""
     rule = load_rule(rule_path)
     signals, timings = measure_signals(model, train, val, spec, params, runtime, features_dir, key)
     costs = seconds_per_image_epoch(rule, params.backbone, spec.image_size)
     advice = decide(signals, rule, num_blocks, len(train), costs, params.time_budget_s)
-    advice.notes.append(f"signals measured in {sum(timings.values()):.1f} s")
     resolved = TrainParams(**{**params.model_dump(), **advice.params})
-    log.info("%s", advice.summary())
-    return resolved, advice
+    # the timings go to the log (and metrics/train.json), never into advice.json: models/ must hash the same
+    # for the same params and data
+    log.info("%s (signals measured in %.1f s)", advice.summary(), sum(timings.values()))
+    return resolved, advice, timings
