@@ -6,20 +6,20 @@ known and printed beside the answer.
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
 from flows.service_control import controller_from_params
 from serving.client import ClientError, classify, render
+from transferline.data.manifest import split_rows
+from transferline.errors import DataError
 
 SAMPLE_PHOTO = Path("data/external/samples/chelsea.jpg")
 
 
 def first_test_image(repo: Path) -> tuple[Path, str]:
-    with open(repo / "data" / "prepared" / "manifest.csv", newline="") as handle:
-        row = next(r for r in csv.DictReader(handle) if r["split"] == "test")
-    return repo / "data" / "raw" / row["path"], row["label"]
+    row = split_rows(repo / "data" / "prepared", "test")[0]
+    return repo / "data" / "raw" / row.path, row.label
 
 
 def main(repo: Path = Path(".")) -> int:
@@ -28,12 +28,12 @@ def main(repo: Path = Path(".")) -> int:
     if service_main(["ensure", "--repo", str(repo)]) != 0:
         return 2
     url = controller_from_params(repo).url
-    image, label = first_test_image(repo)
-    paths = [image, *([repo / SAMPLE_PHOTO] if (repo / SAMPLE_PHOTO).is_file() else [])]
     try:
+        image, label = first_test_image(repo)
+        paths = [image, *([repo / SAMPLE_PHOTO] if (repo / SAMPLE_PHOTO).is_file() else [])]
         for path in paths:
             print(render([path], classify([path], url=url, top_k=3)))
-    except ClientError as exc:
+    except (ClientError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"(the test image's true label: {label}; the photo is outside the model's classes)")
