@@ -45,9 +45,9 @@ def last_error_line(output: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def repro_stage(stage: str, repo: Path, log: Callable[[str], None] = print, force: bool = False) -> StageOutcome:
+def repro_stage(stage: str, repo: Path, log: Callable[[str], None] = print) -> StageOutcome:
     """`dvc repro --single-item STAGE`; upstream stages are the flow's earlier tasks."""
-    args = ["dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
+    args = ["dvc", "repro", "--single-item", stage]
     start = time.perf_counter()
     process = subprocess.Popen(
         args, cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1

@@ -23,6 +23,33 @@ def checks_table(decision: dict) -> list[str]:
     ]
 
 
+def champion_lines(decision: dict) -> list[str]:
+    """The comparison with the serving champion: both accuracies, the discordant images, the test's verdict."""
+    score, class_set = decision.get("champion"), decision.get("class_set")
+    if class_set is None:
+        return ["- no champion was serving: nothing to compare against"]
+    lines = []
+    if class_set["added"] or class_set["removed"]:
+        allowed = "allowed" if class_set["allowed"] else "not allowed (gate.allow_class_change: false)"
+        added, removed = ", ".join(class_set["added"]) or "-", ", ".join(class_set["removed"]) or "-"
+        lines.append(
+            f"- classes differ from champion `{class_set['champion_tag']}`: added {added}, removed {removed}; {allowed}"
+        )
+    else:
+        lines.append(f"- same classes as champion `{class_set['champion_tag']}`")
+    if score is not None:
+        worse = score["p_value"] < score["alpha"]
+        lines += [
+            f"- {score['metric']} on the same {score['n_images']} test images: "
+            f"candidate {fmt(score['candidate_value'])}, champion {fmt(score['champion_value'])}",
+            f"- right only by the candidate: {score['candidate_only_correct']} images; only by the champion: "
+            f"{score['champion_only_correct']}",
+            f"- {score['test']}: p = {fmt(score['p_value'])}, alpha = {fmt(score['alpha'])} "
+            f"({'worse beyond chance: rejected' if worse else 'no significant regression'})",
+        ]
+    return lines
+
+
 def render_model_card(model_meta: dict, metrics: dict, export_report: dict, decision: dict, lineage: dict) -> str:
     classes = model_meta.get("classes", [])
     train_params = model_meta.get("params", {})
@@ -34,6 +61,10 @@ def render_model_card(model_meta: dict, metrics: dict, export_report: dict, deci
         f"**{'PASSED' if decision['passed'] else 'REJECTED'}** by the deployment gate. {decision['reason']}",
         "",
         *checks_table(decision),
+        "",
+        "## Against the serving champion",
+        "",
+        *champion_lines(decision),
         "",
         "## Lineage",
         "",
