@@ -174,3 +174,11 @@ def test_the_report_lines_give_both_accuracies_the_discordant_counts_the_p_value
     assert f"p = {score.p_value:.4g}, alpha = 0.05 (worse beyond chance: rejected)" in text
     first = evaluate_gate(metrics(), EXPORT_REPORT, GateParams(), None, "no champion is deployed yet")
     assert champion_lines(first) == ["- no champion was serving: nothing to compare against"]
+
+
+def test_the_checks_table_shows_a_threshold_only_where_there_is_one():
+    from transferline.evaluation.model_card import checks_table
+
+    change = ClassChange.between("m:1", ["a", "b"], ["a", "c"])
+    rows = checks_table(evaluate_gate(metrics(), EXPORT_REPORT, GateParams(), None, "n/a here", change))
+    assert "| class_set | n/a | n/a | fail |" in rows and "| accuracy | 0.9 | >= 0.8 | pass |" in rows

@@ -11,15 +11,17 @@ def fmt(value) -> str:
     return str(value)
 
 
+def threshold_cell(check: dict) -> str:
+    """`>= 0.8`; `n/a` for a check without a numeric threshold (class_set, or one not applicable)."""
+    return "n/a" if check["threshold"] is None else f"{check['comparison']} {fmt(check['threshold'])}"
+
+
 def checks_table(decision: dict) -> list[str]:
     """The gate's checks as markdown table lines."""
     return [
         "| check | value | threshold | verdict |",
         "|---|---|---|---|",
-        *(
-            f"| {c['name']} | {fmt(c['value'])} | {c['comparison']} {fmt(c['threshold'])} | {c['verdict']} |"
-            for c in decision["checks"]
-        ),
+        *(f"| {c['name']} | {fmt(c['value'])} | {threshold_cell(c)} | {c['verdict']} |" for c in decision["checks"]),
     ]
 
 
