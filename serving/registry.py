@@ -258,6 +258,12 @@ def list_models() -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="transferline model registry (BentoML model store)")
+    parser.add_argument(
+        "--project",
+        type=Path,
+        default=Path("."),
+        help=f"project whose {CHAMPION_FILE} promote, rollback and sync write (default: the current directory)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="registered models, the champion marked")
     commands.add_parser("champion", help="print the champion's tag")
@@ -287,14 +293,14 @@ def main(argv: list[str] | None = None) -> int:
             tag = register(args.export_dir, args.gate_dir, collect_lineage(Path.cwd()))
             print(tag)
             if args.promote:
-                promote(tag)
+                promote(tag, args.project)
                 print(f"champion: {tag}")
         elif args.command == "promote":
-            print(f"champion: {promote(args.tag)}")
+            print(f"champion: {promote(args.tag, args.project)}")
         elif args.command == "rollback":
-            print(f"champion: {rollback()}")
+            print(f"champion: {rollback(args.project)}")
         elif args.command == "sync":
-            changed = sync_champion_file()
+            changed = sync_champion_file(args.project)
             print(f"{CHAMPION_FILE}: {'updated' if changed else 'already current'}")
     except TransferlineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -119,3 +119,21 @@ def test_a_missing_or_foreign_champion_file_is_a_precise_error(tmp_path):
     (tmp_path / "champion.json").write_text("not json")
     with pytest.raises(RegistryError, match=r"is not a champion record"):
         read_champion_file(tmp_path)
+
+
+def test_the_cli_syncs_the_champion_file_of_the_project_it_is_given(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "champion.json").write_text(json.dumps({"champion": "gone:1", "export_md5": "m"}))
+    env = {**os.environ, **QUIET_ENV, "BENTOML_HOME": str(tmp_path / "bentoml"), "PYTHONPATH": str(PROJECT_ROOT)}
+
+    def sync() -> str:
+        args = [sys.executable, "-m", "serving.registry", "--project", str(project), "sync"]
+        result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert sync() == "champion.json: updated"  # an empty registry has no champion
+    assert json.loads((project / "champion.json").read_text()) == {"champion": None, "export_md5": None}
+    assert sync() == "champion.json: already current"
+    assert not (tmp_path / "champion.json").exists()  # the working directory is not the project
