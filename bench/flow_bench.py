@@ -37,7 +37,7 @@ def small_repo(root: Path) -> Path:
     """A git+DVC copy of the pipeline on 3 generated classes x 20 images, with quick training."""
     repo = root / "repo"
     repo.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml", "stages", "transferline"):
+    for name in ("dvc.yaml", "params.yaml", "champion.json", "stages", "transferline", "serving"):  # every dvc.yaml dep
         source = PROJECT_ROOT / name
         copy = shutil.copytree if source.is_dir() else shutil.copy2
         copy(source, repo / name)

@@ -110,7 +110,7 @@ def build_store(home: Path, work: Path) -> str:
         f"write_export_dir(mobilenet_v2({NUM_CLASSES}), classes, {IMAGE_SIZE}, work / 'export')\n"
         "lineage = {'git_commit': 'bench', 'data_version': 'bench-random-init'}\n"
         "write_gate_dir(work / 'gate', True, lineage)\n"
-        "print(promote(register(work / 'export', work / 'gate', lineage)))\n"
+        "print(promote(register(work / 'export', work / 'gate', lineage), project=work))\n"
     )
     env = {**os.environ, "BENTOML_HOME": str(home), "DO_NOT_TRACK": "1", "BENTOML_DO_NOT_TRACK": "true"}
     result = subprocess.run(

@@ -7,21 +7,20 @@ known and printed beside the answer.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 from flows.service_control import controller_from_params
 from serving.client import classify, render
 from transferline.cli import cli_parser, run_command
+from transferline.data.manifest import split_rows
 
 SAMPLE_PHOTO = Path("data/external/samples/chelsea.jpg")
 
 
 def first_test_image(repo: Path) -> tuple[Path, str]:
-    with open(repo / "data" / "prepared" / "manifest.csv", newline="") as handle:
-        row = next(r for r in csv.DictReader(handle) if r["split"] == "test")
-    return repo / "data" / "raw" / row["path"], row["label"]
+    row = split_rows(repo / "data" / "prepared", "test")[0]
+    return repo / "data" / "raw" / row.path, row.label
 
 
 def ask_champion(repo: Path) -> int:

@@ -72,12 +72,11 @@ def repro_stage(
     stage: str,
     repo: Path,
     log: Callable[[str], None] = print,
-    force: bool = False,
     debug: Callable[[str], None] = _ignore,
 ) -> StageOutcome:
     """`dvc repro --single-item STAGE`; upstream stages are the flow's earlier tasks. Output lines go to `log`,
     DVC's git hints and blank lines to `debug`."""
-    args = ["dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
+    args = ["dvc", "repro", "--single-item", stage]
     start = time.perf_counter()
     process = subprocess.Popen(
         args, cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1

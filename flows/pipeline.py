@@ -12,7 +12,6 @@ if that check fails); a rejected one leaves the champion serving.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from dataclasses import asdict
@@ -29,6 +28,7 @@ from flows.params_override import apply_overrides, overridden_params
 from flows.report import per_class_rows, run_report_markdown
 from flows.service_control import ServiceController, ServiceFailed, controller_from_params
 from transferline.cli import cli_parser, run_command
+from transferline.data.manifest import split_rows
 from transferline.errors import ParamsError, TransferlineError
 from transferline.evaluation.lineage import collect_lineage, dvc_out_hash
 
@@ -55,9 +55,9 @@ def retry_unless_user_error(task, task_run, state) -> bool:
     retry_delay_seconds=[5, 20],
     retry_condition_fn=retry_unless_user_error,
 )
-def stage_task(stage: str, repo: str, force: bool = False) -> dict:
+def stage_task(stage: str, repo: str) -> dict:
     logger = get_run_logger()
-    outcome = repro_stage(stage, Path(repo), logger.info, force=force, debug=logger.debug)
+    outcome = repro_stage(stage, Path(repo), logger.info, debug=logger.debug)
     logger.info("stage %s %s in %.1f s", stage, "ran" if outcome.ran else "was unchanged, skipped", outcome.seconds)
     return asdict(outcome)
 
@@ -68,6 +68,18 @@ def overrides_task(repo: str, overrides: dict[str, Any]) -> dict:
     for key, (old, new) in changed.items():
         get_run_logger().info("params.yaml: %s %r -> %r", key, old, new)
     return {key: new for key, (_, new) in changed.items()}
+
+
+@task(name="sync-champion-file")
+def champion_file_task(repo: str) -> bool:
+    """Make champion.json (a dep of the gate stage) name the registry's champion, so DVC re-runs the gate
+    exactly when the champion it judges against changed, e.g. promoted or rolled back from another checkout."""
+    from serving.registry import sync_champion_file
+
+    changed = sync_champion_file(Path(repo))
+    if changed:
+        get_run_logger().info("champion.json updated from the registry: the gate will judge against the new champion")
+    return changed
 
 
 @task(name="register-model", retries=2, retry_delay_seconds=5)
@@ -83,9 +95,8 @@ def register_task(repo: str) -> str:
 
 def probe_image(repo: Path) -> tuple[str, bytes]:
     """A real test image from the current data, to check the deployed service end to end."""
-    with open(repo / "data" / "prepared" / "manifest.csv", newline="") as handle:
-        row = next(r for r in csv.DictReader(handle) if r["split"] == "test")
-    path = repo / "data" / "raw" / row["path"]
+    row = split_rows(repo / "data" / "prepared", "test")[0]
+    path = repo / "data" / "raw" / row.path
     return path.name, path.read_bytes()
 
 
@@ -106,7 +117,7 @@ def deploy_task(tag: str, repo: str, host: str, port: int) -> dict:
         logger.error("candidate %s failed its preflight: %s", tag, exc)
         kept = f"champion {previous.tag} keeps serving" if previous is not None else "no champion was serving"
         raise DeployFailed(f"deploy of {tag} failed ({exc}); not promoted, {kept}") from exc
-    promote(tag)
+    promote(tag, root)
     try:
         controller.restart()
         answer = controller.classify(image, name)
@@ -115,7 +126,7 @@ def deploy_task(tag: str, repo: str, host: str, port: int) -> dict:
     except Exception as exc:
         logger.error("deploy of %s failed: %s", tag, exc)
         if previous is not None and previous.tag != tag:
-            rollback()
+            rollback(root)
             controller.restart()
             raise DeployFailed(
                 f"deploy of {tag} failed ({exc}); rolled back to {previous.tag}, which is serving"
@@ -135,20 +146,13 @@ def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: b
     logger = get_run_logger()
     if overrides:
         overrides_task(str(root), overrides)
+    champion_file_task(str(root))
     outcomes = [stage_task(stage, str(root)) for stage in PIPELINE_STAGES]
     decision = json.loads((root / "gate" / "decision.json").read_text())
     champion = find_champion()
     current = champion.tag if champion else None
     export_md5 = dvc_out_hash(root, "export", "export")
     already_serving = champion is not None and champion.metadata.get("export_md5") == export_md5
-    if decision.get("champion_at_decision") != current and not already_serving:
-        logger.info(
-            "champion changed since the gate ran (%s -> %s): re-running the gate",
-            decision.get("champion_at_decision"),
-            current,
-        )
-        outcomes[-1] = stage_task("gate", str(root), force=True)
-        decision = json.loads((root / "gate" / "decision.json").read_text())
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
 
     if not decision["passed"]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transferline.evaluation.model_card import checks_table, fmt
+from transferline.evaluation.model_card import champion_lines, checks_table, fmt
 
 
 def run_report_markdown(outcomes: list[dict], metrics: dict, decision: dict, outcome: str) -> str:
@@ -29,6 +29,8 @@ def run_report_markdown(outcomes: list[dict], metrics: dict, decision: dict, out
         decision["reason"],
         "",
         *checks_table(decision),
+        "",
+        *champion_lines(decision),
         "",
     ]
     return "\n".join(lines)

@@ -5,7 +5,13 @@ beside the store (`$BENTOML_HOME/transferline/champion.json`) holding the curren
 history of promotions, changed atomically under a file lock, so promote and rollback are single
 renames and concurrent commands cannot interleave.
 
-CLI: python -m serving.registry list | register | promote TAG | rollback | champion
+The gate judges a candidate against the champion, so the champion is one of its inputs: promote and
+rollback also write the project's `champion.json` (the tag and the export md5 it was registered with, or
+`"champion": null` before the first promotion), which dvc.yaml lists as a dependency of the gate stage.
+A change of champion then re-runs the gate, and nothing else does. The file mirrors the pointer above;
+`sync` rewrites it from the pointer when another checkout promoted a model.
+
+CLI: python -m serving.registry list | register | promote TAG | rollback | champion | sync
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from transferline.data.preprocessing import PreprocessSpec
 from transferline.errors import TransferlineError
 
 MODEL_NAME = "transferline-classifier"
+CHAMPION_FILE = Path("champion.json")  # relative to the project root; a dvc dep of the gate stage
+NO_CHAMPION_RECORD = {"champion": None, "export_md5": None}
 BUNDLE_FILES = ("model.onnx", "preprocess.json", "classes.json", "export_report.json")
 OPTIONAL_FILES = ("model.int8.onnx",)
 
@@ -141,8 +149,52 @@ def _get(tag: str):
         raise RegistryError(f"no model {tag!r} in the BentoML model store (see `list`)") from None
 
 
-def promote(tag: str) -> str:
-    """Make `tag` the champion; refuses a model whose gate did not pass."""
+def champion_record(tag: str | None) -> dict:
+    """What identifies a champion for the gate: its tag and the DVC md5 of the export it was registered from."""
+    if tag is None:
+        return dict(NO_CHAMPION_RECORD)
+    return {"champion": tag, "export_md5": _get(tag).info.metadata.get("export_md5")}
+
+
+def read_champion_file(project: Path = Path(".")) -> dict:
+    """The project's champion.json; RegistryError when it is missing or not what `write_champion_file` writes."""
+    path = project / CHAMPION_FILE
+    if not path.is_file():
+        raise RegistryError(
+            f"{path} does not exist: it is part of the project (the gate stage depends on it); restore it with "
+            "`git checkout -- champion.json` or write it with `python -m serving.registry sync`"
+        )
+    try:
+        record = json.loads(path.read_text())
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or set(record) != set(NO_CHAMPION_RECORD):
+        raise RegistryError(
+            f"{path} is not a champion record ({{'champion': TAG or null, 'export_md5': ...}}): "
+            "rewrite it with `python -m serving.registry sync`"
+        )
+    return record
+
+
+def write_champion_file(project: Path, tag: str | None) -> bool:
+    """Write the champion record atomically, only when it changed (so DVC sees a change only then)."""
+    path = project / CHAMPION_FILE
+    record = champion_record(tag)
+    if path.is_file():
+        with contextlib.suppress(ValueError):
+            if json.loads(path.read_text()) == record:
+                return False
+    atomic.write_json(path, record)
+    return True
+
+
+def sync_champion_file(project: Path = Path(".")) -> bool:
+    """Make the project's champion.json name the registry's current champion; True if it changed."""
+    return write_champion_file(project, read_pointer()["champion"])
+
+
+def promote(tag: str, project: Path = Path(".")) -> str:
+    """Make `tag` the champion and record it in `project`'s champion.json; refuses a model whose gate did not pass."""
     model = _get(tag)
     decision = model.info.metadata.get("gate_decision", {})
     if not decision.get("passed"):
@@ -152,16 +204,18 @@ def promote(tag: str) -> str:
         if state["champion"] != tag:
             state["history"].append({"tag": tag, "previous": state["champion"], "at": _now()})
             state["champion"] = tag
+        write_champion_file(project, tag)
     return tag
 
 
-def rollback() -> str:
-    """Restore the champion that preceded the current one."""
+def rollback(project: Path = Path(".")) -> str:
+    """Restore the champion that preceded the current one, in the registry and in `project`'s champion.json."""
     with locked_pointer() as state:
         if not state["history"] or state["history"][-1]["previous"] is None:
             raise RegistryError("nothing to roll back to: no earlier champion in the history")
         last = state["history"].pop()
         state["champion"] = last["previous"]
+        write_champion_file(project, state["champion"])
         return state["champion"]
 
 
@@ -222,20 +276,31 @@ def _register_command(args: argparse.Namespace) -> None:
     tag = register(args.export_dir, args.gate_dir, collect_lineage(Path.cwd()))
     print(tag)
     if args.promote:
-        promote(tag)
+        promote(tag, args.project)
         print(f"champion: {tag}")
 
 
 def _promote_command(args: argparse.Namespace) -> None:
-    print(f"champion: {promote(args.tag)}")
+    print(f"champion: {promote(args.tag, args.project)}")
 
 
 def _rollback_command(args: argparse.Namespace) -> None:
-    print(f"champion: {rollback()}")
+    print(f"champion: {rollback(args.project)}")
+
+
+def _sync_command(args: argparse.Namespace) -> None:
+    changed = sync_champion_file(args.project)
+    print(f"{CHAMPION_FILE}: {'updated' if changed else 'already current'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("transferline model registry (BentoML model store)")
+    parser.add_argument(
+        "--project",
+        type=Path,
+        default=Path("."),
+        help=f"project whose {CHAMPION_FILE} promote, rollback and sync write (default: the current directory)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     add_command(commands, "list", _list_command, "registered models, the champion marked")
     add_command(commands, "champion", _champion_command, "print the champion's tag")
@@ -246,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote_cmd = add_command(commands, "promote", _promote_command, "make TAG the champion")
     promote_cmd.add_argument("tag")
     add_command(commands, "rollback", _rollback_command, "restore the previous champion")
+    add_command(commands, "sync", _sync_command, f"rewrite {CHAMPION_FILE} from the registry's champion")
     return parser
 
 

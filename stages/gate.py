@@ -1,7 +1,8 @@
 """Stage `gate`: decide whether the candidate may be deployed, and always write why.
 
-Reads the evaluate metrics and the export report, scores the current champion (if any) and the
-candidate on the same test images, applies every threshold from `params.yaml` in one place
+Reads the evaluate metrics and the export report, scores the current champion (if any; the one
+`champion.json` names, a declared input) and the candidate on the same test images, compares them with
+McNemar's exact test, applies every threshold from `params.yaml` in one place
 (transferline/evaluation/gate.py), and writes `gate/decision.json` and `gate/model_card.md`, pass or fail.
 A rejection is data, not an error, unless `gate.fail_on_reject` is set (for CI): then the stage
 exits with status 2 after writing the decision.
@@ -9,23 +10,25 @@ exits with status 2 after writing the decision.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from transferline import atomic
 from transferline.cli import run_cli, stage_parser
 from transferline.config import GateParams, load_section
+from transferline.data.manifest import split_rows
 from transferline.data.preprocessing import PreprocessSpec
 from transferline.errors import TransferlineError
-from transferline.evaluation.gate import ChampionScore, evaluate_gate
+from transferline.evaluation.gate import ChampionScore, ClassChange, evaluate_gate
 from transferline.evaluation.lineage import collect_lineage
-from transferline.evaluation.metrics import classification_report
 from transferline.evaluation.model_card import render_model_card
 from transferline.evaluation.onnx_export import cpu_session
+from transferline.evaluation.paired_test import compare_paired
 from transferline.evaluation.scoring import load_pixels, onnx_probabilities
 
 log = logging.getLogger("transferline.evaluation.gate")
@@ -43,49 +46,60 @@ class GateRejected(TransferlineError):
     """The candidate failed its gate and `gate.fail_on_reject` asks for a non-zero exit."""
 
 
-def test_split(prepared_dir: Path, raw_dir: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
-    with open(prepared_dir / "manifest.csv", newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
-    index = {name: i for i, name in enumerate(classes)}
-    return [raw_dir / row["path"] for row in rows], [index[row["label"]] for row in rows]
+def test_split(prepared_dir: Path, raw_dir: Path) -> tuple[list[Path], list[str]]:
+    """The test images' files and true labels, from the manifest."""
+    rows = split_rows(prepared_dir, "test")
+    return [raw_dir / row.path for row in rows], [row.label for row in rows]
+
+
+def predicted_labels(onnx_path: Path, spec: PreprocessSpec, classes: list[str], paths: list[Path]) -> np.ndarray:
+    """Class names one exported model predicts for image files, with its own preprocessing."""
+    probs = onnx_probabilities(cpu_session(onnx_path), load_pixels(paths, spec), spec)
+    return np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
 
 
 def score_champion(
-    champion, export_dir: Path, prepared_dir: Path, raw_dir: Path, params: GateParams
-) -> tuple[ChampionScore | None, str]:
-    """Champion and candidate on the same test files, each with its own preprocessing."""
+    champion, export_dir: Path, prepared_dir: Path, raw_dir: Path
+) -> tuple[ClassChange | None, ChampionScore | None, str]:
+    """Champion and candidate on the same test files, each with its own preprocessing and class order.
+
+    Returns how the class sets differ, the paired comparison (None when there is no champion or the classes
+    differ: per-image right/wrong is then not comparable), and a note saying why it is None.
+    """
     if champion is None:
-        return None, "no champion is deployed yet: first model"
+        return None, None, "no champion is deployed yet: first model"
     classes = json.loads((export_dir / "classes.json").read_text())["classes"]
-    if champion.classes != classes:
-        return None, (
-            f"champion {champion.tag} predicts other classes ({', '.join(champion.classes)}): "
-            "a regression check is not possible"
-        )
-    import numpy as np
-
-    paths, labels = test_split(prepared_dir, raw_dir, classes)
-    labels_array = np.asarray(labels)
+    change = ClassChange.between(champion.tag, champion.classes, classes)
+    if change.changed:
+        return change, None, f"champion {champion.tag} predicts other classes (see class_set): no paired comparison"
+    paths, labels = test_split(prepared_dir, raw_dir)
+    truth = np.asarray(labels, dtype=object)
     spec = PreprocessSpec.from_dict(json.loads((export_dir / "preprocess.json").read_text()))
-    values = {}
-    for who, onnx_path, model_spec in (
-        ("candidate", export_dir / "model.onnx", spec),
-        ("champion", champion.onnx_path, champion.preprocess),
-    ):
-        probs = onnx_probabilities(cpu_session(onnx_path), load_pixels(paths, model_spec), model_spec)
-        values[who] = classification_report(probs, labels_array, classes)[params.champion_metric]
-    return ChampionScore(champion.tag, values["champion"], values["candidate"], len(paths)), ""
+    candidate = predicted_labels(export_dir / "model.onnx", spec, classes, paths)
+    incumbent = predicted_labels(champion.onnx_path, champion.preprocess, champion.classes, paths)
+    comparison = compare_paired(candidate == truth, incumbent == truth)
+    return change, ChampionScore.from_comparison(champion.tag, comparison), ""
 
 
-def default_champion_lookup():
-    from serving.registry import find_champion
+def default_champion_lookup(project: Path = Path(".")):
+    """The champion named by the project's champion.json (a dvc dep of this stage), checked against the registry:
+    judging against a champion other than the declared one would make the decision depend on an undeclared input."""
+    from serving.registry import find_champion, read_champion_file
 
-    return find_champion()
+    declared = read_champion_file(project)["champion"]
+    champion = find_champion()
+    current = champion.tag if champion else None
+    if declared != current:
+        raise TransferlineError(
+            f"champion.json names {declared or 'no champion'} but the registry's champion is {current or 'none'}: "
+            "run `python -m serving.registry sync` (the pipeline flow does it before the stages), then re-run"
+        )
+    return champion
 
 
 def run(
     params: GateParams,
-    champion_lookup: Callable[[], object] = default_champion_lookup,
+    champion_lookup: Callable[[], object] | None = None,
     export_dir: Path = EXPORT_DIR,
     gate_dir: Path = GATE_DIR,
     metrics_file: Path = METRICS_FILE,
@@ -102,9 +116,9 @@ def run(
         **json.loads(export_metrics_file.read_text()),
     }
     model_meta = json.loads(model_meta_file.read_text())
-    champion = champion_lookup()
-    score, note = score_champion(champion, export_dir, prepared_dir, raw_dir, params)
-    decision = evaluate_gate(metrics, export_report, params, score, note)
+    champion = champion_lookup() if champion_lookup is not None else default_champion_lookup(repo)
+    change, score, note = score_champion(champion, export_dir, prepared_dir, raw_dir)
+    decision = evaluate_gate(metrics, export_report, params, score, note, change)
     lineage = collect_lineage(repo)
     decision.update(
         {

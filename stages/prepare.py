@@ -8,9 +8,7 @@ per-split statistics as DVC metrics, and uint8 arrays at the model's input size.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import logging
 import os
 import shutil
@@ -26,6 +24,7 @@ from transferline import atomic
 from transferline.cli import run_cli, stage_parser
 from transferline.config import PrepareParams, PreprocessParams, parse_section, read_params_file
 from transferline.data.imaging import ImageLimits, ImageRejected, decode_image
+from transferline.data.manifest import MANIFEST_NAME, ManifestRow, manifest_text
 from transferline.data.preprocessing import PreprocessSpec, resize_for_model
 from transferline.data.splits import SPLITS, assign_splits
 from transferline.errors import DataError
@@ -35,7 +34,6 @@ log = logging.getLogger("transferline.prepare")
 RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/prepared")
 METRICS_FILE = Path("metrics/prepare.json")
-MANIFEST_FIELDS = ("path", "label", "split", "sha256", "width", "height", "mode", "format")
 
 
 @dataclass(frozen=True)
@@ -179,23 +177,6 @@ def size_stats(records: list[Record]) -> dict:
     }
 
 
-def manifest_text(records: list[Record], splits: dict[str, str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_FIELDS)
-    order = {name: i for i, name in enumerate(SPLITS)}
-    for record in sorted(records, key=lambda r: (order[splits[r.sha256]], r.label, r.path)):
-        row = asdict(record)
-        row["split"] = splits[record.sha256]
-        writer.writerow(row[field] for field in MANIFEST_FIELDS)
-    return buffer.getvalue()
-
-
-def read_manifest(prepared_dir: Path) -> list[dict[str, str]]:
-    with open(prepared_dir / "manifest.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def run(
     params: PrepareParams,
     preprocess: PreprocessParams,
@@ -236,9 +217,9 @@ def run(
             [(r.sha256, r.label) for r in kept], params.val_fraction, params.test_fraction, params.seed
         )
 
-        manifest = manifest_text(kept, splits)
+        manifest = manifest_text(ManifestRow(**asdict(r), split=splits[r.sha256]) for r in kept)
         data_version = hashlib.sha256(manifest.encode()).hexdigest()[:16]
-        (tmp / "manifest.csv").write_text(manifest)
+        (tmp / MANIFEST_NAME).write_text(manifest)
         by_split = {name: [r for r in kept if splits[r.sha256] == name] for name in SPLITS}
         for name in SPLITS:
             by_split[name].sort(key=lambda r: (r.label, r.path))

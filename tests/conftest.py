@@ -18,7 +18,7 @@ from PIL import Image
 from transferline.env import QUIET_ENV, tool_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PIPELINE_FILES = ("dvc.yaml", "params.yaml", "stages", "transferline")
+PIPELINE_FILES = ("dvc.yaml", "params.yaml", "champion.json", "stages", "transferline", "serving")
 os.environ.update(QUIET_ENV)
 
 

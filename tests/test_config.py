@@ -1,6 +1,7 @@
 import pytest
 
-from transferline.config import IngestParams, PrepareParams, PreprocessParams, load_section, parse_section
+from tests.conftest import PROJECT_ROOT
+from transferline.config import GateParams, IngestParams, PrepareParams, PreprocessParams, load_section, parse_section
 from transferline.errors import ParamsError
 
 
@@ -66,3 +67,24 @@ def test_all_sections_check_each_section_with_its_own_model(section, raw, expect
 
     with pytest.raises(ParamsError, match=expected.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
         parse_all_sections({section: raw})
+
+
+def test_the_removed_champion_tolerance_names_its_replacement():
+    with pytest.raises(ParamsError) as caught:
+        parse_section({"gate": {"champion_tolerance": 0.005, "min_accuracy": 0.8}}, "gate", GateParams)
+    message = str(caught.value)
+    assert message.startswith("invalid params: gate.champion_tolerance was removed: replaced by gate.regression_alpha")
+    assert "McNemar" in message and "delete the key" in message
+
+
+def test_the_gate_compares_champions_on_accuracy_only():
+    with pytest.raises(ParamsError, match=r"gate\.champion_metric: .*only accuracy can be compared with the champion"):
+        parse_section({"gate": {"champion_metric": "macro_f1"}}, "gate", GateParams)
+    gate = load_section("gate", GateParams, PROJECT_ROOT / "params.yaml")
+    assert gate.champion_metric == "accuracy" and gate.regression_alpha == 0.05 and gate.allow_class_change is False
+
+
+@pytest.mark.parametrize("alpha", [0, 1, 1.5])
+def test_regression_alpha_is_a_probability_strictly_between_0_and_1(alpha):
+    with pytest.raises(ParamsError, match=r"gate\.regression_alpha"):
+        parse_section({"gate": {"regression_alpha": alpha}}, "gate", GateParams)

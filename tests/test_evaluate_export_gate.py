@@ -239,6 +239,47 @@ def test_good_candidate_passes_and_degraded_one_is_rejected(workspace):
     assert verdicts["accuracy"] == "fail" and verdicts["no_regression_vs_champion_accuracy"] == "fail"
     assert "accuracy failed" in bad["reason"] and "vs champion transferline-classifier:good" in bad["reason"]
     assert bad["champion"]["champion_value"] >= 0.9 > bad["champion"]["candidate_value"]
+    recorded = bad["champion"]
+    n_test = json.loads((root / "bad" / "metrics.json").read_text())["n"]
+    assert recorded["n_images"] == n_test and recorded["alpha"] == LOOSE_GATE.regression_alpha
+    discordance = recorded["champion_only_correct"] - recorded["candidate_only_correct"]
+    assert discordance == round((recorded["champion_value"] - recorded["candidate_value"]) * n_test)
+    assert recorded["p_value"] < LOOSE_GATE.regression_alpha
+    assert verdicts["class_set"] == "pass"
+    card = (root / "bad" / "gate" / "model_card.md").read_text()
+    assert "| no_regression_vs_champion_accuracy |" in card and "| class_set |" in card
+    assert f"right only by the candidate: {recorded['candidate_only_correct']} images" in card
+    assert f"alpha = {LOOSE_GATE.regression_alpha:g} (worse beyond chance: rejected)" in card
+
+
+def test_a_champion_with_other_classes_is_a_named_rejection_unless_allowed(workspace):
+    from serving.registry import Champion
+
+    root, model = workspace
+    export_dir = root / "good" / "export"
+    if not export_dir.is_dir():
+        run_candidate(root, model, "good", LOOSE_GATE)
+    champion = Champion("transferline-classifier:old", export_dir, ["cat", "dog", "owl"], SPEC, {})
+    rejected = run_candidate(root, model, "renamed", LOOSE_GATE, champion)
+    verdicts = {c["name"]: c["verdict"] for c in rejected["checks"]}
+    assert verdicts["class_set"] == "fail" and verdicts["no_regression_vs_champion_accuracy"] == "n/a"
+    assert (
+        "class_set failed (classes differ from champion transferline-classifier:old: added fox; removed owl"
+        in (rejected["reason"])
+    )
+    assert rejected["class_set"] == {
+        "champion_tag": "transferline-classifier:old",
+        "added": ["fox"],
+        "removed": ["owl"],
+        "allowed": False,
+    }
+    card = (root / "renamed" / "gate" / "model_card.md").read_text()
+    assert "added fox, removed owl; not allowed (gate.allow_class_change: false)" in card
+    allowed = run_candidate(
+        root, model, "renamed", LOOSE_GATE.model_copy(update={"allow_class_change": True}), champion
+    )
+    assert allowed["passed"], allowed["reason"]
+    assert allowed["class_set"]["allowed"] is True and allowed["class_set"]["added"] == ["fox"]
 
 
 def test_fail_on_reject_exits_after_writing_the_decision(workspace):

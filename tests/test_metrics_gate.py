@@ -4,14 +4,18 @@ import numpy as np
 import pytest
 
 from transferline.config import GateParams
-from transferline.evaluation.gate import ChampionScore, evaluate_gate
+from transferline.evaluation.gate import ChampionScore, ClassChange, evaluate_gate
 from transferline.evaluation.metrics import classification_report, expected_calibration_error, softmax
+from transferline.evaluation.paired_test import compare_paired, mcnemar_exact_p
 
 EXPORT_REPORT = {
     "parity": [{"batch_size": 1, "max_abs_diff": 2e-6, "top1_agreement": 1.0}],
     "latency": {"p95_ms": 3.0},
     "model_bytes": 9_000_000,
 }
+
+
+SAME_CLASSES = ClassChange.between("m:1", ["a", "b"], ["a", "b"])
 
 
 def metrics(accuracy=0.9, macro_f1=0.9, min_recall=0.8):
@@ -45,6 +49,7 @@ def test_gate_passes_and_records_every_check():
     assert decision["passed"] and decision["reason"].startswith("passed")
     by_name = {c["name"]: c for c in decision["checks"]}
     assert by_name["no_regression_vs_champion_accuracy"]["verdict"] == "n/a"
+    assert by_name["class_set"]["verdict"] == "n/a" and decision["class_set"] is None
     assert by_name["accuracy"] == {
         "name": "accuracy",
         "value": 0.9,
@@ -55,15 +60,89 @@ def test_gate_passes_and_records_every_check():
     }
 
 
-@pytest.mark.parametrize(
-    ("candidate", "champion", "verdict"),
-    [(0.900, 0.903, "pass"), (0.900, 0.910, "fail"), (0.95, 0.90, "pass")],
-)
-def test_champion_tolerance(candidate, champion, verdict):
-    score = ChampionScore("m:1", champion_value=champion, candidate_value=candidate, n_images=100)
-    decision = evaluate_gate(metrics(candidate), EXPORT_REPORT, GateParams(champion_tolerance=0.005), score)
-    check = next(c for c in decision["checks"] if c["name"] == "no_regression_vs_champion_accuracy")
-    assert check["verdict"] == verdict and decision["passed"] == (verdict == "pass")
+def paired(n: int, both_right: int, candidate_only: int, champion_only: int) -> ChampionScore:
+    """A champion comparison on n images with the given agreement pattern (the rest: both wrong)."""
+    candidate = np.zeros(n, bool)
+    champion = np.zeros(n, bool)
+    candidate[:both_right] = champion[:both_right] = True
+    candidate[both_right : both_right + candidate_only] = True
+    champion[both_right + candidate_only : both_right + candidate_only + champion_only] = True
+    return ChampionScore.from_comparison("m:1", compare_paired(candidate, champion))
+
+
+def regression_check(decision: dict) -> dict:
+    return next(c for c in decision["checks"] if c["name"] == "no_regression_vs_champion_accuracy")
+
+
+def test_a_significantly_worse_candidate_is_rejected_with_its_p_value():
+    # 600 test images; the candidate loses 20 the champion gets right and wins back 5: 0.895 vs 0.92
+    score = paired(600, 532, 5, 20)
+    decision = evaluate_gate(metrics(score.candidate_value), EXPORT_REPORT, GateParams(), score, "", SAME_CLASSES)
+    check = regression_check(decision)
+    assert check["verdict"] == "fail" and not decision["passed"]
+    assert check["value"] == pytest.approx(mcnemar_exact_p(5, 20, "candidate_worse")) and check["value"] < 0.05
+    assert check["threshold"] == 0.05
+    assert "5 right only by the candidate, 20 only by the champion" in check["detail"]
+    assert "no_regression_vs_champion_accuracy failed" in decision["reason"]
+    recorded = decision["champion"]
+    assert (recorded["candidate_only_correct"], recorded["champion_only_correct"]) == (5, 20)
+    assert recorded["champion_value"] == pytest.approx(552 / 600) and recorded["candidate_value"] == pytest.approx(
+        537 / 600
+    )
+    assert recorded["alpha"] == 0.05 and recorded["p_value"] == check["value"]
+
+
+def test_a_candidate_slightly_worse_by_noise_passes():
+    """A point lower on 600 images (seed-to-seed spread) is not evidence of a regression: the old
+    tolerance of 0.005 rejected this candidate, the paired test does not."""
+    score = paired(600, 520, 10, 16)
+    assert score.champion_value - score.candidate_value == pytest.approx(0.01)
+    decision = evaluate_gate(metrics(score.candidate_value), EXPORT_REPORT, GateParams(), score, "", SAME_CLASSES)
+    check = regression_check(decision)
+    assert check["verdict"] == "pass" and decision["passed"]
+    assert check["value"] == pytest.approx(mcnemar_exact_p(10, 16, "candidate_worse")) and check["value"] > 0.05
+
+
+def test_alpha_sets_how_much_evidence_rejects():
+    score = paired(600, 520, 10, 22)  # one-sided p ~ 0.025
+    strict = evaluate_gate(metrics(), EXPORT_REPORT, GateParams(regression_alpha=0.05), score, "", SAME_CLASSES)
+    lenient = evaluate_gate(metrics(), EXPORT_REPORT, GateParams(regression_alpha=0.01), score, "", SAME_CLASSES)
+    assert regression_check(strict)["verdict"] == "fail" and regression_check(lenient)["verdict"] == "pass"
+
+
+def test_a_better_candidate_passes_however_large_the_difference():
+    score = paired(600, 500, 60, 2)
+    decision = evaluate_gate(metrics(), EXPORT_REPORT, GateParams(), score, "", SAME_CLASSES)
+    assert regression_check(decision)["verdict"] == "pass" and regression_check(decision)["value"] == pytest.approx(1.0)
+
+
+def test_a_class_change_is_rejected_and_named_unless_allowed():
+    change = ClassChange.between("m:1", ["cat", "dog", "fox"], ["cat", "dog", "owl", "yak"])
+    note = "champion m:1 predicts other classes (see class_set): no paired comparison"
+    rejected = evaluate_gate(metrics(), EXPORT_REPORT, GateParams(), None, note, change)
+    check = next(c for c in rejected["checks"] if c["name"] == "class_set")
+    assert check["verdict"] == "fail" and not rejected["passed"]
+    assert "added owl, yak; removed fox" in check["detail"] and "gate.allow_class_change" in check["detail"]
+    assert "class_set failed" in rejected["reason"]
+    assert rejected["class_set"] == {
+        "champion_tag": "m:1",
+        "added": ["owl", "yak"],
+        "removed": ["fox"],
+        "allowed": False,
+    }
+    assert regression_check(rejected)["verdict"] == "n/a"
+
+    allowed = evaluate_gate(metrics(), EXPORT_REPORT, GateParams(allow_class_change=True), None, note, change)
+    check = next(c for c in allowed["checks"] if c["name"] == "class_set")
+    assert check["verdict"] == "pass" and allowed["passed"] and "allowed by gate.allow_class_change" in check["detail"]
+    assert allowed["class_set"]["allowed"] is True and allowed["class_set"]["added"] == ["owl", "yak"]
+
+
+def test_the_same_classes_in_another_order_are_not_a_change():
+    change = ClassChange.between("m:1", ["dog", "cat"], ["cat", "dog"])
+    decision = evaluate_gate(metrics(), EXPORT_REPORT, GateParams(), None, "", change)
+    check = next(c for c in decision["checks"] if c["name"] == "class_set")
+    assert check["verdict"] == "pass" and decision["class_set"]["added"] == [] == decision["class_set"]["removed"]
 
 
 def test_each_budget_can_reject():
@@ -82,3 +161,24 @@ def test_each_budget_can_reject():
         "model_size_mb",
     }
     assert not decision["passed"] and decision["reason"].startswith("rejected: accuracy failed")
+
+
+def test_the_report_lines_give_both_accuracies_the_discordant_counts_the_p_value_and_alpha():
+    from transferline.evaluation.model_card import champion_lines
+
+    score = paired(600, 532, 5, 20)
+    decision = evaluate_gate(metrics(), EXPORT_REPORT, GateParams(), score, "", SAME_CLASSES)
+    text = "\n".join(champion_lines(decision))
+    assert "accuracy on the same 600 test images: candidate 0.895, champion 0.92" in text
+    assert "right only by the candidate: 5 images; only by the champion: 20" in text
+    assert f"p = {score.p_value:.4g}, alpha = 0.05 (worse beyond chance: rejected)" in text
+    first = evaluate_gate(metrics(), EXPORT_REPORT, GateParams(), None, "no champion is deployed yet")
+    assert champion_lines(first) == ["- no champion was serving: nothing to compare against"]
+
+
+def test_the_checks_table_shows_a_threshold_only_where_there_is_one():
+    from transferline.evaluation.model_card import checks_table
+
+    change = ClassChange.between("m:1", ["a", "b"], ["a", "c"])
+    rows = checks_table(evaluate_gate(metrics(), EXPORT_REPORT, GateParams(), None, "n/a here", change))
+    assert "| class_set | n/a | n/a | fail |" in rows and "| accuracy | 0.9 | >= 0.8 | pass |" in rows

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -22,9 +22,14 @@ DEFAULT_PARAMS_FILE = Path("params.yaml")
 
 
 class Section(BaseModel):
-    """Base of every params section: unknown keys are errors, values are immutable."""
+    """Base of every params section: unknown keys are errors, values are immutable.
+
+    `removed_keys` maps a key a section no longer has to what replaced it, so an old params.yaml gets
+    that instead of a bare "extra inputs are not permitted".
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    removed_keys: ClassVar[dict[str, str]] = {}
 
 
 IngestSource = Literal["fashion_mnist", "folder", "elpv"]
@@ -104,6 +109,9 @@ def parse_section(data: dict[str, Any], name: str, model: type[SectionT]) -> Sec
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"params: section '{name}' must be a mapping, got {type(raw).__name__}")
+    removed = [f"{name}.{key} was removed: {model.removed_keys[key]}" for key in raw if key in model.removed_keys]
+    if removed:
+        raise ParamsError("invalid params: " + "; ".join(removed))
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -145,18 +153,41 @@ class ExportParams(Section):
 
 
 class GateParams(Section):
-    """Every condition a candidate must meet before it may be deployed, checked in one place."""
+    """Every condition a candidate must meet before it may be deployed, checked in one place.
+
+    Against the serving champion, the candidate is rejected only when McNemar's exact test (one-sided)
+    finds it less accurate on the same test images at significance `regression_alpha`: a fixed tolerance
+    on the accuracy difference flags or passes retrains by seed noise (transferline/evaluation/paired_test.py).
+    """
+
+    removed_keys: ClassVar[dict[str, str]] = {
+        "champion_tolerance": (
+            "replaced by gate.regression_alpha (default 0.05): the candidate is rejected only when McNemar's "
+            "exact test finds it less accurate than the champion at that significance level; delete the key"
+        ),
+    }
 
     min_accuracy: float = Field(default=0.80, ge=0, le=1)
     min_macro_f1: float = Field(default=0.80, ge=0, le=1)
     min_class_recall: float = Field(default=0.50, ge=0, le=1)
-    champion_metric: Literal["accuracy", "macro_f1"] = "accuracy"
-    champion_tolerance: float = Field(default=0.005, ge=0, le=1)
+    champion_metric: str = "accuracy"  # the only metric with an exact paired test; see _paired_metric
+    regression_alpha: float = Field(default=0.05, gt=0, lt=1)
+    allow_class_change: bool = False  # true: a candidate may add or remove classes relative to the champion
     max_logit_diff: float = Field(default=1e-4, gt=0)
     min_top1_agreement: float = Field(default=1.0, ge=0, le=1)
     max_latency_ms: float = Field(default=50.0, gt=0)
     max_model_mb: float = Field(default=50.0, gt=0)
     fail_on_reject: bool = False
+
+    @field_validator("champion_metric")
+    @classmethod
+    def _paired_metric(cls, value: str) -> str:
+        if value != "accuracy":
+            raise ValueError(
+                "only accuracy can be compared with the champion: McNemar's exact test needs a per-image "
+                "right/wrong, which macro-F1 has not (gate.min_macro_f1 still bounds it); set accuracy"
+            )
+        return value
 
 
 BackboneName = Literal[

@@ -80,7 +80,12 @@ def test_first_run_deploys_second_run_skips_degraded_run_keeps_champion(flow_rep
     second = run_flow(flow_repo)
     assert second.is_completed() and second.message.startswith("unchanged")
     report = json.loads((flow_repo / "gate" / "decision.json").read_text())
-    assert report["champion_at_decision"] is None  # the gate was not re-run: nothing changed
+    # champion.json, a dep of the gate, now names the deployed model: DVC re-ran the gate,
+    # which judged the candidate against itself; nothing was redeployed
+    assert report["champion_at_decision"] == champion.tag and report["passed"]
+    assert report["champion"]["candidate_only_correct"] == 0 == report["champion"]["champion_only_correct"]
+    assert json.loads((flow_repo / "champion.json").read_text())["champion"] == champion.tag
+    assert "up to date" in run_tool(["dvc", "status", "gate"], flow_repo).stdout
     lock = yaml.safe_load((flow_repo / "dvc.lock").read_text())
     assert set(PIPELINE_STAGES) <= set(lock["stages"])
     assert service.pid() == pid, "nothing changed, yet the service was restarted"

@@ -33,7 +33,12 @@ class ServingModels:
     v2: str  # tag trained on "data-v2", registered, not promoted
 
 
-def registry_cli(home: Path, *args: str, cwd: Path = PROJECT_ROOT, check: bool = True) -> subprocess.CompletedProcess:
+def registry_cli(home: Path, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m serving.registry` against the BentoML home `home`; by default in a project directory
+    beside it, so promote and rollback write that directory's champion.json, not the checkout's."""
+    if cwd is None:
+        cwd = home.parent / "project"
+        cwd.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **QUIET, "BENTOML_HOME": str(home)}
     env.pop("TRANSFERLINE_MODEL_TAG", None)
     result = subprocess.run(

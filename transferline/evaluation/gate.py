@@ -1,7 +1,10 @@
 """The deployment gate: every check in one pure function, and a decision that always says why.
 
 A check is `pass`, `fail` or `n/a` (not applicable, e.g. no champion yet). The candidate passes
-only if no check fails.
+only if no check fails. Against the serving champion two checks apply: `class_set` (the same classes,
+unless `gate.allow_class_change`) and `no_regression_vs_champion_accuracy`, McNemar's exact test on the
+images where the two disagree (transferline/evaluation/paired_test.py), which rejects only a candidate
+that is worse beyond chance at `gate.regression_alpha`.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from transferline.config import GateParams
+from transferline.evaluation.paired_test import PairedComparison
 
 Verdict = Literal["pass", "fail", "n/a"]
 
@@ -19,7 +23,7 @@ class Check:
     name: str
     value: float | None
     threshold: float | None
-    comparison: Literal[">=", "<="]
+    comparison: Literal[">=", "<=", "=="]
     verdict: Verdict
     detail: str
 
@@ -32,24 +36,90 @@ def threshold_check(name: str, value: float, threshold: float, comparison: str, 
 
 @dataclass(frozen=True)
 class ChampionScore:
-    """The champion and the candidate scored on the same test images in the same run."""
+    """The champion and the candidate scored on the same test images in the same run, and the paired test."""
 
     tag: str
+    metric: str
     champion_value: float
     candidate_value: float
     n_images: int
+    candidate_only_correct: int  # discordant images: candidate right, champion wrong
+    champion_only_correct: int  # discordant images: champion right, candidate wrong
+    p_value: float  # exact McNemar, one-sided: the candidate is worse
+    test: str
+
+    @classmethod
+    def from_comparison(cls, tag: str, comparison: PairedComparison) -> ChampionScore:
+        return cls(
+            tag=tag,
+            metric="accuracy",
+            champion_value=comparison.champion_accuracy,
+            candidate_value=comparison.candidate_accuracy,
+            n_images=comparison.n_images,
+            candidate_only_correct=comparison.candidate_only_correct,
+            champion_only_correct=comparison.champion_only_correct,
+            p_value=comparison.p_value,
+            test=comparison.test,
+        )
+
+
+@dataclass(frozen=True)
+class ClassChange:
+    """How the candidate's classes differ from the champion's (both empty: the same set)."""
+
+    champion_tag: str
+    added: tuple[str, ...]  # the candidate predicts them, the champion does not
+    removed: tuple[str, ...]  # the champion predicts them, the candidate does not
+
+    @classmethod
+    def between(cls, champion_tag: str, champion_classes: list[str], candidate_classes: list[str]) -> ClassChange:
+        added = tuple(sorted(set(candidate_classes) - set(champion_classes)))
+        removed = tuple(sorted(set(champion_classes) - set(candidate_classes)))
+        return cls(champion_tag, added, removed)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+def class_set_check(change: ClassChange | None, params: GateParams) -> Check:
+    """A candidate that predicts other classes than the champion is a product change, not a retrain:
+    it is rejected unless `gate.allow_class_change` says the change is intended."""
+    if change is None:
+        return Check("class_set", None, None, "==", "n/a", "no champion is deployed yet: no class set to keep")
+    if not change.changed:
+        return Check("class_set", None, None, "==", "pass", f"same classes as champion {change.champion_tag}")
+    moves = (("added", change.added), ("removed", change.removed))
+    parts = [f"{verb} {', '.join(names)}" for verb, names in moves if names]
+    what = f"classes differ from champion {change.champion_tag}: {'; '.join(parts)}"
+    if params.allow_class_change:
+        return Check("class_set", None, None, "==", "pass", f"{what} (allowed by gate.allow_class_change)")
+    return Check("class_set", None, None, "==", "fail", f"{what} (set gate.allow_class_change: true if intended)")
+
+
+def class_set_record(change: ClassChange | None, params: GateParams) -> dict | None:
+    """The class comparison as JSON-ready data, recorded whether or not it changed or was allowed."""
+    if change is None:
+        return None
+    return {
+        "champion_tag": change.champion_tag,
+        "added": list(change.added),
+        "removed": list(change.removed),
+        "allowed": params.allow_class_change,
+    }
 
 
 def champion_check(score: ChampionScore | None, params: GateParams, reason_if_none: str) -> Check:
+    """Reject only a candidate that is significantly worse than the champion on the same images."""
     name = f"no_regression_vs_champion_{params.champion_metric}"
     if score is None:
         return Check(name, None, None, ">=", "n/a", reason_if_none)
-    threshold = score.champion_value - params.champion_tolerance
     what = (
-        f"candidate {params.champion_metric} vs champion {score.tag} ({score.champion_value:.6g} "
-        f"- tolerance {params.champion_tolerance:g}) on the same {score.n_images} test images:"
+        f"candidate {score.metric} {score.candidate_value:.4g} vs champion {score.tag} {score.champion_value:.4g} "
+        f"on the same {score.n_images} test images, {score.candidate_only_correct} right only by the candidate, "
+        f"{score.champion_only_correct} only by the champion: {score.test} p-value"
     )
-    return threshold_check(name, score.candidate_value, threshold, ">=", what)
+    return threshold_check(name, score.p_value, params.regression_alpha, ">=", what)
 
 
 def evaluate_gate(
@@ -58,6 +128,7 @@ def evaluate_gate(
     params: GateParams,
     champion: ChampionScore | None,
     champion_note: str = "no champion is deployed yet",
+    class_change: ClassChange | None = None,
 ) -> dict:
     """Apply every threshold; return the decision as JSON-ready data."""
     parity = export_report["parity"]
@@ -77,6 +148,7 @@ def evaluate_gate(
             ">=",
             f"lowest class recall ({worst_class(metrics)})",
         ),
+        class_set_check(class_change, params),
         champion_check(champion, params, champion_note),
         threshold_check(
             "onnx_max_logit_diff",
@@ -117,7 +189,8 @@ def evaluate_gate(
         "passed": passed,
         "reason": reason,
         "checks": [asdict(c) for c in checks],
-        "champion": asdict(champion) if champion else None,
+        "champion": {**asdict(champion), "alpha": params.regression_alpha} if champion else None,
+        "class_set": class_set_record(class_change, params),
     }
 
 

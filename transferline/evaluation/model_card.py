@@ -11,16 +11,45 @@ def fmt(value) -> str:
     return str(value)
 
 
+def threshold_cell(check: dict) -> str:
+    """`>= 0.8`; `n/a` for a check without a numeric threshold (class_set, or one not applicable)."""
+    return "n/a" if check["threshold"] is None else f"{check['comparison']} {fmt(check['threshold'])}"
+
+
 def checks_table(decision: dict) -> list[str]:
     """The gate's checks as markdown table lines."""
     return [
         "| check | value | threshold | verdict |",
         "|---|---|---|---|",
-        *(
-            f"| {c['name']} | {fmt(c['value'])} | {c['comparison']} {fmt(c['threshold'])} | {c['verdict']} |"
-            for c in decision["checks"]
-        ),
+        *(f"| {c['name']} | {fmt(c['value'])} | {threshold_cell(c)} | {c['verdict']} |" for c in decision["checks"]),
     ]
+
+
+def champion_lines(decision: dict) -> list[str]:
+    """The comparison with the serving champion: both accuracies, the discordant images, the test's verdict."""
+    score, class_set = decision.get("champion"), decision.get("class_set")
+    if class_set is None:
+        return ["- no champion was serving: nothing to compare against"]
+    lines = []
+    if class_set["added"] or class_set["removed"]:
+        allowed = "allowed" if class_set["allowed"] else "not allowed (gate.allow_class_change: false)"
+        added, removed = ", ".join(class_set["added"]) or "-", ", ".join(class_set["removed"]) or "-"
+        lines.append(
+            f"- classes differ from champion `{class_set['champion_tag']}`: added {added}, removed {removed}; {allowed}"
+        )
+    else:
+        lines.append(f"- same classes as champion `{class_set['champion_tag']}`")
+    if score is not None:
+        worse = score["p_value"] < score["alpha"]
+        lines += [
+            f"- {score['metric']} on the same {score['n_images']} test images: "
+            f"candidate {fmt(score['candidate_value'])}, champion {fmt(score['champion_value'])}",
+            f"- right only by the candidate: {score['candidate_only_correct']} images; only by the champion: "
+            f"{score['champion_only_correct']}",
+            f"- {score['test']}: p = {fmt(score['p_value'])}, alpha = {fmt(score['alpha'])} "
+            f"({'worse beyond chance: rejected' if worse else 'no significant regression'})",
+        ]
+    return lines
 
 
 def render_model_card(model_meta: dict, metrics: dict, export_report: dict, decision: dict, lineage: dict) -> str:
@@ -34,6 +63,10 @@ def render_model_card(model_meta: dict, metrics: dict, export_report: dict, deci
         f"**{'PASSED' if decision['passed'] else 'REJECTED'}** by the deployment gate. {decision['reason']}",
         "",
         *checks_table(decision),
+        "",
+        "## Against the serving champion",
+        "",
+        *champion_lines(decision),
         "",
         "## Lineage",
         "",
