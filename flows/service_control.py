@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from serving.auth import TOKEN_ENV
+from serving.settings import load_serve_params
 from transferline.env import tool_env
 from transferline.errors import TransferlineError
 
@@ -47,8 +48,8 @@ class ServiceFailed(TransferlineError):
 @dataclass(frozen=True)
 class ServiceController:
     repo: Path
-    host: str = "127.0.0.1"
-    port: int = 3000
+    host: str
+    port: int
     ready_timeout_s: float = 120.0
 
     @property
@@ -152,12 +153,11 @@ class ServiceController:
         return answer
 
 
-def controller_from_params(repo: Path) -> ServiceController:
-    """The controller for the address in params.yaml's `serve` section (defaults: 127.0.0.1:3000)."""
-    import yaml
-
-    serve = (yaml.safe_load((repo / "params.yaml").read_text()) or {}).get("serve") or {}
-    return ServiceController(repo.resolve(), str(serve.get("host", "127.0.0.1")), int(serve.get("port", 3000)))
+def controller_from_params(repo: Path, environ: dict[str, str] | None = None) -> ServiceController:
+    """The controller for the address the service itself reads: params.yaml's `serve` section with the
+    TRANSFERLINE_SERVE_* overrides (serving/settings.py), validated."""
+    settings = load_serve_params(environ=environ, root=repo.resolve())
+    return ServiceController(repo.resolve(), settings.host, settings.port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["start", "stop", "restart", "ensure", "status"])
     parser.add_argument("--repo", type=Path, default=Path("."))
     args = parser.parse_args(argv)
-    controller = controller_from_params(args.repo)
     try:
+        controller = controller_from_params(args.repo)
         if args.command == "stop":
             controller.stop()
             print("service stopped")
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             pid = controller.restart()
             print(f"service ready at {controller.url} (pid {pid}); logs: {controller.state_dir / 'serve.log'}")
-    except ServiceFailed as exc:
+    except TransferlineError as exc:  # ServiceFailed, or a bad serve setting (ParamsError)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
