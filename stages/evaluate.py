@@ -20,7 +20,8 @@ from transferline.cli import run_cli, stage_parser
 from transferline.config import EvaluateParams, load_section
 from transferline.data.pixel_cache import load_split
 from transferline.data.preprocessing import PreprocessSpec
-from transferline.evaluation.metrics import classification_report, reliability_bins, softmax
+from transferline.evaluation.metrics import classification_report, reliability_bins
+from transferline.evaluation.onnx_classifier import softmax
 from transferline.evaluation.scoring import torch_logits
 
 log = logging.getLogger("transferline.evaluate")

@@ -25,14 +25,15 @@ from transferline.evaluation.gate import ChampionScore, evaluate_gate
 from transferline.evaluation.lineage import collect_lineage
 from transferline.evaluation.metrics import classification_report
 from transferline.evaluation.model_card import render_model_card
-from transferline.evaluation.onnx_export import cpu_session
-from transferline.evaluation.scoring import load_pixels, onnx_probabilities
+from transferline.evaluation.onnx_classifier import OnnxClassifier
+from transferline.evaluation.scoring import load_pixels
 
 log = logging.getLogger("transferline.evaluation.gate")
 
 EXPORT_DIR = Path("export")
 GATE_DIR = Path("gate")
 METRICS_FILE = Path("metrics/evaluate.json")
+SCORING_BATCH = 64  # test images per ONNX Runtime run when scoring the champion and the candidate
 MODEL_META = Path("models/model.json")
 PREPARED_DIR = Path("data/prepared")
 RAW_DIR = Path("data/raw")
@@ -71,7 +72,8 @@ def score_champion(
         ("candidate", export_dir / "model.onnx", spec),
         ("champion", champion.onnx_path, champion.preprocess),
     ):
-        probs = onnx_probabilities(cpu_session(onnx_path), load_pixels(paths, model_spec), model_spec)
+        classifier = OnnxClassifier.open(onnx_path, classes, model_spec)
+        probs = classifier.probabilities(load_pixels(paths, model_spec), batch_size=SCORING_BATCH)
         values[who] = classification_report(probs, labels_array, classes)[params.champion_metric]
     return ChampionScore(champion.tag, values["champion"], values["candidate"], len(paths)), ""
 

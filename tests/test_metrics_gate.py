@@ -5,7 +5,8 @@ import pytest
 
 from transferline.config import GateParams
 from transferline.evaluation.gate import ChampionScore, evaluate_gate
-from transferline.evaluation.metrics import classification_report, expected_calibration_error, softmax
+from transferline.evaluation.metrics import classification_report, expected_calibration_error
+from transferline.evaluation.onnx_classifier import softmax
 
 EXPORT_REPORT = {
     "parity": [{"batch_size": 1, "max_abs_diff": 2e-6, "top1_agreement": 1.0}],
