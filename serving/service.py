@@ -42,7 +42,6 @@ from serving.http_input import (
     InputLimits,
     RefusePickle,
     parse_image_request,
-    rejection_status,
 )
 from serving.metrics import create_metrics
 from serving.openapi import DocLimits, complete_spec
@@ -221,7 +220,7 @@ class Classifier:
             try:
                 pixels.append(prepare_pixels(data, self.model.spec, self.image_limits))
             except ImageRejected as exc:
-                problems.append({"index": index, "reason": exc.reason, "status": rejection_status(exc.reason)})
+                problems.append({"index": index, "reason": exc.reason, "status": exc.status})
             except Exception as exc:  # hostile files can make PIL's format plugins raise other errors too
                 log.warning("image %d could not be decoded", index, exc_info=True)
                 reason = f"image could not be decoded ({type(exc).__name__}: {exc})"
