@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import write_results
-from serving.local_server import LocalServer, running_server
+from flows.local_server import LocalServer, running_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 32)
@@ -103,7 +103,7 @@ def build_store(home: Path, work: Path) -> str:
     """Register and promote a random-init MobileNetV2 in a throwaway BentoML home; returns its tag."""
     script = (
         "from pathlib import Path\n"
-        "from serving.synthetic_bundle import mobilenet_v2, write_export_dir, write_gate_dir\n"
+        "from bench.synthetic_bundle import mobilenet_v2, write_export_dir, write_gate_dir\n"
         "from serving.registry import register, promote\n"
         f"work = Path({str(work)!r})\n"
         f"classes = [f'class_{{i}}' for i in range({NUM_CLASSES})]\n"

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import httpx
 
+from flows.local_server import SERVICE_TARGET, ServerFailed, running_server
 from serving.auth import TOKEN_ENV
 from serving.settings import load_serve_params
 from transferline.env import tool_env
 from transferline.errors import TransferlineError
-
-SERVICE_TARGET = "serving.service:Classifier"
 
 
 def auth_headers() -> dict[str, str]:
@@ -138,8 +137,6 @@ class ServiceController:
         """Serve model `tag` beside the live service (free loopback port, one worker), check that it gets
         ready and answers `image` with its own tag, then stop it. The live service is not touched, so a
         candidate that cannot serve never costs the champion a second of downtime."""
-        from serving.local_server import ServerFailed, running_server
-
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = {**tool_env(), "TRANSFERLINE_MODEL_TAG": tag, "TRANSFERLINE_SERVE_WORKERS": "1"}
         log = self.state_dir / "preflight.log"

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flows.local_server import QUIET_ENV, ServerFailed, running_server, start_server
 from serving.champion import NO_CHAMPION
-from serving.local_server import QUIET_ENV, ServerFailed, running_server, start_server
 from tests.serving import images
 from tests.serving.conftest import PROJECT_ROOT, ServingModels, copy_home, registry_cli, server_env
 

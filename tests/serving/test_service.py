@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.local_server import running_server
+from flows.local_server import running_server
 from tests.serving import images
 from tests.serving.conftest import CLASSES, PROJECT_ROOT, ServingModels, server_env
 
