@@ -26,7 +26,7 @@ import psutil
 
 from bench.common import write_results
 from bench.serving_bench import WRK_SCRIPT, bench_image, build_store, require_wrk, run_wrk
-from serving.local_server import LocalServer, running_server
+from flows.local_server import LocalServer, running_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 50

@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import write_results
-from serving.local_server import LocalServer, running_server
+from flows.local_server import LocalServer, running_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 32)
@@ -103,7 +103,7 @@ def build_store(home: Path, work: Path) -> str:
     """Register and promote a random-init MobileNetV2 in a throwaway BentoML home; returns its tag."""
     script = (
         "from pathlib import Path\n"
-        "from serving.synthetic_bundle import mobilenet_v2, write_export_dir, write_gate_dir\n"
+        "from bench.synthetic_bundle import mobilenet_v2, write_export_dir, write_gate_dir\n"
         "from serving.registry import register, promote\n"
         f"work = Path({str(work)!r})\n"
         f"classes = [f'class_{{i}}' for i in range({NUM_CLASSES})]\n"
@@ -176,19 +176,19 @@ def _ort_images_per_s(onnx_path: str, batch: int, seconds: float) -> float:
 
 def _decode_and_ort_per_s(onnx_path: str, image: str, seconds: float) -> float:
     """Requests/s of decode + preprocess + ONNX Runtime at batch 1, no HTTP: a zero-overhead server."""
-    from serving.inference import prepare_pixels, softmax
     from transferline.data.imaging import ImageLimits
-    from transferline.data.preprocessing import PreprocessSpec, normalize
-    from transferline.evaluation.onnx_export import INPUT_NAME, OUTPUT_NAME, cpu_session
+    from transferline.data.preprocessing import PreprocessSpec
+    from transferline.evaluation.onnx_classifier import OnnxClassifier
+    from transferline.evaluation.scoring import prepare_pixels
 
-    session = cpu_session(Path(onnx_path), threads=1)
     spec = PreprocessSpec(IMAGE_SIZE, "crop", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    classifier = OnnxClassifier.open(Path(onnx_path), [f"class_{i}" for i in range(NUM_CLASSES)], spec, threads=1)
     data = Path(image).read_bytes()
     done, deadline = 0, time.perf_counter() + seconds
     start = time.perf_counter()
     while time.perf_counter() < deadline:
         pixels = prepare_pixels(data, spec, ImageLimits())[None]
-        softmax(session.run([OUTPUT_NAME], {INPUT_NAME: normalize(pixels, spec)})[0])
+        classifier.probabilities(pixels)
         done += 1
     return done / (time.perf_counter() - start)
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import httpx
 
+from flows.local_server import SERVICE_TARGET, ServerFailed, running_server
 from serving.auth import TOKEN_ENV
+from serving.settings import load_serve_params
 from transferline.env import tool_env
 from transferline.errors import TransferlineError
-
-SERVICE_TARGET = "serving.service:Classifier"
 
 
 def auth_headers() -> dict[str, str]:
@@ -47,8 +47,8 @@ class ServiceFailed(TransferlineError):
 @dataclass(frozen=True)
 class ServiceController:
     repo: Path
-    host: str = "127.0.0.1"
-    port: int = 3000
+    host: str
+    port: int
     ready_timeout_s: float = 120.0
 
     @property
@@ -137,8 +137,6 @@ class ServiceController:
         """Serve model `tag` beside the live service (free loopback port, one worker), check that it gets
         ready and answers `image` with its own tag, then stop it. The live service is not touched, so a
         candidate that cannot serve never costs the champion a second of downtime."""
-        from serving.local_server import ServerFailed, running_server
-
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = {**tool_env(), "TRANSFERLINE_MODEL_TAG": tag, "TRANSFERLINE_SERVE_WORKERS": "1"}
         log = self.state_dir / "preflight.log"
@@ -152,12 +150,11 @@ class ServiceController:
         return answer
 
 
-def controller_from_params(repo: Path) -> ServiceController:
-    """The controller for the address in params.yaml's `serve` section (defaults: 127.0.0.1:3000)."""
-    import yaml
-
-    serve = (yaml.safe_load((repo / "params.yaml").read_text()) or {}).get("serve") or {}
-    return ServiceController(repo.resolve(), str(serve.get("host", "127.0.0.1")), int(serve.get("port", 3000)))
+def controller_from_params(repo: Path, environ: dict[str, str] | None = None) -> ServiceController:
+    """The controller for the address the service itself reads: params.yaml's `serve` section with the
+    TRANSFERLINE_SERVE_* overrides (serving/settings.py), validated."""
+    settings = load_serve_params(environ=environ, root=repo.resolve())
+    return ServiceController(repo.resolve(), settings.host, settings.port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["start", "stop", "restart", "ensure", "status"])
     parser.add_argument("--repo", type=Path, default=Path("."))
     args = parser.parse_args(argv)
-    controller = controller_from_params(args.repo)
     try:
+        controller = controller_from_params(args.repo)
         if args.command == "stop":
             controller.stop()
             print("service stopped")
@@ -182,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             pid = controller.restart()
             print(f"service ready at {controller.url} (pid {pid}); logs: {controller.state_dir / 'serve.log'}")
-    except ServiceFailed as exc:
+    except TransferlineError as exc:  # ServiceFailed, or a bad serve setting (ParamsError)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

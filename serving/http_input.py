@@ -242,17 +242,6 @@ def _check_top_k(value: Any, limits: InputLimits) -> int:
     return value
 
 
-def rejection_status(reason: str) -> int:
-    """HTTP status for an `ImageRejected.reason` from transferline.data.imaging.decode_image."""
-    if reason.startswith("empty file"):
-        return 400
-    if "above the limit" in reason or "safety limit" in reason:
-        return 413
-    if reason.startswith("not a recognised image format"):
-        return 415
-    return 422  # corrupt or truncated data, no pixels: an image format, but unusable
-
-
 class RefusePickle:
     """ASGI middleware: a pickled body gets the service's JSON 415 like any other unsupported type.
 

@@ -42,9 +42,7 @@ from serving.http_input import (
     InputLimits,
     RefusePickle,
     parse_image_request,
-    rejection_status,
 )
-from serving.inference import OnnxClassifier, create_session, prepare_pixels
 from serving.metrics import create_metrics
 from serving.openapi import DocLimits, complete_spec
 from serving.schemas import (
@@ -59,7 +57,8 @@ from serving.schemas import (
 )
 from serving.settings import load_serve_params
 from transferline.data.imaging import ImageLimits, ImageRejected
-from transferline.evaluation.onnx_export import INPUT_NAME, OUTPUT_NAME
+from transferline.evaluation.onnx_classifier import INPUT_NAME, OUTPUT_NAME, OnnxClassifier
+from transferline.evaluation.scoring import prepare_pixels
 
 log = logging.getLogger("transferline.serving")
 
@@ -91,8 +90,9 @@ class Classifier:
             if decision_file.is_file()
             else self.bundle.metadata.get("gate_decision", {})
         )
-        session = create_session(self.bundle.onnx_path, SETTINGS.provider, SETTINGS.ort_threads)
-        self.model = OnnxClassifier(self.bundle.onnx_path, self.bundle.classes, self.bundle.preprocess, session)
+        self.model = OnnxClassifier.open(
+            self.bundle.onnx_path, self.bundle.classes, self.bundle.preprocess, SETTINGS.provider, SETTINGS.ort_threads
+        )
         self.data_version = str(self.bundle.metadata.get("data_version", "unknown"))
         self.promoted_at = promotion_time(self.bundle.tag)
         self.input_limits = InputLimits(
@@ -220,7 +220,7 @@ class Classifier:
             try:
                 pixels.append(prepare_pixels(data, self.model.spec, self.image_limits))
             except ImageRejected as exc:
-                problems.append({"index": index, "reason": exc.reason, "status": rejection_status(exc.reason)})
+                problems.append({"index": index, "reason": exc.reason, "status": exc.status})
             except Exception as exc:  # hostile files can make PIL's format plugins raise other errors too
                 log.warning("image %d could not be decoded", index, exc_info=True)
                 reason = f"image could not be decoded ({type(exc).__name__}: {exc})"

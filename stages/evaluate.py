@@ -23,7 +23,8 @@ from transferline.config import EvaluateParams, load_section
 from transferline.data.pixel_cache import SplitData, load_split, split_paths
 from transferline.data.preprocessing import PreprocessSpec
 from transferline.evaluation import gallery
-from transferline.evaluation.metrics import classification_report, reliability_bins, softmax
+from transferline.evaluation.metrics import classification_report, reliability_bins
+from transferline.evaluation.onnx_classifier import softmax
 from transferline.evaluation.scoring import torch_logits
 
 log = logging.getLogger("transferline.evaluate")

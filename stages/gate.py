@@ -27,9 +27,9 @@ from transferline.errors import TransferlineError
 from transferline.evaluation.gate import ChampionScore, ClassChange, evaluate_gate
 from transferline.evaluation.lineage import collect_lineage
 from transferline.evaluation.model_card import render_model_card
-from transferline.evaluation.onnx_export import cpu_session
+from transferline.evaluation.onnx_classifier import OnnxClassifier
 from transferline.evaluation.paired_test import compare_paired
-from transferline.evaluation.scoring import load_pixels, onnx_probabilities
+from transferline.evaluation.scoring import load_pixels
 
 log = logging.getLogger("transferline.evaluation.gate")
 
@@ -37,6 +37,7 @@ EXPORT_DIR = Path("export")
 GATE_DIR = Path("gate")
 METRICS_FILE = Path("metrics/evaluate.json")
 EXPORT_METRICS_FILE = Path("metrics/export.json")
+SCORING_BATCH = 64  # test images per ONNX Runtime run when scoring the champion and the candidate
 MODEL_META = Path("models/model.json")
 PREPARED_DIR = Path("data/prepared")
 RAW_DIR = Path("data/raw")
@@ -54,7 +55,7 @@ def test_split(prepared_dir: Path, raw_dir: Path) -> tuple[list[Path], list[str]
 
 def predicted_labels(onnx_path: Path, spec: PreprocessSpec, classes: list[str], paths: list[Path]) -> np.ndarray:
     """Class names one exported model predicts for image files, with its own preprocessing."""
-    probs = onnx_probabilities(cpu_session(onnx_path), load_pixels(paths, spec), spec)
+    probs = OnnxClassifier.open(onnx_path, classes, spec).probabilities(load_pixels(paths, spec), SCORING_BATCH)
     return np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
 
 

@@ -20,7 +20,7 @@ SCRIPT = """
 import json, sys
 from pathlib import Path
 from serving import registry
-from serving.synthetic_bundle import write_gate_dir
+from bench.synthetic_bundle import write_gate_dir
 from stages.gate import default_champion_lookup
 from transferline.data.preprocessing import PreprocessSpec
 from transferline.errors import TransferlineError

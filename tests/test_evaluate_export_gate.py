@@ -15,9 +15,10 @@ from PIL import Image
 from stages import evaluate, export, gate, prepare
 from tests.model_fixtures import degrade, fit_tiny_model
 from transferline.config import EvaluateParams, ExportParams, GateParams, PrepareParams, PreprocessParams
+from transferline.data.manifest import split_rows
 from transferline.data.preprocessing import PreprocessSpec, normalize
 from transferline.evaluation import gallery
-from transferline.evaluation.metrics import softmax
+from transferline.evaluation.onnx_classifier import softmax
 from transferline.evaluation.onnx_export import check_parity, cpu_session, run_batches
 from transferline.evaluation.scoring import torch_logits
 
@@ -120,15 +121,15 @@ def test_gallery_shows_the_most_confidently_misclassified_test_images(workspace,
     confusion = [row.split(",") for row in (plots / "confusion.csv").read_text().splitlines()[1:]]
     assert listing["errors"] == sum(a != p for a, p in confusion) >= 5 and listing["shown"] == 5
 
-    test_rows = [row for row in prepare.read_manifest(prepared) if row["split"] == "test"]
+    test_rows = split_rows(prepared, "test")
     images = np.load(cache / "test_images.npy")
     probs = softmax(torch_logits(broken, images, SPEC, 16).astype(np.float64))
     all_wrong_confidences = sorted((probs[i].max() for i, (a, p) in enumerate(confusion) if a != p), reverse=True)
     for shown in listing["images"]:
         i = shown["test_index"]
-        assert shown["path"] == test_rows[i]["path"] and (root / "data" / "raw" / shown["path"]).is_file()
+        assert shown["path"] == test_rows[i].path and (root / "data" / "raw" / shown["path"]).is_file()
         assert [shown["actual"], shown["predicted"]] == confusion[i] and shown["actual"] != shown["predicted"]
-        assert shown["actual"] == test_rows[i]["label"]
+        assert shown["actual"] == test_rows[i].label
         assert shown["confidence"] == pytest.approx(probs[i].max(), abs=1e-6)
         assert shown["actual_probability"] == pytest.approx(probs[i, classes.index(shown["actual"])], abs=1e-6)
     confidences = [shown["confidence"] for shown in listing["images"]]

@@ -5,7 +5,8 @@ import pytest
 
 from transferline.config import GateParams
 from transferline.evaluation.gate import ChampionScore, ClassChange, evaluate_gate
-from transferline.evaluation.metrics import classification_report, expected_calibration_error, softmax
+from transferline.evaluation.metrics import classification_report, expected_calibration_error
+from transferline.evaluation.onnx_classifier import softmax
 from transferline.evaluation.paired_test import compare_paired, mcnemar_exact_p
 
 EXPORT_REPORT = {

@@ -69,7 +69,7 @@ def copy_home(models: ServingModels, target: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def serving_models(tmp_path_factory: pytest.TempPathFactory) -> ServingModels:
-    from serving.synthetic_bundle import mobilenet_v2, write_export_dir, write_gate_dir
+    from bench.synthetic_bundle import mobilenet_v2, write_export_dir, write_gate_dir
 
     root = tmp_path_factory.mktemp("serving-models")
     export_dir = root / "export"
@@ -118,7 +118,7 @@ def no_inherited_serve_settings():
 @pytest.fixture(scope="module")
 def corpus_server(serving_models: ServingModels, tmp_path_factory: pytest.TempPathFactory):
     """The champion served with the limits tests/serving/hostile_uploads.py writes its expectations for."""
-    from serving.local_server import running_server
+    from flows.local_server import running_server
     from tests.serving.hostile_uploads import SERVER_LIMITS
 
     env = server_env(serving_models.home, **SERVER_LIMITS.settings())

@@ -39,11 +39,11 @@ def client(corpus_server) -> Iterator[httpx.Client]:
 def offline(serving_models: ServingModels, tmp_path_factory: pytest.TempPathFactory) -> Scorer:
     """Probabilities for image files through transferline.evaluation.scoring, as the gate scores models offline."""
     from transferline.data.preprocessing import PreprocessSpec
-    from transferline.evaluation.onnx_export import cpu_session
-    from transferline.evaluation.scoring import load_pixels, onnx_probabilities
+    from transferline.evaluation.onnx_classifier import OnnxClassifier
+    from transferline.evaluation.scoring import load_pixels
 
     spec = PreprocessSpec.from_dict(json.loads((serving_models.export_dir / "preprocess.json").read_text()))
-    session = cpu_session(serving_models.export_dir / "model.onnx")
+    classifier = OnnxClassifier.open(serving_models.export_dir / "model.onnx", CLASSES, spec)
     folder = tmp_path_factory.mktemp("offline")
     numbers = itertools.count()
 
@@ -51,7 +51,7 @@ def offline(serving_models: ServingModels, tmp_path_factory: pytest.TempPathFact
         paths = [folder / f"{next(numbers)}.img" for _ in images]
         for path, data in zip(paths, images, strict=True):
             path.write_bytes(data)
-        return onnx_probabilities(session, load_pixels(paths, spec), spec)
+        return classifier.probabilities(load_pixels(paths, spec), batch_size=64)
 
     return score
 

@@ -1,10 +1,10 @@
-"""Request parsing pieces that need no server: status mapping, top_k, base64, settings."""
+"""Request parsing pieces that need no server: rejection statuses, top_k, base64, settings."""
 
 from __future__ import annotations
 
 import pytest
 
-from serving.http_input import ApiError, InputLimits, _check_top_k, _decode_base64, rejection_status
+from serving.http_input import ApiError, InputLimits, _check_top_k, _decode_base64
 from serving.settings import load_serve_params
 from tests.serving import images
 from transferline.data.imaging import ImageLimits, ImageRejected, decode_image
@@ -21,14 +21,16 @@ LIMITS = InputLimits(max_request_images=4, max_image_bytes=1000, top_k_default=5
         (images.flat_png(300, 300), ImageLimits(max_pixels=10_000), 413),
         (images.png_header_only(60000, 60000), ImageLimits(), 413),
         (b"plain text, no image", ImageLimits(), 415),
+        (b"%PDF-1.7\n", ImageLimits(), 415),
         (images.truncated_jpeg(), ImageLimits(), 422),
+        (images.png_header_only(60, 60)[:20], ImageLimits(), 422),  # starts like a PNG, header cut short
     ],
 )
-def test_every_decode_rejection_maps_to_its_status(data, limits, status):
-    """Guards the mapping against changes in transferline.data.imaging's wording."""
+def test_every_decode_rejection_carries_its_status(data, limits, status):
+    """The status is chosen where the rejection is raised, not read back from its wording."""
     with pytest.raises(ImageRejected) as rejected:
         decode_image(data, limits)
-    assert rejection_status(rejected.value.reason) == status
+    assert rejected.value.status == status
 
 
 @pytest.mark.parametrize(("value", "expected"), [(None, 5), (3, 3), ("7", 7), (10, 10)])

@@ -7,9 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from serving.inference import CPU, CUDA, OnnxClassifier, ProviderUnavailable, create_session, nvidia_device_present
 from tests.serving.conftest import CLASSES, ServingModels
 from transferline.data.preprocessing import PreprocessSpec
+from transferline.evaluation.onnx_classifier import (
+    CPU,
+    CUDA,
+    OnnxClassifier,
+    ProviderUnavailable,
+    create_session,
+    nvidia_device_present,
+)
 
 
 def classifier(models: ServingModels, preference: str = "cpu") -> OnnxClassifier:
@@ -48,3 +55,19 @@ def test_probabilities_top_k_and_warm_up(serving_models):
     top = model.top_k(probabilities[0], 10)
     assert [p.label for p in top] == [CLASSES[i] for i in np.argsort(-probabilities[0])]
     assert len(model.top_k(probabilities[0], 2)) == 2
+
+
+def test_scoring_in_batches_gives_the_same_probabilities(serving_models):
+    """The gate scores test splits `batch_size` images at a time; the service runs whole batches at once."""
+    model = classifier(serving_models)
+    pixels = np.random.default_rng(1).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    whole = model.probabilities(pixels)
+    np.testing.assert_allclose(model.probabilities(pixels, batch_size=3), whole, rtol=0, atol=1e-6)
+    assert whole.dtype == np.float64
+
+
+def test_softmax_is_stable_for_large_logits():
+    from transferline.evaluation.onnx_classifier import softmax
+
+    probabilities = softmax(np.array([[1000.0, 1000.0, -1000.0], [0.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(probabilities, [[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]], atol=1e-12)

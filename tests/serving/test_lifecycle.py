@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flows.local_server import QUIET_ENV, ServerFailed, running_server, start_server
 from serving.champion import NO_CHAMPION
-from serving.local_server import QUIET_ENV, ServerFailed, running_server, start_server
 from tests.serving import images
 from tests.serving.conftest import PROJECT_ROOT, ServingModels, copy_home, registry_cli, server_env
 
@@ -117,6 +117,12 @@ def test_bento_builds_and_serves_the_model_it_was_built_with(serving_models: Ser
     )
     assert build.returncode == 0, build.stderr
     bento_tag = build.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    name, version = bento_tag.split(":")
+    src = home / "bentos" / name / version / "src"
+    # The code the service imports travels with it (a server here would also find it on PYTHONPATH).
+    for module in ("serving/service.py", "transferline/data/imaging.py", "transferline/evaluation/onnx_classifier.py"):
+        assert (src / module).is_file(), f"{module} is not in the bento"
+    assert not (src / "bench").exists() and not (src / "tests").exists()
     registry_cli(home, "promote", serving_models.v2)  # the registry moves on; the bento must not
     with running_server(tmp_path, tmp_path / "bento.log", server_env(home), target=bento_tag) as server:
         answer = classify(server.url).json()

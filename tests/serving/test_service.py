@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.local_server import running_server
+from flows.local_server import running_server
 from tests.serving import images
 from tests.serving.conftest import CLASSES, PROJECT_ROOT, ServingModels, server_env
 
@@ -50,8 +50,8 @@ def photos() -> dict[str, bytes]:
 def offline(serving_models: ServingModels, photos: dict[str, bytes], tmp_path_factory) -> dict[str, np.ndarray]:
     """Probabilities from ONNX Runtime in this process, through transferline.evaluation.scoring, on the same files."""
     from transferline.data.preprocessing import PreprocessSpec
-    from transferline.evaluation.onnx_export import cpu_session
-    from transferline.evaluation.scoring import load_pixels, onnx_probabilities
+    from transferline.evaluation.onnx_classifier import OnnxClassifier
+    from transferline.evaluation.scoring import load_pixels
 
     folder = tmp_path_factory.mktemp("offline")
     paths = []
@@ -59,8 +59,8 @@ def offline(serving_models: ServingModels, photos: dict[str, bytes], tmp_path_fa
         (folder / name).write_bytes(data)
         paths.append(folder / name)
     spec = PreprocessSpec.from_dict(json.loads((serving_models.export_dir / "preprocess.json").read_text()))
-    session = cpu_session(serving_models.export_dir / "model.onnx")
-    probabilities = onnx_probabilities(session, load_pixels(paths, spec), spec)
+    classifier = OnnxClassifier.open(serving_models.export_dir / "model.onnx", CLASSES, spec)
+    probabilities = classifier.probabilities(load_pixels(paths, spec), batch_size=64)
     return {path.name: row for path, row in zip(paths, probabilities, strict=True)}
 
 

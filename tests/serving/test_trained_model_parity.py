@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.local_server import running_server
+from flows.local_server import running_server
 from tests.serving.conftest import PROJECT_ROOT, registry_cli, server_env
 
 pytestmark = pytest.mark.slow

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -51,12 +52,22 @@ class ImageLimits:
     max_pixels: int = 89_478_485
 
 
-class ImageRejected(ValueError):
-    """The bytes are not an image we can use; `reason` says why, in words for the user."""
+# What kind of unusable input it is, as the HTTP status the service answers with: decided where the
+# reason is written, never guessed back from its words.
+EMPTY = HTTPStatus.BAD_REQUEST  # nothing was sent
+TOO_LARGE = HTTPStatus.REQUEST_ENTITY_TOO_LARGE  # bytes, pixels or decoded size over a limit
+UNSUPPORTED = HTTPStatus.UNSUPPORTED_MEDIA_TYPE  # not one of the accepted formats
+DAMAGED = HTTPStatus.UNPROCESSABLE_ENTITY  # an accepted format, but corrupt, truncated or without pixels
 
-    def __init__(self, reason: str) -> None:
+
+class ImageRejected(ValueError):
+    """The bytes are not an image we can use; `reason` says why, in words for the user, and `status`
+    which kind of problem it is, as an HTTP status (EMPTY, TOO_LARGE, UNSUPPORTED or DAMAGED)."""
+
+    def __init__(self, reason: str, status: HTTPStatus) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.status = int(status)
 
 
 @dataclass(frozen=True)
@@ -82,57 +93,62 @@ def refused_format(data: bytes) -> str | None:
     return next((name for signature, name in _REFUSED_SIGNATURES if data.startswith(signature)), None)
 
 
-def unrecognised_reason(data: bytes) -> str:
+def unrecognised(data: bytes) -> ImageRejected:
     """Why bytes that no accepted decoder identifies are refused: a damaged image, a refused format, or neither."""
     claimed = claimed_format(data)
     if claimed:
-        return f"corrupt {claimed} file: it starts like {claimed} but its header cannot be read"
+        return ImageRejected(f"corrupt {claimed} file: it starts like {claimed} but its header cannot be read", DAMAGED)
     refused = refused_format(data)
     if refused:
-        return f"{_UNRECOGNISED}: {refused} is not decoded here"
-    return _UNRECOGNISED
+        return ImageRejected(f"{_UNRECOGNISED}: {refused} is not decoded here", UNSUPPORTED)
+    return ImageRejected(_UNRECOGNISED, UNSUPPORTED)
 
 
-def failure_reason(exc: Exception, stage: str) -> str:
-    """Words for a decoder error; `stage` names what was read ("PNG header", "image data (PNG)")."""
+def decoder_failure(exc: Exception, stage: str) -> ImageRejected:
+    """A decoder error in words; `stage` names what was read ("PNG header", "image data (PNG)")."""
     if "decompressed data too large" in str(exc).lower():  # a zlib bomb in a PNG text or colour-profile chunk
-        return f"image metadata decompresses beyond the decoder's safety limit ({exc})"
-    return f"corrupt or truncated {stage}: {exc}"
+        return ImageRejected(f"image metadata decompresses beyond the decoder's safety limit ({exc})", TOO_LARGE)
+    return ImageRejected(f"corrupt or truncated {stage}: {exc}", DAMAGED)
+
+
+def over_safety_limit(exc: Exception) -> ImageRejected:
+    return ImageRejected(f"image dimensions exceed the decoder's safety limit: {exc}", TOO_LARGE)
 
 
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedImage:
     """Decode fully (so truncation shows), apply EXIF orientation, and convert to 8-bit RGB."""
     if len(data) == 0:
-        raise ImageRejected("empty file (0 bytes)")
+        raise ImageRejected("empty file (0 bytes)", EMPTY)
     if len(data) > limits.max_bytes:
-        raise ImageRejected(f"file is {len(data)} bytes, above the limit of {limits.max_bytes} bytes")
+        raise ImageRejected(f"file is {len(data)} bytes, above the limit of {limits.max_bytes} bytes", TOO_LARGE)
     if refused_format(data):  # refused before Pillow sees the bytes at all
-        raise ImageRejected(unrecognised_reason(data))
+        raise unrecognised(data)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         except UnidentifiedImageError:
-            raise ImageRejected(unrecognised_reason(data)) from None
+            raise unrecognised(data) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected(f"image dimensions exceed the decoder's safety limit: {exc}") from None
+            raise over_safety_limit(exc) from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageRejected(failure_reason(exc, f"{claimed_format(data) or 'image'} header")) from None
+            raise decoder_failure(exc, f"{claimed_format(data) or 'image'} header") from None
         width, height = image.size
         if width < 1 or height < 1:
-            raise ImageRejected(f"image has no pixels ({width}x{height})")
+            raise ImageRejected(f"image has no pixels ({width}x{height})", DAMAGED)
         if width * height > limits.max_pixels:
             raise ImageRejected(
-                f"image is {width}x{height} = {width * height} pixels, above the limit of {limits.max_pixels} pixels"
+                f"image is {width}x{height} = {width * height} pixels, above the limit of {limits.max_pixels} pixels",
+                TOO_LARGE,
             )
         source_format = image.format or "unknown"
         source_mode = image.mode
         try:
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected(f"image dimensions exceed the decoder's safety limit: {exc}") from None
+            raise over_safety_limit(exc) from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageRejected(failure_reason(exc, f"image data ({source_format})")) from None
+            raise decoder_failure(exc, f"image data ({source_format})") from None
         rgb = to_rgb(image)
     return DecodedImage(rgb, source_format, source_mode, width, height)
 

@@ -6,13 +6,13 @@ description fails with the same precise message everywhere instead of as a shape
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from transferline.data.manifest import MANIFEST_NAME, read_manifest
 from transferline.errors import DataError
 
 
@@ -53,11 +53,10 @@ def load_split(prepared_dir: Path, name: str, num_classes: int, image_size: int)
 def split_paths(prepared_dir: Path, name: str, expected: int) -> list[str]:
     """The raw path (relative to data/raw) of each image of a split, in cache order: prepare writes
     manifest.csv and the cache in the same (split, label, path) order, so row i is cache row i."""
-    manifest = prepared_dir / "manifest.csv"
-    if not manifest.is_file():
-        raise DataError(f"{manifest} does not exist: run the prepare stage first (dvc repro prepare)")
-    with open(manifest, newline="") as handle:
-        paths = [row["path"] for row in csv.DictReader(handle) if row["split"] == name]
+    paths = [row.path for row in read_manifest(prepared_dir) if row.split == name]
     if len(paths) != expected:
-        raise DataError(f"{manifest} lists {len(paths)} {name} images, the cache holds {expected}: run prepare again")
+        raise DataError(
+            f"{prepared_dir / MANIFEST_NAME} lists {len(paths)} {name} images, the cache holds {expected}: "
+            "run prepare again"
+        )
     return paths

@@ -1,1 +1,1 @@
-"""Evaluation: metrics, scoring, the quality gate, ONNX export, model cards and lineage."""
+"""Evaluation: metrics, scoring, the ONNX classifier, the quality gate, ONNX export, model cards and lineage."""

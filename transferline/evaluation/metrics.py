@@ -16,12 +16,6 @@ from sklearn.metrics import (
 )
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> list[dict]:
     """Per non-empty equal-width confidence bin: mean confidence, accuracy and count."""
     confidence = probs.max(axis=1)

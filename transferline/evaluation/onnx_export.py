@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from transferline.evaluation.onnx_classifier import INPUT_NAME, OUTPUT_NAME
+
 log = logging.getLogger("transferline.onnx")
 
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "logits"
 MAX_BATCH = 4096
 
 

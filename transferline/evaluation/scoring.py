@@ -1,7 +1,7 @@
-"""Scoring an ONNX model on image files exactly as the service would: decode, resize, normalise, run.
+"""Image bytes and files to model input exactly as the service prepares them: decode, then resize.
 
-The gate uses it to score the champion and the candidate on the same test images in one run,
-each with its own preprocessing spec.
+The service calls `prepare_pixels` on every upload and the gate `load_pixels` on the test files, then both
+hand the pixels to transferline/evaluation/onnx_classifier.py: one path from bytes to probabilities.
 """
 
 from __future__ import annotations
@@ -12,22 +12,17 @@ import numpy as np
 
 from transferline.data.imaging import ImageLimits, decode_image
 from transferline.data.preprocessing import PreprocessSpec, normalize, resize_for_model
-from transferline.evaluation.metrics import softmax
-from transferline.evaluation.onnx_export import INPUT_NAME, OUTPUT_NAME
+
+
+def prepare_pixels(data: bytes, spec: PreprocessSpec, limits: ImageLimits) -> np.ndarray:
+    """Untrusted bytes -> uint8 (S, S, 3), by the same functions as training; raises ImageRejected."""
+    return resize_for_model(decode_image(data, limits).rgb, spec)
 
 
 def load_pixels(paths: list[Path], spec: PreprocessSpec, limits: ImageLimits | None = None) -> np.ndarray:
-    """uint8 (N, S, S, 3) model-input pixels for image files, through the shared decode path."""
+    """uint8 (N, S, S, 3) model-input pixels for image files, through the service's decode path."""
     limits = limits or ImageLimits()
-    return np.stack([resize_for_model(decode_image(p.read_bytes(), limits).rgb, spec) for p in paths])
-
-
-def onnx_probabilities(session, pixels: np.ndarray, spec: PreprocessSpec, batch_size: int = 64) -> np.ndarray:
-    outputs = []
-    for start in range(0, len(pixels), batch_size):
-        batch = normalize(pixels[start : start + batch_size], spec)
-        outputs.append(session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0])
-    return softmax(np.concatenate(outputs).astype(np.float64))
+    return np.stack([prepare_pixels(p.read_bytes(), spec, limits) for p in paths])
 
 
 def torch_logits(model, images: np.ndarray, spec: PreprocessSpec, batch_size: int) -> np.ndarray:

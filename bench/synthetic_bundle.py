@@ -1,4 +1,4 @@
-"""A stand-in for the pipeline's export and gate outputs, for the service's tests and benchmark.
+"""A stand-in for the pipeline's export and gate outputs, for the service's tests and benchmarks.
 
 Writes what the export stage writes (model.onnx through the same `export_onnx` and ONNX Runtime
 optimisation, preprocess.json, classes.json, export_report.json) and what the gate writes
@@ -74,7 +74,7 @@ def write_export_dir(model, classes: list[str], image_size: int, export_dir: Pat
         "opset": exported["opset"],
         "batch_axis": exported["batch_axis"],
         "model_bytes": (export_dir / "model.onnx").stat().st_size,
-        "note": "synthetic bundle (serving/synthetic_bundle.py): no parity or latency measured",
+        "note": "synthetic bundle (bench/synthetic_bundle.py): no parity or latency measured",
     }
     _write_json(export_dir / "preprocess.json", spec.to_dict())
     _write_json(export_dir / "classes.json", {"classes": classes})

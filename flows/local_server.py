@@ -1,7 +1,8 @@
-"""A `bentoml serve` child process on a free loopback port, for tests and benchmarks.
+"""A short-lived `bentoml serve` child process on a free loopback port: the deploy step's preflight of a
+candidate model (flows/service_control.py), and the servers of the tests and benchmarks.
 
 Started in its own process group and always stopped (SIGTERM, then SIGKILL) by the context manager,
-so no worker outlives the caller. Long-lived deployments use flows/service_control.py instead.
+so no worker outlives the caller. The long-lived service is flows/service_control.py's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import httpx
 
-QUIET_ENV = {"DO_NOT_TRACK": "1", "BENTOML_DO_NOT_TRACK": "true"}
+from transferline.env import QUIET_ENV
+
 SERVICE_TARGET = "serving.service:Classifier"
 
 

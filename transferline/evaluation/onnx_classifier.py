@@ -1,4 +1,8 @@
-"""The served model: an ONNX Runtime session on the best usable provider, fed by the shared preprocessing.
+"""The one ONNX classifier: uint8 pixels in, softmax probabilities out, for the gate and the service alike.
+
+The gate scores the champion and the candidate with it, and the service answers requests with it, so a
+model cannot score one way offline and another way in production. It needs numpy and ONNX Runtime only
+(no torch, no scikit-learn): the service image ships without the training stack.
 
 The provider actually running is read back from the session (`get_providers()`), never assumed:
 onnxruntime-gpu silently falls back to CPU when CUDA cannot load, and `ort.get_device()` says
@@ -15,12 +19,15 @@ from typing import Literal
 
 import numpy as np
 
-from transferline.data.imaging import ImageLimits, decode_image
-from transferline.data.preprocessing import PreprocessSpec, normalize, resize_for_model
+from transferline.data.preprocessing import PreprocessSpec, normalize
 from transferline.errors import TransferlineError
-from transferline.evaluation.onnx_export import INPUT_NAME, OUTPUT_NAME
 
-log = logging.getLogger("transferline.serving")
+log = logging.getLogger("transferline.onnx")
+
+# The exported graph's contract (transferline/evaluation/onnx_export.py writes it): `pixels`, float32
+# (N, 3, S, S) normalised by `transferline.data.preprocessing.normalize`, in; `logits` (N, classes), out.
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "logits"
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -31,13 +38,23 @@ class ProviderUnavailable(TransferlineError):
     """`provider: cuda` was asked for and CUDA cannot run here."""
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by each row's maximum so large logits cannot overflow."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 def nvidia_device_present() -> bool:
     """A cheap look for an NVIDIA device, so CPU-only machines never try (and loudly fail) to load CUDA."""
     return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
 
 
-def create_session(onnx_path: Path, preference: ProviderPreference, threads: int):
-    """A session on CUDA when preferred and usable, else CPU; raises if `cuda` is required and fails."""
+def create_session(onnx_path: Path, preference: ProviderPreference = "cpu", threads: int = 0):
+    """A session on CUDA when preferred and usable, else CPU; raises if `cuda` is required and fails.
+
+    `threads`: ONNX Runtime intra-op threads (0: its default, one per core).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -71,7 +88,7 @@ class Prediction:
 
 
 class OnnxClassifier:
-    """Images in (uint8 pixels from `prepare_pixels`), class probabilities out; one session per worker."""
+    """Images in (uint8 pixels, as `resize_for_model` makes them), class probabilities out; one session each."""
 
     def __init__(self, onnx_path: Path, classes: list[str], spec: PreprocessSpec, session) -> None:
         self.onnx_path = onnx_path
@@ -80,14 +97,30 @@ class OnnxClassifier:
         self.session = session
         self.warm = False
 
+    @classmethod
+    def open(
+        cls,
+        onnx_path: Path,
+        classes: list[str],
+        spec: PreprocessSpec,
+        preference: ProviderPreference = "cpu",
+        threads: int = 0,
+    ) -> OnnxClassifier:
+        return cls(onnx_path, classes, spec, create_session(onnx_path, preference, threads))
+
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
-    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> float64 (N, classes) softmax probabilities."""
-        logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: normalize(pixels, self.spec)})[0]
-        return softmax(logits.astype(np.float64))
+    def probabilities(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> float64 (N, classes) softmax probabilities, `batch_size` images per run
+        (None: all at once), so scoring a whole test split needs no more memory than one batch."""
+        step = batch_size or max(len(pixels), 1)
+        logits = [
+            self.session.run([OUTPUT_NAME], {INPUT_NAME: normalize(pixels[start : start + step], self.spec)})[0]
+            for start in range(0, len(pixels), step)
+        ]
+        return softmax(np.concatenate(logits).astype(np.float64))
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> float:
         """Run each batch size once, so the first real request pays no allocation; returns seconds."""
@@ -106,14 +139,3 @@ class OnnxClassifier:
     def top_k(self, probabilities: np.ndarray, k: int) -> list[Prediction]:
         order = np.argsort(-probabilities, kind="stable")[: min(k, len(self.classes))]
         return [Prediction(self.classes[i], float(probabilities[i])) for i in order]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def prepare_pixels(data: bytes, spec: PreprocessSpec, limits: ImageLimits) -> np.ndarray:
-    """Untrusted bytes -> uint8 (S, S, 3), by the same functions as training; raises ImageRejected."""
-    return resize_for_model(decode_image(data, limits).rgb, spec)
