@@ -23,7 +23,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export OMP_WAIT_POLICY := PASSIVE
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup assets bench-tools demo stop test lint bench clean
+.PHONY: setup assets bench-tools browser demo stop test lint bench clean
 
 $(STAMP): pyproject.toml
 	@bash scripts/ensure_python.sh "$(PYTHON)" "$(VENV)"
@@ -53,8 +53,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/ruff format --check --no-cache .
 
-test: setup bench-tools lint
+test: setup bench-tools browser lint
 	$(BIN)/python -m pytest
+
+# A real headless browser for the page test.
+browser:
+	@bash scripts/ensure_browser.sh
 
 # The load client of the serving and load benchmarks (a test runs the load benchmark in quick mode).
 bench-tools:

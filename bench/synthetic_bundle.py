@@ -79,7 +79,19 @@ def write_export_dir(model, classes: list[str], image_size: int, export_dir: Pat
     _write_json(export_dir / "preprocess.json", spec.to_dict())
     _write_json(export_dir / "classes.json", {"classes": classes})
     _write_json(export_dir / "export_report.json", report)
+    _write_json(export_dir / "monitoring.json", {"detector": synthetic_detector(export_dir, spec).to_dict()})
     return spec
+
+
+def synthetic_detector(export_dir: Path, spec: PreprocessSpec):
+    """An OOD detector calibrated on random smooth images: the served bundle carries one, like a real export."""
+    from transferline.evaluation.onnx_classifier import OnnxClassifier
+    from transferline.monitoring.reference import build_detector
+    from transferline.monitoring.shifts import noise_images
+
+    classes = json.loads((export_dir / "classes.json").read_text())["classes"]
+    logits = OnnxClassifier.open(export_dir / "model.onnx", classes, spec).logits(noise_images(64, spec.image_size, 7))
+    return build_detector(logits, rejection_rate=0.05)
 
 
 def write_gate_dir(gate_dir: Path, passed: bool, lineage: dict, accuracy: float = 0.9) -> None:

@@ -63,7 +63,11 @@ def render(paths: list[Path], answer: dict) -> str:
     results = answer.get("results", [answer])
     lines = []
     for path, result in zip(paths, results, strict=True):
-        lines.append(f"{path}:")
+        if "out_of_distribution" in result:
+            flag = "OUT OF DISTRIBUTION" if result["out_of_distribution"] else "in distribution"
+            lines.append(f"{path}: {flag} (OOD score {result['ood_score']:.2f})")
+        else:
+            lines.append(f"{path}:")
         lines.extend(f"  {p['probability']:8.4f}  {p['label']}" for p in result["predictions"])
     lines.append(f"model {answer['model_tag']}, trained on data {answer['data_version']}")
     return "\n".join(lines)

@@ -73,12 +73,20 @@ class ModelLineage(BaseModel):
     data_version: str
 
 
+OOD_FLAG = "true when the image looks unlike the model's training data (its score above the calibrated threshold)"
+OOD_SCORE = "the out-of-distribution score (energy of the logits): higher is less like the training data"
+
+
 class Classification(ModelLineage):
     predictions: list[LabelProbability] = Field(description="top-k labels, most probable first")
+    out_of_distribution: bool = Field(description=OOD_FLAG)
+    ood_score: float = Field(description=OOD_SCORE)
 
 
 class ImageResult(BaseModel):
     predictions: list[LabelProbability]
+    out_of_distribution: bool = Field(description=OOD_FLAG)
+    ood_score: float = Field(description=OOD_SCORE)
 
 
 class BatchClassification(ModelLineage):
@@ -105,3 +113,4 @@ class ModelMetadata(ModelLineage):
     registered_at: str | None
     promoted_at: str | None = Field(description="when it last became champion (None inside a bento)")
     serving: dict
+    out_of_distribution: dict = Field(description="the OOD detector: score, threshold and its calibration")

@@ -23,12 +23,13 @@ import functools
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import bentoml
 import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from serving.auth import BearerTokenAuth
@@ -57,8 +58,9 @@ from serving.schemas import (
 )
 from serving.settings import load_serve_params
 from transferline.data.imaging import ImageLimits, ImageRejected
-from transferline.evaluation.onnx_classifier import INPUT_NAME, OUTPUT_NAME, OnnxClassifier
+from transferline.evaluation.onnx_classifier import INPUT_NAME, OUTPUT_NAME, OnnxClassifier, softmax
 from transferline.evaluation.scoring import prepare_pixels
+from transferline.monitoring.ood import load_detector
 
 log = logging.getLogger("transferline.serving")
 
@@ -93,6 +95,7 @@ class Classifier:
         self.model = OnnxClassifier.open(
             self.bundle.onnx_path, self.bundle.classes, self.bundle.preprocess, SETTINGS.provider, SETTINGS.ort_threads
         )
+        self.ood = load_detector(self.bundle.path)
         self.data_version = str(self.bundle.metadata.get("data_version", "unknown"))
         self.promoted_at = promotion_time(self.bundle.tag)
         self.input_limits = InputLimits(
@@ -104,7 +107,7 @@ class Classifier:
         self.decode_threads = ThreadPoolExecutor(2, thread_name_prefix="decode")
         self.batcher = (
             ImageBatcher(
-                self.model.probabilities,
+                self.model.logits,
                 self.inference_thread,
                 SETTINGS.max_batch_images,
                 SETTINGS.max_latency_ms,
@@ -141,13 +144,16 @@ class Classifier:
         """Classify one image: multipart `image` file or JSON {"image_b64": ...}; optional `top_k`."""
         try:
             parsed = await parse_image_request(request, SINGLE, self.input_limits)
-            probabilities = await self._probabilities(parsed.images, SINGLE)
+            logits = await self._logits(parsed.images, SINGLE)
         except ApiError as exc:
             return self._refuse("classify", exc)
+        probabilities, scores, flags = self._judge(logits)
         return Classification(
             model_tag=self.bundle.tag,
             data_version=self.data_version,
             predictions=self._top_k(probabilities[0], parsed.top_k),
+            out_of_distribution=bool(flags[0]),
+            ood_score=float(scores[0]),
         )
 
     @bentoml.api(route="/classify_batch", input_spec=ClassifyBatchInput, output_spec=BatchClassification)
@@ -155,13 +161,19 @@ class Classifier:
         """Classify several images in one request: multipart `images` files or JSON {"images_b64": [...]}."""
         try:
             parsed = await parse_image_request(request, BATCH, self.input_limits)
-            probabilities = await self._probabilities(parsed.images, BATCH)
+            logits = await self._logits(parsed.images, BATCH)
         except ApiError as exc:
             return self._refuse("classify_batch", exc)
+        probabilities, scores, flags = self._judge(logits)
         return BatchClassification(
             model_tag=self.bundle.tag,
             data_version=self.data_version,
-            results=[ImageResult(predictions=self._top_k(row, parsed.top_k)) for row in probabilities],
+            results=[
+                ImageResult(
+                    predictions=self._top_k(row, parsed.top_k), out_of_distribution=bool(flag), ood_score=float(score)
+                )
+                for row, score, flag in zip(probabilities, scores, flags, strict=True)
+            ],
         )
 
     @bentoml.api(route="/metadata", input_spec=NoInput)
@@ -192,6 +204,7 @@ class Classifier:
             gate_decision=self.gate_decision,
             registered_at=info.get("registered_at"),
             promoted_at=self.promoted_at,
+            out_of_distribution=self.ood.summary(),
             serving={
                 "batching": SETTINGS.batching,
                 "max_batch_images": SETTINGS.max_batch_images,
@@ -203,11 +216,16 @@ class Classifier:
             },
         )
 
-    async def _probabilities(self, images: list[bytes], fields: Fields) -> np.ndarray:
+    def _judge(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Probabilities, OOD scores and flags from one batch of logits."""
+        scores, flags = self.ood.flags(logits)
+        return softmax(logits), scores, flags
+
+    async def _logits(self, images: list[bytes], fields: Fields) -> np.ndarray:
         loop = asyncio.get_running_loop()
         pixels = await loop.run_in_executor(self.decode_threads, self._decode_all, images, fields)
         if self.batcher is None:
-            return await loop.run_in_executor(self.inference_thread, self.model.probabilities, pixels)
+            return await loop.run_in_executor(self.inference_thread, self.model.logits, pixels)
         try:
             return await self.batcher.infer(pixels)
         except Overloaded as exc:
@@ -246,6 +264,22 @@ class Classifier:
         return error.response()
 
 
+UI_PAGE = Path(__file__).with_name("ui.html")
+
+
+async def _ui(_: Request) -> HTMLResponse:
+    """The page for people: pick or drop an image, see the top labels, the OOD flag and the model."""
+    return HTMLResponse(UI_PAGE.read_text(encoding="utf-8"))
+
+
+async def _model_card(_: Request) -> PlainTextResponse:
+    """The served model's card (model_card.md from its gate run), as Markdown text."""
+    card = bentoml.get_current_service().bundle.path / "model_card.md"
+    if not card.is_file():
+        return PlainTextResponse("this model was registered without a model card", status_code=404)
+    return PlainTextResponse(card.read_text(encoding="utf-8"), media_type="text/markdown; charset=utf-8")
+
+
 async def _metadata_get(_: Request) -> JSONResponse:
     return JSONResponse(bentoml.get_current_service().describe().model_dump(mode="json"))
 
@@ -266,6 +300,8 @@ Classifier.mount_asgi_app(
         routes=[
             Route("/metadata", _metadata_get, methods=["GET"]),
             Route("/docs.json", _docs_json, methods=["GET"]),
+            Route("/ui", _ui, methods=["GET"]),
+            Route("/model-card", _model_card, methods=["GET"]),
         ]
     ),
     path="/",

@@ -19,6 +19,7 @@ import numpy as np
 from transferline import atomic
 from transferline.cli import run_cli, stage_parser
 from transferline.config import ExportParams, load_section
+from transferline.data.imaging import IMAGE_EXTENSIONS, ImageRejected
 from transferline.data.pixel_cache import load_split
 from transferline.data.preprocessing import PreprocessSpec, normalize
 from transferline.evaluation.onnx_export import (
@@ -30,7 +31,10 @@ from transferline.evaluation.onnx_export import (
     quantize_int8,
     run_batches,
 )
-from transferline.evaluation.scoring import torch_logits
+from transferline.evaluation.scoring import load_pixels, torch_logits
+from transferline.monitoring import shifts
+from transferline.monitoring.ood import MONITORING_FILE
+from transferline.monitoring.reference import build_detector, detector_aurocs, predicted_class_shares
 
 log = logging.getLogger("transferline.export")
 
@@ -38,6 +42,8 @@ MODELS_DIR = Path("models")
 PREPARED_DIR = Path("data/prepared")
 EXPORT_DIR = Path("export")
 METRICS_FILE = Path("metrics/export.json")
+REFERENCE_FILE = "reference_logits.npy"  # validation logits: the drift flow's reference sample
+NOISE_IMAGES = 100
 
 
 def int8_variant(
@@ -77,6 +83,53 @@ def int8_variant(
             f"discarded: validation accuracy dropped {drop:.4f} (budget {params.int8_max_accuracy_drop})"
         )
     return result
+
+
+def foreign_pixels(directory: Path, spec: PreprocessSpec, limit: int) -> tuple[np.ndarray, list[str]]:
+    """Up to `limit` decodable images of `directory` (sorted by name, so the choice is repeatable), as model
+    input pixels; the names of files that could not be used."""
+    if not directory.is_dir():
+        return np.empty((0, spec.image_size, spec.image_size, 3), np.uint8), []
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:limit]
+    usable, skipped = [], []
+    for path in files:
+        try:
+            usable.append(load_pixels([path], spec)[0])
+        except ImageRejected:
+            skipped.append(path.name)
+    if not usable:
+        return np.empty((0, spec.image_size, spec.image_size, 3), np.uint8), skipped
+    return np.stack(usable), skipped
+
+
+def monitoring_reference(
+    session, params: ExportParams, spec: PreprocessSpec, prepared_dir: Path, classes: list[str], sample: np.ndarray
+) -> tuple[dict, np.ndarray]:
+    """The OOD detector calibrated on val, the drift reference, and the detector's AUROC on near shifts of
+    the test sample and on far (class-free) images: monitoring.json's content and the validation logits."""
+    val = load_split(prepared_dir, "val", len(classes), spec.image_size)
+    val_logits = run_batches(session, normalize(np.asarray(val.images), spec), 64)
+    detector = build_detector(val_logits, params.ood_rejection_rate, params.ood_method)
+
+    def logits(pixels: np.ndarray) -> np.ndarray:
+        return run_batches(session, normalize(pixels, spec), 64)
+
+    near = {name: logits(shift(sample)) for name, shift in shifts.NEAR_SHIFTS.items()}
+    far = {"noise": logits(shifts.noise_images(NOISE_IMAGES, spec.image_size))}
+    foreign, skipped = foreign_pixels(params.ood_dir, spec, params.ood_images)
+    if len(foreign):
+        far[str(params.ood_dir)] = logits(foreign)
+    document = {
+        "detector": detector.to_dict(),
+        "drift_reference": {
+            "file": REFERENCE_FILE,
+            "images": len(val_logits),
+            "class_shares": [round(float(x), 6) for x in predicted_class_shares(val_logits, len(classes))],
+        },
+        "checks": detector_aurocs(detector, logits(sample), near, far),
+        "skipped_ood_files": skipped,
+    }
+    return document, val_logits.astype(np.float32)
 
 
 def run(
@@ -125,12 +178,29 @@ def run(
                 )
         else:
             report["int8"] = {"kept": False, "summary": "not built (export.int8 is false)"}
+        monitoring, reference = monitoring_reference(session, params, spec, prepared_dir, classes, sample)
+        atomic.write_json(tmp / MONITORING_FILE, monitoring)
+        atomic.write_npy(tmp / REFERENCE_FILE, reference)
+        report["ood"] = {
+            "method": monitoring["detector"]["method"],
+            "threshold": monitoring["detector"]["threshold"],
+            "near_auroc": monitoring["checks"]["near"]["auroc"],
+            "far_auroc": monitoring["checks"]["far"]["auroc"],
+            "far_sets": sorted(monitoring["checks"]["far"]["sets"]),
+        }
         atomic.write_json(tmp / "preprocess.json", spec.to_dict())
         atomic.write_json(tmp / "classes.json", {"classes": classes})
         atomic.write_json(tmp / "export_report.json", report)
     atomic.write_json(metrics_file, latency)
     report = {**report, **latency}
     worst = max(p["max_abs_diff"] for p in report["parity"])
+    log.info(
+        "OOD flag (%s): AUROC %.3f on far images (%s), %.3f on near shifts of test images",
+        report["ood"]["method"],
+        report["ood"]["far_auroc"],
+        ", ".join(report["ood"]["far_sets"]),
+        report["ood"]["near_auroc"],
+    )
     log.info(
         "exported opset %d, %.2f MB, parity max |diff| %.2e, batch-1 p50 %.2f ms; INT8: %s",
         report["opset"],

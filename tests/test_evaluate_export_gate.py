@@ -167,7 +167,9 @@ def test_exported_file_has_a_dynamic_batch_and_matches_pytorch(workspace, tmp_pa
         "classes.json",
         "export_report.json",
         "model.onnx",
+        "monitoring.json",
         "preprocess.json",
+        "reference_logits.npy",
     ]  # one self-contained file: no stray .onnx.data
     # latency is measured, so it lives in the metrics file, never in export/ (whose hash must not vary)
     measured = json.loads((tmp_path / "export-metrics.json").read_text())
@@ -187,6 +189,48 @@ def test_exported_file_has_a_dynamic_batch_and_matches_pytorch(workspace, tmp_pa
     int8 = report["int8"]
     assert int8["kept"] == (export_dir / "model.int8.onnx").exists()
     assert int8["kept"] == (int8["accuracy_drop"] <= 0.01)
+
+
+def test_export_calibrates_the_ood_flag_and_scores_it_on_foreign_images(workspace, tmp_path):
+    """Calibrated on val to the stated rejection rate, checked against noise and a folder of real photos
+    (classes the model never saw), stored with the drift reference; the same model exports the same bytes."""
+    from tests.serving.images import accepted_images
+
+    root, model = workspace
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for name, data in accepted_images().items():
+        (foreign / name).write_bytes(data)
+    (foreign / "broken.png").write_bytes(b"not an image")
+    params = ExportParams(parity_images=40, latency_seconds=0.1, int8=False, ood_dir=foreign, ood_rejection_rate=0.1)
+    outputs = []
+    for run_dir in ("a", "b"):
+        report = export.run(
+            params,
+            model,
+            ["cat", "dog", "fox"],
+            SPEC,
+            root / "data" / "prepared",
+            tmp_path / run_dir,
+            tmp_path / "m.json",
+        )
+        outputs.append(tmp_path / run_dir)
+    monitoring = json.loads((outputs[0] / "monitoring.json").read_text())
+    detector = monitoring["detector"]
+    val_images = len(np.load(root / "data" / "prepared" / "cache" / "val_labels.npy"))
+    assert detector["calibration_images"] == val_images and detector["measured_rejection_rate"] <= 0.1
+    reference = np.load(outputs[0] / "reference_logits.npy")
+    assert reference.shape == (val_images, 3)
+    shares = monitoring["drift_reference"]["class_shares"]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-5)
+    checks = monitoring["checks"]
+    assert set(checks["near"]["sets"]) == {"blur", "brightness", "rotation", "noise"}
+    assert set(checks["far"]["sets"]) == {"noise", str(foreign)}
+    assert checks["far"]["sets"][str(foreign)]["images"] == len(accepted_images())
+    assert monitoring["skipped_ood_files"] == ["broken.png"]
+    assert 0 <= report["ood"]["far_auroc"] <= 1 and report["ood"]["far_auroc"] == checks["far"]["auroc"]
+    for name in ("monitoring.json", "reference_logits.npy", "export_report.json", "model.onnx"):
+        assert (outputs[0] / name).read_bytes() == (outputs[1] / name).read_bytes(), name
 
 
 def test_tampered_onnx_fails_parity(workspace, tmp_path):

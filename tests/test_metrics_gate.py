@@ -183,3 +183,21 @@ def test_the_checks_table_shows_a_threshold_only_where_there_is_one():
     change = ClassChange.between("m:1", ["a", "b"], ["a", "c"])
     rows = checks_table(evaluate_gate(metrics(), EXPORT_REPORT, GateParams(), None, "n/a here", change))
     assert "| class_set | n/a | n/a | fail |" in rows and "| accuracy | 0.9 | >= 0.8 | pass |" in rows
+
+
+@pytest.mark.parametrize(
+    ("ood", "verdict"),
+    [
+        ({"far_auroc": 0.95, "near_auroc": 0.6, "far_sets": ["noise", "photos"]}, "pass"),
+        ({"far_auroc": 0.55, "near_auroc": 0.5, "far_sets": ["noise"]}, "fail"),
+        (None, "n/a"),
+    ],
+)
+def test_the_gate_checks_the_ood_flag_separates_foreign_images(ood, verdict):
+    from transferline.config import GateParams
+    from transferline.evaluation.gate import ood_check
+
+    check = ood_check(ood, GateParams(min_ood_auroc=0.8))
+    assert check.name == "ood_auroc" and check.verdict == verdict
+    if ood:
+        assert check.value == ood["far_auroc"] and ", ".join(ood["far_sets"]) in check.detail

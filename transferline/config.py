@@ -150,6 +150,10 @@ class ExportParams(Section):
     int8_calibration_images: int = Field(default=256, ge=8)
     int8_max_accuracy_drop: float = Field(default=0.01, ge=0, le=1)
     latency_seconds: float = Field(default=2.0, gt=0)
+    ood_rejection_rate: float = Field(default=0.05, gt=0, lt=1)  # in-distribution val images the OOD flag may reject
+    ood_method: Literal["energy", "msp"] = "energy"
+    ood_dir: Path = Path("data/external/ood")  # images outside the model's classes, to check the OOD flag on
+    ood_images: int = Field(default=200, ge=1)  # at most this many of them
 
 
 class GateParams(Section):
@@ -177,6 +181,7 @@ class GateParams(Section):
     min_top1_agreement: float = Field(default=1.0, ge=0, le=1)
     max_latency_ms: float = Field(default=50.0, gt=0)
     max_model_mb: float = Field(default=50.0, gt=0)
+    min_ood_auroc: float = Field(default=0.8, ge=0, le=1)  # the OOD flag must tell foreign images from test images
     fail_on_reject: bool = False
 
     @field_validator("champion_metric")

@@ -365,3 +365,40 @@ def test_mutated_files_never_cause_a_server_error(client, photos):
             assert response.status_code == 200 or set(response.json()) == {"error", "detail"}, (fmt, response.text)
     assert all(status == 200 or 400 <= status < 500 for status in statuses), statuses
     assert any(status != 200 for status in statuses)  # the mutations did break some files
+
+
+def test_every_answer_carries_the_calibrated_ood_flag(client, photos, serving_models: ServingModels, tmp_path: Path):
+    """The score is the energy of the model's logits, computed offline on the same files; the flag is the
+    score against the threshold the bundle's monitoring.json carries."""
+    from transferline.data.preprocessing import PreprocessSpec
+    from transferline.evaluation.onnx_classifier import OnnxClassifier
+    from transferline.evaluation.scoring import load_pixels
+    from transferline.monitoring.ood import load_detector
+
+    detector = load_detector(serving_models.export_dir)
+    assert detector.calibration_images > 0
+    spec = PreprocessSpec.from_dict(json.loads((serving_models.export_dir / "preprocess.json").read_text()))
+    classifier = OnnxClassifier.open(serving_models.export_dir / "model.onnx", CLASSES, spec)
+    names = sorted(photos)[:6]
+    for name in names:
+        (tmp_path / name).write_bytes(photos[name])
+    expected_scores, expected_flags = detector.flags(
+        classifier.logits(load_pixels([tmp_path / n for n in names], spec))
+    )
+    batch = client.post("/classify_batch", files=[("images", (n, photos[n])) for n in names]).json()
+    for result, score, flag in zip(batch["results"], expected_scores, expected_flags, strict=True):
+        assert result["ood_score"] == pytest.approx(score, abs=1e-4)
+        assert result["out_of_distribution"] is bool(flag)
+    single = client.post("/classify", files={"image": (names[0], photos[names[0]])}).json()
+    assert single["ood_score"] == pytest.approx(expected_scores[0], abs=1e-4)
+    ood = client.get("/metadata").json()["out_of_distribution"]
+    assert ood["calibrated"] is True and ood["threshold"] == detector.threshold
+
+
+def test_the_page_and_the_model_card_are_served(client, serving_models: ServingModels):
+    page = client.get("/ui")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<title>transferline classifier</title>" in page.text
+    card = client.get("/model-card")
+    assert card.status_code == 200 and card.headers["content-type"].startswith("text/markdown")
+    assert card.text == (serving_models.passed_gate / "model_card.md").read_text()

@@ -33,6 +33,8 @@ log = logging.getLogger("transferline.data.assets")
 DEFAULT_DATA_DIR = Path("data/external/fashion-mnist")
 ELPV_DIR = Path("data/external/elpv")
 SAMPLES_DIR = Path("data/external/samples")
+OOD_DIR = Path("data/external/ood")
+OOD_ELPV_EVERY = 13  # every 13th ELPV cell: 202 of 2,624, spread over the whole set
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 
@@ -228,6 +230,23 @@ def ensure_samples(target: Path = SAMPLES_DIR) -> list[Path]:
     return written
 
 
+def ensure_ood_images(target: Path = OOD_DIR, samples: Path = SAMPLES_DIR, elpv_dir: Path = ELPV_DIR) -> Path:
+    """Images outside the default model's classes, to check its out-of-distribution flag on (export.ood_dir):
+    the two sample photos and, when the ELPV package is installed, a spread of its solar cells."""
+    wanted = {f"photo-{path.name}": path for path in sorted(samples.glob("*.jpg"))}
+    elpv_images = elpv_dir / "images"
+    if elpv_images.is_dir():
+        wanted |= {f"elpv-{path.name}": path for path in sorted(elpv_images.glob("*.png"))[::OOD_ELPV_EVERY]}
+    if target.is_dir() and {p.name for p in target.iterdir()} == set(wanted):
+        log.info("out-of-distribution check images already in %s", target)
+        return target
+    with atomic.atomic_dir(target) as tmp:
+        for name, path in wanted.items():
+            shutil.copyfile(path, tmp / name)
+    log.info("%d out-of-distribution check images in %s", len(wanted), target)
+    return target
+
+
 def fetch_assets(args: argparse.Namespace) -> None:
     """The chosen asset, or (`all`, the default) every one of them in turn; ELPV within `all` only when
     its package is installed (the `elpv` extra)."""
@@ -242,6 +261,8 @@ def fetch_assets(args: argparse.Namespace) -> None:
         ensure_elpv(args.elpv_dir)
     elif what == "all":
         log.info("ELPV skipped: the %s package is not installed (pip install -e '.[elpv]')", elpv.PIP_NAME)
+    if what in ("all", "ood"):
+        ensure_ood_images(elpv_dir=args.elpv_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,19 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--elpv-dir", type=Path, default=ELPV_DIR)
     parser.set_defaults(what=None)
-    commands = parser.add_subparsers(dest="what", metavar="{all,data,weights,samples,elpv}", help="default: all")
+    commands = parser.add_subparsers(dest="what", metavar="{all,data,weights,samples,elpv,ood}", help="default: all")
     helps = {
         "all": "data, weights, samples (and ELPV when its package is installed)",
         "data": "the Fashion-MNIST files",
         "weights": "the ImageNet backbone weights",
         "samples": "two sample photos",
         "elpv": "the ELPV solar cells, from the elpv-dataset package",
+        "ood": "images outside the default classes, for the out-of-distribution check (after samples, elpv)",
     }
     for name, text in helps.items():
         command = add_command(commands, name, fetch_assets, text)
         if name in ("all", "data"):  # also after the sub-command, as before
             command.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
-        if name in ("all", "elpv"):
+        if name in ("all", "elpv", "ood"):
             command.add_argument("--elpv-dir", type=Path, default=argparse.SUPPRESS)
     return parser
 

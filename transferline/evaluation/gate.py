@@ -178,6 +178,7 @@ def evaluate_gate(
             "<=",
             "ONNX model size (MB)",
         ),
+        ood_check(export_report.get("ood"), params),
     ]
     failed = [c for c in checks if c.verdict == "fail"]
     passed = not failed
@@ -192,6 +193,17 @@ def evaluate_gate(
         "champion": {**asdict(champion), "alpha": params.regression_alpha} if champion else None,
         "class_set": class_set_record(class_change, params),
     }
+
+
+def ood_check(ood: dict | None, params: GateParams) -> Check:
+    """The out-of-distribution flag must separate class-free images from test images: its AUROC on the far
+    sets the export stage scored (noise images and export.ood_dir)."""
+    if not ood or ood.get("far_auroc") is None:
+        return Check("ood_auroc", None, params.min_ood_auroc, ">=", "n/a", "no OOD check in the export report")
+    sets = ", ".join(ood.get("far_sets", []))
+    return threshold_check(
+        "ood_auroc", ood["far_auroc"], params.min_ood_auroc, ">=", f"OOD flag AUROC, test vs foreign images ({sets})"
+    )
 
 
 def worst_class(metrics: dict) -> str:

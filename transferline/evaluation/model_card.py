@@ -52,6 +52,20 @@ def champion_lines(decision: dict) -> list[str]:
     return lines
 
 
+def ood_lines(ood: dict | None) -> list[str]:
+    if not ood:
+        return []
+    return [
+        "## Out-of-distribution flag",
+        "",
+        f"- score: {ood['method']} of the logits; flagged above {ood['threshold']:.4g}, the threshold that flags "
+        "the stated share of validation images (export.ood_rejection_rate)",
+        f"- AUROC against class-free images ({', '.join(ood['far_sets'])}): {fmt(ood['far_auroc'])}",
+        f"- AUROC against shifted test images (blur, brightness, rotation, noise): {fmt(ood['near_auroc'])}",
+        "",
+    ]
+
+
 def render_model_card(model_meta: dict, metrics: dict, export_report: dict, decision: dict, lineage: dict) -> str:
     classes = model_meta.get("classes", [])
     train_params = model_meta.get("params", {})
@@ -121,11 +135,12 @@ def render_model_card(model_meta: dict, metrics: dict, export_report: dict, deci
         f"p95 {export_report.get('latency', {}).get('p95_ms', 0):.2f} ms",
         f"- INT8 variant: {export_report.get('int8', {}).get('summary', 'not built')}",
         "",
+        *ood_lines(export_report.get("ood")),
         "## Intended use and limits",
         "",
         f"- Classifies an image into one of {len(classes)} classes: {', '.join(classes)}.",
-        '- Every input is assigned one of these classes: it cannot say "none of these"; callers should',
-        "  treat low top-1 probability as uncertain (see the calibration error above).",
+        "- Every answer still names one of these classes; the `out_of_distribution` flag says when an image",
+        "  looks unlike the training data (see above), and callers should treat flagged answers as unknown.",
         "- Only as good as its data: performance on images unlike the training data (other sources,",
         "  lighting, framing, resolution) is unknown until measured on such images.",
         "- Not for decisions about people without human review.",

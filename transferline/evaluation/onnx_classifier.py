@@ -112,15 +112,19 @@ class OnnxClassifier:
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
-    def probabilities(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> float64 (N, classes) softmax probabilities, `batch_size` images per run
-        (None: all at once), so scoring a whole test split needs no more memory than one batch."""
+    def logits(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> float64 (N, classes) logits, `batch_size` images per run (None: all at
+        once), so scoring a whole test split needs no more memory than one batch."""
         step = batch_size or max(len(pixels), 1)
         logits = [
             self.session.run([OUTPUT_NAME], {INPUT_NAME: normalize(pixels[start : start + step], self.spec)})[0]
             for start in range(0, len(pixels), step)
         ]
-        return softmax(np.concatenate(logits).astype(np.float64))
+        return np.concatenate(logits).astype(np.float64)
+
+    def probabilities(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> float64 (N, classes) softmax probabilities."""
+        return softmax(self.logits(pixels, batch_size))
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> float:
         """Run each batch size once, so the first real request pays no allocation; returns seconds."""

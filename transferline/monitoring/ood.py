@@ -14,9 +14,15 @@ Scores (higher = more out of distribution):
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("transferline.monitoring.ood")
 
 METHODS = ("energy", "msp")
 
@@ -58,6 +64,12 @@ class OodDetector:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def summary(self) -> dict:
+        """JSON-safe description for /metadata (an uncalibrated detector says so instead of an infinite threshold)."""
+        if math.isinf(self.threshold):
+            return {"method": self.method, "calibrated": False}
+        return {"calibrated": True, **self.to_dict()}
 
     @classmethod
     def from_dict(cls, values: dict) -> OodDetector:
@@ -107,3 +119,16 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     out_rank_sum = ranks[len(in_scores) :].sum()
     n_out, n_in = len(out_scores), len(in_scores)
     return float((out_rank_sum - n_out * (n_out + 1) / 2) / (n_out * n_in))
+
+
+MONITORING_FILE = "monitoring.json"
+
+
+def load_detector(bundle_dir: Path) -> OodDetector:
+    """The detector a model bundle carries (monitoring.json, written by the export stage). A bundle exported
+    before the flag existed has none: its answers still carry the score, and the flag stays false."""
+    path = Path(bundle_dir) / MONITORING_FILE
+    if not path.is_file():
+        log.warning("%s has no %s: out_of_distribution is never set for this model", bundle_dir, MONITORING_FILE)
+        return OodDetector("energy", 1.0, math.inf, 0.0, 0, 0.0)
+    return OodDetector.from_dict(json.loads(path.read_text())["detector"])
