@@ -50,7 +50,7 @@ def test_dvc_repro_trains_then_skips_and_reports_metrics_and_plots(tiny_repo):
     assert meta["weights"]["kind"] == "torchvision"
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train"]
     outs = {o["path"] for o in lock["outs"]}
-    assert {"models", "data/features", "checkpoints/train", "metrics/train.json"} <= outs
+    assert {"models", "data/features", "checkpoints/train", "metrics/train.json", "metrics/train_run.json"} <= outs
     assert lock["params"]["params.yaml"]["train"]["epochs"] == 3
 
     second = run_tool(["dvc", "repro", "train"], repo)
@@ -102,4 +102,5 @@ def test_dvc_repro_after_a_kill_resumes_the_persisted_checkpoint(tiny_repo):
     log = rerun.stdout + rerun.stderr
     assert "resuming from the checkpoint of epoch" in log
     meta = json.loads((repo / "models" / "model.json").read_text())
-    assert meta["training"]["resumed_from_epoch"] >= killed_at and meta["training"]["epochs_run"] == 12
+    run_record = json.loads((repo / "metrics" / "train_run.json").read_text())
+    assert run_record["resumed_from_epoch"] >= killed_at and meta["training"]["epochs_run"] == 12
