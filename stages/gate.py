@@ -1,8 +1,9 @@
 """Stage `gate`: decide whether the candidate may be deployed, and always write why.
 
-Reads the evaluate metrics and the export report, scores the current champion (if any) and the
-candidate on the same test images, applies every threshold from `params.yaml` in one place
-(transferline/evaluation/gate.py), and writes `gate/decision.json` and `gate/model_card.md`, pass or fail.
+Reads the evaluate metrics, the export report and the train stage's run record (for the card),
+scores the current champion (if any) and the candidate on the same test images, applies every
+threshold from `params.yaml` in one place (transferline/evaluation/gate.py), and writes
+`gate/decision.json` and `gate/model_card.md`, pass or fail.
 A rejection is data, not an error, unless `gate.fail_on_reject` is set (for CI): then the stage
 exits with status 2 after writing the decision.
 """
@@ -34,6 +35,7 @@ EXPORT_DIR = Path("export")
 GATE_DIR = Path("gate")
 METRICS_FILE = Path("metrics/evaluate.json")
 MODEL_META = Path("models/model.json")
+TRAIN_RUN = Path("metrics/train_run.json")  # where and how the model was trained
 PREPARED_DIR = Path("data/prepared")
 RAW_DIR = Path("data/raw")
 
@@ -92,10 +94,12 @@ def run(
     prepared_dir: Path = PREPARED_DIR,
     raw_dir: Path = RAW_DIR,
     repo: Path = Path("."),
+    train_run_file: Path = TRAIN_RUN,
 ) -> dict:
     metrics = json.loads(metrics_file.read_text())
     export_report = json.loads((export_dir / "export_report.json").read_text())
     model_meta = json.loads(model_meta_file.read_text())
+    run_record = json.loads(train_run_file.read_text()) if train_run_file.is_file() else None
     champion = champion_lookup()
     score, note = score_champion(champion, export_dir, prepared_dir, raw_dir, params)
     decision = evaluate_gate(metrics, export_report, params, score, note)
@@ -111,7 +115,7 @@ def run(
     with atomic.atomic_dir(gate_dir) as tmp:
         atomic.write_json(tmp / "decision.json", decision)
         atomic.write_text(
-            tmp / "model_card.md", render_model_card(model_meta, metrics, export_report, decision, lineage)
+            tmp / "model_card.md", render_model_card(model_meta, metrics, export_report, decision, lineage, run_record)
         )
     log.info("gate %s: %s", "PASSED" if decision["passed"] else "REJECTED", decision["reason"])
     if not decision["passed"] and params.fail_on_reject:
