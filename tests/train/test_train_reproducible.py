@@ -124,6 +124,7 @@ def test_the_pinned_settings_are_a_pure_function_of_the_params():
     assert pin.env["MKL_CBWR"] == "COMPATIBLE" and pin.env["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert pinning(True, 4).env["MKL_NUM_THREADS"] == "4"
     assert is_pinned(pin, pin.env) and not is_pinned(pin, {**pin.env, "OMP_NUM_THREADS": "7"})
+    assert not is_pinned(pinning(True, 4), pin.env)  # another thread count is another pinning, marker included
 
 
 @pytest.mark.parametrize("reproducible", [True, False])

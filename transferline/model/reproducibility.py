@@ -41,7 +41,7 @@ MKL_BRANCH = "COMPATIBLE"
 # machine; a bigger machine trains no faster in reproducible mode unless num_threads is raised everywhere.
 DEFAULT_THREADS = 2
 CUBLAS_WORKSPACE = ":4096:8"
-MARKER = "TRANSFERLINE_REPRODUCIBLE"  # set in a pinned process: a re-executed stage must not re-execute again
+MARKER = "TRANSFERLINE_REPRODUCIBLE"  # in a pinned process: the pinning it was started with
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ def pinning(reproducible: bool, num_threads: int | None) -> Pinning:
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "CUBLAS_WORKSPACE_CONFIG": CUBLAS_WORKSPACE,
-        MARKER: "1",
     }
+    env[MARKER] = ",".join(f"{key}={value}" for key, value in env.items())  # which pinning was applied
     return Pinning(True, threads, env)
 
 
@@ -85,9 +85,11 @@ def reexec_pinned(pin: Pinning) -> None:
     """Replace this process by the same command with the pinned environment, unless it already has it.
 
     Same pid, same arguments (`python -m stages.train ...`): a caller or DVC sees one process. The marker
-    stops a loop should the environment not take (the pinned run then says `pinned: false` in its record).
+    names the pinning applied, so a process started by a pinned one with other settings (another thread
+    count) re-executes once, and one whose environment did not take stops instead of looping (its record
+    then says `pinned: false`).
     """
-    if not pin.reproducible or is_pinned(pin) or os.environ.get(MARKER):
+    if not pin.reproducible or is_pinned(pin) or os.environ.get(MARKER) == pin.env[MARKER]:
         return
     env = {**os.environ, **pin.env}
     log.info("train.reproducible: restarting with %s", pin.describe())
