@@ -37,8 +37,9 @@ ONEDNN_ISA = "AVX2"
 ATEN_CAPABILITY = "avx2"
 MKL_BRANCH = "COMPATIBLE"
 # Reproducible runs use this many intra-op threads unless train.num_threads says otherwise. Fixed, not
-# per machine: the thread count changes the bytes (bench/results/repro.md). 2 = this project's reference
-# machine; a bigger machine trains no faster in reproducible mode unless num_threads is raised everywhere.
+# per machine: the thread count changes the bytes (1, 2 and 4 threads gave three different models with
+# every cap on). 2 = this project's reference machine; a bigger machine trains no faster in reproducible
+# mode unless num_threads is raised, on every machine that must agree.
 DEFAULT_THREADS = 2
 CUBLAS_WORKSPACE = ":4096:8"
 MARKER = "TRANSFERLINE_REPRODUCIBLE"  # in a pinned process: the pinning it was started with
