@@ -31,8 +31,10 @@ BENCHMARKS = {
     "load": ("bench.load_bench", {}),
     "tune": ("bench.tune_bench", {}),
     "flow": ("bench.flow_bench", {}),
+    "repro": ("bench.repro_bench", {}),
+    "seed_spread": ("bench.seed_spread", {}),
 }
-NEEDS_PIPELINE = {"prepare", "train", "export", "tune", "flow"}
+NEEDS_PIPELINE = {"prepare", "train", "export", "tune", "flow", "repro", "seed_spread"}
 
 
 def report_dir() -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transferline import atomic
 from transferline.env import tool_env
+from transferline.model.run_environment import cpu_description
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -30,17 +31,11 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_description()
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": cpu,
+        "cpu": cpu["model"],
+        "isa": cpu["isa"],  # the flags that decide which kernels oneDNN, MKL and ATen pick
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "versions": {

@@ -259,6 +259,35 @@ def flow_figures(r: dict) -> list[Figure]:
     ]
 
 
+def repro_figures(r: dict) -> list[Figure]:
+    return [
+        Figure(
+            "repro",
+            "training images/s, train.reproducible on vs off",
+            r["ratio_on_off"],
+            "x",
+            "the same recipe without the pinned math, interleaved",
+            "",
+            None,
+        )
+    ]
+
+
+def seed_spread_figures(r: dict) -> list[Figure]:
+    test = r["test_accuracy"]
+    return [
+        Figure(
+            "seed_spread",
+            f"default recipe test accuracy, mean of {r['seeds']} seeds (sd {test['sd']:.4f})",
+            test["mean"],
+            "",
+            "",
+            "",
+            None,
+        )
+    ]
+
+
 FIGURES: dict[str, Callable[[dict], list[Figure]]] = {
     "prepare": prepare_figures,
     "train": train_figures,
@@ -267,6 +296,8 @@ FIGURES: dict[str, Callable[[dict], list[Figure]]] = {
     "load": load_figures,
     "tune": tune_figures,
     "flow": flow_figures,
+    "repro": repro_figures,
+    "seed_spread": seed_spread_figures,
 }
 
 

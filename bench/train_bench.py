@@ -227,7 +227,8 @@ def bench_accuracy(quick: bool, only: list[str] | None = None) -> dict:
             "train_images_per_s": metrics["train_images_per_s"],
         }
         logging.getLogger("bench").info("%s: %s", name, rows[name])
-    rows = {name: rows[name] for name in ACCURACY_RUNS if name in rows}
+    # ACCURACY_RUNS in their order, then rows other benchmarks added (bench/seed_spread.py's)
+    rows = {name: rows[name] for name in [*ACCURACY_RUNS, *rows] if name in rows}
     return {"recipe": default_params().model_dump(mode="json"), "runs": rows, "test_images": len(splits["test"])}
 
 
@@ -294,8 +295,9 @@ def accuracy_markdown(result: dict) -> str:
     ]
     for name, row in result["runs"].items():
         overrides = ", ".join(f"{k}={v}" for k, v in row["overrides"].items())
+        sd = f" ± {row['test_accuracy_sd']:.4f}" if "test_accuracy_sd" in row else ""
         lines.append(
-            f"| {name} | {overrides} | {row['test_accuracy']:.4f} | {row['val_accuracy']:.4f} | "
+            f"| {name} | {overrides} | {row['test_accuracy']:.4f}{sd} | {row['val_accuracy']:.4f} | "
             f"{row['best_epoch']} / {row['epochs_run']} | {row['wall_seconds']:.0f} s | "
             f"{_rate(row.get('train_images_per_s'))} |"
         )

@@ -1,9 +1,10 @@
 """Stage `gate`: decide whether the candidate may be deployed, and always write why.
 
-Reads the evaluate metrics and the export report, scores the current champion (if any; the one
-`champion.json` names, a declared input) and the candidate on the same test images, compares them with
-McNemar's exact test, applies every threshold from `params.yaml` in one place
-(transferline/evaluation/gate.py), and writes `gate/decision.json` and `gate/model_card.md`, pass or fail.
+Reads the evaluate metrics, the export report and the train stage's run record (for the card),
+scores the current champion (if any; the one `champion.json` names, a declared input) and the
+candidate on the same test images, compares them with McNemar's exact test, applies every
+threshold from `params.yaml` in one place (transferline/evaluation/gate.py), and writes
+`gate/decision.json` and `gate/model_card.md`, pass or fail.
 A rejection is data, not an error, unless `gate.fail_on_reject` is set (for CI): then the stage
 exits with status 2 after writing the decision.
 """
@@ -39,6 +40,7 @@ METRICS_FILE = Path("metrics/evaluate.json")
 EXPORT_METRICS_FILE = Path("metrics/export.json")
 SCORING_BATCH = 64  # test images per ONNX Runtime run when scoring the champion and the candidate
 MODEL_META = Path("models/model.json")
+TRAIN_RUN = Path("metrics/train_run.json")  # where and how the model was trained
 PREPARED_DIR = Path("data/prepared")
 RAW_DIR = Path("data/raw")
 
@@ -109,6 +111,7 @@ def run(
     raw_dir: Path = RAW_DIR,
     repo: Path = Path("."),
     export_metrics_file: Path = EXPORT_METRICS_FILE,
+    train_run_file: Path = TRAIN_RUN,
 ) -> dict:
     metrics = json.loads(metrics_file.read_text())
     # the export's report and its measured latency (kept apart so that export/ hashes the same on every run)
@@ -117,6 +120,7 @@ def run(
         **json.loads(export_metrics_file.read_text()),
     }
     model_meta = json.loads(model_meta_file.read_text())
+    run_record = json.loads(train_run_file.read_text()) if train_run_file.is_file() else None
     champion = champion_lookup() if champion_lookup is not None else default_champion_lookup(repo)
     change, score, note = score_champion(champion, export_dir, prepared_dir, raw_dir)
     decision = evaluate_gate(metrics, export_report, params, score, note, change)
@@ -132,7 +136,7 @@ def run(
     with atomic.atomic_dir(gate_dir) as tmp:
         atomic.write_json(tmp / "decision.json", decision)
         atomic.write_text(
-            tmp / "model_card.md", render_model_card(model_meta, metrics, export_report, decision, lineage)
+            tmp / "model_card.md", render_model_card(model_meta, metrics, export_report, decision, lineage, run_record)
         )
     log.info("gate %s: %s", "PASSED" if decision["passed"] else "REJECTED", decision["reason"])
     if not decision["passed"] and params.fail_on_reject:

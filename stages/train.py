@@ -3,13 +3,19 @@
 Reads `data/prepared` (dataset.json and the cached uint8 pixels of train and val; never test)
 and the `train` params section; the input preprocessing comes from dataset.json, i.e. what
 the pixels were actually made with. Writes `models/` (model.pt + model.json), `metrics/train.json`,
-DVCLive curves in `dvclive/train`, and two directories that persist across runs: the feature
-cache `data/features` (feature_extraction) and the per-epoch checkpoint `checkpoints/train`,
-which a re-run with the same params and data resumes from after a crash or a kill.
+the run record `metrics/train_run.json` (machine, caps, libraries, timings), DVCLive curves in
+`dvclive/train`, and two directories that persist across runs: the feature cache `data/features`
+(feature_extraction) and the per-epoch checkpoint `checkpoints/train`, which a re-run with the
+same params and data resumes from after a crash or a kill.
+
+With `train.reproducible` the stage first re-executes itself with the pinned math environment
+(transferline/model/reproducibility.py), so models/ holds the same bytes on every x86-64 machine.
+Everything machine-dependent (CPU, timings, whether it resumed) goes to the run record, not to models/.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import statistics
 import time
@@ -35,8 +41,10 @@ from transferline.model.backbones import (
 )
 from transferline.model.checkpoints import CheckpointStore, run_digest
 from transferline.model.features import KEY_FILE, cache_key, cached_features, fit_probe, install_head
+from transferline.model.reproducibility import Pinning, is_pinned, pinning, reexec_pinned
+from transferline.model.run_environment import training_environment
 from transferline.model.strategies import check_params, make_plan
-from transferline.model.trained_model import save_trained_model
+from transferline.model.trained_model import MODEL_FILE, save_trained_model
 from transferline.model.training import (
     BatchSource,
     EpochSink,
@@ -56,6 +64,7 @@ MODELS_DIR = Path("models")
 FEATURES_DIR = Path("data/features")
 CHECKPOINT_DIR = Path("checkpoints/train")
 METRICS_FILE = Path("metrics/train.json")
+RUN_FILE = Path("metrics/train_run.json")
 LIVE_DIR = Path("dvclive/train")
 ADVICE_FILE = "advice.json"  # models/advice.json: what `strategy: auto` measured and chose, and why
 
@@ -176,12 +185,23 @@ def run(
     metrics_file: Path = METRICS_FILE,
     live_dir: Path | None = LIVE_DIR,
     stop_after_epoch: int | None = None,
+    run_file: Path | None = None,
 ) -> dict:
-    """Train and write the model; returns the metrics (with `interrupted` when stopped on purpose)."""
+    """Train and write the model; returns the metrics (with `interrupted` when stopped on purpose).
+
+    The run record goes to `run_file`, by default next to `metrics_file` (metrics/train_run.json).
+    """
     wall_start = time.perf_counter()
     check_params(params)
     runtime = resolve_runtime(params)
     threads = configure_threads(params, runtime)
+    pin = pinning(params.reproducible, params.num_threads)
+    if pin.reproducible and not is_pinned(pin):
+        log.warning(
+            "train.reproducible: this process was not started with %s, so the kernels are not capped and the "
+            "bytes may differ on another CPU (`python -m stages.train` restarts itself with them)",
+            pin.describe(),
+        )
     dataset = read_dataset(prepared_dir)
     spec = PreprocessSpec.from_dict(dataset["preprocess"])
     check_input_size(params.backbone, spec.image_size, params.pretrained)
@@ -260,12 +280,11 @@ def run(
         "data_version": dataset["data_version"],
         "best_epoch": result.best_epoch,
         "val": {"accuracy": result.best_val_accuracy, "loss": result.best_val_loss},
+        # only what the same inputs always give: models/ must hash the same on every machine
         "training": {
             "epochs_run": len(result.history),
             "stopped_early": result.stopped_early,
-            "resumed_from_epoch": result.resumed_from_epoch,
             "params_digest": digest,
-            "runtime": runtime.describe(),
             **model_facts(result.extra),
         },
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
@@ -274,6 +293,8 @@ def run(
         meta["advice"] = advice.to_dict()
     save_trained_model(models_dir, model.cpu(), meta, extra_files={ADVICE_FILE: advice.to_dict()} if advice else None)
     atomic.write_json(metrics_file, metrics)
+    run_file = run_file or metrics_file.parent / RUN_FILE.name
+    atomic.write_json(run_file, run_record(models_dir, digest, dataset["data_version"], pin, runtime, wall, result))
     store.finish(best_epoch=result.best_epoch, val_accuracy=result.best_val_accuracy, epochs_run=len(result.history))
     log.info(
         "best val accuracy %.4f at epoch %d of %d; model in %s (%.0f s)",
@@ -286,8 +307,32 @@ def run(
     return metrics
 
 
+def run_record(
+    models_dir: Path, digest: str, data_version: str, pin: Pinning, runtime: Runtime, wall: float, result: FitResult
+) -> dict:
+    """How this run went and on what: the machine-dependent facts, kept out of models/ (see the module doc)."""
+    probe = result.extra.get("probe", {})
+    return {
+        "model_sha256": hashlib.sha256((models_dir / MODEL_FILE).read_bytes()).hexdigest(),
+        "params_digest": digest,
+        "data_version": data_version,
+        "environment": training_environment(pin, str(runtime.device)),
+        "runtime": runtime.describe(),
+        "wall_seconds": wall,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        **(
+            {"features_from_cache": result.extra["features_from_cache"]}
+            if "features_from_cache" in result.extra
+            else {}
+        ),
+        **({"head_fit_seconds": probe["seconds"]} if "seconds" in probe else {}),
+    }
+
+
 def main(args) -> None:
-    run(load_section("train", TrainParams, args.params), stop_after_epoch=args.stop_after_epoch)
+    params = load_section("train", TrainParams, args.params)
+    reexec_pinned(pinning(params.reproducible, params.num_threads))  # returns only when already pinned, or off
+    run(params, stop_after_epoch=args.stop_after_epoch)
 
 
 if __name__ == "__main__":

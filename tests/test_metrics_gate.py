@@ -201,3 +201,25 @@ def test_the_gate_checks_the_ood_flag_separates_foreign_images(ood, verdict):
     assert check.name == "ood_auroc" and check.verdict == verdict
     if ood:
         assert check.value == ood["far_auroc"] and ", ".join(ood["far_sets"]) in check.detail
+
+
+def test_model_card_shows_where_and_how_the_model_was_trained():
+    from transferline.evaluation.model_card import render_model_card
+    from transferline.model.reproducibility import pinning
+    from transferline.model.run_environment import training_environment
+
+    decision = evaluate_gate(metrics(), EXPORT_REPORT, GateParams(), None)
+    record = {
+        "model_sha256": "ab" * 32,
+        "environment": training_environment(pinning(True, 2), "cpu"),
+        "wall_seconds": 12.5,
+        "resumed_from_epoch": 0,
+    }
+    card = render_model_card({"backbone": "mobilenet_v2"}, metrics(), EXPORT_REPORT, decision, {}, record)
+    section = card.split("## Training environment")[1].split("##")[0]
+    assert f"model.pt sha256: `{'ab' * 32}`" in section
+    assert record["environment"]["cpu"]["model"] in section and "threads: " in section
+    assert "asked for, but the process was not started pinned" in section  # this test process has no caps
+    assert "torch " in section and "oneDNN " in section
+    unknown = render_model_card({}, metrics(), EXPORT_REPORT, decision, {}, None)
+    assert "No run record: the training machine is unknown." in unknown

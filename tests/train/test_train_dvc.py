@@ -50,7 +50,7 @@ def test_dvc_repro_trains_then_skips_and_reports_metrics_and_plots(tiny_repo):
     assert meta["weights"]["kind"] == "torchvision"
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train"]
     outs = {o["path"] for o in lock["outs"]}
-    assert {"models", "data/features", "checkpoints/train", "metrics/train.json"} <= outs
+    assert {"models", "data/features", "checkpoints/train", "metrics/train.json", "metrics/train_run.json"} <= outs
     assert lock["params"]["params.yaml"]["train"]["epochs"] == 3
 
     second = run_tool(["dvc", "repro", "train"], repo)
@@ -102,4 +102,35 @@ def test_dvc_repro_after_a_kill_resumes_the_persisted_checkpoint(tiny_repo):
     log = rerun.stdout + rerun.stderr
     assert "resuming from the checkpoint of epoch" in log
     meta = json.loads((repo / "models" / "model.json").read_text())
-    assert meta["training"]["resumed_from_epoch"] >= killed_at and meta["training"]["epochs_run"] == 12
+    run_record = json.loads((repo / "metrics" / "train_run.json").read_text())
+    assert run_record["resumed_from_epoch"] >= killed_at and meta["training"]["epochs_run"] == 12
+
+
+def test_dvc_lock_records_the_same_models_hash_when_another_cpu_retrains(tiny_repo):
+    """`dvc repro -f train` as "an AVX2-only machine with one core" leaves the hash of models/ unchanged."""
+    repo = tiny_repo
+    set_params(repo, train={"num_threads": None, "epochs": 2, "reproducible": True})
+    run_tool(["dvc", "repro", "train"], repo)
+
+    def hashes() -> dict[str, str]:
+        outs = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train"]["outs"]
+        return {o["path"]: o["md5"] for o in outs}
+
+    first = hashes()
+    caps = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **QUIET_ENV, **caps, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    first_cpu = min(os.sched_getaffinity(0))
+    forced = subprocess.run(
+        ["dvc", "repro", "-f", "train"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {first_cpu}),
+    )
+    assert forced.returncode == 0, forced.stdout[-2000:] + forced.stderr[-3000:]
+    assert "Running stage 'train'" in forced.stdout
+    second = hashes()
+    assert second["models"] == first["models"]  # evaluate and export, which depend on models, stay up to date
+    assert second["metrics/train_run.json"] != first["metrics/train_run.json"]  # the record says it ran again
+    assert json.loads((repo / "metrics" / "train_run.json").read_text())["environment"]["pinned"] is True

@@ -22,6 +22,10 @@ def read_model(out: Path) -> tuple[dict, dict]:
     return state, json.loads((out / "models" / "model.json").read_text())
 
 
+def read_run_record(metrics_dir: Path) -> dict:
+    return json.loads((metrics_dir / "train_run.json").read_text())
+
+
 def test_a_run_stopped_after_epoch_1_resumes_at_epoch_2_and_ends_where_an_unbroken_run_ends(
     run_train, tiny_params, tmp_path
 ):
@@ -35,7 +39,7 @@ def test_a_run_stopped_after_epoch_1_resumes_at_epoch_2_and_ends_where_an_unbrok
     resumed = run_train(params, out="broken")
     assert resumed["resumed_from_epoch"] == 1 and resumed["epochs_run"] == 3
     state, meta = read_model(tmp_path / "broken")
-    assert meta["training"]["resumed_from_epoch"] == 1
+    assert read_run_record(tmp_path / "broken" / "metrics")["resumed_from_epoch"] == 1
     # DVCLive curves are complete: the resumed run replays epoch 1 from the checkpoint
     curve = (tmp_path / "broken" / "dvclive" / "plots" / "metrics" / "val" / "accuracy.tsv").read_text().splitlines()
     assert curve[0].startswith("step") and len(curve) == 1 + 3
@@ -141,7 +145,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_from_the_last_checkpoint(prepared,
     assert rerun.returncode == 0, output
     assert f"resuming from the checkpoint of epoch {killed_at}/30" in output
     meta = json.loads((root / "models" / "model.json").read_text())
-    assert meta["training"]["resumed_from_epoch"] == killed_at and meta["training"]["epochs_run"] == 30
+    assert read_run_record(root / "metrics")["resumed_from_epoch"] == killed_at and meta["training"]["epochs_run"] == 30
     assert json.loads((root / "metrics" / "train.json").read_text())["epochs_run"] == 30
     # finished: only the small record is left in the DVC out, nothing a killed writer might have left
     assert sorted(p.name for p in checkpoints.iterdir()) == ["state.json"]

@@ -66,7 +66,39 @@ def ood_lines(ood: dict | None) -> list[str]:
     ]
 
 
-def render_model_card(model_meta: dict, metrics: dict, export_report: dict, decision: dict, lineage: dict) -> str:
+def environment_lines(run_record: dict | None) -> list[str]:
+    """Where and how the model was trained, from the train stage's run record (metrics/train_run.json)."""
+    if not run_record or "environment" not in run_record:
+        return ["No run record: the training machine is unknown."]
+    env = run_record["environment"]
+    cpu, caps, versions = env.get("cpu", {}), env.get("caps", {}), env.get("versions", {})
+    if env.get("reproducible"):
+        pinned = "yes" if env.get("pinned") else "asked for, but the process was not started pinned (caps not applied)"
+    else:
+        pinned = "no (kernels as this CPU picks them: another CPU may give other bytes)"
+    return [
+        f"- reproducible math: {pinned}",
+        f"- model.pt sha256: `{run_record.get('model_sha256')}`",
+        f"- CPU: {cpu.get('model', 'unknown')}; ISA flags: {' '.join(cpu.get('isa', [])) or 'n/a'}",
+        f"- kernels: ATen {env.get('aten_cpu_capability')}; caps: "
+        + (", ".join(f"{k}={v}" for k, v in caps.items() if v) or "none"),
+        f"- threads: {env.get('threads')}; deterministic algorithms: {env.get('deterministic_algorithms')}; "
+        f"MKL: {'yes' if env.get('mkl') else 'no'} ({versions.get('mkl')}); oneDNN {versions.get('onednn')}",
+        f"- device: {env.get('device')}" + (f" ({env['gpu']})" if env.get("gpu") else ""),
+        "- libraries: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v and k not in ("mkl", "onednn")),
+        f"- wall time {fmt(run_record.get('wall_seconds'))} s; "
+        f"resumed from epoch {run_record.get('resumed_from_epoch')}",
+    ]
+
+
+def render_model_card(
+    model_meta: dict,
+    metrics: dict,
+    export_report: dict,
+    decision: dict,
+    lineage: dict,
+    run_record: dict | None = None,
+) -> str:
     classes = model_meta.get("classes", [])
     train_params = model_meta.get("params", {})
     lines = [
@@ -90,6 +122,10 @@ def render_model_card(model_meta: dict, metrics: dict, export_report: dict, deci
         f"- transfer strategy: {model_meta.get('strategy')}",
         f"- input: {model_meta.get('preprocess', {}).get('image_size')} px RGB, "
         f"{model_meta.get('preprocess', {}).get('resize')} resize, ImageNet mean/std normalisation",
+        "",
+        "## Training environment",
+        "",
+        *environment_lines(run_record),
         "",
         "## Training parameters",
         "",

@@ -28,6 +28,7 @@ from transferline.data.preprocessing_torch import normalize_torch
 from transferline.errors import ParamsError
 from transferline.model.augment import augment_batch
 from transferline.model.checkpoints import CheckpointStore
+from transferline.model.reproducibility import apply_determinism, pinning
 from transferline.model.strategies import NEVER, TransferPlan, optimizer_param_groups
 
 log = logging.getLogger("transferline.model.training")
@@ -77,16 +78,20 @@ def resolve_runtime(params: TrainParams) -> Runtime:
 
 
 def configure_threads(params: TrainParams, runtime: Runtime) -> int:
-    """One intra-op thread per CPU this process may use (its CPU affinity); a GPU run needs few."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = params.num_threads or usable
-    if runtime.device.type == "cuda" and params.num_threads is None:
-        threads = min(threads, 4)
+    """Intra-op threads and torch's determinism switches for this run.
+
+    Reproducible: a fixed thread count (the count changes the bytes). Otherwise one thread per CPU this
+    process may use (its CPU affinity), few on a GPU run, and cuDNN autotuning + TF32 on CUDA.
+    """
+    pin = pinning(params.reproducible, params.num_threads)
+    cuda = runtime.device.type == "cuda"
+    if pin.threads is not None:
+        threads = pin.threads
+    else:
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = min(usable, 4) if cuda else usable
     torch.set_num_threads(threads)
-    if runtime.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    apply_determinism(params.reproducible, cuda)
     return threads
 
 

@@ -39,6 +39,7 @@ from transferline.model.backbones import build_model, check_input_size, feature_
 from transferline.model.checkpoints import CheckpointStore, run_digest
 from transferline.model.features import cache_key, cached_features, compute_features
 from transferline.model.head import HeadFeatures, fit_prepared, prepare_head_features
+from transferline.model.reproducibility import apply_determinism
 from transferline.model.strategies import check_params, make_plan
 from transferline.model.training import EpochSink, Runtime, SplitData, fit, resolve_runtime
 from transferline.search.search_space import (
@@ -252,6 +253,9 @@ class TrialRunner:
 
     def _fine_tune(self, trial: optuna.Trial, params: TrainParams) -> tuple[float, dict]:
         runtime: Runtime = resolve_runtime(params)
+        # torch's determinism switches; the kernel caps need the worker started under
+        # reproducibility.pinning(...).env (threads are shared out by the flow, so they are not pinned here)
+        apply_determinism(params.reproducible, runtime.device.type == "cuda")
         with _MODEL_INIT_LOCK:
             torch.manual_seed(params.seed)
             model, _ = build_model(params.backbone, len(self.data.classes), params.pretrained, params.weights_path)
