@@ -244,7 +244,7 @@ def tune_figures(r: dict) -> list[Figure]:
         Figure(
             "tune",
             f"{study['trials']}-trial head-only study, cached features, one-off feature pass "
-            f"({r['features_seconds_up_front']:.1f} s) included ({study['cached_trials_per_minute']:.0f} vs "
+            f"({r['features_seconds_up_front']:.1f} s) included ({study['cached_trials_per_minute']:.1f} vs "
             f"{study['recompute_trials_per_minute']:.1f} trials/min)",
             speedup,
             "x",

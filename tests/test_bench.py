@@ -144,3 +144,26 @@ def test_the_service_is_judged_against_the_plain_app_on_throughput_and_p99():
     assert versus["checks"]["p99_vs_plain_app_ms"]["met"] is False  # 250 ms > 154 ms
     faster = versus_plain_app({"service": [wrk_round(900, 100)] * 3, "plain_app": comparison["plain_app"]})
     assert all(check["met"] for check in faster["checks"].values())
+
+
+def test_onnx_runtime_is_judged_against_the_best_eager_configuration_with_its_spread():
+    def cell(median: float, low: float, high: float) -> dict:
+        return {"median": median, "min": low, "max": high}
+
+    results = {
+        "model": {"kind": "trained"},
+        "repeats": 5,
+        "best_eager": {"batch_1": "pytorch_eager_channels_last", "batch_32": "pytorch_eager"},
+        "targets": {"ort_fp32_vs_best_eager_batch_1": 1.5, "int8_accuracy_loss_points": 1.0},
+        "ratios": {
+            "ort_fp32_vs_best_eager_batch_1": cell(1.3, 1.1, 1.6),
+            "ort_fp32_vs_best_eager_batch_32": cell(1.1, 0.9, 1.2),
+            "int8_accuracy_loss_points": 0.33,
+        },
+    }
+    report = build_report(MACHINE, {"export": {"seconds": 1.0, "results": results}}, quick=False)
+    batch_1, batch_32, int8 = report["figures"]
+    assert batch_1["value"] == 1.3 and batch_1["met"] is False and "range 1.10-1.60x over 5 rounds" in batch_1["name"]
+    assert batch_1["baseline"].startswith("pytorch_eager_channels_last") and "trained model" in batch_1["name"]
+    assert batch_32["met"] is None and batch_32["baseline"].startswith("pytorch_eager,")
+    assert int8["value"] == 0.33 and int8["met"] is True
