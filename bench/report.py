@@ -282,12 +282,16 @@ def tune_figures(r: dict) -> list[Figure]:
     return figures
 
 
+def _median_of(pair: dict) -> str:
+    return f", median of {len(pair['spread']['flow_s']['values'])}" if "spread" in pair else ""
+
+
 def flow_figures(r: dict) -> list[Figure]:
     noop = r["noop"]
     return [
         Figure(
             "flow",
-            f"no-op flow run vs no-op `dvc repro` ({noop['dvc_repro_s']:.1f} s)",
+            f"no-op flow run vs no-op `dvc repro` ({noop['dvc_repro_s']:.1f} s){_median_of(noop)}",
             noop["overhead_s"],
             "s overhead",
             "`dvc repro`",
@@ -296,7 +300,8 @@ def flow_figures(r: dict) -> list[Figure]:
         ),
         Figure(
             "flow",
-            f"full run, small data, vs `dvc repro` ({r['full_small_data']['dvc_repro_s']:.1f} s)",
+            f"full run, small data, vs `dvc repro` ({r['full_small_data']['dvc_repro_s']:.1f} s)"
+            f"{_median_of(r['full_small_data'])}",
             r["full_small_data"]["overhead_s"],
             "s overhead",
             "`dvc repro`",
