@@ -64,7 +64,8 @@ browser:
 bench-tools:
 	@bash scripts/ensure_wrk.sh
 
-# Every benchmark, one report: bench/RESULTS.md and bench/RESULTS.json (about 15 minutes on 2 cores).
+# Every benchmark, one report: bench/RESULTS.md and bench/RESULTS.json, and README.md's table of figures
+# from it (about 20 minutes on 2 cores).
 bench: setup bench-tools
 	$(BIN)/python -m bench
 

@@ -5,13 +5,19 @@ Each benchmark also writes its details under bench/results/. The pipeline state 
 fails is reported as failed, the others still run, and the exit status is non-zero.
 
 Usage: python -m bench [--quick] [name ...]   (names: see BENCHMARKS; default: all)
+       python -m bench --readme                 (rewrite README.md's figures from bench/RESULTS.json)
 $TRANSFERLINE_BENCH_RESULTS_DIR sends every file (report included) elsewhere, for smoke runs.
+
+README.md quotes the figures of the last report between two markers; whenever bench/RESULTS.json is
+written, that table is rewritten from it, so the README never quotes a figure the report does not hold
+(tests/test_readme_figures.py checks it).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import time
@@ -19,7 +25,7 @@ import traceback
 from pathlib import Path
 
 from bench.common import machine, results_dir, run_tool
-from bench.report import build_report, render_markdown
+from bench.report import build_report, render_markdown, with_readme_table
 from transferline import atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -52,11 +58,20 @@ def run_one(name: str, quick: bool) -> dict:
     return {"seconds": time.perf_counter() - start, "results": results}
 
 
+def write_readme_figures(report: dict) -> None:
+    readme = PROJECT_ROOT / "README.md"
+    atomic.write_text(readme, with_readme_table(readme.read_text(), report))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run transferline's benchmarks and write one report.")
     parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], help="default: all")
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test of every benchmark")
+    parser.add_argument("--readme", action="store_true", help="only rewrite README.md's figures from RESULTS.json")
     args = parser.parse_args(argv)
+    if args.readme:
+        write_readme_figures(json.loads((PROJECT_ROOT / "bench" / "RESULTS.json").read_text()))
+        return 0
     names = args.names or list(BENCHMARKS)
     if NEEDS_PIPELINE & set(names):
         print("== pipeline state (dvc repro, not timed)", flush=True)
@@ -70,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     target = report_dir()
     atomic.write_json(target / "RESULTS.json", report)
     atomic.write_text(target / "RESULTS.md", render_markdown(report))
+    if target == PROJECT_ROOT / "bench":
+        write_readme_figures(report)
     print(render_markdown(report))
     return 1 if any("error" in run for run in runs.values()) else 0
 

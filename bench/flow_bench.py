@@ -3,7 +3,10 @@
 No-op: in the project itself (run after `make demo`), `dvc repro` with nothing stale vs
 `python -m flows.pipeline --no-deploy` (every stage skipped), the temporary Prefect server's start
 included. Full run: two fresh copies of the pipeline on the same small generated data, one run by
-`dvc repro`, one by the flow (without deploy). Writes bench/results/flow.{json,md}.
+`dvc repro`, one by the flow (without deploy). Both pairs run once untimed (warm caches), then
+alternate: NOOP_REPEATS rounds for the no-op pair, FULL_REPEATS for the full pair (fresh copies each
+time; one round in quick mode); each figure is the median with its range.
+Writes bench/results/flow.{json,md}.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from bench.common import run_tool, write_results
+from bench.common import interleaved, run_tool, write_results
 from transferline.env import tool_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOOP_TARGET_S = 30.0
+NOOP_REPEATS = 3
+FULL_REPEATS = 3
 
 
 def timed(args: list[str], cwd: Path) -> float:
@@ -65,29 +70,57 @@ def run(quick: bool = False) -> dict:
     python = sys.executable
     flow = [python, "-m", "flows.pipeline", "--no-deploy"]
     run_tool(["dvc", "repro"], PROJECT_ROOT)  # up to date first (not timed)
-    noop_dvc = timed(["dvc", "repro"], PROJECT_ROOT)
-    noop_flow = timed([*flow, "--repo", str(PROJECT_ROOT)], PROJECT_ROOT)
+    noop_cells = {
+        "dvc_repro_s": lambda: timed(["dvc", "repro"], PROJECT_ROOT),
+        "flow_s": lambda: timed([*flow, "--repo", str(PROJECT_ROOT)], PROJECT_ROOT),
+    }
+    for cell in noop_cells.values():  # warm: imports and the Prefect server's files in the page cache
+        cell()
+    noop = interleaved(noop_cells, NOOP_REPEATS)
     with tempfile.TemporaryDirectory() as tmp:
-        dvc_repo = small_repo(Path(tmp) / "a")
-        flow_repo = small_repo(Path(tmp) / "b")
-        full_dvc = timed(["dvc", "repro"], dvc_repo)
-        full_flow = timed([*flow, "--repo", str(flow_repo)], PROJECT_ROOT)
+        copies = iter(range(1000))
+
+        def full_dvc() -> float:
+            return timed(["dvc", "repro"], small_repo(Path(tmp) / f"dvc-{next(copies)}"))
+
+        def full_flow() -> float:
+            return timed([*flow, "--repo", str(small_repo(Path(tmp) / f"flow-{next(copies)}"))], PROJECT_ROOT)
+
+        full_cells = {"dvc_repro_s": full_dvc, "flow_s": full_flow}
+        if not quick:
+            for cell in full_cells.values():
+                cell()
+        full = interleaved(full_cells, 1 if quick else FULL_REPEATS)
+    noop_dvc, noop_flow = noop["dvc_repro_s"]["median"], noop["flow_s"]["median"]
+    full_dvc_s, full_flow_s = full["dvc_repro_s"]["median"], full["flow_s"]["median"]
     results = {
-        "noop": {"dvc_repro_s": noop_dvc, "flow_s": noop_flow, "overhead_s": noop_flow - noop_dvc},
-        "full_small_data": {"dvc_repro_s": full_dvc, "flow_s": full_flow, "overhead_s": full_flow - full_dvc},
+        "noop": {"dvc_repro_s": noop_dvc, "flow_s": noop_flow, "overhead_s": noop_flow - noop_dvc, "spread": noop},
+        "full_small_data": {
+            "dvc_repro_s": full_dvc_s,
+            "flow_s": full_flow_s,
+            "overhead_s": full_flow_s - full_dvc_s,
+            "spread": full,
+        },
         "noop_target_s": NOOP_TARGET_S,
     }
+
+    def cell(found: dict) -> str:
+        return f"{found['median']:.1f} s ({found['min']:.1f}-{found['max']:.1f})"
+
     verdict = "met" if noop_flow <= NOOP_TARGET_S else "NOT met"
     markdown = "\n".join(
         [
             "# Prefect flow overhead over plain `dvc repro`",
             "",
+            f"Median of interleaved runs after a warm-up (range in brackets): {NOOP_REPEATS} no-op rounds, "
+            f"{len(full['flow_s']['values'])} full round(s).",
+            "",
             "| run | dvc repro | flow (temporary server included) | overhead |",
             "|---|---|---|---|",
-            f"| no-op, default pipeline (6 stages, all skipped) | {noop_dvc:.1f} s | {noop_flow:.1f} s | "
-            f"{noop_flow - noop_dvc:+.1f} s |",
-            f"| full, small generated data (6 stages run) | {full_dvc:.1f} s | {full_flow:.1f} s | "
-            f"{full_flow - full_dvc:+.1f} s |",
+            f"| no-op, default pipeline (6 stages, all skipped) | {cell(noop['dvc_repro_s'])} | "
+            f"{cell(noop['flow_s'])} | {noop_flow - noop_dvc:+.1f} s |",
+            f"| full, small generated data (6 stages run) | {cell(full['dvc_repro_s'])} | {cell(full['flow_s'])} | "
+            f"{full_flow_s - full_dvc_s:+.1f} s |",
             "",
             f"No-op flow target <= {NOOP_TARGET_S:.0f} s: {verdict}. The flow runs each stage as its own "
             "`dvc repro --single-item` (one DVC start per stage) and starts Prefect's temporary server.",

@@ -10,6 +10,15 @@ the tree levels off at 680-740 MiB, after 48,000 requests as after 78,000). So a
 of the measured run, after two minutes of load: a leak grows there as fast as before, a warm-up does not.
 That growth is bounded by MEMORY_GROWTH_BOUND_MIB; the growth over the whole run is reported too.
 
+Then the baseline: the plain FastAPI + ONNX Runtime app a user would write instead (bench/plain_app.py:
+two uvicorn workers, same model, same preprocessing, no batching) and the service take turns under the
+same 50 clients, COMPARE_ROUNDS rounds each, the order reversed every other round, so background load
+falls on both alike. Targets: the service's throughput at least THROUGHPUT_VS_PLAIN_TARGET times the
+plain app's, and its p99 no worse (medians over the rounds).
+
+Model: the pipeline's trained model when models/ + export/ hold one, else a random-init MobileNetV2
+(bench/model_source.py); the report says which.
+
 Writes bench/results/load.{json,md}. Usage: python -m bench.load_bench [--quick]
 """
 
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import threading
 from pathlib import Path
@@ -24,9 +34,11 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.common import write_results
-from bench.serving_bench import WRK_SCRIPT, bench_image, build_store, require_wrk, run_wrk
-from flows.local_server import LocalServer, running_server
+from bench.common import spread, write_results
+from bench.model_source import build_store, model_source
+from bench.plain_app import running_plain_app
+from bench.serving_bench import WRK_SCRIPT, bench_image, require_wrk, run_wrk
+from flows.local_server import LocalServer, free_port, running_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 50
@@ -35,6 +47,9 @@ WARMUP_SECONDS = 60.0
 WORKERS = 2
 MEMORY_GROWTH_BOUND_MIB = 16.0
 P99_BOUND_MS = 500.0
+COMPARE_ROUNDS = 3
+COMPARE_SECONDS = 20.0  # per round and app
+THROUGHPUT_VS_PLAIN_TARGET = 1.2
 
 
 def tree_pss_mib(root_pid: int) -> float:
@@ -78,12 +93,27 @@ def answers_normally(server: LocalServer, image: Path) -> bool:
     return response.status_code == 200 and bool(response.json().get("predictions"))
 
 
-def measure(clients: int, seconds: float, warmup_s: float) -> dict:
+def compare_with_plain_app(
+    wrk: str, script: Path, image: Path, service_url: str, plain_url: str, clients: int, rounds: int, seconds: float
+) -> dict:
+    """The service and the plain app take turns under the same load; each round's figures per app."""
+    urls = {"service": service_url, "plain_app": plain_url}
+    run_wrk(wrk, script, image, f"{plain_url}/classify", clients, min(seconds, 5.0))  # warm the plain app's workers
+    measured: dict[str, list[dict]] = {name: [] for name in urls}
+    for round_index in range(rounds):
+        order = list(urls) if round_index % 2 == 0 else list(reversed(urls))
+        for name in order:
+            measured[name].append(run_wrk(wrk, script, image, f"{urls[name]}/classify", clients, seconds))
+    return measured
+
+
+def measure(clients: int, seconds: float, warmup_s: float, compare_rounds: int, compare_s: float) -> dict:
     wrk = require_wrk()
     with tempfile.TemporaryDirectory(prefix="load-bench-") as tmp_name:
         tmp = Path(tmp_name)
         home = tmp / "bentoml"
-        tag = build_store(home, tmp / "bundle")
+        source = model_source(tmp / "bundle")
+        tag = build_store(home, source, tmp / "bundle")
         image = bench_image(tmp / "bench.jpg")
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT)
@@ -105,8 +135,14 @@ def measure(clients: int, seconds: float, warmup_s: float) -> dict:
             after_mib = tree_pss_mib(server.process.pid)
             healthy = answers_normally(server, image)
             ready = httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200
+            with running_plain_app(source.export_dir, tmp / "plain.log", free_port(), WORKERS, 1) as plain_url:
+                comparison = compare_with_plain_app(
+                    wrk, script, image, server.url, plain_url, clients, compare_rounds, compare_s
+                )
     return {
         "model_tag": tag,
+        "model": source.to_dict(),
+        "comparison": comparison,
         "warmup": warmup,
         "load": load,
         "memory_mib": {
@@ -117,6 +153,48 @@ def measure(clients: int, seconds: float, warmup_s: float) -> dict:
             "samples": sampler.samples,
         },
         "answers_after": healthy and ready,
+    }
+
+
+def round_figures(rounds: list[dict]) -> dict:
+    """Per app: requests/s and p99 of every round, with median and spread; errors summed."""
+    return {
+        "requests_per_s": spread([r["requests"] / (r["duration_us"] / 1e6) for r in rounds]),
+        "p50_ms": spread([r["p50_us"] / 1000 for r in rounds]),
+        "p99_ms": spread([r["p99_us"] / 1000 for r in rounds]),
+        "requests": sum(r["requests"] for r in rounds),
+        "errors": sum(r["non_2xx"] + r["socket_errors"] for r in rounds),
+        "rounds": len(rounds),
+    }
+
+
+def versus_plain_app(comparison: dict[str, list[dict]]) -> dict:
+    apps = {name: round_figures(rounds) for name, rounds in comparison.items()}
+    service, plain = apps["service"], apps["plain_app"]
+    ratio = service["requests_per_s"]["median"] / plain["requests_per_s"]["median"]
+    per_round = [
+        (s["requests"] / s["duration_us"]) / (p["requests"] / p["duration_us"])
+        for s, p in zip(comparison["service"], comparison["plain_app"], strict=True)
+    ]
+    p99_service, p99_plain = service["p99_ms"]["median"], plain["p99_ms"]["median"]
+    return {
+        "apps": apps,
+        "throughput_ratio": ratio,
+        "throughput_ratio_per_round": per_round,
+        "checks": {
+            "throughput_vs_plain_app": {
+                "value": ratio,
+                "target": f">= {THROUGHPUT_VS_PLAIN_TARGET:g}",
+                "met": ratio >= THROUGHPUT_VS_PLAIN_TARGET,
+            },
+            "p99_vs_plain_app_ms": {
+                "value": p99_service,
+                "target": f"<= {p99_plain:.0f} (the plain app's)",
+                "met": p99_service <= p99_plain,
+            },
+            "plain_app_errors": {"value": plain["errors"], "target": "== 0", "met": plain["errors"] == 0},
+        },
+        "throughput_ratio_median_of_rounds": statistics.median(per_round),
     }
 
 
@@ -144,7 +222,8 @@ def analyse(raw: dict, clients: int, seconds: float, warmup_s: float) -> dict:
             "warmup_seconds": warmup_s,
             "workers": WORKERS,
             "ort_threads": 1,
-            "model": "mobilenet_v2, 96 px, 10 classes, random init",
+            "model": raw["model"]["description"],
+            "model_kind": raw["model"]["kind"],
             "client": "wrk, 1 thread, keep-alive, multipart POST /classify of one 128x96 JPEG",
             "load_average_1min_after": os.getloadavg()[0],
         },
@@ -159,6 +238,7 @@ def analyse(raw: dict, clients: int, seconds: float, warmup_s: float) -> dict:
         "memory_growth_mib": growth,
         "memory_growth_second_half_mib": late_growth,
         "checks": checks,
+        "versus_plain_app": versus_plain_app(raw["comparison"]),
     }
 
 
@@ -194,13 +274,54 @@ def render_markdown(results: dict) -> str:
             "|---|---|---|---|",
             checks,
             "",
+            *plain_app_markdown(results["versus_plain_app"], setup),
         ]
     )
 
 
+def plain_app_markdown(versus: dict, setup: dict) -> list[str]:
+    def cell(found: dict, digits: int) -> str:
+        return f"{found['median']:.{digits}f} ({found['min']:.{digits}f}-{found['max']:.{digits}f})"
+
+    compare = setup["compare"]
+    rows = [
+        f"| {name} | {cell(app['requests_per_s'], 0)} | {cell(app['p50_ms'], 1)} | {cell(app['p99_ms'], 1)} | "
+        f"{app['errors']} in {app['requests']} |"
+        for name, app in versus["apps"].items()
+    ]
+    checks = [
+        f"| {name} | {check['value']:.3g} | {check['target']} | {'met' if check['met'] else 'NOT met'} |"
+        for name, check in versus["checks"].items()
+    ]
+    return [
+        "## Against a plain FastAPI + ONNX Runtime app",
+        "",
+        f"bench/plain_app.py ({setup['workers']} uvicorn workers, uvloop + httptools, 1 ONNX Runtime thread each, "
+        f"same model and preprocessing, no batching) and the service take turns: {compare['rounds']} rounds of "
+        f"{compare['seconds_per_round']:.0f} s each, {setup['clients']} clients, order reversed every other round. "
+        "Median over the rounds (range in brackets).",
+        "",
+        "| app | requests/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "Service / plain app throughput per round: "
+        + ", ".join(f"{r:.2f}x" for r in versus["throughput_ratio_per_round"])
+        + ".",
+        "",
+        "| check | value | target | verdict |",
+        "|---|---|---|---|",
+        *checks,
+        "",
+    ]
+
+
 def run(quick: bool = False) -> dict:
     seconds, warmup_s = (10.0, 3.0) if quick else (SECONDS, WARMUP_SECONDS)
-    results = analyse(measure(CLIENTS, seconds, warmup_s), CLIENTS, seconds, warmup_s)
+    compare_s = 4.0 if quick else COMPARE_SECONDS
+    raw = measure(CLIENTS, seconds, warmup_s, COMPARE_ROUNDS, compare_s)
+    results = analyse(raw, CLIENTS, seconds, warmup_s)
+    results["setup"]["compare"] = {"rounds": COMPARE_ROUNDS, "seconds_per_round": compare_s}
     write_results("load", results, render_markdown(results))
     return results
 

@@ -37,7 +37,7 @@ def prepare_figures(r: dict) -> list[Figure]:
         Figure(
             "prepare",
             f"prepare, {parallel['workers']} workers vs 1 ({parallel['images_per_s']:.0f} vs "
-            f"{serial['images_per_s']:.0f} images/s)",
+            f"{serial['images_per_s']:.0f} images/s, warm cache, median of {serial.get('repeats', 1)})",
             parallel["images_per_s"] / serial["images_per_s"],
             "x",
             "prepare with 1 worker",
@@ -81,44 +81,48 @@ def train_figures(r: dict) -> list[Figure]:
     ]
 
 
+def _range(cell: dict) -> str:
+    return f"range {cell['min']:.2f}-{cell['max']:.2f}x over {{}} rounds"
+
+
 def export_figures(r: dict) -> list[Figure]:
-    ratios = r["ratios"]
-    target, met = _ratio(ratios["ort_fp32_vs_eager_batch_1"], 1.5)
-    figures = [
-        Figure(
-            "export",
-            "ORT FP32 vs PyTorch eager, batch 1",
-            ratios["ort_fp32_vs_eager_batch_1"],
-            "x",
-            "PyTorch eager",
-            target,
-            met,
-        ),
-        Figure(
-            "export",
-            "ORT FP32 vs PyTorch eager, batch 32",
-            ratios["ort_fp32_vs_eager_batch_32"],
-            "x",
-            "PyTorch eager",
-            "",
-            None,
-        ),
-    ]
-    if "ort_int8_vs_fp32_batch_1" in ratios:
-        target, met = _ratio(ratios["ort_int8_vs_fp32_batch_1"], 1.5)
-        loss = ratios["int8_accuracy_loss_points"]
-        figures += [
+    ratios, targets, rounds, model = r["ratios"], r["targets"], r["repeats"], r["model"]["kind"]
+    figures = []
+    for batch in (1, 32):
+        cell, best = ratios[f"ort_fp32_vs_best_eager_batch_{batch}"], r["best_eager"][f"batch_{batch}"]
+        target, met = _ratio(cell["median"], targets["ort_fp32_vs_best_eager_batch_1"]) if batch == 1 else ("", None)
+        figures.append(
             Figure(
                 "export",
-                "ORT INT8 vs ORT FP32, batch 1",
-                ratios["ort_int8_vs_fp32_batch_1"],
+                f"ORT FP32 vs best PyTorch eager, batch {batch}, {model} model ({_range(cell).format(rounds)})",
+                cell["median"],
+                "x",
+                f"{best}, inference mode, same threads",
+                target,
+                met,
+            )
+        )
+    if "ort_int8_vs_fp32_batch_1" in ratios:
+        cell = ratios["ort_int8_vs_fp32_batch_1"]
+        target, met = _ratio(cell["median"], targets["ort_int8_vs_fp32_batch_1"])
+        figures.append(
+            Figure(
+                "export",
+                f"ORT INT8 vs ORT FP32, batch 1 ({_range(cell).format(rounds)})",
+                cell["median"],
                 "x",
                 "ORT FP32",
                 target,
                 met,
+            )
+        )
+    if "int8_accuracy_loss_points" in ratios:
+        loss, bound = ratios["int8_accuracy_loss_points"], targets["int8_accuracy_loss_points"]
+        figures.append(
+            Figure(
+                "export", "INT8 test accuracy loss", loss, "points", "ORT FP32", f"<= {bound:g} point", loss <= bound
             ),
-            Figure("export", "INT8 test accuracy loss", loss, "points", "ORT FP32", "<= 1 point", loss <= 1.0),
-        ]
+        )
     return figures
 
 
@@ -130,7 +134,7 @@ def serving_figures(r: dict) -> list[Figure]:
         Figure(
             "serving",
             f"service at 32 clients vs in-process ORT ceiling ({on['requests_per_s']:.0f} vs "
-            f"{ceiling['images_per_s']:.0f} images/s)",
+            f"{ceiling['images_per_s']:.0f} images/s, {r['model'].get('kind', 'synthetic')} model)",
             checks["share_of_ceiling"]["value"],
             "x",
             f"ONNX Runtime in-process, batch {ceiling['batch']}",
@@ -158,10 +162,38 @@ def serving_figures(r: dict) -> list[Figure]:
     ]
 
 
+def versus_plain_figures(r: dict) -> list[Figure]:
+    versus, setup = r["versus_plain_app"], r["setup"]
+    service, plain = versus["apps"]["service"], versus["apps"]["plain_app"]
+    rounds = f"{setup['clients']} clients, median of {setup['compare']['rounds']} interleaved rounds"
+    throughput, p99 = versus["checks"]["throughput_vs_plain_app"], versus["checks"]["p99_vs_plain_app_ms"]
+    return [
+        Figure(
+            "load",
+            f"service vs plain FastAPI + ORT app, throughput, {rounds} ({service['requests_per_s']['median']:.0f} vs "
+            f"{plain['requests_per_s']['median']:.0f} requests/s)",
+            throughput["value"],
+            "x",
+            "bench/plain_app.py: 2 uvicorn workers, same model and preprocessing, no batching",
+            throughput["target"] + "x",
+            throughput["met"],
+        ),
+        Figure(
+            "load",
+            f"service p99 vs plain app p99, {rounds}",
+            p99["value"],
+            "ms",
+            f"plain app p99 {plain['p99_ms']['median']:.0f} ms",
+            p99["target"].split(" (")[0] + " ms",
+            p99["met"],
+        ),
+    ]
+
+
 def load_figures(r: dict) -> list[Figure]:
     setup, checks = r["setup"], r["checks"]
-    label = f"{setup['clients']} clients, {setup['seconds']:.0f} s"
-    return [
+    label = f"{setup['clients']} clients, {setup['seconds']:.0f} s, {setup.get('model_kind', 'synthetic')} model"
+    figures = [
         Figure(
             "load",
             f"throughput, {label} (p50 {r['p50_ms']:.0f} / p95 {r['p95_ms']:.0f} ms)",
@@ -202,20 +234,35 @@ def load_figures(r: dict) -> list[Figure]:
             checks["memory_growth_second_half_mib"]["met"],
         ),
     ]
+    return figures + (versus_plain_figures(r) if "versus_plain_app" in r else [])
 
 
 def tune_figures(r: dict) -> list[Figure]:
     speedup, target = r["speedup"], r.get("speedup_target", 20.0)
+    study = r["study"]
     figures = [
         Figure(
             "tune",
-            "head-only trials/min, cached features vs recomputed",
+            f"{study['trials']}-trial head-only study, cached features, one-off feature pass "
+            f"({r['features_seconds_up_front']:.1f} s) included ({study['cached_trials_per_minute']:.1f} vs "
+            f"{study['recompute_trials_per_minute']:.1f} trials/min)",
             speedup,
             "x",
-            "the same trials recomputing features",
+            "the same study recomputing features every trial",
             f">= {target:g}x",
             speedup >= target,
-        )
+        ),
+        Figure(
+            "tune",
+            f"head-only trial, cached features vs recomputed, feature pass left out "
+            f"({r['head_only_cached_matched']['median_trial_seconds']:.2f} vs "
+            f"{r['head_only_recompute_features']['median_trial_seconds']:.1f} s per trial)",
+            r["speedup_per_trial"],
+            "x",
+            "the same trials recomputing features",
+            "",
+            None,
+        ),
     ]
     comparison = r.get("sampler_comparison", {})
     for sampler in ("random", "tpe"):
@@ -235,12 +282,16 @@ def tune_figures(r: dict) -> list[Figure]:
     return figures
 
 
+def _median_of(pair: dict) -> str:
+    return f", median of {len(pair['spread']['flow_s']['values'])}" if "spread" in pair else ""
+
+
 def flow_figures(r: dict) -> list[Figure]:
     noop = r["noop"]
     return [
         Figure(
             "flow",
-            f"no-op flow run vs no-op `dvc repro` ({noop['dvc_repro_s']:.1f} s)",
+            f"no-op flow run vs no-op `dvc repro` ({noop['dvc_repro_s']:.1f} s){_median_of(noop)}",
             noop["overhead_s"],
             "s overhead",
             "`dvc repro`",
@@ -249,7 +300,8 @@ def flow_figures(r: dict) -> list[Figure]:
         ),
         Figure(
             "flow",
-            f"full run, small data, vs `dvc repro` ({r['full_small_data']['dvc_repro_s']:.1f} s)",
+            f"full run, small data, vs `dvc repro` ({r['full_small_data']['dvc_repro_s']:.1f} s)"
+            f"{_median_of(r['full_small_data'])}",
             r["full_small_data"]["overhead_s"],
             "s overhead",
             "`dvc repro`",
@@ -325,6 +377,17 @@ def _value(figure: dict) -> str:
     return f"{text} {figure['unit']}".strip() if figure["unit"] != "x" else f"{text}x"
 
 
+def machine_line(report: dict) -> str:
+    """Where and when: the CPU with the instruction sets its kernels use, cores, Python, quick or full."""
+    machine = report["machine"]
+    isa = machine.get("cpu_instruction_sets")
+    isa_text = f" ({', '.join(isa)})" if isa else " (instruction sets not recorded)"
+    return (
+        f"Measured {machine['date']} on {machine['cpu']}{isa_text}, {machine['cores']} cores, "
+        f"Python {machine['python']}{' (quick mode: short runs, smoke figures only)' if report['quick'] else ''}."
+    )
+
+
 def render_markdown(report: dict) -> str:
     machine = report["machine"]
     versions = ", ".join(f"{name} {version}" for name, version in machine["versions"].items() if version)
@@ -346,8 +409,7 @@ def render_markdown(report: dict) -> str:
         [
             "# Benchmark results",
             "",
-            f"Measured {machine['date']} on {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}"
-            f"{' (quick mode: short runs, smoke figures only)' if report['quick'] else ''}. {versions}.",
+            f"{machine_line(report)} {versions}.",
             "",
             "Every ratio compares two things measured in the same run, on the same machine, so load from",
             "other processes falls on both; absolute figures move with the machine. Written by `make bench`",
@@ -366,3 +428,39 @@ def render_markdown(report: dict) -> str:
             "",
         ]
     )
+
+
+README_BEGIN = "<!-- bench:begin (written by `python -m bench --readme` from bench/RESULTS.json; do not edit) -->"
+README_END = "<!-- bench:end -->"
+
+
+class ReadmeMarkersMissing(ValueError):
+    """README.md lacks the markers between which the benchmark table is written."""
+
+
+def render_readme_table(report: dict) -> str:
+    """The README's benchmark figures: every figure of the report, as RESULTS.json holds it."""
+    rows = [
+        f"| {f['benchmark']} | {f['name']} | {_value(f)} | {f['target']} | {f['verdict']} |" for f in report["figures"]
+    ]
+    failing = [f"{f['benchmark']}: {f['name']}" for f in report["figures"] if f["met"] is False]
+    return "\n".join(
+        [
+            f"{machine_line(report)} Total {report['total_seconds'] / 60:.1f} min; baselines and details in "
+            "[bench/RESULTS.md](bench/RESULTS.md).",
+            "",
+            "| benchmark | figure | value | target | verdict |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            "Not met: " + "; ".join(failing) + "." if failing else "Every target met.",
+        ]
+    )
+
+
+def with_readme_table(readme: str, report: dict) -> str:
+    """`readme` with the text between README_BEGIN and README_END replaced by the report's table."""
+    begin, end = readme.find(README_BEGIN), readme.find(README_END)
+    if begin < 0 or end < begin:
+        raise ReadmeMarkersMissing(f"README.md needs the lines {README_BEGIN!r} and {README_END!r}, in that order")
+    return readme[: begin + len(README_BEGIN)] + "\n" + render_readme_table(report) + "\n" + readme[end:]

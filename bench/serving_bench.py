@@ -8,8 +8,9 @@ service in alternating rounds, so background load on a shared machine falls on a
 In-process ONNX Runtime, with the service's thread budget and at the batch sizes the service
 formed, gives the model's ceiling.
 
-Model: MobileNetV2, 96 px, 10 classes, random init ($TRANSFERLINE_BENCH_MODEL_TAG and
-$BENTOML_HOME select a trained champion instead). Writes bench/results/serving.{json,md}.
+Model: the pipeline's trained model when models/ and export/ hold one, else a random-init MobileNetV2
+of the default size (bench/model_source.py; the report says which). $TRANSFERLINE_BENCH_MODEL_TAG and
+$BENTOML_HOME select a registered champion instead. Writes bench/results/serving.{json,md}.
 
 Usage: python -m bench.serving_bench [--quick]
 """
@@ -24,7 +25,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -33,12 +33,11 @@ from pathlib import Path
 import httpx
 
 from bench.common import write_results
+from bench.model_source import build_store, model_source
 from flows.local_server import LocalServer, running_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 32)
-IMAGE_SIZE = 96
-NUM_CLASSES = 10
 TARGETS = {"errors": 0, "share_of_ceiling": 0.40, "p99_ms": 300.0, "batching_gain": 1.0}
 
 WRK_SCRIPT = r"""
@@ -99,26 +98,6 @@ def bench_image(target: Path) -> Path:
     return target
 
 
-def build_store(home: Path, work: Path) -> str:
-    """Register and promote a random-init MobileNetV2 in a throwaway BentoML home; returns its tag."""
-    script = (
-        "from pathlib import Path\n"
-        "from bench.synthetic_bundle import mobilenet_v2, write_export_dir, write_gate_dir\n"
-        "from serving.registry import register, promote\n"
-        f"work = Path({str(work)!r})\n"
-        f"classes = [f'class_{{i}}' for i in range({NUM_CLASSES})]\n"
-        f"write_export_dir(mobilenet_v2({NUM_CLASSES}), classes, {IMAGE_SIZE}, work / 'export')\n"
-        "lineage = {'git_commit': 'bench', 'data_version': 'bench-random-init'}\n"
-        "write_gate_dir(work / 'gate', True, lineage)\n"
-        "print(promote(register(work / 'export', work / 'gate', lineage), project=work))\n"
-    )
-    env = {**os.environ, "BENTOML_HOME": str(home), "DO_NOT_TRACK": "1", "BENTOML_DO_NOT_TRACK": "true"}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=True
-    )
-    return result.stdout.strip().splitlines()[-1]
-
-
 def run_wrk(wrk: str, script: Path, image: Path, url: str, connections: int, seconds: float) -> dict:
     command = [wrk, "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "5s", "-s", str(script), url]
     result = subprocess.run(
@@ -168,21 +147,28 @@ def batches_formed(before: dict, after: dict) -> dict:
     return {"runs": int(runs), "images": int(images), "mean_images": images / runs if runs else 0.0, "le": buckets}
 
 
+def _spec(onnx_path: str):
+    from transferline.data.preprocessing import PreprocessSpec
+
+    return PreprocessSpec.from_dict(json.loads((Path(onnx_path).parent / "preprocess.json").read_text()))
+
+
 def _ort_images_per_s(onnx_path: str, batch: int, seconds: float) -> float:
     from transferline.evaluation.onnx_export import cpu_session, measure_latency
 
-    return measure_latency(cpu_session(Path(onnx_path), threads=1), IMAGE_SIZE, batch, seconds)["images_per_s"]
+    session = cpu_session(Path(onnx_path), threads=1)
+    return measure_latency(session, _spec(onnx_path).image_size, batch, seconds)["images_per_s"]
 
 
 def _decode_and_ort_per_s(onnx_path: str, image: str, seconds: float) -> float:
     """Requests/s of decode + preprocess + ONNX Runtime at batch 1, no HTTP: a zero-overhead server."""
     from transferline.data.imaging import ImageLimits
-    from transferline.data.preprocessing import PreprocessSpec
     from transferline.evaluation.onnx_classifier import OnnxClassifier
     from transferline.evaluation.scoring import prepare_pixels
 
-    spec = PreprocessSpec(IMAGE_SIZE, "crop", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    classifier = OnnxClassifier.open(Path(onnx_path), [f"class_{i}" for i in range(NUM_CLASSES)], spec, threads=1)
+    spec = _spec(onnx_path)
+    classes = json.loads((Path(onnx_path).parent / "classes.json").read_text())["classes"]
+    classifier = OnnxClassifier.open(Path(onnx_path), classes, spec, threads=1)
     data = Path(image).read_bytes()
     done, deadline = 0, time.perf_counter() + seconds
     start = time.perf_counter()
@@ -244,9 +230,12 @@ def run(quick: bool = False) -> dict:
         tmp = Path(tmp_name)
         if os.environ.get("TRANSFERLINE_BENCH_MODEL_TAG"):
             home, tag = Path(os.environ["BENTOML_HOME"]), os.environ["TRANSFERLINE_BENCH_MODEL_TAG"]
+            model = {"kind": "registered", "description": f"registered champion {tag}"}
         else:
             home = tmp / "bentoml"
-            tag = build_store(home, tmp / "bundle")
+            source = model_source(tmp / "bundle")
+            tag = build_store(home, source, tmp / "bundle")
+            model = source.to_dict()
         image = bench_image(tmp / "bench.jpg")
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT)
@@ -278,6 +267,7 @@ def run(quick: bool = False) -> dict:
         batch_sizes = sorted({1, *(max(1, round(f["mean_images"])) for f in formed.values())})
         limits = ceilings(model_onnx_path(home, tag), image, workers, batch_sizes, 2.0 if quick else 4.0)
     results = analyse(measured, formed, limits, tag, workers, phase_s, rounds)
+    results["model"] = {**model, "tag": tag}
     results["setup"]["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
     write_results("serving", results, render_markdown(results))
     return results
@@ -316,7 +306,7 @@ def analyse(measured, formed, limits, tag, workers, phase_s, rounds) -> dict:
         },
     }
     return {
-        "model": {"tag": tag, "architecture": "mobilenet_v2", "image_size": IMAGE_SIZE, "classes": NUM_CLASSES},
+        "model": {"tag": tag},
         "setup": {
             "workers": workers,
             "ort_threads": 1,
@@ -352,8 +342,8 @@ def render_markdown(results: dict) -> str:
         [
             "# Serving",
             "",
-            f"Model: {results['model']['architecture']}, {results['model']['image_size']} px, "
-            f"{results['model']['classes']} classes ({results['model']['tag']}). Service: {setup['workers']} workers, "
+            f"Model: {results['model']['description']} ({results['model']['tag']}). "
+            f"Service: {setup['workers']} workers, "
             f"{setup['ort_threads']} ONNX Runtime thread each. Load: {setup['load_client']}; "
             f"{setup['seconds_per_level']:.0f} s per service and level, in {setup['rounds']} alternating rounds "
             "(p50: median of rounds; p95/p99: worst round). "

@@ -55,7 +55,9 @@ def int8_variant(
     pick = np.sort(
         rng.choice(len(train_images), size=min(params.int8_calibration_images, len(train_images)), replace=False)
     )
-    quantize_int8(fp32_path, target, normalize(np.asarray(train_images[pick]), spec))
+    config = quantize_int8(
+        fp32_path, target, normalize(np.asarray(train_images[pick]), spec), keep_float_ends=params.int8_keep_float_ends
+    )
     val = load_split(prepared_dir, "val", num_classes, spec.image_size)
     val_images, val_labels = val.images, val.labels
     val_pixels = normalize(np.asarray(val_images), spec)
@@ -71,6 +73,7 @@ def int8_variant(
         "accuracy_drop": drop,
         "max_accuracy_drop": params.int8_max_accuracy_drop,
         "bytes": target.stat().st_size,
+        "quantization": config,
     }
     if kept:
         result["summary"] = (

@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bench.common import cpu_description, interleaved
+from bench.load_bench import versus_plain_app
 from bench.report import build_report, render_markdown
+from bench.tune_bench import study_rates
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MACHINE = {"date": "d", "cpu": "cpu", "cores": 2, "python": "3.11", "versions": {"torch": "2.14.1"}}
@@ -70,6 +75,95 @@ def test_quick_load_benchmark_serves_without_errors_and_writes_the_report(tmp_pa
         "errors",
         "service memory growth over the run (PSS",
         "service memory growth over the run's second half (PSS",
+        "service vs plain FastAPI + ORT app",
+        "service p99 vs plain app p99",
     }
+    versus = load["versus_plain_app"]
+    assert versus["apps"]["plain_app"]["errors"] == 0 and versus["apps"]["plain_app"]["requests"] > 0
+    assert len(versus["throughput_ratio_per_round"]) == load["setup"]["compare"]["rounds"] >= 3
     assert (tmp_path / "RESULTS.md").read_text().startswith("# Benchmark results")
     assert [path.stat().st_mtime_ns if path.exists() else None for path in committed] == before
+
+
+def test_the_machine_record_names_the_cpu_and_its_vector_instruction_sets():
+    cpuinfo = (
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+        "flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_vnni amx_tile amx_bf16 amx_int8\n"
+        "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu\n"
+    )
+    model, flags = cpu_description(cpuinfo)
+    assert model == "Intel(R) Xeon(R) Platinum 8480+"
+    assert flags == ["amx_bf16", "amx_int8", "amx_tile", "avx2", "avx512_vnni", "avx512f", "fma"]
+    assert cpu_description("processor\t: 0\n") == (None, [])
+
+
+def test_interleaved_measurements_alternate_the_order_and_report_median_and_range():
+    calls: list[str] = []
+
+    def cell(name: str, values: list[float]):
+        def measure() -> float:
+            calls.append(name)
+            return values.pop(0)
+
+        return measure
+
+    found = interleaved({"a": cell("a", [3.0, 1.0, 2.0]), "b": cell("b", [5.0, 7.0, 6.0])}, repeats=3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert found["a"] | {"values": None} == {"median": 2.0, "min": 1.0, "max": 3.0, "values": None}
+    assert found["b"]["median"] == 6.0
+
+
+def test_the_search_speed_up_counts_the_one_off_feature_pass():
+    cached = [{"wall_seconds": 0.2}] * 20
+    study = study_rates(features_seconds=7.0, cached=cached, recomputed={"median_trial_seconds": 6.8})
+    assert study["cached_seconds_feature_pass_included"] == pytest.approx(11.0)
+    assert study["speedup"] == pytest.approx(20 * 6.8 / 11.0)  # ~12.4x, not the per-trial 34x
+    assert study["cached_trials_per_minute"] == pytest.approx(60 * 20 / 11.0)
+
+
+def wrk_round(requests_per_s: float, p99_ms: float, errors: int = 0) -> dict:
+    return {
+        "requests": int(requests_per_s * 10),
+        "duration_us": 10_000_000,
+        "p50_us": 50_000,
+        "p99_us": int(p99_ms * 1000),
+        "non_2xx": errors,
+        "socket_errors": 0,
+    }
+
+
+def test_the_service_is_judged_against_the_plain_app_on_throughput_and_p99():
+    comparison = {
+        "service": [wrk_round(700, 250), wrk_round(712, 223), wrk_round(704, 288)],
+        "plain_app": [wrk_round(668, 153), wrk_round(676, 155), wrk_round(670, 154)],
+    }
+    versus = versus_plain_app(comparison)
+    assert versus["throughput_ratio"] == pytest.approx(704 / 670)
+    assert versus["checks"]["throughput_vs_plain_app"]["met"] is False  # 1.05x < 1.2x
+    assert versus["checks"]["p99_vs_plain_app_ms"]["value"] == 250.0
+    assert versus["checks"]["p99_vs_plain_app_ms"]["met"] is False  # 250 ms > 154 ms
+    faster = versus_plain_app({"service": [wrk_round(900, 100)] * 3, "plain_app": comparison["plain_app"]})
+    assert all(check["met"] for check in faster["checks"].values())
+
+
+def test_onnx_runtime_is_judged_against_the_best_eager_configuration_with_its_spread():
+    def cell(median: float, low: float, high: float) -> dict:
+        return {"median": median, "min": low, "max": high}
+
+    results = {
+        "model": {"kind": "trained"},
+        "repeats": 5,
+        "best_eager": {"batch_1": "pytorch_eager_channels_last", "batch_32": "pytorch_eager"},
+        "targets": {"ort_fp32_vs_best_eager_batch_1": 1.5, "int8_accuracy_loss_points": 1.0},
+        "ratios": {
+            "ort_fp32_vs_best_eager_batch_1": cell(1.3, 1.1, 1.6),
+            "ort_fp32_vs_best_eager_batch_32": cell(1.1, 0.9, 1.2),
+            "int8_accuracy_loss_points": 0.33,
+        },
+    }
+    report = build_report(MACHINE, {"export": {"seconds": 1.0, "results": results}}, quick=False)
+    batch_1, batch_32, int8 = report["figures"]
+    assert batch_1["value"] == 1.3 and batch_1["met"] is False and "range 1.10-1.60x over 5 rounds" in batch_1["name"]
+    assert batch_1["baseline"].startswith("pytorch_eager_channels_last") and "trained model" in batch_1["name"]
+    assert batch_32["met"] is None and batch_32["baseline"].startswith("pytorch_eager,")
+    assert int8["value"] == 0.33 and int8["met"] is True

@@ -148,6 +148,7 @@ class ExportParams(Section):
     parity_images: int = Field(default=256, ge=2)
     int8: bool = True
     int8_calibration_images: int = Field(default=256, ge=8)
+    int8_keep_float_ends: bool = True  # first convolution and classifier stay FP32
     int8_max_accuracy_drop: float = Field(default=0.01, ge=0, le=1)
     latency_seconds: float = Field(default=2.0, gt=0)
     ood_rejection_rate: float = Field(default=0.05, gt=0, lt=1)  # in-distribution val images the OOD flag may reject

@@ -35,7 +35,7 @@ def test_quick_seed_spread_writes_mean_and_sd_and_appends_its_row_to_the_accurac
     assert spread["test_accuracy"] == {"mean": statistics.fmean(accuracies), "sd": statistics.stdev(accuracies)}
     assert spread["runs"][0]["model_sha256"] != spread["runs"][1]["model_sha256"]  # the seed reached the training
     assert spread["environment"]["pinned"] is True  # trained in a pinned process, as the stage trains
-    assert spread["machine"]["isa"] and "±" in (results / "seed_spread.md").read_text()
+    assert spread["machine"]["cpu_instruction_sets"] and "±" in (results / "seed_spread.md").read_text()
 
     table = json.loads((results / "train_accuracy.json").read_text())
     previous = json.loads(committed.read_text())["runs"]

@@ -1,0 +1,57 @@
+"""README.md quotes benchmark figures only from the last report: its table is generated from bench/RESULTS.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.report import (
+    README_BEGIN,
+    README_END,
+    ReadmeMarkersMissing,
+    render_readme_table,
+    with_readme_table,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_block(text: str) -> str:
+    return text[text.index(README_BEGIN) + len(README_BEGIN) : text.index(README_END)].strip("\n")
+
+
+def test_readme_figures_equal_the_last_bench_report():
+    """Regenerate with `python -m bench --readme` when this fails after a bench run."""
+    report = json.loads((PROJECT_ROOT / "bench" / "RESULTS.json").read_text())
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    block = readme_block(readme)
+    assert block == render_readme_table(report)
+    for figure in report["figures"]:  # every figure of the report, by its name and value
+        assert f"| {figure['benchmark']} | {figure['name']} |" in block
+
+
+def sample_report(value: float) -> dict:
+    machine = {"date": "d", "cpu": "AMD EPYC", "cpu_instruction_sets": ["avx2", "avx512f"], "cores": 2, "python": "3"}
+    figure = {"benchmark": "tune", "name": "study", "value": value, "unit": "x", "baseline": "", "target": ">= 20x"}
+    return {
+        "machine": machine,
+        "quick": False,
+        "total_seconds": 60.0,
+        "figures": [figure | {"met": value >= 20, "verdict": "met" if value >= 20 else "NOT met"}],
+    }
+
+
+def test_the_table_is_replaced_between_the_markers_and_nothing_else_changes():
+    readme = f"# Title\n\nBefore.\n\n{README_BEGIN}\nstale 38.9x\n{README_END}\n\nAfter.\n"
+    once = with_readme_table(readme, sample_report(12.9))
+    assert "38.9x" not in once and "| tune | study | 12.9x | >= 20x | NOT met |" in once
+    assert "avx512f" in once and "Not met: tune: study." in once
+    assert once.startswith("# Title\n\nBefore.\n\n") and once.endswith(f"{README_END}\n\nAfter.\n")
+    assert with_readme_table(once, sample_report(12.9)) == once
+
+
+def test_a_readme_without_markers_is_refused_with_the_fix():
+    with pytest.raises(ReadmeMarkersMissing, match="bench:begin"):
+        with_readme_table("# no markers\n", sample_report(25.0))
