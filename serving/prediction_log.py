@@ -13,14 +13,18 @@ the request's size in bytes; the image itself only when `serve.log_images` is se
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from transferline.cli import cli_parser, run_command
 
 log = logging.getLogger("transferline.serving.prediction_log")
 
@@ -156,3 +160,26 @@ def format_summary(summary: dict[str, Any]) -> str:
         mix = ", ".join(f"{label} {share:.0%}" for label, share in stats["class_mix"].items())
         lines.append(f"  {tag}: {stats['predictions']} predictions, OOD {stats['ood_rate']:.1%}; {mix}")
     return "\n".join(lines)
+
+
+def summary_command(args: argparse.Namespace) -> None:
+    from serving.settings import load_serve_params
+
+    directory = args.log_dir or load_serve_params().log_dir
+    since = time.time() - args.hours * 3600 if args.hours else None
+    print(format_summary(summarize(list(read_entries(directory)), since)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("Summarise the prediction log: predictions, OOD rate and class mix per model.")
+    parser.add_argument("--log-dir", type=Path, default=None, help="default: serve.log_dir")
+    parser.add_argument("--hours", type=float, default=None, help="only the last N hours (default: everything)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(summary_command, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -19,9 +19,11 @@ this is not BentoML's `batchable=True`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,6 +48,7 @@ from serving.http_input import (
 )
 from serving.metrics import create_metrics
 from serving.openapi import DocLimits, complete_spec
+from serving.prediction_log import PredictionLog
 from serving.schemas import (
     BatchClassification,
     Classification,
@@ -63,6 +66,7 @@ from transferline.evaluation.scoring import prepare_pixels
 from transferline.monitoring.ood import load_detector
 
 log = logging.getLogger("transferline.serving")
+LOGGED_LABELS = 3  # top labels kept per prediction-log entry
 
 # Read when the service is defined: BentoML needs workers, host and port, and `bentoml build` the model.
 # Without a model to serve, `bentoml serve` stops here with the fix (NoChampion), not in every worker.
@@ -96,6 +100,10 @@ class Classifier:
             self.bundle.onnx_path, self.bundle.classes, self.bundle.preprocess, SETTINGS.provider, SETTINGS.ort_threads
         )
         self.ood = load_detector(self.bundle.path)
+        self.prediction_log = None
+        if SETTINGS.prediction_log:
+            self.prediction_log = PredictionLog(SETTINGS.log_dir, SETTINGS.log_max_bytes, SETTINGS.log_backups)
+            self.prediction_log.start()
         self.data_version = str(self.bundle.metadata.get("data_version", "unknown"))
         self.promoted_at = promotion_time(self.bundle.tag)
         self.input_limits = InputLimits(
@@ -136,6 +144,8 @@ class Classifier:
 
     @bentoml.on_shutdown
     def release_threads(self) -> None:
+        if self.prediction_log is not None:
+            self.prediction_log.close()
         self.inference_thread.shutdown(wait=False, cancel_futures=True)
         self.decode_threads.shutdown(wait=False, cancel_futures=True)
 
@@ -148,6 +158,7 @@ class Classifier:
         except ApiError as exc:
             return self._refuse("classify", exc)
         probabilities, scores, flags = self._judge(logits)
+        self._log(parsed.images, logits, probabilities, scores, flags)
         return Classification(
             model_tag=self.bundle.tag,
             data_version=self.data_version,
@@ -165,6 +176,7 @@ class Classifier:
         except ApiError as exc:
             return self._refuse("classify_batch", exc)
         probabilities, scores, flags = self._judge(logits)
+        self._log(parsed.images, logits, probabilities, scores, flags)
         return BatchClassification(
             model_tag=self.bundle.tag,
             data_version=self.data_version,
@@ -215,6 +227,29 @@ class Classifier:
                 "top_k_max": SETTINGS.top_k_max,
             },
         )
+
+    def _log(
+        self, images: list[bytes], logits: np.ndarray, probabilities: np.ndarray, scores: np.ndarray, flags: np.ndarray
+    ) -> None:
+        """One prediction-log entry per image: queued here, encoded and written by the log's own thread."""
+        if self.prediction_log is None:
+            return
+        now = time.time()
+        for data, row_logits, row, score, flag in zip(images, logits, probabilities, scores, flags, strict=True):
+            top = np.argsort(-row, kind="stable")[:LOGGED_LABELS]
+            entry = {
+                "time": now,
+                "model_tag": self.bundle.tag,
+                "labels": [self.bundle.classes[i] for i in top],
+                "probabilities": [round(float(row[i]), 5) for i in top],
+                "ood_score": round(float(score), 5),
+                "out_of_distribution": bool(flag),
+                "embedding": [round(float(x), 4) for x in row_logits],  # the logits: the drift check's sample
+                "request_bytes": len(data),
+            }
+            if SETTINGS.log_images:
+                entry["image_b64"] = base64.b64encode(data).decode()
+            self.prediction_log.record(entry)
 
     def _judge(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Probabilities, OOD scores and flags from one batch of logits."""

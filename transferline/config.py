@@ -303,6 +303,11 @@ class ServeParams(Section):
     top_k_default: int = Field(default=5, ge=1)
     top_k_max: int = Field(default=20, ge=1)
     access_log: bool = False
+    prediction_log: bool = True  # one JSON line per answered image, written off the request path
+    log_dir: Path = Path(".transferline/predictions")  # where (one file per worker)
+    log_max_bytes: int = Field(default=50_000_000, ge=10_000)  # rotate each worker's file at this size...
+    log_backups: int = Field(default=3, ge=0)  # ...keeping this many older files
+    log_images: bool = False  # also log each image itself (base64): only when you may keep your users' images
 
     @model_validator(mode="after")
     def _top_k_within_max(self) -> ServeParams:

@@ -98,6 +98,7 @@ def server_env(home: Path, **settings: str) -> dict[str, str]:
         "TRANSFERLINE_PARAMS": str(home / "no-params.yaml"),  # defaults, so the project's params.yaml can change
         "PYTHONPATH": str(PROJECT_ROOT),
     }
+    settings.setdefault("log_dir", str(home / "predictions"))  # the prediction log stays out of the project
     env.update({f"TRANSFERLINE_SERVE_{key.upper()}": value for key, value in settings.items()})
     return env
 

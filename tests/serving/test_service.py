@@ -402,3 +402,30 @@ def test_the_page_and_the_model_card_are_served(client, serving_models: ServingM
     card = client.get("/model-card")
     assert card.status_code == 200 and card.headers["content-type"].startswith("text/markdown")
     assert card.text == (serving_models.passed_gate / "model_card.md").read_text()
+
+
+def test_every_answered_image_is_logged_off_the_request_path(client, photos, serving_models: ServingModels):
+    """The prediction log: one entry per image with the model, top labels, the OOD score and the logits as
+    embedding (whose energy is that score); never the image itself by default."""
+    import time as clock
+
+    from serving.prediction_log import read_entries, summarize
+
+    log_dir = serving_models.home / "predictions"
+    before = len(list(read_entries(log_dir))) if log_dir.is_dir() else 0
+    names = sorted(photos)[:3]
+    answer = client.post("/classify_batch", files=[("images", (n, photos[n])) for n in names]).json()
+    deadline = clock.monotonic() + 10
+    while clock.monotonic() < deadline and len(list(read_entries(log_dir))) < before + 3:
+        clock.sleep(0.1)
+    entries = list(read_entries(log_dir))[before:]
+    assert len(entries) == 3
+    for entry, result, name in zip(entries, answer["results"], names, strict=True):
+        assert entry["model_tag"] == answer["model_tag"] and entry["request_bytes"] == len(photos[name])
+        assert entry["labels"][0] == result["predictions"][0]["label"]
+        assert entry["ood_score"] == pytest.approx(result["ood_score"], abs=1e-4)
+        logits = np.array(entry["embedding"])
+        assert len(logits) == len(CLASSES)
+        assert -np.log(np.exp(logits).sum()) == pytest.approx(entry["ood_score"], abs=1e-3)
+        assert "image_b64" not in entry
+    assert summarize(entries)["models"][answer["model_tag"]]["predictions"] == 3
