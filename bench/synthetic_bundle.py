@@ -79,19 +79,30 @@ def write_export_dir(model, classes: list[str], image_size: int, export_dir: Pat
     _write_json(export_dir / "preprocess.json", spec.to_dict())
     _write_json(export_dir / "classes.json", {"classes": classes})
     _write_json(export_dir / "export_report.json", report)
-    _write_json(export_dir / "monitoring.json", {"detector": synthetic_detector(export_dir, spec).to_dict()})
+    write_monitoring(export_dir, spec)
     return spec
 
 
-def synthetic_detector(export_dir: Path, spec: PreprocessSpec):
-    """An OOD detector calibrated on random smooth images: the served bundle carries one, like a real export."""
+def write_monitoring(export_dir: Path, spec: PreprocessSpec) -> None:
+    """An OOD detector and a drift reference made from random smooth images: the served bundle carries both,
+    like a real export (whose reference is the validation split)."""
+    import numpy as np
+
     from transferline.evaluation.onnx_classifier import OnnxClassifier
-    from transferline.monitoring.reference import build_detector
+    from transferline.monitoring.reference import build_detector, predicted_class_shares
     from transferline.monitoring.shifts import noise_images
 
     classes = json.loads((export_dir / "classes.json").read_text())["classes"]
     logits = OnnxClassifier.open(export_dir / "model.onnx", classes, spec).logits(noise_images(64, spec.image_size, 7))
-    return build_detector(logits, rejection_rate=0.05)
+    shares = [round(float(x), 6) for x in predicted_class_shares(logits, len(classes))]
+    np.save(export_dir / "reference_logits.npy", logits.astype(np.float32))
+    _write_json(
+        export_dir / "monitoring.json",
+        {
+            "detector": build_detector(logits, rejection_rate=0.05).to_dict(),
+            "drift_reference": {"file": "reference_logits.npy", "images": len(logits), "class_shares": shares},
+        },
+    )
 
 
 def write_gate_dir(gate_dir: Path, passed: bool, lineage: dict, accuracy: float = 0.9) -> None:

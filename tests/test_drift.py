@@ -44,28 +44,45 @@ def test_mmd_matches_the_direct_unbiased_estimate():
 
 
 def test_class_mix_flags_a_prior_change_and_names_the_class():
-    shares = np.full(10, 0.1)
-    clean = class_mix_test(shares, np.array([20] * 10))
+    reference = np.array([60] * 10)
+    clean = class_mix_test(reference, np.array([20] * 10))
     assert clean.p_value > 0.5
-    shifted = class_mix_test(shares, np.array([80, 10, 10, 10, 10, 10, 10, 20, 20, 20]))
+    shifted = class_mix_test(reference, np.array([80, 10, 10, 10, 10, 10, 10, 20, 20, 20]))
     assert shifted.p_value < 1e-6
     assert next(iter(shifted.detail["largest_changes"])) == 0
+    assert class_mix_test(np.array([5, 0]), np.array([7, 0])).p_value == 1.0  # one class only: nothing to test
 
 
-def test_ood_rate_is_one_sided():
-    assert ood_rate_test(10, 200, 0.05).p_value > 0.4
-    assert ood_rate_test(40, 200, 0.05).p_value < 1e-6
-    assert ood_rate_test(0, 200, 0.05).p_value == pytest.approx(1.0)
+def test_ood_rate_compares_with_the_reference_share_one_sided():
+    assert ood_rate_test(30, 600, 10, 200).p_value > 0.4
+    assert ood_rate_test(30, 600, 40, 200).p_value < 1e-6
+    assert ood_rate_test(30, 600, 0, 200).p_value == pytest.approx(1.0)
+
+
+def test_clean_windows_raise_few_false_alarms_even_with_a_noisy_reference():
+    """The reference is a finite sample too (its own flagged share is noisy): over 100 clean windows the
+    report alarms at most at its level."""
+    rng = np.random.default_rng(4)
+    centres = np.eye(4) * 4
+
+    def sample(n):
+        classes = rng.integers(0, 4, n)
+        embeddings = centres[classes] + rng.normal(0, 1, (n, 4))
+        return embeddings, embeddings.argmax(1), rng.random(n) < 0.05
+
+    reference = sample(600)
+    alarms = sum(drift_report(*reference, *sample(200), num_classes=4, seed=i).drift for i in range(100))
+    assert alarms <= 8  # 5% expected; 100 windows leave room for chance
 
 
 def test_the_report_calls_drift_when_any_test_moves_and_says_which():
     rng = np.random.default_rng(3)
     reference = gaussian(rng, 300)
-    shares = np.full(4, 0.25)
-    classes = rng.integers(0, 4, 200)
-    clean = drift_report(reference, shares, 0.05, gaussian(rng, 200), classes, rng.random(200) < 0.05)
+    classes = rng.integers(0, 4, 300)
+    ood = rng.random(300) < 0.05
+    recent_classes = rng.integers(0, 4, 200)
+    clean = drift_report(reference, classes, ood, gaussian(rng, 200), recent_classes, rng.random(200) < 0.05, 4)
     assert not clean.drift and clean.moved == []
-    ood = rng.random(200) < 0.3
-    moved = drift_report(reference, shares, 0.05, gaussian(rng, 200), classes, ood)
+    moved = drift_report(reference, classes, ood, gaussian(rng, 200), recent_classes, rng.random(200) < 0.3, 4)
     assert moved.drift and moved.moved == ["ood_rate"]
     assert moved.to_dict()["window"] == 200
