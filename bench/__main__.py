@@ -39,8 +39,9 @@ BENCHMARKS = {
     "flow": ("bench.flow_bench", {}),
     "repro": ("bench.repro_bench", {}),
     "seed_spread": ("bench.seed_spread", {}),
+    "monitoring": ("bench.monitoring_bench", {}),
 }
-NEEDS_PIPELINE = {"prepare", "train", "export", "tune", "flow", "repro", "seed_spread"}
+NEEDS_PIPELINE = {"prepare", "train", "export", "tune", "flow", "repro", "seed_spread", "monitoring"}
 
 
 def report_dir() -> Path:

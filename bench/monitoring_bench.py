@@ -209,15 +209,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def run(quick: bool = False) -> dict:
+    from bench.common import machine
+
+    result = {"machine": machine(), "drift": bench_drift(quick), "ood": bench_ood(), "log": bench_log(quick)}
+    write_results("monitoring", result, markdown(result))
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    from bench.common import machine
-
-    result = {"machine": machine(), "drift": bench_drift(args.quick), "ood": bench_ood(), "log": bench_log(args.quick)}
-    write_results("monitoring", result, markdown(result))
-    print(markdown(result))
+    print(markdown(run(parser.parse_args(argv).quick)))
 
 
 if __name__ == "__main__":

@@ -340,6 +340,52 @@ def seed_spread_figures(r: dict) -> list[Figure]:
     ]
 
 
+def monitoring_figures(r: dict) -> list[Figure]:
+    drift, ood, log = r["drift"], r["ood"], r["log"]
+    weakest = min(drift["power"], key=drift["power"].get)
+    return [
+        Figure(
+            "monitoring",
+            f"drift detection power at {drift['window']} predictions, weakest shift ({weakest})",
+            drift["power"][weakest],
+            "",
+            "blur, brightness, rotation, class prior, unseen class",
+            f">= {drift['targets']['power']}",
+            drift["met"]["power"],
+        ),
+        Figure(
+            "monitoring",
+            f"drift false alarms over {drift['clean_windows']} clean windows",
+            drift["false_alarm_rate"],
+            "",
+            "clean test images",
+            f"<= {drift['targets']['false_alarm_rate']}",
+            drift["met"]["false_alarms"],
+        ),
+        Figure(
+            "monitoring", "OOD flag AUROC, far (noise, photos, ELPV)", ood["far_pooled"], "", "test images", "", None
+        ),
+        Figure(
+            "monitoring",
+            "OOD flag AUROC, near (blur, brightness, rotation, noise)",
+            ood["near_pooled"],
+            "",
+            "test images",
+            "",
+            None,
+        ),
+        Figure(
+            "monitoring",
+            "prediction log, p95 cost per image on the request path",
+            log["p95_ms"],
+            "ms",
+            "",
+            f"<= {log['target_p95_ms']} ms",
+            log["met"],
+        ),
+    ]
+
+
 FIGURES: dict[str, Callable[[dict], list[Figure]]] = {
     "prepare": prepare_figures,
     "train": train_figures,
@@ -350,6 +396,7 @@ FIGURES: dict[str, Callable[[dict], list[Figure]]] = {
     "flow": flow_figures,
     "repro": repro_figures,
     "seed_spread": seed_spread_figures,
+    "monitoring": monitoring_figures,
 }
 
 
