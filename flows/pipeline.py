@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -137,6 +138,34 @@ def deploy_task(tag: str, repo: str, host: str, port: int) -> dict:
     return {"tag": tag, "url": controller.url}
 
 
+@task(name="ensure-champion-serves")
+def ensure_serving_task(tag: str, repo: str, host: str, port: int) -> str:
+    """The champion is unchanged, but is it served? Ask the live service with a real test image; start it if it
+    does not answer, restart it if it answers with another model. Returns what was found and done."""
+    logger = get_run_logger()
+    root = Path(repo)
+    controller = ServiceController(root, host, port)
+    name, image = probe_image(root)
+    try:
+        answered = controller.classify(image, name).get("model_tag")
+    except (httpx.HTTPError, ServiceFailed, ValueError) as exc:
+        logger.warning("the service at %s does not answer (%s): starting it", controller.url, exc)
+        controller.restart()  # also clears a stale pid left by a crashed service
+        action = "was not answering: started"
+    else:
+        if answered == tag:
+            return "answered"
+        logger.warning(
+            "the service at %s answers with %s, not the champion %s: restarting it", controller.url, answered, tag
+        )
+        controller.restart()
+        action = f"answered with {answered}: restarted"
+    answered = controller.classify(image, name).get("model_tag")
+    if answered != tag:
+        raise DeployFailed(f"the service {action}, but answers with {answered!r}, not the champion {tag!r}")
+    return action
+
+
 @flow(name="transferline-pipeline", log_prints=True)
 def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: bool = True):
     """ingest -> prepare -> train -> evaluate -> export -> gate, then register + deploy if the gate passed."""
@@ -158,6 +187,16 @@ def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: b
     if not decision["passed"]:
         outcome = f"gate failed, champion kept ({current or 'none'})"
         state = Completed(message=f"{outcome}: {decision['reason']}")
+    elif already_serving and deploy:
+        service = controller_from_params(root)
+        check = ensure_serving_task.submit(current, str(root), service.host, service.port)
+        check.wait()
+        if check.state.is_failed():
+            outcome = f"unchanged: champion {current}, but the service could not be made to serve it"
+            state = Failed(message=str(check.state.message))
+        else:
+            outcome = f"unchanged: champion {current} already serves this model (service {check.result()})"
+            state = Completed(message=outcome)
     elif already_serving:
         outcome = f"unchanged: champion {current} already serves this model"
         state = Completed(message=outcome)
