@@ -45,10 +45,8 @@ def last_error_line(output: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def repro_stage(stage: str, repo: Path, log: Callable[[str], None] = print, force: bool = False) -> StageOutcome:
-    """`dvc repro --single-item STAGE`; upstream stages are the flow's earlier tasks."""
-    args = ["dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
-    start = time.perf_counter()
+def _stream(args: list[str], repo: Path, log: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Run a dvc command in `repo`, each output line to `log` as it comes; returns (exit status, lines)."""
     process = subprocess.Popen(
         args, cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
@@ -57,9 +55,28 @@ def repro_stage(stage: str, repo: Path, log: Callable[[str], None] = print, forc
     for line in process.stdout:
         lines.append(line.rstrip("\n"))
         log(line.rstrip("\n"))
-    returncode = process.wait()
-    output = "\n".join(lines)
+    return process.wait(), lines
+
+
+def repro_stage(stage: str, repo: Path, log: Callable[[str], None] = print, force: bool = False) -> StageOutcome:
+    """`dvc repro --single-item STAGE`; upstream stages are the flow's earlier tasks."""
+    args = ["dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
+    start = time.perf_counter()
+    returncode, lines = _stream(args, repo, log)
     if returncode != 0:
         raise StageFailed(stage, returncode, "\n".join(lines[-40:]))
-    ran = f"Running stage '{stage}'" in output
+    ran = f"Running stage '{stage}'" in "\n".join(lines)
     return StageOutcome(stage, ran, time.perf_counter() - start)
+
+
+class PushFailed(RuntimeError):
+    """`dvc push` failed: the remote is unreachable, refuses the credentials, or is not configured."""
+
+
+def push(repo: Path, log: Callable[[str], None] = print, remote: str | None = None) -> str:
+    """`dvc push` of every output dvc.lock records (data and models) to the default remote, or `remote`;
+    returns DVC's summary line ("N files pushed" / "Everything is up to date.")."""
+    returncode, lines = _stream(["dvc", "push", *(["--remote", remote] if remote else [])], repo, log)
+    if returncode != 0:
+        raise PushFailed(f"dvc push failed (exit {returncode}): {last_error_line(chr(10).join(lines))}")
+    return next((line.strip() for line in reversed(lines) if line.strip()), "pushed")
