@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None) -> tuple[str, ClusterSpec, bool]:
     parser.add_argument("command", choices=("up", "down", "status", "env"))
     parser.add_argument("--dir", type=Path, default=DEFAULT_ROOT, help="the cluster's folder (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None, help="process workers (default: as last time, else 2)")
-    parser.add_argument("--pool", default="transferline", help="work pool name (default: %(default)s)")
+    parser.add_argument("--pool", default=None, help="work pool name (default: as last time, else transferline)")
     parser.add_argument("--worker-limit", type=int, default=1, help="flow runs per worker at a time (default: 1)")
     parser.add_argument("--pg-port", type=int, default=None, help="PostgreSQL port (default: a free one, then kept)")
     parser.add_argument("--api-port", type=int, default=None, help="Prefect API port (default: a free one, then kept)")
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(status, indent=2) if as_json else render(status))
-    if command == "up":
+    if command == "up" and not as_json:
         print(f"\nclients use it with:\n{export_lines(status['env'])}")
     return 0 if all_running(status) else 3
 

@@ -42,7 +42,7 @@ class ClusterSpec:
 
     root: Path = DEFAULT_ROOT
     workers: int | None = None  # None: as many as last time, else 2
-    pool: str = "transferline"
+    pool: str | None = None  # None: the one of last time, else "transferline"
     worker_limit: int = 1  # flow runs per worker at a time: one training job per machine's cores
     pg_port: int | None = None
     api_port: int | None = None
@@ -78,7 +78,8 @@ class LocalCluster:
         pg_port = self.spec.pg_port or saved.get("pg_port") or free_port()
         api_port = self.spec.api_port or saved.get("api_port") or free_port()
         workers = self.spec.workers if self.spec.workers is not None else saved.get("workers", 2)
-        return ClusterState(pg_port, api_port, self.spec.pool, workers)
+        pool = self.spec.pool or saved.get("pool", "transferline")
+        return ClusterState(pg_port, api_port, pool, workers)
 
     @property
     def api_url(self) -> str:
@@ -123,6 +124,8 @@ class LocalCluster:
         self._create_pool()
         for name in self.worker_names():
             self._start_worker(name)
+        for extra in sorted(set(self._recorded_workers()) - set(self.worker_names())):
+            stop_pid_file(self._pid_file(extra))  # `up --workers N` after a larger N
         self._wait_for_workers()
         self.state.urls = {**self.client_env(), "prefect_database": self._prefect_database_url()}
         atomic.write_json(self.state_file, asdict(self.state))
@@ -192,11 +195,13 @@ class LocalCluster:
             tails = "\n".join(f"{name}: {log_tail(self._log(name), 800)}" for name in missing)
             raise ClusterError(f"workers not polling pool {self.state.pool!r}: {', '.join(missing)}\n{tails}")
 
+    def _recorded_workers(self) -> list[str]:
+        return sorted(path.stem for path in (self.root / "pids").glob("worker-*.pid"))
+
     def down(self) -> list[str]:
         """Stop the workers, the server, then PostgreSQL; returns what was running."""
         stopped = []
-        workers = sorted(p.stem for p in (self.root / "pids").glob("worker-*.pid"))
-        for name in [*workers, "server"]:
+        for name in [*self._recorded_workers(), "server"]:
             if stop_pid_file(self._pid_file(name)):
                 stopped.append(name)
         if self.postgres.initialised() and self.postgres.stop():

@@ -46,7 +46,14 @@ class Postgres:
         self.data = self.home / "data"
         self.log = self.home / "server.log"
         self.port = port
-        self.bin_dir = bin_dir or find_pg_bin()
+        self._bin_dir = bin_dir
+
+    @property
+    def bin_dir(self) -> Path:
+        """Looked up on first use: `down` and `status` of a cluster never started need no PostgreSQL."""
+        if self._bin_dir is None:
+            self._bin_dir = find_pg_bin()
+        return self._bin_dir
 
     def url(self, database: str, driver: str = "postgresql") -> str:
         return f"{driver}://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
