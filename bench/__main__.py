@@ -31,6 +31,7 @@ BENCHMARKS = {
     "load": ("bench.load_bench", {}),
     "tune": ("bench.tune_bench", {}),
     "flow": ("bench.flow_bench", {}),
+    "scale": ("bench.scale_bench", {}),
 }
 NEEDS_PIPELINE = {"prepare", "train", "export", "tune", "flow"}
 

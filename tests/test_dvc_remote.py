@@ -30,9 +30,12 @@ FAKE_CREDENTIALS = {
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """moto's S3-compatible server on 127.0.0.1 (in a thread of this process) with one empty bucket."""
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
