@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command, spec, as_json = parse_args(argv)
         cluster = LocalCluster(spec)
+        if command in ("status", "env") and not cluster.state_file.exists():
+            print(f"no cluster in {cluster.root}: start one with `up`", file=sys.stderr)
+            return 3
         if command == "down":
             stopped = cluster.down()
             print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
