@@ -45,8 +45,10 @@ def last_error_line(output: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _stream(args: list[str], repo: Path, log: Callable[[str], None]) -> tuple[int, list[str]]:
-    """Run a dvc command in `repo`, each output line to `log` as it comes; returns (exit status, lines)."""
+def repro_stage(stage: str, repo: Path, log: Callable[[str], None] = print, force: bool = False) -> StageOutcome:
+    """`dvc repro --single-item STAGE`; upstream stages are the flow's earlier tasks."""
+    args = ["dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
+    start = time.perf_counter()
     process = subprocess.Popen(
         args, cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
@@ -55,17 +57,11 @@ def _stream(args: list[str], repo: Path, log: Callable[[str], None]) -> tuple[in
     for line in process.stdout:
         lines.append(line.rstrip("\n"))
         log(line.rstrip("\n"))
-    return process.wait(), lines
-
-
-def repro_stage(stage: str, repo: Path, log: Callable[[str], None] = print, force: bool = False) -> StageOutcome:
-    """`dvc repro --single-item STAGE`; upstream stages are the flow's earlier tasks."""
-    args = ["dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
-    start = time.perf_counter()
-    returncode, lines = _stream(args, repo, log)
+    returncode = process.wait()
+    output = "\n".join(lines)
     if returncode != 0:
         raise StageFailed(stage, returncode, "\n".join(lines[-40:]))
-    ran = f"Running stage '{stage}'" in "\n".join(lines)
+    ran = f"Running stage '{stage}'" in output
     return StageOutcome(stage, ran, time.perf_counter() - start)
 
 
@@ -76,7 +72,11 @@ class PushFailed(RuntimeError):
 def push(repo: Path, log: Callable[[str], None] = print, remote: str | None = None) -> str:
     """`dvc push` of every output dvc.lock records (data and models) to the default remote, or `remote`;
     returns DVC's summary line ("N files pushed" / "Everything is up to date.")."""
-    returncode, lines = _stream(["dvc", "push", *(["--remote", remote] if remote else [])], repo, log)
-    if returncode != 0:
-        raise PushFailed(f"dvc push failed (exit {returncode}): {last_error_line(chr(10).join(lines))}")
-    return next((line.strip() for line in reversed(lines) if line.strip()), "pushed")
+    args = ["dvc", "push", *(["--remote", remote] if remote else [])]
+    result = subprocess.run(args, cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    for line in lines:
+        log(line)
+    if result.returncode != 0:
+        raise PushFailed(f"dvc push failed (exit {result.returncode}): {last_error_line(result.stdout)}")
+    return lines[-1].strip() if lines else "pushed"

@@ -113,12 +113,12 @@ class Postgres:
         return True
 
     def create_database(self, name: str) -> None:
-        import psycopg
-
-        with psycopg.connect(self.url("postgres"), autocommit=True, connect_timeout=10) as connection:
-            exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-            if not exists:
-                connection.execute(f'CREATE DATABASE "{name}"')
+        """Create `name` unless it exists (PostgreSQL's own client tools: no driver needed for this)."""
+        connection = ["-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER]
+        query = f"SELECT 1 FROM pg_database WHERE datname = '{name}'"
+        found = self._run("psql", *connection, "-d", "postgres", "-tAc", query).stdout.strip()
+        if found != "1":
+            self._run("createdb", *connection, name)
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
