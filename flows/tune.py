@@ -9,10 +9,17 @@ their stale heartbeat and re-queued, and only the missing trials run. Trials are
 validation split. The flow leaves a table artifact of all trials and a markdown artifact with the
 optimisation history, and prints the `dvc exp run -S ...` command that replays the best trial.
 
-Scale-out: trials are ordinary Prefect tasks, so another task runner spreads them over a cluster,
-e.g. `tune.with_options(task_runner=DaskTaskRunner(address=...))` (prefect-dask) or
-`RayTaskRunner(address=...)` (prefect-ray), with --storage pointing at a database every worker
-reaches (PostgreSQL) and the project directory (data/prepared, tuning/features) on a shared path.
+Scale-out: with --deployment, the trials run on the workers of a Prefect work pool instead of this
+process's threads: the missing trial slots are shared out over `--workers` flow runs of the
+`transferline-tune-trials` deployment (flows/deploy.py), each running its slots one after another in
+one process, all against --storage on a database every worker reaches (PostgreSQL, see
+transferline/cluster) and the project directory (data/prepared, tuning/features) on a shared path:
+
+    python -m flows.tune --storage postgresql://user@db:5432/optuna --workers 2 \
+        --deployment transferline-tune-trials/trials
+
+A killed worker leaves its trial RUNNING: run the same command again, and once that trial's heartbeat
+is older than --grace-period it is failed, re-queued with its params, and the missing trials run.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
+import optuna
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -30,7 +39,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.params_override import apply_overrides
 from flows.tune_report import dvc_exp_command, history_markdown, replay_overrides, trial_rows
 from transferline.cli import cli_parser, run_command
-from transferline.errors import TransferlineError
+from transferline.errors import ParamsError, TransferlineError
 from transferline.search.study_config import PRUNERS, SAMPLERS, StudyConfig, default_of
 from transferline.search.tuning import (
     best_trial,
@@ -87,7 +96,14 @@ def tune(config: StudyConfig, apply_best: bool = False) -> dict:
         futures = [trial_task.submit(config, first_slot + index) for index in range(todo)]
         for future in futures:
             future.wait()
-    study = open_study(config, runner.space)
+    return report_study(config, runner.space, apply_best)
+
+
+def report_study(config: StudyConfig, space, apply_best: bool) -> dict:
+    """Artifacts of the stored study (every trial, the history), the best trial's replay command, and the
+    best values written into params.yaml only when asked."""
+    logger = get_run_logger()
+    study = open_study(config, space)
     create_table_artifact(trial_rows(study), key="tuning-trials", description=f"study {config.study_name}")
     best = best_trial(study) if completed(study) else None
     create_markdown_artifact(history_markdown(study, best), key="tuning-history", description="optimisation history")
@@ -111,6 +127,84 @@ def tune(config: StudyConfig, apply_best: bool = False) -> dict:
     }
 
 
+@flow(name="transferline-tune-trials", log_prints=True)
+def tune_trials(config: dict, slots: list[int]) -> list[dict]:
+    """The trials of the given slots, one after another in this process (a worker of the cluster)."""
+    study_config = StudyConfig(**config)
+    runner = runner_for(study_config)
+    runner.prepare_features()
+    outcomes = []
+    for slot in slots:
+        if study_full(study_config, runner):
+            print(f"slot {slot}: not run, the study already holds its {study_config.trials} trials")
+            break
+        outcome = run_trial(study_config, slot, runner)
+        print(f"slot {slot}: trial {outcome['number']} {outcome['state']}, value {outcome['value']}")
+        outcomes.append(outcome)
+    return outcomes
+
+
+def study_full(config: StudyConfig, runner) -> bool:
+    """Finished plus live running trials reach the target: a resumed search on other workers covers the rest."""
+    study = open_study(config, runner.space, storage=runner.storage(config))
+    fail_stale_trials(study)
+    return remaining_trials(config, study, runner.space) - live_trials(study) <= 0
+
+
+def live_trials(study: optuna.Study) -> int:
+    """RUNNING trials once stale ones were failed: each belongs to a worker that is still alive."""
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
+def share_slots(first_slot: int, count: int, runs: int) -> list[list[int]]:
+    """`count` consecutive slots dealt round-robin over at most `runs` flow runs (none left empty)."""
+    slots = list(range(first_slot, first_slot + count))
+    return [slots[index::runs] for index in range(min(runs, count))]
+
+
+def absolute(config: StudyConfig) -> StudyConfig:
+    """Paths resolved here: a flow run on a worker starts in another directory."""
+    paths = ("space_file", "params_file", "prepared_dir", "work_dir")
+    return config.model_copy(update={name: str(Path(getattr(config, name)).resolve()) for name in paths})
+
+
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@flow(name="transferline-tune-cluster", log_prints=True)
+def tune_on_workers(
+    config: StudyConfig, deployment: str, runs: int, apply_best: bool = False, poll_s: float = 2.0
+) -> dict:
+    """Share the missing trials out over `runs` flow runs of `deployment` (on the pool's workers), wait, report."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+    config = absolute(config)
+    runner = runner_for(config)
+    study = open_study(config, runner.space)
+    fail_stale_trials(study)
+    todo = max(0, remaining_trials(config, study, runner.space) - live_trials(study))
+    logger.info("study %r in %s: %d trials to run on %s", config.study_name, config.storage_url, todo, deployment)
+    if todo:
+        features_task(config)  # computed once here, on the shared path, not once per worker
+        parameters = config.model_dump()
+        submitted = [
+            run_deployment(deployment, parameters={"config": parameters, "slots": slots}, timeout=0)
+            for slots in share_slots(len(study.trials), todo, runs)
+        ]
+        logger.info("submitted %s", ", ".join(run.name for run in submitted))
+        with get_client(sync_client=True) as client:
+            while True:
+                states = [client.read_flow_run(run.id).state for run in submitted]
+                if all(state is not None and state.type.value in FINAL_STATES for state in states):
+                    break
+                time.sleep(poll_s)
+        for run, state in zip(submitted, states, strict=True):
+            logger.info("flow run %s: %s %s", run.name, state.type.value, state.message or "")
+    return report_study(config, runner.space, apply_best)
+
+
 def run_tune(config: StudyConfig, workers: int = 1, apply_best: bool = False) -> dict:
     """The flow on a thread pool of `workers` parallel trials (torch threads shared out between them)."""
     if workers > 1:
@@ -128,8 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trials", type=int, default=default_of("trials"), help="finished trials the study should hold"
     )
-    parser.add_argument("--workers", type=int, default=1, help="trials run in parallel (threads)")
-    parser.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite under --work-dir)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="trials in parallel (threads; with --deployment: flow runs on workers)"
+    )
+    parser.add_argument("--storage", default=None, help="SQLAlchemy URL, postgresql://... too (default: sqlite)")
+    parser.add_argument(
+        "--deployment", default=None, help="run trials as flow runs of this deployment: transferline-tune-trials/trials"
+    )
     parser.add_argument("--study-name", default=default_of("study_name"))
     parser.add_argument("--seed", type=int, default=default_of("seed"))
     parser.add_argument("--pruner", choices=PRUNERS, default=default_of("pruner"))
@@ -166,7 +265,12 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
 
 def search(args: argparse.Namespace) -> None:
     config = study_config(args)
-    summary = run_tune(config, max(1, args.workers), args.apply_best)
+    if args.deployment and config.storage is None:
+        raise ParamsError("--deployment needs --storage on a database every worker reaches (e.g. postgresql://...)")
+    if args.deployment:
+        summary = tune_on_workers(config, args.deployment, max(1, args.workers), args.apply_best)
+    else:
+        summary = run_tune(config, max(1, args.workers), args.apply_best)
     print(f"best trial {summary['best_trial']} of {summary['trials']}: val accuracy {summary['val_accuracy']:.4f}")
     print(f"replay it through the pipeline:\n  {summary['dvc_exp_run']}")
     if summary["applied"]:

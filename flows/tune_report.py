@@ -81,6 +81,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
                 "epochs": trial.user_attrs.get("epochs_run", last_step),
                 "seconds": None if seconds is None else round(seconds, 2),
                 "params": json.dumps(trial.params, sort_keys=True),
+                "worker": trial.user_attrs.get("worker", ""),
                 "error": trial.user_attrs.get("error") or "",
             }
         )

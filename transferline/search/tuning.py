@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
 import threading
 import time
 import warnings
@@ -229,6 +231,7 @@ class TrialRunner:
             trial.set_user_attr("error", str(exc))
             raise
         trial.set_user_attr("train_params", params.model_dump(mode="json"))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
         try:
             if params.strategy == "feature_extraction":
                 accuracy, details = self._head_only(params)
@@ -305,22 +308,41 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://...` names the psycopg (3) driver that the `cluster` extra installs; SQLAlchemy alone would
+    look for psycopg2. URLs with an explicit driver (`postgresql+asyncpg://`, ...) are left as they are."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
 def open_storage(config: StudyConfig) -> optuna.storages.RDBStorage:
     """RDB storage with heartbeats: a trial whose process died is failed after `grace_period` and re-queued."""
-    url = config.storage_url
+    url = sqlalchemy_url(config.storage_url)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}  # parallel trials wait for SQLite's lock
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=config.heartbeat_interval,
-            grace_period=config.grace_period,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry),
-        )
+        try:
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=config.heartbeat_interval,
+                grace_period=config.grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=config.max_retry
+                ),
+            )
+        except ImportError as exc:
+            raise ParamsError(
+                f"--storage {url.partition('://')[0]}://...: its database driver is not installed ({exc.name}); "
+                "for PostgreSQL install the project's `cluster` extra (pip install -e '.[cluster]')"
+            ) from exc
+        except sqlalchemy.exc.OperationalError as exc:
+            raise DataError(f"--storage: cannot reach the study database: {str(exc.orig).strip()}") from exc
     if url.startswith("sqlite:///"):
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
         storage.engine.dispose()  # the connection that created the tables reconnects with the pragmas
