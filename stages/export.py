@@ -190,6 +190,7 @@ def run(
             "near_auroc": monitoring["checks"]["near"]["auroc"],
             "far_auroc": monitoring["checks"]["far"]["auroc"],
             "far_sets": sorted(monitoring["checks"]["far"]["sets"]),
+            "far_auroc_by_set": {name: s["auroc"] for name, s in monitoring["checks"]["far"]["sets"].items()},
         }
         atomic.write_json(tmp / "preprocess.json", spec.to_dict())
         atomic.write_json(tmp / "classes.json", {"classes": classes})

@@ -57,6 +57,17 @@ def class_image(label_index: int, item: int, size: int = 24) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
+def write_foreign_images(root: Path, count: int = 6, size: int = 24) -> None:
+    """Images of none of the tiny classes (smooth random colour fields), for the export's OOD check."""
+    from transferline.monitoring.shifts import noise_images
+
+    root.mkdir(parents=True, exist_ok=True)
+    for index, pixels in enumerate(noise_images(count, size, seed=11)):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        (root / f"foreign_{index}.png").write_bytes(buffer.getvalue())
+
+
 def write_class_images(root: Path, classes: dict[str, int], size: int = 24) -> None:
     """`<root>/<class>/img_<i>.png`, `count` distinct images per class (see class_image)."""
     for label_index, (name, count) in enumerate(classes.items()):
@@ -120,7 +131,7 @@ TINY_PIPELINE_PARAMS = {
     "preprocess": {"image_size": 32},
     "prepare": {"min_per_class": 3},
     "train": {"strategy": "feature_extraction", "epochs": 2, "batch_size": 16},
-    "export": {"parity_images": 16, "latency_seconds": 0.2, "int8": False},
+    "export": {"parity_images": 16, "latency_seconds": 0.2, "int8": False, "ood_dir": "ood"},
     "gate": {"min_accuracy": 0.6, "min_macro_f1": 0.5, "min_class_recall": 0.3, "max_latency_ms": 500},
 }
 
@@ -130,6 +141,7 @@ def tiny_pipeline_repo(repo: Path, **sections: dict) -> Path:
     export; `sections` add to TINY_PIPELINE_PARAMS."""
     copy_pipeline(repo)
     write_class_images(repo / "images", {"cat": 16, "dog": 16, "fox": 16})
+    write_foreign_images(repo / "ood")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in {**TINY_PIPELINE_PARAMS, **sections}.items():
         params[section].update(values)

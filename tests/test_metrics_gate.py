@@ -186,21 +186,22 @@ def test_the_checks_table_shows_a_threshold_only_where_there_is_one():
 
 
 @pytest.mark.parametrize(
-    ("ood", "verdict"),
+    ("by_set", "checked", "verdict", "value"),
     [
-        ({"far_auroc": 0.95, "near_auroc": 0.6, "far_sets": ["noise", "photos"]}, "pass"),
-        ({"far_auroc": 0.55, "near_auroc": 0.5, "far_sets": ["noise"]}, "fail"),
-        (None, "n/a"),
+        ({"noise": 0.97, "photos": 0.3}, ("noise",), "pass", 0.97),
+        ({"noise": 0.97, "photos": 0.3}, ("noise", "photos"), "fail", 0.3),
+        ({"noise": 0.55}, ("noise",), "fail", 0.55),
+        ({"photos": 0.9}, ("noise",), "n/a", None),
+        (None, ("noise",), "n/a", None),
     ],
 )
-def test_the_gate_checks_the_ood_flag_separates_foreign_images(ood, verdict):
+def test_the_gate_checks_the_ood_flag_on_the_sets_it_names(by_set, checked, verdict, value):
     from transferline.config import GateParams
     from transferline.evaluation.gate import ood_check
 
-    check = ood_check(ood, GateParams(min_ood_auroc=0.8))
-    assert check.name == "ood_auroc" and check.verdict == verdict
-    if ood:
-        assert check.value == ood["far_auroc"] and ", ".join(ood["far_sets"]) in check.detail
+    ood = {"far_auroc_by_set": by_set} if by_set is not None else None
+    check = ood_check(ood, GateParams(min_ood_auroc=0.8, ood_check_sets=checked))
+    assert check.name == "ood_auroc" and check.verdict == verdict and check.value == value
 
 
 def test_model_card_shows_where_and_how_the_model_was_trained():

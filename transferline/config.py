@@ -182,7 +182,8 @@ class GateParams(Section):
     min_top1_agreement: float = Field(default=1.0, ge=0, le=1)
     max_latency_ms: float = Field(default=50.0, gt=0)
     max_model_mb: float = Field(default=50.0, gt=0)
-    min_ood_auroc: float = Field(default=0.8, ge=0, le=1)  # the OOD flag must tell foreign images from test images
+    min_ood_auroc: float = Field(default=0.8, ge=0, le=1)  # the OOD flag must tell these sets from test images:
+    ood_check_sets: tuple[str, ...] = ("noise",)  # far sets the gate checks (noise; or also export.ood_dir's path)
     fail_on_reject: bool = False
 
     @field_validator("champion_metric")

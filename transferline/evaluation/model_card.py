@@ -60,7 +60,8 @@ def ood_lines(ood: dict | None) -> list[str]:
         "",
         f"- score: {ood['method']} of the logits; flagged above {ood['threshold']:.4g}, the threshold that flags "
         "the stated share of validation images (export.ood_rejection_rate)",
-        f"- AUROC against class-free images ({', '.join(ood['far_sets'])}): {fmt(ood['far_auroc'])}",
+        f"- AUROC against class-free images ({', '.join(ood['far_sets'])}): {fmt(ood['far_auroc'])} pooled; "
+        + ", ".join(f"{name} {fmt(value)}" for name, value in ood.get("far_auroc_by_set", {}).items()),
         f"- AUROC against shifted test images (blur, brightness, rotation, noise): {fmt(ood['near_auroc'])}",
         "",
     ]
