@@ -177,6 +177,17 @@ def ensure_serving_task(tag: str, repo: str, host: str, port: int) -> str:
     return action
 
 
+def service_step(step, tag: str, root: Path) -> tuple[str | None, Any]:
+    """Run a task that acts on the live service (deploy, or check it serves `tag`) at the address the serve
+    settings give, to its end: (the failure's message or None, the task's result)."""
+    service = controller_from_params(root)
+    future = step.submit(tag, str(root), service.host, service.port)
+    future.wait()
+    if future.state.is_failed():
+        return str(future.state.message), None
+    return None, future.result()
+
+
 @flow(name="transferline-pipeline", log_prints=True)
 def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: bool = True, push: bool = False):
     """ingest -> prepare -> train -> evaluate -> export -> gate, then register + deploy if the gate passed, then
@@ -200,14 +211,12 @@ def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: b
         outcome = f"gate failed, champion kept ({current or 'none'})"
         state = Completed(message=f"{outcome}: {decision['reason']}")
     elif already_serving and deploy:
-        service = controller_from_params(root)
-        check = ensure_serving_task.submit(current, str(root), service.host, service.port)
-        check.wait()
-        if check.state.is_failed():
+        failure, action = service_step(ensure_serving_task, current, root)
+        if failure:
             outcome = f"unchanged: champion {current}, but the service could not be made to serve it"
-            state = Failed(message=str(check.state.message))
+            state = Failed(message=failure)
         else:
-            outcome = f"unchanged: champion {current} already serves this model (service {check.result()})"
+            outcome = f"unchanged: champion {current} already serves this model (service {action})"
             state = Completed(message=outcome)
     elif already_serving:
         outcome = f"unchanged: champion {current} already serves this model"
@@ -217,12 +226,10 @@ def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: b
         state = Completed(message=outcome)
     else:
         tag = register_task(str(root))
-        service = controller_from_params(root)
-        deploy_future = deploy_task.submit(tag, str(root), service.host, service.port)
-        deploy_future.wait()
-        if deploy_future.state.is_failed():
+        failure, _ = service_step(deploy_task, tag, root)
+        if failure:
             outcome = f"deploy of {tag} failed, rolled back"
-            state = Failed(message=str(deploy_future.state.message))
+            state = Failed(message=failure)
         else:
             outcome = f"deployed {tag}"
             state = Completed(message=outcome)

@@ -89,6 +89,15 @@ def test_first_run_deploys_second_run_skips_degraded_run_keeps_champion(flow_rep
     lock = yaml.safe_load((flow_repo / "dvc.lock").read_text())
     assert set(PIPELINE_STAGES) <= set(lock["stages"])
     assert service.pid() == pid, "nothing changed, yet the service was restarted"
+    assert second.message == f"unchanged: champion {champion.tag} already serves this model (service answered)"
+
+    # the champion is unchanged but nobody serves it: the run notices, starts the service and says so
+    service.stop()
+    restarted = run_flow(flow_repo)
+    assert restarted.is_completed(), restarted.message
+    assert restarted.message.endswith("already serves this model (service was not answering: started)")
+    assert service.classify(image)["model_tag"] == champion.tag
+    pid = service.pid()
 
     degraded = run_flow(
         flow_repo, {"train.strategy": "full", "train.lr": 50.0, "train.epochs": 1, "train.warmup_epochs": 0}
