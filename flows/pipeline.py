@@ -244,11 +244,19 @@ def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: b
             outcome = f"{outcome}; {pushed}"
             state = Completed(message=f"{state.message}; {pushed}")
     create_markdown_artifact(
-        run_report_markdown(outcomes, metrics, decision, outcome), key="pipeline-report", description=outcome
+        run_report_markdown(outcomes, metrics, decision, outcome, read_advice(root)),
+        key="pipeline-report",
+        description=outcome,
     )
     create_table_artifact(per_class_rows(metrics), key="per-class-metrics", description="test split, per class")
     logger.info("outcome: %s", outcome)
     return state
+
+
+def read_advice(root: Path) -> dict | None:
+    """What `strategy: auto` measured and chose for this run's model, if it chose (models/advice.json)."""
+    path = root / "models" / "advice.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from transferline.evaluation.model_card import champion_lines, checks_table, fmt
+from transferline.evaluation.model_card import advice_lines, champion_lines, checks_table, fmt
 
 
-def run_report_markdown(outcomes: list[dict], metrics: dict, decision: dict, outcome: str) -> str:
+def run_report_markdown(
+    outcomes: list[dict], metrics: dict, decision: dict, outcome: str, advice: dict | None = None
+) -> str:
+    """`advice`: models/advice.json when `strategy: auto` chose the recipe, shown so the run says why."""
     lines = [
         f"# transferline run: {outcome}",
         "",
@@ -32,6 +35,7 @@ def run_report_markdown(outcomes: list[dict], metrics: dict, decision: dict, out
         "",
         *champion_lines(decision),
         "",
+        *advice_lines(advice),
     ]
     return "\n".join(lines)
 

@@ -224,3 +224,33 @@ def test_model_card_shows_where_and_how_the_model_was_trained():
     assert "torch " in section and "oneDNN " in section
     unknown = render_model_card({}, metrics(), EXPORT_REPORT, decision, {}, None)
     assert "No run record: the training machine is unknown." in unknown
+
+
+def test_model_card_and_run_report_say_why_auto_chose_the_recipe():
+    from flows.report import run_report_markdown
+    from transferline.evaluation.model_card import render_model_card
+    from transferline.model.advisor import Signals, decide
+
+    rule = {
+        "tree": {
+            "signal": "images_per_class",
+            "threshold": 50,
+            "le": {"recipe": "feature_extraction", "gain_over_probe": [0.0, 0.0], "cells": 3},
+            "gt": {"recipe": "full", "gain_over_probe": [0.02, 0.08], "cells": 4},
+        },
+        "recipes": {"feature_extraction": {"strategy": "feature_extraction"}, "full": {"strategy": "full"}},
+    }
+    signals = Signals(400, 10, 0.81, 0.78, 1.2, 0.3)
+    advice = decide(signals, rule, 18, 4000, {"full": 0.01, "feature_extraction": 0.001}, None).to_dict()
+    decision = evaluate_gate(metrics(), EXPORT_REPORT, GateParams(), None)
+    card = render_model_card({"strategy": "full", "advice": advice}, metrics(), EXPORT_REPORT, decision, {}, None)
+    section = card.split("## How the recipe was chosen")[1].split("\n## ")[0]
+    assert "chose **full**: images_per_class 400 > 50" in section
+    assert "expected test accuracy 0.83-0.89" in section and "estimated 400 s" in section
+    assert "probe_accuracy 0.81" in section and "strategy=full" in section
+    assert "(chosen by `strategy: auto`, see below)" in card
+    plain = render_model_card({"strategy": "full"}, metrics(), EXPORT_REPORT, decision, {}, None)
+    assert "How the recipe was chosen" not in plain and "chosen by" not in plain
+    report = run_report_markdown([], metrics(), decision, "deployed x", advice)
+    assert "chose **full**: images_per_class 400 > 50" in report
+    assert "How the recipe was chosen" not in run_report_markdown([], metrics(), decision, "deployed x")

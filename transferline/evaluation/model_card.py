@@ -67,6 +67,31 @@ def ood_lines(ood: dict | None) -> list[str]:
     ]
 
 
+def advice_lines(advice: dict | None) -> list[str]:
+    """Why `train.strategy: auto` chose this recipe (models/advice.json): the signals, the rule's conditions
+    that fired and the accuracy the study's cells like this one reached. Empty when the user chose."""
+    if not advice:
+        return []
+    low, high = advice["expected_accuracy"]
+    signals = advice.get("signals", {})
+    lines = [
+        "## How the recipe was chosen",
+        "",
+        f"`strategy: auto` chose **{advice['recipe']}**: "
+        + (" and ".join(advice.get("path", [])) or "the study's best recipe overall")
+        + f"; expected test accuracy {low:.2f}-{high:.2f} (the range of the study's cells in that leaf, "
+        f"as a gain over this data's linear probe); estimated {advice['estimated_seconds']:.0f} s"
+        + (f" within a {advice['budget_seconds']:.0f} s budget" if advice.get("budget_seconds") else "")
+        + ".",
+        "",
+        "- signals: " + ", ".join(f"{name} {fmt(value)}" for name, value in signals.items()),
+        "- resolved params: " + ", ".join(f"{key}={value}" for key, value in advice.get("params", {}).items()),
+        *(f"- {note}" for note in advice.get("notes", [])),
+        "",
+    ]
+    return lines
+
+
 def environment_lines(run_record: dict | None) -> list[str]:
     """Where and how the model was trained, from the train stage's run record (metrics/train_run.json)."""
     if not run_record or "environment" not in run_record:
@@ -120,10 +145,12 @@ def render_model_card(
         f"- data version: `{lineage.get('data_version')}` (raw data md5 `{lineage.get('raw_data_md5')}`)",
         f"- git commit: `{lineage.get('git_commit')}`; params digest `{lineage.get('params_digest')}`",
         f"- backbone: {model_meta.get('backbone')}, ImageNet-pretrained: {train_params.get('pretrained', 'n/a')}",
-        f"- transfer strategy: {model_meta.get('strategy')}",
+        f"- transfer strategy: {model_meta.get('strategy')}"
+        + (" (chosen by `strategy: auto`, see below)" if model_meta.get("advice") else ""),
         f"- input: {model_meta.get('preprocess', {}).get('image_size')} px RGB, "
         f"{model_meta.get('preprocess', {}).get('resize')} resize, ImageNet mean/std normalisation",
         "",
+        *advice_lines(model_meta.get("advice")),
         "## Training environment",
         "",
         *environment_lines(run_record),
