@@ -31,6 +31,8 @@ from transferline.config import TrainParams, load_section
 from transferline.data.pixel_cache import load_split, read_dataset
 from transferline.data.preprocessing import PreprocessSpec
 from transferline.model.advice_signals import advise
+from transferline.model.advisor import Advice
+from transferline.model.backbone_choice import BackboneChoice, choose_backbone
 from transferline.model.backbones import (
     TransferModel,
     build_model,
@@ -82,6 +84,16 @@ def warn_on_normalization(params: TrainParams, spec: PreprocessSpec) -> None:
             mean,
             std,
         )
+
+
+def advice_record(advice: Advice | None, backbone_choice: BackboneChoice | None) -> dict | None:
+    """models/advice.json: what `auto` (strategy, backbone or both) measured and chose; None if the user chose."""
+    if advice is None and backbone_choice is None:
+        return None
+    document = advice.to_dict() if advice is not None else {}
+    if backbone_choice is not None:
+        document["backbone_choice"] = backbone_choice.to_dict()
+    return document
 
 
 def fit_feature_extraction(
@@ -204,16 +216,22 @@ def run(
         )
     dataset = read_dataset(prepared_dir)
     spec = PreprocessSpec.from_dict(dataset["preprocess"])
-    check_input_size(params.backbone, spec.image_size, params.pretrained)
     classes = list(dataset["classes"])
+    train = load_split(prepared_dir, "train", len(classes), spec.image_size)
+    val = load_split(prepared_dir, "val", len(classes), spec.image_size)
+    advice, advice_timings, backbone_choice = None, {}, None
+    if params.backbone == "auto":
+        ensure_features_dir(features_dir)
+        params, backbone_choice, advice, advice_timings = choose_backbone(
+            params, train, val, spec, runtime, features_dir, dataset
+        )
+        check_params(params)
+    check_input_size(params.backbone, spec.image_size, params.pretrained)
 
     torch.manual_seed(params.seed)  # the new head's initial weights
     model, weights = build_model(params.backbone, len(classes), params.pretrained, params.weights_path)
     warn_on_normalization(params, spec)
-    train = load_split(prepared_dir, "train", len(classes), spec.image_size)
-    val = load_split(prepared_dir, "val", len(classes), spec.image_size)
     key = cache_key(params.backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model))
-    advice, advice_timings = None, {}
     if params.strategy == "auto":
         ensure_features_dir(features_dir)
         params, advice, advice_timings = advise(
@@ -260,7 +278,9 @@ def run(
         "wall_seconds": wall,
         "data_version": dataset["data_version"],
         **run_facts(result.extra),
-        **({"auto_recipe": advice.recipe, "advice_seconds": sum(advice_timings.values())} if advice else {}),
+        **({"auto_recipe": advice.recipe} if advice else {}),
+        **({"auto_backbone": backbone_choice.chosen} if backbone_choice else {}),
+        **({"advice_seconds": sum(advice_timings.values())} if advice_timings else {}),
     }
     meta = {
         "backbone": params.backbone,
@@ -289,9 +309,12 @@ def run(
         },
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
     }
-    if advice is not None:
-        meta["advice"] = advice.to_dict()
-    save_trained_model(models_dir, model.cpu(), meta, extra_files={ADVICE_FILE: advice.to_dict()} if advice else None)
+    advice_document = advice_record(advice, backbone_choice)
+    if advice_document is not None:
+        meta["advice"] = advice_document
+    save_trained_model(
+        models_dir, model.cpu(), meta, extra_files={ADVICE_FILE: advice_document} if advice_document else None
+    )
     atomic.write_json(metrics_file, metrics)
     run_file = run_file or metrics_file.parent / RUN_FILE.name
     atomic.write_json(run_file, run_record(models_dir, digest, dataset["data_version"], pin, runtime, wall, result))

@@ -254,3 +254,21 @@ def test_model_card_and_run_report_say_why_auto_chose_the_recipe():
     report = run_report_markdown([], metrics(), decision, "deployed x", advice)
     assert "chose **full**: images_per_class 400 > 50" in report
     assert "How the recipe was chosen" not in run_report_markdown([], metrics(), decision, "deployed x")
+
+
+def test_model_card_lists_the_backbones_auto_compared():
+    from transferline.evaluation.model_card import render_model_card
+
+    choice = {
+        "chosen": "efficientnet_lite0",
+        "compared_on": "the linear probe's validation accuracy",
+        "candidates": [
+            {"backbone": b, "expected_accuracy": a, "recipe": None, "signals": {"probe_accuracy": a, "logme": 0.4}}
+            for b, a in (("mobilenet_v2", 0.8), ("efficientnet_lite0", 0.85))
+        ],
+    }
+    decision = evaluate_gate(metrics(), EXPORT_REPORT, GateParams(), None)
+    card = render_model_card({"advice": {"backbone_choice": choice}}, metrics(), EXPORT_REPORT, decision, {}, None)
+    section = card.split("## How the recipe was chosen")[1].split("\n## ")[0]
+    assert "`backbone: auto` chose **efficientnet_lite0**, compared on the linear probe's" in section
+    assert "| mobilenet_v2 | 0.8 | as set | 0.8 |" in section and "strategy: auto" not in section

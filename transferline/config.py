@@ -226,7 +226,8 @@ class TrainParams(Section):
     live in transferline.model.strategies.check_params, run before any work.
     """
 
-    backbone: BackboneName = "mobilenet_v2"
+    backbone: BackboneName | Literal["auto"] = "mobilenet_v2"  # auto: chosen from the data (backbone_choice.py)
+    backbone_candidates: tuple[BackboneName, ...] | None = None  # backbone auto: null = those with weights here
     pretrained: bool = True  # false: random init, only ever on request
     weights_path: Path | None = None  # local state dict of the backbone architecture, instead of the hub cache
     strategy: StrategyName = "partial"

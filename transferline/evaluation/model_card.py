@@ -68,27 +68,42 @@ def ood_lines(ood: dict | None) -> list[str]:
 
 
 def advice_lines(advice: dict | None) -> list[str]:
-    """Why `train.strategy: auto` chose this recipe (models/advice.json): the signals, the rule's conditions
-    that fired and the accuracy the study's cells like this one reached. Empty when the user chose."""
+    """Why `auto` chose this recipe and/or backbone (models/advice.json): the signals, the rule's conditions
+    that fired, the accuracy the study's cells like this one reached, the candidates compared. Empty when
+    the user chose."""
     if not advice:
         return []
-    low, high = advice["expected_accuracy"]
-    signals = advice.get("signals", {})
-    lines = [
-        "## How the recipe was chosen",
-        "",
-        f"`strategy: auto` chose **{advice['recipe']}**: "
-        + (" and ".join(advice.get("path", [])) or "the study's best recipe overall")
-        + f"; expected test accuracy {low:.2f}-{high:.2f} (the range of the study's cells in that leaf, "
-        f"as a gain over this data's linear probe); estimated {advice['estimated_seconds']:.0f} s"
-        + (f" within a {advice['budget_seconds']:.0f} s budget" if advice.get("budget_seconds") else "")
-        + ".",
-        "",
-        "- signals: " + ", ".join(f"{name} {fmt(value)}" for name, value in signals.items()),
-        "- resolved params: " + ", ".join(f"{key}={value}" for key, value in advice.get("params", {}).items()),
-        *(f"- {note}" for note in advice.get("notes", [])),
-        "",
-    ]
+    lines = ["## How the recipe was chosen", ""]
+    if "recipe" in advice:
+        low, high = advice["expected_accuracy"]
+        lines += [
+            f"`strategy: auto` chose **{advice['recipe']}**: "
+            + (" and ".join(advice.get("path", [])) or "the study's best recipe overall")
+            + f"; expected test accuracy {low:.2f}-{high:.2f} (the range of the study's cells in that leaf, "
+            f"as a gain over this data's linear probe); estimated {advice['estimated_seconds']:.0f} s"
+            + (f" within a {advice['budget_seconds']:.0f} s budget" if advice.get("budget_seconds") else "")
+            + ".",
+            "",
+            "- signals: " + ", ".join(f"{name} {fmt(value)}" for name, value in advice.get("signals", {}).items()),
+            "- resolved params: " + ", ".join(f"{key}={value}" for key, value in advice.get("params", {}).items()),
+            *(f"- {note}" for note in advice.get("notes", [])),
+            "",
+        ]
+    choice = advice.get("backbone_choice")
+    if choice:
+        lines += [
+            f"`backbone: auto` chose **{choice['chosen']}**, compared on {choice['compared_on']}:",
+            "",
+            "| backbone | expected accuracy | recipe | probe | k-NN | LogME |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {c['backbone']} | {fmt(c['expected_accuracy'])} | {c.get('recipe') or 'as set'} | "
+                f"{fmt(c['signals'].get('probe_accuracy'))} | {fmt(c['signals'].get('knn_accuracy'))} | "
+                f"{fmt(c['signals'].get('logme'))} |"
+                for c in choice["candidates"]
+            ),
+            "",
+        ]
     return lines
 
 

@@ -151,6 +151,11 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 
 def get_spec(name: str) -> BackboneSpec:
+    if name == "auto":
+        raise ParamsError(
+            "train.backbone: auto is resolved from the data by the train stage; here name one of "
+            + ", ".join(BACKBONES)
+        )
     try:
         return BACKBONES[name]
     except KeyError:

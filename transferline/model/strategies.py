@@ -70,7 +70,10 @@ class TransferPlan:
 
 
 def check_params(params: TrainParams) -> None:
-    """Checks that need the backbone's block list or the file system; they run before any model or data is loaded."""
+    """Checks that need the backbone's block list or the file system; they run before any model or data is loaded
+    (and again once `backbone: auto` has chosen)."""
+    if params.backbone == "auto":
+        return
     blocks = BACKBONES[params.backbone].blocks
     if params.frozen_blocks > len(blocks):
         raise ParamsError(
