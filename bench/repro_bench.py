@@ -1,12 +1,20 @@
-"""What `train.reproducible` costs: training images/s with the pinned math vs without, on the default data.
+"""What `train.reproducible` costs, and whether it delivers across CPUs.
+
+Cost: training images/s with the pinned math (`on`) and with portable kernels (`portable`) vs without
+(`off`), on the default data.
 
 The caps are read when each library starts, so each setting needs its own process: two worker processes
 (one started with the pinned environment, one without any cap) each load the data and the default recipe's
 model once, then take turns, `rounds` times, at timing `steps` real training steps (the stage's loop:
 uint8 batches, normalisation, augmentation, AdamW, schedule). Only one computes at a time; load from
-other processes hits both alike. Writes bench/results/repro.{json,md}.
+other processes hits all alike. Writes bench/results/repro.{json,md}.
 
-Usage: python -m bench.repro_bench [--quick]
+Delivery: `--record metrics/train_run.json` adds a default training's run record (CPU, mode, model
+sha256, data version, params digest) to bench/results/repro_runs.json; the report groups the records by
+what must match (data version, params digest, mode) and says whether the CPUs gave the same bytes. A
+run on another kind of CPU is the only test of "same bytes on another CPU", so every one is kept.
+
+Usage: python -m bench.repro_bench [--quick] | --record RUN_RECORD.json
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ from transferline.model.reproducibility import MARKER, pinning
 from transferline.model.run_environment import CAP_VARIABLES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = ("off", "on")
+SETTINGS = ("off", "on", "portable")
+REPRODUCIBLE = {"off": False, "on": True, "portable": "portable"}  # train.reproducible per setting
+RUNS_FILE = "repro_runs.json"
 
 
 def worker_env(setting: str, num_threads: int | None) -> dict[str, str]:
@@ -32,8 +42,8 @@ def worker_env(setting: str, num_threads: int | None) -> dict[str, str]:
     env = {k: v for k, v in tool_env().items() if k not in (*CAP_VARIABLES, "MKL_NUM_THREADS", MARKER)}
     env["PYTHONPATH"] = str(PROJECT_ROOT)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if setting == "on":
-        env.update(pinning(True, num_threads).env)
+    if setting != "off":
+        env.update(pinning(REPRODUCIBLE[setting], num_threads).env)
     return env
 
 
@@ -54,7 +64,7 @@ def serve_measurements(setting: str, steps: int) -> None:
         train_one_epoch,
     )
 
-    params = default_params(reproducible=setting == "on")
+    params = default_params(reproducible=REPRODUCIBLE[setting])
     dataset, spec, splits = load_default_data()
     runtime = resolve_runtime(params)
     configure_threads(params, runtime)
@@ -98,7 +108,7 @@ def measure(process: subprocess.Popen) -> float:
 
 
 def run(quick: bool = False) -> dict:
-    steps, rounds = (3, 2) if quick else (20, 5)
+    steps, rounds = (3, 2) if quick else (10, 5)
     workers, environments = {}, {}
     try:
         for setting in SETTINGS:
@@ -109,55 +119,124 @@ def run(quick: bool = False) -> dict:
             measure(workers[setting])  # warm-up: oneDNN primitives, allocator; not counted
         rates: dict[str, list[float]] = {s: [] for s in SETTINGS}
         for index in range(rounds):
-            for setting in SETTINGS if index % 2 == 0 else reversed(SETTINGS):  # neither always goes first
+            order = SETTINGS[index % len(SETTINGS) :] + SETTINGS[: index % len(SETTINGS)]  # each goes first in turn
+            for setting in order:
                 rates[setting].append(measure(workers[setting]))
     finally:
         for process in workers.values():
             process.stdin.close()
-            process.wait(timeout=120)
-    ratios = [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]
+            process.wait(timeout=300)
+    ratios = {
+        name: [value / off for value, off in zip(rates[name], rates["off"], strict=True)] for name in ("on", "portable")
+    }
     result = {
         "steps_per_measure": steps,
         "rounds": rounds,
         "images_per_s": rates,
         "median_images_per_s": {s: statistics.median(v) for s, v in rates.items()},
-        "ratio_on_off_per_round": ratios,
-        "ratio_on_off": statistics.median(ratios),
+        "ratio_on_off_per_round": ratios["on"],
+        "ratio_on_off": statistics.median(ratios["on"]),
+        "ratio_portable_off_per_round": ratios["portable"],
+        "ratio_portable_off": statistics.median(ratios["portable"]),
         "environments": environments,
+        "runs": load_runs(),
     }
     write_results("repro", result, markdown(result, machine()))
     return result
 
 
+def load_runs() -> list[dict]:
+    from bench.common import results_dir
+
+    path = results_dir() / RUNS_FILE
+    return json.loads(path.read_text())["runs"] if path.is_file() else []
+
+
+def record_run(run_record: Path) -> dict:
+    """Add a training's run record to bench/results/repro_runs.json (once per CPU, mode and inputs)."""
+    from bench.common import results_dir
+    from transferline import atomic
+
+    record = json.loads(run_record.read_text())
+    environment = record["environment"]
+    entry = {
+        "cpu": environment["cpu"]["model"],
+        "isa": environment["cpu"]["isa"],
+        "mode": "portable" if environment.get("reproducible") == "portable" else environment["reproducible"],
+        "pinned": environment["pinned"],
+        "threads": environment["threads"],
+        "versions": environment["versions"],
+        "data_version": record["data_version"],
+        "params_digest": record["params_digest"],
+        "model_sha256": record["model_sha256"],
+    }
+    runs = [r for r in load_runs() if (*_group(r), r["cpu"]) != (*_group(entry), entry["cpu"])]
+    runs.append(entry)
+    atomic.write_json(results_dir() / RUNS_FILE, {"runs": runs})
+    return entry
+
+
+def _group(run: dict) -> tuple:
+    return run["data_version"], run["params_digest"], str(run["mode"])
+
+
+def runs_markdown(runs: list[dict]) -> list[str]:
+    if not runs:
+        return ["No training runs recorded yet (`python -m bench.repro_bench --record metrics/train_run.json`)."]
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(_group(run), []).append(run)
+    lines = [
+        "| data version | params digest | train.reproducible | CPU | torch | model.pt sha256 "
+        "| same bytes as the first CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (data, digest, mode), members in groups.items():
+        first = members[0]["model_sha256"]
+        for run in members:
+            same = "(first)" if run is members[0] else ("**yes**" if run["model_sha256"] == first else "**no**")
+            lines.append(
+                f"| {data} | {digest} | {mode} | {run['cpu']} | {run['versions'].get('torch')} | "
+                f"`{run['model_sha256'][:16]}` | {same} |"
+            )
+    return lines
+
+
 def markdown(result: dict, host: dict) -> str:
-    on, off = result["environments"]["on"], result["environments"]["off"]
-    ratio = result["ratio_on_off"]
-    change = f"{1 - ratio:.0%} slower" if ratio < 1 else f"{ratio - 1:.0%} faster"
+    envs = result["environments"]
     return "\n".join(
         [
             "# Cost of train.reproducible (CPU)",
             "",
-            f"{host['cpu']}, {host['cores']} cores usable; ISA flags: {' '.join(on['cpu']['isa'])}. Default recipe "
-            f"on the default data, {result['steps_per_measure']} training steps per measure, {result['rounds']} "
-            "interleaved rounds after one warm-up each, one process per setting (the caps act at library start).",
+            f"{host['cpu']}, {host['cores']} cores usable; ISA flags: {' '.join(envs['on']['cpu']['isa'])}. Default "
+            f"recipe on the default data, {result['steps_per_measure']} training steps per measure, "
+            f"{result['rounds']} interleaved rounds after one warm-up each, one process per setting (the caps act "
+            "at library start).",
             "",
-            "| setting | kernels (ATen) | caps | threads | images/s (median) | rounds |",
-            "|---|---|---|---|---|---|",
+            "| setting | convolutions | kernels (ATen) | caps | threads | images/s (median) | rounds |",
+            "|---|---|---|---|---|---|---|",
             *(
-                f"| {name} | {env['aten_cpu_capability']} | "
+                f"| {name} | {env.get('convolutions', 'oneDNN')} | {env['aten_cpu_capability']} | "
                 f"{', '.join(f'{k}={v}' for k, v in env['caps'].items() if v) or 'none'} | {env['threads']} | "
                 f"{result['median_images_per_s'][name]:.1f} | "
                 f"{', '.join(f'{v:.0f}' for v in result['images_per_s'][name])} |"
-                for name, env in (("off", off), ("on", on))
+                for name, env in envs.items()
             ),
             "",
-            f"On / off, median of the per-round ratios: **{result['ratio_on_off']:.2f}** "
-            f"({change} with reproducible on); per round: "
-            f"{', '.join(f'{r:.2f}' for r in result['ratio_on_off_per_round'])}.",
+            f"Against off, median of the per-round ratios: on **{result['ratio_on_off']:.2f}**, portable "
+            f"**{result['ratio_portable_off']:.2f}** (per round: on "
+            f"{', '.join(f'{r:.2f}' for r in result['ratio_on_off_per_round'])}; portable "
+            f"{', '.join(f'{r:.2f}' for r in result['ratio_portable_off_per_round'])}).",
             "",
-            "The machine was shared with other work while this ran: read the ratio, not the absolute rates. "
-            "Measured on this CPU only: on a CPU whose AVX-512 units are twice as wide as its AVX2 ones (many "
-            "Intel Xeons) the AVX2 cap can cost more.",
+            "The machine was shared with other work while this ran: read the ratios, not the absolute rates.",
+            "",
+            "## Same bytes on another CPU?",
+            "",
+            "Default trainings recorded on each CPU this project has run on (bench/results/repro_runs.json). Rows "
+            "of one group had the same data, params and mode, so they must have the same model.pt to count as "
+            "reproduced.",
+            "",
+            *runs_markdown(result.get("runs", [])),
             "",
         ]
     )
@@ -168,12 +247,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     parser.add_argument("--worker", choices=SETTINGS, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=20, help=argparse.SUPPRESS)
+    parser.add_argument("--record", type=Path, help="add this run record (metrics/train_run.json) to the CPU table")
     args = parser.parse_args(argv)
     if args.worker:
         serve_measurements(args.worker, args.steps)
         return 0
+    if args.record:
+        entry = record_run(args.record)
+        print(f"recorded {entry['cpu']} ({entry['mode']}): {entry['model_sha256']}")
+        return 0
     result = run(args.quick)
-    print(f"reproducible on/off: {result['ratio_on_off']:.2f} ({result['median_images_per_s']})")
+    print(
+        f"reproducible on/off: {result['ratio_on_off']:.2f}, portable/off: {result['ratio_portable_off']:.2f} "
+        f"({result['median_images_per_s']})"
+    )
     return 0
 
 

@@ -167,3 +167,36 @@ def test_onnx_runtime_is_judged_against_the_best_eager_configuration_with_its_sp
     assert batch_1["baseline"].startswith("pytorch_eager_channels_last") and "trained model" in batch_1["name"]
     assert batch_32["met"] is None and batch_32["baseline"].startswith("pytorch_eager,")
     assert int8["value"] == 0.33 and int8["met"] is True
+
+
+def test_repro_runs_are_grouped_by_inputs_and_say_whether_the_cpus_agree(tmp_path, monkeypatch):
+    from bench.repro_bench import load_runs, record_run, runs_markdown
+
+    monkeypatch.setenv("TRANSFERLINE_BENCH_RESULTS_DIR", str(tmp_path))
+
+    def run_record(cpu: str, sha: str, mode="portable") -> Path:
+        path = tmp_path / f"{cpu}-{sha}.json"
+        environment = {
+            "cpu": {"model": cpu, "isa": ["avx2"]},
+            "reproducible": mode,
+            "pinned": True,
+            "threads": 2,
+            "versions": {"torch": "2.14.1"},
+        }
+        document = {"environment": environment, "data_version": "d1", "params_digest": "p1", "model_sha256": sha}
+        path.write_text(json.dumps(document))
+        return path
+
+    record_run(run_record("AMD EPYC", "a" * 64))
+    record_run(run_record("Intel Xeon", "b" * 64))
+    record_run(run_record("Intel Xeon", "a" * 64))  # a re-run on the same CPU replaces its row
+    record_run(run_record("Intel Xeon", "c" * 64, mode=True))
+    runs = load_runs()
+    assert [(r["cpu"], r["model_sha256"][0], r["mode"]) for r in runs] == [
+        ("AMD EPYC", "a", "portable"),
+        ("Intel Xeon", "a", "portable"),
+        ("Intel Xeon", "c", True),
+    ]
+    table = "\n".join(runs_markdown(runs))
+    assert "| d1 | p1 | portable | Intel Xeon | 2.14.1 | `aaaaaaaaaaaaaaaa` | **yes** |" in table
+    assert "| d1 | p1 | True | Intel Xeon | 2.14.1 | `cccccccccccccccc` | (first) |" in table

@@ -255,9 +255,11 @@ class TrainParams(Section):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) on CUDA, off on CPU
     channels_last: bool | Literal["auto"] = "auto"
     num_threads: int | None = Field(default=None, ge=1)  # CPU threads; null: one per core (reproducible: 2)
-    # same model bytes on every x86-64 machine: kernels capped at AVX2, MKL pinned, fixed thread count
-    # (transferline/model/reproducibility.py)
-    reproducible: bool = True
+    # true: same model bytes on every machine with this kind of CPU, whatever its thread pools and
+    # instruction-set settings (kernels capped at AVX2, MKL pinned, fixed thread count); "portable": also on
+    # other CPU kinds (AMD and Intel), with convolutions kept off oneDNN, at a cost in speed
+    # (transferline/model/reproducibility.py, portable_kernels.py; bench/results/repro.md)
+    reproducible: bool | Literal["portable"] = True
     time_budget_s: float | None = Field(default=None, gt=0)  # auto: the chosen recipe must fit (estimated)
     advisor_rule: Path = Path("transferline/model/advisor_rule.json")  # auto: the rule fitted by the transfer study
 

@@ -16,13 +16,17 @@ def _rank_key(seed: int, name: str) -> str:
     return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
 
 
+def seeded_order(names: Sequence[str], seed: int) -> list[int]:
+    """Indices of `names` in the seeded order every subset is a prefix of."""
+    return sorted(range(len(names)), key=lambda i: _rank_key(seed, names[i]))
+
+
 def choose(names: Sequence[str], per_class: int | None, seed: int) -> list[int]:
     """Indices (ascending) of the first `per_class` of `names` in the seeded order; all when None
     or when the class has no more. `names` must be unique within the class."""
     if per_class is None or per_class >= len(names):
         return list(range(len(names)))
-    ranked = sorted(range(len(names)), key=lambda i: _rank_key(seed, names[i]))
-    return sorted(ranked[:per_class])
+    return sorted(seeded_order(names, seed)[:per_class])
 
 
 def shortfalls(counts: dict[str, int], per_class: int | None) -> dict[str, int]:

@@ -114,7 +114,12 @@ def environment_lines(run_record: dict | None) -> list[str]:
     env = run_record["environment"]
     cpu, caps, versions = env.get("cpu", {}), env.get("caps", {}), env.get("versions", {})
     if env.get("reproducible"):
-        pinned = "yes" if env.get("pinned") else "asked for, but the process was not started pinned (caps not applied)"
+        if not env.get("pinned"):
+            pinned = "asked for, but the process was not started pinned (caps not applied)"
+        elif env.get("reproducible") == "portable":
+            pinned = "yes, portable: convolutions off oneDNN, meant to give these bytes on any x86-64 CPU"
+        else:
+            pinned = "yes, for CPUs of this kind (oneDNN's convolutions may sum differently on another kind)"
     else:
         pinned = "no (kernels as this CPU picks them: another CPU may give other bytes)"
     return [

@@ -27,6 +27,7 @@ from torch import nn
 from transferline.data.assets import EFFICIENTNET_LITE0, SEEDED_CHECKPOINTS, SeededCheckpoint, sha256_of
 from transferline.errors import AssetError, ParamsError
 from transferline.model import efficientnet_lite
+from transferline.model.portable_kernels import make_portable, portable_kernels_active
 
 log = logging.getLogger("transferline.model.backbones")
 
@@ -398,7 +399,10 @@ def build_model(
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, leaf, nn.Identity())
     head = nn.Linear(old_head.in_features, num_classes)
-    return TransferModel(model, head, spec.name), source
+    transfer = TransferModel(model, head, spec.name)
+    if portable_kernels_active():  # train.reproducible: portable
+        make_portable(transfer)
+    return transfer, source
 
 
 def feature_dim(model: TransferModel) -> int:

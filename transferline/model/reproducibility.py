@@ -1,4 +1,4 @@
-"""Pinned math for `train.reproducible`: the same model bytes from the same inputs on every x86-64 machine.
+"""Pinned math for `train.reproducible`: the same model bytes from the same inputs on other machines.
 
 Same seeds are not enough across machines: oneDNN (convolutions), ATen's vectorised kernels and MKL
 (matrix products) each pick the widest instruction set the CPU has (AVX2, AVX-512, AMX), and every
@@ -11,6 +11,12 @@ choice sums in another order; the intra-op thread count changes how reductions a
 - one intra-op thread count: `train.num_threads`, else DEFAULT_THREADS (never "one per core");
 - `torch.use_deterministic_algorithms(True)` (it changes no CPU result today, and guards later ops), without
   its NaN fill of new tensors (a cost, and no change for kernels that write what they return).
+
+What this pins is enough for machines with the same kind of CPU, and for any thread pool or instruction
+set setting on one machine; it was not enough across kinds: an AMD EPYC and an Intel Xeon, both capped at
+AVX2, gave different bytes (bench/results/repro.md), because oneDNN's convolutions block their
+reductions by the CPU's cache sizes. `reproducible: portable` adds portable_kernels.py: convolutions
+through MKL's pinned GEMM and fixed-order element-wise ops, nothing through oneDNN.
 
 The three library variables are read once, when each library starts, so they must be in the
 environment before the process first computes anything: the train stage re-executes itself with
@@ -42,6 +48,7 @@ MKL_BRANCH = "COMPATIBLE"
 # mode unless num_threads is raised, on every machine that must agree.
 DEFAULT_THREADS = 2
 CUBLAS_WORKSPACE = ":4096:8"
+PORTABLE = "portable"
 MARKER = "TRANSFERLINE_REPRODUCIBLE"  # in a pinned process: the pinning it was started with
 
 
@@ -52,6 +59,7 @@ class Pinning:
     reproducible: bool
     threads: int | None  # None: not pinned (one per usable core, the caller decides)
     env: dict[str, str]  # must be in the environment before the process first computes
+    portable: bool = False  # convolutions off oneDNN (portable_kernels.py): the same bytes across CPU kinds
 
     def describe(self) -> str:
         if not self.reproducible:
@@ -59,8 +67,10 @@ class Pinning:
         return ", ".join(f"{k}={v}" for k, v in self.env.items() if k != MARKER)
 
 
-def pinning(reproducible: bool, num_threads: int | None) -> Pinning:
+def pinning(reproducible: bool | str, num_threads: int | None) -> Pinning:
     """The settings for these params: pure, so a test (or a launcher of trial workers) can read them."""
+    if reproducible not in (True, False, PORTABLE):
+        raise ValueError(f"train.reproducible: {reproducible!r} is not true, false or {PORTABLE!r}")
     if not reproducible:
         return Pinning(False, num_threads, {})
     threads = num_threads or DEFAULT_THREADS
@@ -72,8 +82,11 @@ def pinning(reproducible: bool, num_threads: int | None) -> Pinning:
         "MKL_NUM_THREADS": str(threads),
         "CUBLAS_WORKSPACE_CONFIG": CUBLAS_WORKSPACE,
     }
+    portable = reproducible == PORTABLE
+    if portable:
+        env["TRANSFERLINE_KERNELS"] = PORTABLE  # part of the marker: a portable run never passes for a pinned one
     env[MARKER] = ",".join(f"{key}={value}" for key, value in env.items())  # which pinning was applied
-    return Pinning(True, threads, env)
+    return Pinning(True, threads, env, portable)
 
 
 def is_pinned(pin: Pinning, environ: Mapping[str, str] | None = None) -> bool:
@@ -99,12 +112,18 @@ def reexec_pinned(pin: Pinning) -> None:
     os.execve(sys.executable, list(sys.orig_argv), env)
 
 
-def apply_determinism(reproducible: bool, cuda: bool) -> None:
-    """Process-wide torch switches: deterministic algorithms, and on CUDA no autotuning and no TF32.
+def apply_determinism(reproducible: bool | str, cuda: bool) -> None:
+    """Process-wide torch switches: deterministic algorithms, and on CUDA no autotuning and no TF32;
+    `portable` on a CPU also keeps convolutions off oneDNN (portable_kernels.py).
 
     Off: the fast settings (cuDNN autotuning and TF32 on CUDA; deterministic algorithms off).
     """
     import torch
+
+    from transferline.model.portable_kernels import set_portable_kernels
+
+    set_portable_kernels(reproducible == PORTABLE and not cuda)
+    reproducible = bool(reproducible)
 
     # warn-only on CUDA: ops without a deterministic CUDA kernel (adaptive pooling's backward) would raise
     torch.use_deterministic_algorithms(reproducible, warn_only=cuda)

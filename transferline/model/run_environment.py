@@ -62,7 +62,9 @@ def training_environment(pin: Pinning, device: str) -> dict:
     import torch
 
     environment = {
-        "reproducible": pin.reproducible,
+        "reproducible": "portable" if pin.portable else pin.reproducible,
+        # convolutions on oneDNN (blocked by the CPU's cache sizes) or on portable kernels
+        "convolutions": "portable (no oneDNN)" if pin.portable else "oneDNN",
         # true only when the caps were in the environment before this process started computing
         "pinned": pin.reproducible and is_pinned(pin),
         "cpu": cpu_description(),
