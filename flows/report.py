@@ -5,10 +5,13 @@ from __future__ import annotations
 from transferline.evaluation.model_card import champion_lines, checks_table, fmt
 
 
-def run_report_markdown(outcomes: list[dict], metrics: dict, decision: dict, outcome: str) -> str:
+def run_report_markdown(
+    outcomes: list[dict], metrics: dict, decision: dict, outcome: str, reason: str | None = None
+) -> str:
     lines = [
         f"# transferline run: {outcome}",
         "",
+        *([f"Started because: {reason}", ""] if reason else []),
         "## Stages",
         "",
         "| stage | ran | seconds |",
