@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 LOCK_FILE = Path(".transferline") / "run.lock"
-RECORD_WAIT_S = 2.0  # a holder writes its record right after it takes the lock; readers allow it this long
+RECORD_WAIT_S = 2.0  # a holder writes its record right after taking the lock; a reader finding none looks again
 
 _held: set[Path] = set()
 _held_guard = threading.Lock()
@@ -74,8 +74,9 @@ class Holder:
     def describe(self) -> str:
         """The words of skip and wait messages: 'NAME' in progress (flow run ID, FLOW, pid P on HOST since T)."""
         details = [f"flow run {self.run_id}" if self.run_id else None, self.flow]
-        details.append(f"pid {self.pid} on {self.host} since {self.since}")
-        return f"'{self.run}' in progress ({', '.join(d for d in details if d)})"
+        details.append(f"pid {self.pid} on {self.host} since {self.since}" if self.pid else None)
+        known = [detail for detail in details if detail]
+        return f"'{self.run}' in progress" + (f" ({', '.join(known)})" if known else "")
 
     def skipped(self) -> str:
         return f"skipped: run {self.describe()}"
@@ -100,11 +101,18 @@ class WorkingCopyLock:
             raise FileNotFoundError(f"no working copy at {self.path.parent.parent}")
         self.path.parent.mkdir(exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return self.holder_record()
+        deadline = time.monotonic() + RECORD_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # busy; no record means its holder has just taken it (and is writing one) or is letting go
+                holder = self._record()
+                if holder is not None or time.monotonic() > deadline:
+                    os.close(fd)
+                    return holder or Holder(UNKNOWN_HOLDER_RUN, None, None, 0, "?", "?")
+                time.sleep(0.05)
         if not self._same_file(fd):  # removed (say by `git clean -X`) between our open and flock: try again
             os.close(fd)
             return self.take()
@@ -131,15 +139,12 @@ class WorkingCopyLock:
         self.release()
         return busy
 
-    def holder_record(self) -> Holder:
-        """The record of the run that holds the lock (read while it is held)."""
-        deadline = time.monotonic() + RECORD_WAIT_S
-        while True:
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                return Holder(**json.loads(self.path.read_text()))
-            if time.monotonic() > deadline:
-                return Holder(UNKNOWN_HOLDER_RUN, None, None, 0, "?", "?")
-            time.sleep(0.05)
+    def _record(self) -> Holder | None:
+        """The holder's record, or None while there is none (or half of one) in the file."""
+        try:
+            return Holder(**json.loads(self.path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
 
     def _same_file(self, fd: int) -> bool:
         try:

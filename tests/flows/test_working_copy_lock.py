@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from flows.dvc_stage import PIPELINE_STAGES
-from flows.working_copy import LOCK_FILE, working_copy_or_skip, working_copy_turn
+from flows.working_copy import LOCK_FILE, UNKNOWN_HOLDER_RUN, working_copy_or_skip, working_copy_turn
 from tests.conftest import PROJECT_ROOT
 from tests.flows.conftest import BIN, prefect, stop_process_group, wait_for_runs
 from tests.flows.fake_pipeline import fake_pipeline_repo, stage_spans, started, wait_until
@@ -83,6 +83,28 @@ def test_a_waiting_run_gets_the_copy_when_its_holder_lets_go(tmp_path):
         assert done.is_file(), "the copy was granted while its holder was still at work"
     holder.wait()
     assert [h.pid for h in heard] == [holder.pid] and waited > 0
+
+
+def test_a_holder_that_left_no_record_is_named_unknown(tmp_path):
+    """A process holding the lock file without writing its record (not one of the flows): still a holder."""
+    (tmp_path / LOCK_FILE).parent.mkdir()
+    script = (
+        "import fcntl, sys, time\n"
+        "lock = open(sys.argv[1], 'w')\n"
+        "fcntl.flock(lock, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / LOCK_FILE)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with working_copy_or_skip(tmp_path) as busy:
+            assert busy is not None and busy.skipped() == f"skipped: run '{UNKNOWN_HOLDER_RUN}' in progress"
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_process_never_waits_for_itself(tmp_path):
