@@ -2,7 +2,9 @@
 
 Scheduled often and cheap: `ingest` and `prepare` run through DVC (skipped when nothing changed);
 if the DVC hash of `data/raw` differs from the one the current champion was trained on, the full
-pipeline runs, as a deployment run when one is named, else in-process as a subflow.
+pipeline runs, as a deployment run when one is named, else in-process as a subflow. The data stages
+run only in a free working copy (flows/working_copy.py): while another run is in progress there, the
+watch ends Completed, "skipped: run 'NAME' in progress", instead of failing on DVC's lock.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed
 
 from flows.pipeline import pipeline, stage_task
+from flows.retrain_trigger import start_retraining
+from flows.working_copy import working_copy_or_skip
 from transferline.cli import cli_parser, run_command
 from transferline.evaluation.lineage import dvc_out_hash
 
@@ -37,12 +41,20 @@ def champion_raw_md5() -> str | None:
 
 @flow(name="transferline-data-watch", log_prints=True)
 def data_watch(repo: str = ".", pipeline_deployment: str | None = None, retrain: bool = True):
-    """Run the data stages; if the raw data is not what the champion was trained on, retrain (unless told not to)."""
+    """Run the data stages; if the raw data is not what the champion was trained on, retrain (unless told not to).
+    A run in progress in the working copy makes it skip, Completed, saying which run (it would only find DVC's
+    lock, and that run ends with the data up to date)."""
     root = Path(repo).resolve()
     logger = get_run_logger()
-    for stage in ("ingest", "prepare"):
-        stage_task(stage, str(root))
-    current = dvc_out_hash(root, "ingest", "data/raw")
+    with working_copy_or_skip(root) as busy:
+        if busy is not None:
+            logger.info("%s", busy.skipped())
+            return Completed(message=busy.skipped())
+        for stage in ("ingest", "prepare"):
+            stage_task(stage, str(root))
+        current = dvc_out_hash(root, "ingest", "data/raw")
+    # released before any retraining starts: the pipeline takes the copy itself (in this process it could
+    # not take a lock its own process holds; a deployment run would wait for this watch to end)
     trained_on = champion_raw_md5()
     if current == trained_on:
         return Completed(message=f"raw data unchanged ({current}): no retraining")
@@ -51,18 +63,9 @@ def data_watch(repo: str = ".", pipeline_deployment: str | None = None, retrain:
     reason = retrain_reason(trained_on, current)
     logger.info("retraining: %s", reason)
     if pipeline_deployment:
-        from prefect.deployments import run_deployment
-
-        # the run carries the reason in its name and tags, so the server's UI and API say why it started
-        run = run_deployment(
-            pipeline_deployment,
-            parameters={"repo": str(root)},
-            flow_run_name=f"retrain: {reason}",
-            tags=RETRAIN_TAGS,
-            timeout=0,
-        )
+        run = start_retraining(pipeline_deployment, root, reason, RETRAIN_TAGS)
         return Completed(message=f"{reason}: triggered {pipeline_deployment} run {run.id}")
-    state = pipeline(repo=str(root), return_state=True)
+    state = pipeline(repo=str(root), reason=reason, return_state=True)
     return Completed(message=f"{reason}: pipeline {state.name}: {state.message}")
 
 

@@ -5,11 +5,17 @@
     python -m flows.deploy --cron "0 3 * * *"              # this module
     prefect worker start --pool transferline              # runs what the schedules and triggers start
 
-The pipeline and data-watch deployments have a concurrency limit of 1 with collision strategy
-ENQUEUE, so two runs in one checkout never overlap: a run that comes due while another is running
-waits its turn. Another checkout gets deployments of its own (`--name`, `--repo`), which do run at the
-same time as the first one's. `transferline-tune-trials/trials` runs a share of a search's trials
-(flows/tune.py --deployment); it has no limit: a study's trials are meant to run side by side.
+One checkout (`--repo`) gets three deployments: the pipeline (`transferline-pipeline/retrain`, on
+`--cron`), the data watch and the drift check (both on `--watch-cron`, every 30 minutes by default; the
+drift check's own `--drift-cron` if given), the watches starting runs of that pipeline deployment.
+Runs in one checkout never overlap, whichever deployment (or command line) started them: each run that
+writes to the checkout holds its working-copy lock (flows/working_copy.py), a pipeline run waiting its
+turn and a watch ending Completed with "skipped: run 'NAME' in progress". Each deployment also has a
+concurrency limit of 1 with collision strategy ENQUEUE, so a deployment's runs that come due together
+wait on the server rather than in a worker's process. Another checkout gets deployments of its own
+(`--name`, `--repo`), which do run at the same time as the first one's. `transferline-tune-trials/trials`
+runs a share of a search's trials (flows/tune.py --deployment); it has no limit: a study's trials are
+meant to run side by side.
 """
 
 from __future__ import annotations
@@ -35,10 +41,22 @@ def _deploy(entrypoint: str, name: str, work_pool: str, **options) -> None:
     )
 
 
+def watch_name(name: str, watch: str) -> str:
+    """The name of a watch deployment of the checkout whose pipeline deployment is `name`."""
+    return watch if name == "retrain" else f"{name}-{watch}"
+
+
 def deploy(
-    work_pool: str, cron: str | None, watch_cron: str | None, repo: Path, name: str = "retrain", watch: bool = True
+    work_pool: str,
+    cron: str | None,
+    watch_cron: str | None,
+    repo: Path,
+    name: str = "retrain",
+    watch: bool = True,
+    drift_cron: str | None = None,
 ) -> list[str]:
-    """Register the deployments of one checkout (`repo`) and the search-trials one; returns their names."""
+    """Register the deployments of one checkout (`repo`) and the search-trials one; returns their names.
+    A schedule of None is none (the command line gives the drift check the data watch's by default)."""
     pipeline_name = f"transferline-pipeline/{name}"
     _deploy(
         "flows/pipeline.py:pipeline",
@@ -51,17 +69,22 @@ def deploy(
     )
     names = [pipeline_name]
     if watch:
-        watch_name = "data-watch" if name == "retrain" else f"{name}-data-watch"
-        _deploy(
-            "flows/data_watch.py:data_watch",
-            watch_name,
-            work_pool,
-            cron=watch_cron,
-            parameters={"repo": str(repo), "pipeline_deployment": pipeline_name},
-            concurrency_limit=ONE_AT_A_TIME,
-            description=f"Data stages only; triggers {pipeline_name} when the raw data changed.",
+        watches = (
+            ("flows/data_watch.py:data_watch", "transferline-data-watch", "data-watch", watch_cron, "raw-data change"),
+            ("flows/drift.py:drift_check", "transferline-drift-check", "drift-check", drift_cron, "drift"),
         )
-        names.append(f"transferline-data-watch/{watch_name}")
+        for entrypoint, flow_name, kind, schedule, trigger in watches:
+            deployment = watch_name(name, kind)
+            _deploy(
+                entrypoint,
+                deployment,
+                work_pool,
+                cron=schedule,
+                parameters={"repo": str(repo), "pipeline_deployment": pipeline_name},
+                concurrency_limit=ONE_AT_A_TIME,
+                description=f"{kind} of {repo}: starts {pipeline_name} on a {trigger}; skips while a run is in it.",
+            )
+            names.append(f"{flow_name}/{deployment}")
     _deploy(
         "flows/tune.py:tune_trials",
         TUNE_TRIALS_DEPLOYMENT.split("/")[1],
@@ -76,15 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-pool", default="transferline")
     parser.add_argument("--cron", default="0 3 * * *", help="retraining schedule (default: daily 03:00 UTC; none: '')")
     parser.add_argument("--watch-cron", default="*/30 * * * *", help="data-watch schedule (default: every 30 min)")
+    parser.add_argument("--drift-cron", default=None, help="drift-check schedule (default: the data watch's)")
     parser.add_argument("--repo", type=Path, default=PROJECT_ROOT, help="the project checkout the runs work in")
     parser.add_argument("--name", default="retrain", help="pipeline deployment name, one per checkout")
-    parser.add_argument("--no-watch", action="store_true", help="no data-watch deployment")
+    parser.add_argument("--no-watch", action="store_true", help="no watch deployments (data watch, drift check)")
     return parser
 
 
 def create_deployments(args: argparse.Namespace) -> None:
+    drift_cron = args.watch_cron if args.drift_cron is None else args.drift_cron
     names = deploy(
-        args.work_pool, args.cron or None, args.watch_cron or None, args.repo.resolve(), args.name, not args.no_watch
+        args.work_pool,
+        args.cron or None,
+        args.watch_cron or None,
+        args.repo.resolve(),
+        args.name,
+        not args.no_watch,
+        drift_cron or None,
     )
     for name in names:
         print(f"deployment {name} created")

@@ -6,7 +6,13 @@ predicted-class shares, written by the export stage into the model bundle) using
 transferline/monitoring/drift.py: MMD on the logits with a permutation p-value, the predicted class
 mix, and the out-of-distribution rate against the detector's calibrated rate. It publishes a markdown
 artifact (statistics, p-values, window, what moved) and, on drift, starts the retraining deployment,
-naming the reason in the run's name and tags.
+recording the reason in the run's name, tags and `reason` parameter (flows/retrain_trigger.py).
+
+The check itself only reads (the prediction log, the registry), so it runs whatever else runs in the
+working copy; but while a run is in progress there (flows/working_copy.py) it starts no retraining and
+ends Completed with "...; retraining skipped: run 'NAME' in progress": that run is about to replace or
+re-judge the champion, and a second retraining queued behind it would repeat its work. flows/deploy.py
+schedules it like the data watch.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
+from flows.working_copy import WorkingCopyLock
 from serving.prediction_log import read_entries
 from transferline.cli import cli_parser, run_command
 from transferline.monitoring.drift import DriftReport, drift_report
@@ -116,21 +123,19 @@ def drift_check(
         return Completed(message=check.message)
     if not retrain:
         return Completed(message=f"{check.message}; retraining not requested")
+    busy = WorkingCopyLock(root).holder()
+    if busy is not None:
+        logger.info("retraining %s", busy.skipped())
+        return Completed(message=f"{check.message}; retraining {busy.skipped()}")
     reason = f"drift in {', '.join(check.report.moved)}"
     if pipeline_deployment:
-        from prefect.deployments import run_deployment
+        from flows.retrain_trigger import start_retraining
 
-        run = run_deployment(
-            pipeline_deployment,
-            parameters={"repo": str(root)},
-            timeout=0,
-            flow_run_name=f"retrain: {reason}",
-            tags=["drift", *check.report.moved],
-        )
+        run = start_retraining(pipeline_deployment, root, reason, ["drift", *check.report.moved])
         return Completed(message=f"{check.message}: triggered {pipeline_deployment} run {run.id}")
     from flows.pipeline import pipeline
 
-    state = pipeline(repo=str(root), return_state=True)
+    state = pipeline(repo=str(root), reason=reason, return_state=True)
     return Completed(message=f"{check.message}: pipeline {state.name}: {state.message}")
 
 

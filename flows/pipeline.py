@@ -10,6 +10,7 @@ registered and deployed (promoted, service restarted, checked with a real predic
 if that check fails); a rejected one leaves the champion serving. With `push`, a run that completed
 pushes every output its dvc.lock records to the DVC remote, so any commit of that dvc.lock (the model
 that was deployed, the data it was trained on) can be fetched with `dvc pull` on another machine.
+A run holds its working copy from start to end (flows/working_copy.py): runs in one checkout never overlap.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from flows.dvc_stage import PIPELINE_STAGES, StageFailed, push, repro_stage
 from flows.params_override import apply_overrides, overridden_params
 from flows.report import per_class_rows, run_report_markdown
 from flows.service_control import ServiceController, ServiceFailed, controller_from_params
+from flows.working_copy import Holder, working_copy_turn
 from transferline.cli import cli_parser, run_command
 from transferline.data.manifest import split_rows
 from transferline.errors import ParamsError, TransferlineError
@@ -189,12 +191,35 @@ def service_step(step, tag: str, root: Path) -> tuple[str | None, Any]:
 
 
 @flow(name="transferline-pipeline", log_prints=True)
-def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: bool = True, push: bool = False):
+def pipeline(
+    overrides: dict[str, Any] | None = None,
+    repo: str = ".",
+    deploy: bool = True,
+    push: bool = False,
+    reason: str | None = None,
+):
     """ingest -> prepare -> train -> evaluate -> export -> gate, then register + deploy if the gate passed, then
-    (if `push`) `dvc push` when the run completed."""
+    (if `push`) `dvc push` when the run completed. The whole run holds the working copy (flows/working_copy.py):
+    a run that finds another one in it waits its turn. `reason` is why it was started (a watch's finding),
+    kept in the run's parameters and report."""
+    root = Path(repo).resolve()
+    logger = get_run_logger()
+    if reason:
+        logger.info("started because: %s", reason)
+
+    def waiting(holder: Holder) -> None:
+        logger.info("working copy %s is busy: run %s; waiting for it to end", root, holder.describe())
+
+    with working_copy_turn(root, on_wait=waiting) as waited:
+        if waited > 0.5:
+            logger.info("working copy %s is free after %.0f s of waiting", root, waited)
+        return pipeline_steps(root, overrides, deploy, push, reason)
+
+
+def pipeline_steps(root: Path, overrides: dict[str, Any] | None, deploy: bool, push: bool, reason: str | None):
+    """The pipeline flow's work, in a working copy the run holds."""
     from serving.registry import find_champion
 
-    root = Path(repo).resolve()
     logger = get_run_logger()
     if overrides:
         overrides_task(str(root), overrides)
@@ -244,7 +269,7 @@ def pipeline(overrides: dict[str, Any] | None = None, repo: str = ".", deploy: b
             outcome = f"{outcome}; {pushed}"
             state = Completed(message=f"{state.message}; {pushed}")
     create_markdown_artifact(
-        run_report_markdown(outcomes, metrics, decision, outcome, read_advice(root)),
+        run_report_markdown(outcomes, metrics, decision, outcome, reason, read_advice(root)),
         key="pipeline-report",
         description=outcome,
     )

@@ -6,12 +6,19 @@ from transferline.evaluation.model_card import advice_lines, champion_lines, che
 
 
 def run_report_markdown(
-    outcomes: list[dict], metrics: dict, decision: dict, outcome: str, advice: dict | None = None
+    outcomes: list[dict],
+    metrics: dict,
+    decision: dict,
+    outcome: str,
+    reason: str | None = None,
+    advice: dict | None = None,
 ) -> str:
-    """`advice`: models/advice.json when `strategy: auto` chose the recipe, shown so the run says why."""
+    """`reason`: why the run was started (a watch's trigger); `advice`: models/advice.json when `auto` chose
+    the recipe or backbone, shown so the run says why."""
     lines = [
         f"# transferline run: {outcome}",
         "",
+        *([f"Started because: {reason}", ""] if reason else []),
         "## Stages",
         "",
         "| stage | ran | seconds |",

@@ -251,7 +251,7 @@ def test_model_card_and_run_report_say_why_auto_chose_the_recipe():
     assert "(chosen by `strategy: auto`, see below)" in card
     plain = render_model_card({"strategy": "full"}, metrics(), EXPORT_REPORT, decision, {}, None)
     assert "How the recipe was chosen" not in plain and "chosen by" not in plain
-    report = run_report_markdown([], metrics(), decision, "deployed x", advice)
+    report = run_report_markdown([], metrics(), decision, "deployed x", advice=advice)
     assert "chose **full**: images_per_class 400 > 50" in report
     assert "How the recipe was chosen" not in run_report_markdown([], metrics(), decision, "deployed x")
 

@@ -101,7 +101,7 @@ def test_a_raw_data_change_starts_the_retraining_deployment(prefect_server, watc
         (started,) = retrain_runs(api)  # exactly one, created by the data watch, with the reason recorded
         assert changed["state"]["message"].endswith(started["id"])
         assert started["name"] == f"retrain: {reason}"
-        assert started["parameters"]["repo"] == str(repo)
+        assert started["parameters"] == {"repo": str(repo), "reason": reason}
         (finished,) = wait_for_runs(env, [started["id"]], timeout=600)
     finally:
         stop_process_group(worker)
