@@ -14,7 +14,10 @@ sha256, data version, params digest) to bench/results/repro_runs.json; the repor
 what must match (data version, params digest, mode) and says whether the CPUs gave the same bytes. A
 run on another kind of CPU is the only test of "same bytes on another CPU", so every one is kept.
 
-Usage: python -m bench.repro_bench [--quick] | --record RUN_RECORD.json
+`--probe` makes such records cheaply: a short training (PROBE_EPOCHS of the default recipe on the
+default data) in each reproducible mode, run by the train stage itself in a scratch folder, recorded.
+
+Usage: python -m bench.repro_bench [--quick] | --record RUN_RECORD.json | --probe
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("off", "on", "portable")
 REPRODUCIBLE = {"off": False, "on": True, "portable": "portable"}  # train.reproducible per setting
 RUNS_FILE = "repro_runs.json"
+PROBE_EPOCHS = 2
 
 
 def worker_env(setting: str, num_threads: int | None) -> dict[str, str]:
@@ -176,6 +180,31 @@ def record_run(run_record: Path) -> dict:
     return entry
 
 
+def probe(modes: tuple[str, ...] = ("on", "portable")) -> list[dict]:
+    """Train PROBE_EPOCHS of the default recipe per mode with `python -m stages.train` (pinned by the stage
+    itself) in a scratch folder that links the code and the prepared data, and record each run."""
+    import tempfile
+
+    import yaml
+
+    entries = []
+    for mode in modes:
+        with tempfile.TemporaryDirectory(prefix=f"repro-probe-{mode}-") as scratch:
+            root = Path(scratch)
+            for name in ("stages", "transferline"):
+                (root / name).symlink_to(PROJECT_ROOT / name)
+            (root / "data").mkdir()
+            (root / "data" / "prepared").symlink_to(PROJECT_ROOT / "data" / "prepared")
+            params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+            params["train"].update(reproducible=REPRODUCIBLE[mode], epochs=PROBE_EPOCHS, warmup_epochs=0.5)
+            (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            env = {k: v for k, v in tool_env().items() if k not in (*CAP_VARIABLES, "MKL_NUM_THREADS", MARKER)}
+            env.update(PYTHONPATH=str(root), OMP_WAIT_POLICY="PASSIVE")
+            subprocess.run([sys.executable, "-m", "stages.train"], cwd=root, env=env, check=True)
+            entries.append(record_run(root / "metrics" / "train_run.json"))
+    return entries
+
+
 def _group(run: dict) -> tuple:
     return run["data_version"], run["params_digest"], str(run["mode"])
 
@@ -248,9 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", choices=SETTINGS, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=20, help=argparse.SUPPRESS)
     parser.add_argument("--record", type=Path, help="add this run record (metrics/train_run.json) to the CPU table")
+    parser.add_argument("--probe", action="store_true", help=f"record {PROBE_EPOCHS}-epoch trainings in each mode")
     args = parser.parse_args(argv)
     if args.worker:
         serve_measurements(args.worker, args.steps)
+        return 0
+    if args.probe:
+        for entry in probe():
+            print(f"recorded {entry['cpu']} ({entry['mode']}): {entry['model_sha256']}")
         return 0
     if args.record:
         entry = record_run(args.record)
