@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -86,22 +87,91 @@ def seeds_for(size: int | None, quick: bool) -> list[int]:
 # ---------------------------------------------------------------- data
 
 
+# Runs made under another protocol (test set, subsets) are never mixed into a resumed study.
+PROTOCOL = "held-out test set v1"
+HELD_OUT = 300  # test images per class kept out of every subset; a quarter of a class that has fewer than 1,200
+# How many images per class the pool ingests (None: all); it must cover the largest size plus HELD_OUT.
+POOL_PER_CLASS: dict[str, int | None] = {"fashion_mnist": max(s for s in SIZES if s is not None) + HELD_OUT}
+
+
+def pool_raw(work: Path, dataset: str, source: dict[str, Any]) -> Path:
+    """Every image the study draws from for this data set, ingested once by the ingest stage's own code."""
+    from stages import ingest
+    from transferline.config import IngestParams
+
+    directory = work / "data" / dataset / "pool"
+    if not (directory / "ingest.json").is_file():
+        params = IngestParams(**{**source, "per_class": POOL_PER_CLASS.get(dataset), "seed": 0})
+        ingest.run(params, directory / "raw", directory / "ingest.json")
+    return directory / "raw"
+
+
+def held_out(raw: Path) -> dict[str, tuple[list[Path], list[Path]]]:
+    """Per class: the order subsets are drawn in, and the test images held out of every subset.
+
+    The order is the seeded per-name one that `ingest.per_class` uses (nested subsets); the held-out
+    images are its last HELD_OUT (or quarter). So every size of a data set is scored on the same, large
+    test set that no subset contains: at 10 images a class the cell's own test split would hold two
+    images per class, a standard error of ten points.
+    """
+    from transferline.data.subsets import seeded_order
+
+    split = {}
+    for class_dir in sorted(p for p in raw.iterdir() if p.is_dir()):
+        found = sorted(f for f in class_dir.iterdir() if f.is_file())
+        files = [found[i] for i in seeded_order([f.name for f in found], 0)]
+        reserve = min(HELD_OUT, len(files) // 4)
+        split[class_dir.name] = (files[: len(files) - reserve], files[len(files) - reserve :])
+    return split
+
+
+def linked_folder(target: Path, files: dict[str, list[Path]]) -> Path:
+    """A folder data set (class/file) of hard links to the pool's files, written atomically."""
+    if target.is_dir():
+        return target
+    with atomic.atomic_dir(target) as tmp:
+        for label, paths in files.items():
+            (tmp / label).mkdir()
+            for path in paths:
+                os.link(path, tmp / label / path.name)
+    return target
+
+
 def prepared_data(
     work: Path, dataset: str, source: dict[str, Any], size: int | None, norm: tuple, image_size: int
-) -> Path:
-    """Ingest and prepare one (data set, size) for one input normalisation, once (reused across runs)."""
-    from stages import ingest, prepare
-    from transferline.config import IngestParams, PrepareParams, PreprocessParams
+) -> tuple[Path, Path]:
+    """The prepared subset (train and val for the run; a one-image-a-class test split it does not use) and
+    the prepared held-out test set, for one input normalisation; made once, reused across runs."""
+    from stages import prepare
+    from transferline.config import PrepareParams, PreprocessParams
 
-    directory = work / "data" / dataset / str(size) / f"{image_size}-{'-'.join(f'{x:g}' for x in norm[0])}"
-    prepared = directory / "prepared"
-    if (prepared / "dataset.json").is_file():
-        return prepared
-    params = IngestParams(**{**source, "per_class": size, "seed": 0})
-    ingest.run(params, directory / "raw", directory / "ingest.json")
+    split = held_out(pool_raw(work, dataset, source))
     preprocess = PreprocessParams(image_size=image_size, mean=norm[0], std=norm[1])
-    prepare.run(PrepareParams(min_per_class=3), preprocess, directory / "raw", prepared, directory / "prepare.json")
-    return prepared
+    variant = f"{image_size}-{'-'.join(f'{x:g}' for x in norm[0])}"
+    base = work / "data" / dataset
+    test_raw = linked_folder(base / "held_out" / "raw", {label: test for label, (_, test) in split.items()})
+    test = base / "held_out" / variant / "prepared"
+    if not (test / "dataset.json").is_file():
+        prepare.run(PrepareParams(min_per_class=3), preprocess, test_raw, test, test.parent / "prepare.json")
+    subset = {label: order[:size] if size is not None else order for label, (order, _) in split.items()}
+    subset_raw = linked_folder(base / str(size) / "raw", subset)
+    prepared = base / str(size) / variant / "prepared"
+    if not (prepared / "dataset.json").is_file():
+        params = PrepareParams(min_per_class=3, test_fraction=0.01)  # the held-out set is the test set
+        prepare.run(params, preprocess, subset_raw, prepared, prepared.parent / "prepare.json")
+    return prepared, test
+
+
+def held_out_test(test_prepared: Path, classes: list[str], image_size: int):
+    """Every image of the prepared held-out set (all three of its splits), as one test split."""
+    import numpy as np
+
+    from transferline.data.pixel_cache import SplitData, load_split, read_dataset
+
+    if read_dataset(test_prepared)["classes"] != classes:
+        raise ValueError(f"{test_prepared}: the held-out classes differ from the subset's {classes}")
+    parts = [load_split(test_prepared, name, len(classes), image_size) for name in ("train", "val", "test")]
+    return SplitData(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
 
 
 # ---------------------------------------------------------------- runs
@@ -148,12 +218,14 @@ def measure_cell(prepared: Path, backbone: str, quick: bool) -> dict[str, float]
     return result
 
 
-def train_and_test(prepared: Path, backbone: str, overrides: dict[str, Any], seed: int, quick: bool) -> dict:
-    """One training through the train stage's core, scored on the test split it never saw."""
+def train_and_test(
+    prepared: Path, test_prepared: Path, backbone: str, overrides: dict[str, Any], seed: int, quick: bool
+) -> dict:
+    """One training through the train stage's core, scored on the held-out test set no subset contains."""
     import torch
 
     from stages import train
-    from transferline.data.pixel_cache import load_split, read_dataset
+    from transferline.data.pixel_cache import read_dataset
     from transferline.data.preprocessing import PreprocessSpec
     from transferline.model.trained_model import load_trained_model
     from transferline.model.training import BatchSource, evaluate, resolve_runtime
@@ -175,7 +247,7 @@ def train_and_test(prepared: Path, backbone: str, overrides: dict[str, Any], see
     cpu = time.process_time() - cpu_start
     dataset = read_dataset(prepared)
     spec = PreprocessSpec.from_dict(dataset["preprocess"])
-    test = load_split(prepared, "test", len(dataset["classes"]), spec.image_size)
+    test = held_out_test(test_prepared, dataset["classes"], spec.image_size)
     model, _ = load_trained_model(scratch / "models")
     runtime = resolve_runtime(params)
     _, accuracy = evaluate(model, BatchSource(test, runtime.device), spec, runtime, 128)
@@ -208,7 +280,7 @@ def run_grid(args: argparse.Namespace, checkpoint: Callable[[dict[str, Any]], No
             source = args.sources[dataset]
             for size in args.sizes:
                 norm = imagenet_normalization(get_spec(backbone))
-                prepared = prepared_data(args.work, dataset, source, size, norm, args.image_size)
+                prepared, test = prepared_data(args.work, dataset, source, size, norm, args.image_size)
                 name = cell_name((dataset, size, backbone))
                 if name not in state["signals"]:
                     state["signals"][name] = measure_cell(prepared, backbone, args.quick)
@@ -219,7 +291,7 @@ def run_grid(args: argparse.Namespace, checkpoint: Callable[[dict[str, Any]], No
                     for seed in seeds_for(size, args.quick):
                         if (dataset, size, backbone, recipe, seed) in done:
                             continue
-                        result = train_and_test(prepared, backbone, overrides, seed, args.quick)
+                        result = train_and_test(prepared, test, backbone, overrides, seed, args.quick)
                         record = {
                             "dataset": dataset,
                             "size": size,
@@ -248,9 +320,9 @@ def load_state(state_file: Path, results_file: Path) -> dict[str, Any]:
     for path in (state_file, results_file):
         if path.is_file():
             document = json.loads(path.read_text())
-            if "runs" in document and "signals" in document:
-                return {"runs": document["runs"], "signals": document["signals"]}
-    return {"runs": [], "signals": {}}
+            if document.get("protocol") == PROTOCOL and "runs" in document and "signals" in document:
+                return {"protocol": PROTOCOL, "runs": document["runs"], "signals": document["signals"]}
+    return {"protocol": PROTOCOL, "runs": [], "signals": {}}
 
 
 def analyse(state: dict[str, Any]) -> dict[str, Any]:
@@ -394,6 +466,10 @@ def markdown(state: dict[str, Any], analysis: dict[str, Any], pictures: list[str
         f"Machine: {state['machine']['cpu']}, {state['machine']['cores']} cores. Grid CPU time "
         f"(every run and signal measurement, summed over threads): {cpu / 3600:.2f} h.",
         "",
+        f"Test sets: per data set, up to {HELD_OUT} images per class (a quarter of a smaller class) held out of "
+        "every subset, so every size is scored on the same images; each subset's own validation split picks "
+        "the epoch and the probe's L2.",
+        "",
     ]
     lines += [
         "## Policies against each cell's best recipe",
@@ -460,6 +536,8 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
     cpu = sum(r["cpu_seconds"] for r in state["runs"]) + sum(s["seconds"] for s in state["signals"].values())
     pictures = curves(state, out_dir)
     payload = {
+        "protocol": PROTOCOL,
+        "held_out_per_class": HELD_OUT,
         "machine": state["machine"],
         "complete": final,
         "grid_cpu_seconds": cpu,
