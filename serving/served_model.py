@@ -56,13 +56,16 @@ def warm_up_batches(settings: ServeParams) -> tuple[int, ...]:
     return (1, settings.max_batch_images) if settings.batching else (1,)
 
 
-def load_served_model(tag: str, settings: ServeParams, require_passed_gate: bool = False) -> ServedModel:
+def load_served_model(
+    tag: str, settings: ServeParams, require_passed_gate: bool = False, warm_batches: tuple[int, ...] | None = None
+) -> ServedModel:
     """Load `tag` from the model store, check its graph against its own metadata, and warm it up.
 
     Raises ModelUnusable: 404 for a tag the store does not hold, 422 for a model that is there but cannot
     be served (a file is missing or corrupt, shapes disagree, the warm-up fails, or, with
     `require_passed_gate`, its gate did not pass: a swap must not be a way around the gate, whereas a
-    service started with a pinned $TRANSFERLINE_MODEL_TAG serves what it was told to).
+    service started with a pinned $TRANSFERLINE_MODEL_TAG serves what it was told to). The warm-up runs
+    `warm_batches` (default: the batch sizes the service runs); the first warm-up also checks the output.
     """
     if not tag.startswith(f"{MODEL_NAME}:"):
         raise ModelUnusable(f"{tag!r} is not a {MODEL_NAME} model (expected '{MODEL_NAME}:<version>')", 404)
@@ -87,7 +90,7 @@ def load_served_model(tag: str, settings: ServeParams, require_passed_gate: bool
     check_graph(model)
     try:
         ood = load_detector(bundle.path)
-        warm_s = model.warm_up(warm_up_batches(settings))
+        warm_s = model.warm_up(warm_batches or warm_up_batches(settings))
     except Exception as exc:
         raise ModelUnusable(f"model {bundle.tag} failed its warm-up ({type(exc).__name__}: {exc})") from None
     return ServedModel(

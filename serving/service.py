@@ -86,6 +86,7 @@ from transferline.evaluation.scoring import prepare_pixels
 
 log = logging.getLogger("transferline.serving")
 LOGGED_LABELS = 3  # top labels kept per prediction-log entry
+SWAP_WARM_UP = (1,)  # batch sizes a model swapped in is warmed with (at start: one image and a full batch)
 
 # Read when the service is defined: BentoML needs workers, host and port, and `bentoml build` the model.
 # Without a model to serve, `bentoml serve` stops here with the fix (NoChampion), not in every worker.
@@ -127,7 +128,7 @@ class Classifier:
         self.metrics = create_metrics()
         self.inference_thread = ThreadPoolExecutor(1, thread_name_prefix="onnxruntime")
         self.decode_threads = ThreadPoolExecutor(2, thread_name_prefix="decode")
-        self.admin_thread = ThreadPoolExecutor(1, thread_name_prefix="admin")
+        self.load_thread = ThreadPoolExecutor(1, thread_name_prefix="swap-load")
         self.batcher = (
             ImageBatcher(
                 self.served.model.logits,
@@ -156,7 +157,9 @@ class Classifier:
         )
 
     def _load_for_swap(self, tag: str) -> ServedModel:
-        return load_served_model(tag, SETTINGS, require_passed_gate=True)
+        """A model to swap to: its gate must have passed, and one image warms it (SWAP_WARM_UP), as the
+        worker serves meanwhile and every full batch run would be taken from the requests in flight."""
+        return load_served_model(tag, SETTINGS, require_passed_gate=True, warm_batches=SWAP_WARM_UP)
 
     def _switch(self, served: ServedModel) -> None:
         """Make `served` the current model: one reference assignment. Requests that already took the old
@@ -182,10 +185,10 @@ class Classifier:
         with swap_lock(self.control_dir):
             serving = self.served.tag
             start = time.monotonic()
-            loaded = await loop.run_in_executor(self.admin_thread, self._load_for_swap, tag)
+            loaded = await loop.run_in_executor(self.load_thread, self._load_for_swap, tag)
             load_s = time.monotonic() - start
-            result = await loop.run_in_executor(
-                self.admin_thread,
+            result = await loop.run_in_executor(  # the loop's default threads: polling, at normal priority
+                None,
                 functools.partial(
                     coordinate_swap,
                     self.control_dir,
@@ -224,7 +227,7 @@ class Classifier:
             self.prediction_log.close()
         self.inference_thread.shutdown(wait=False, cancel_futures=True)
         self.decode_threads.shutdown(wait=False, cancel_futures=True)
-        self.admin_thread.shutdown(wait=False, cancel_futures=True)
+        self.load_thread.shutdown(wait=False, cancel_futures=True)
 
     @bentoml.api(route="/classify", input_spec=ClassifyInput, output_spec=Classification)
     async def classify(self, request: Request) -> Classification | JSONResponse:
