@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import write_results
+from bench.common import machine, write_results
 from bench.model_source import ModelSource, champion_source, model_source, quiet_env
 from flows.local_server import LocalServer, running_server, start_server
 from serving.swap_client import request_swap
@@ -58,6 +59,7 @@ class Answer:
     status: int  # 0: no HTTP answer (connection refused, reset, timeout)
     tag: str | None
     top: tuple[str, float] | None  # the top label and its probability, to match answers with models
+    error: str | None = None  # what a failed request got: the service's error, or the connection error
 
     @property
     def ok(self) -> bool:
@@ -100,17 +102,20 @@ class SteadyClients:
                 start = time.monotonic()
                 try:
                     response = session.post(f"{self.url}/classify", files={"image": ("image.jpg", self.image)})
-                except httpx.HTTPError:
-                    self.answers.append(Answer(client, start, time.monotonic(), 0, None, None))
+                except httpx.HTTPError as exc:
+                    failure = f"{type(exc).__name__}: {exc}"
+                    self.answers.append(Answer(client, start, time.monotonic(), 0, None, None, failure))
                     time.sleep(ERROR_PAUSE_S)
                     continue
                 end = time.monotonic()
-                tag, top = None, None
-                if response.status_code == 200:
-                    body = response.json()
-                    tag, best = body["model_tag"], body["predictions"][0]
-                    top = (best["label"], best["probability"])
-                self.answers.append(Answer(client, start, end, response.status_code, tag, top))
+                if response.status_code != 200:
+                    failure = response.text[:300]
+                    self.answers.append(Answer(client, start, end, response.status_code, None, None, failure))
+                    continue
+                body = response.json()
+                best = body["predictions"][0]
+                top = (best["label"], best["probability"])
+                self.answers.append(Answer(client, start, end, 200, body["model_tag"], top))
 
 
 def timed_swap(url: str, tag: str, old: str) -> Swap:
@@ -259,6 +264,17 @@ def measure(phase_s: float, image: bytes) -> dict:
         "requests": len(answers),
         "failed": sum(not a.ok for a in answers),
         "failed_statuses": sorted({a.status for a in answers if not a.ok}),
+        "failures": [  # when, relative to the deploy's POST /admin/swap, and what the client got
+            {
+                "status": a.status,
+                "sent_s": round(a.start - deploy.sent, 3),
+                "answered_s": round(a.end - deploy.sent, 3),
+                "during_a_swap": any(a.start <= s.done and a.end >= s.sent for s in swaps),
+                "error": a.error,
+            }
+            for a in answers
+            if not a.ok
+        ][:20],
         "tag_order_violations": tag_order_violations(answers, model_a, swaps),
         "answers_per_tag": {tag: sum(a.tag == tag for a in answers) for tag in (model_a, model_b)},
         "before": latency_ms(before),
@@ -291,6 +307,7 @@ def analyse(raw: dict, phase_s: float) -> dict:
             "model": raw["model"]["description"],
             "model_kind": raw["model"]["kind"],
             "client": f"{CLIENTS} Python threads (httpx, keep-alive), multipart POST /classify of one 128x96 JPEG",
+            "load_average_1min_after": os.getloadavg()[0],
         },
         **{key: value for key, value in raw.items() if key != "model"},
         "tag_order_violations": raw["tag_order_violations"][:20],
@@ -299,7 +316,8 @@ def analyse(raw: dict, phase_s: float) -> dict:
 
 
 def render_markdown(results: dict) -> str:
-    setup, restart = results["setup"], results["restart_baseline"]
+    setup, restart, host = results["setup"], results["restart_baseline"], results["machine"]
+    isa = ", ".join(host.get("cpu_instruction_sets") or []) or "instruction sets not recorded"
 
     def row(name: str, cell: dict) -> str:
         figures = ["-" if cell[key] is None else f"{cell[key]:.1f}" for key in ("p50_ms", "p99_ms", "max_ms")]
@@ -318,10 +336,13 @@ def render_markdown(results: dict) -> str:
         [
             "# Model swap",
             "",
+            f"Measured {host['date']} on {host['cpu']} ({isa}), {host['cores']} cores.",
+            "",
             f"{setup['clients']} clients sending without pause ({setup['client']}) against the service "
             f"({setup['workers']} workers, {setup['ort_threads']} ONNX Runtime thread each, batching on; "
             f"{setup['model']}): {setup['phase_seconds']:.0f} s of load, a deploy (POST /admin/swap to model B), "
-            f"{setup['phase_seconds']:.0f} s, the rollback (swap back to A), {setup['phase_seconds']:.0f} s.",
+            f"{setup['phase_seconds']:.0f} s, the rollback (swap back to A), {setup['phase_seconds']:.0f} s. "
+            f"Load average (1 min) after the run: {setup['load_average_1min_after']:.1f} on this machine's cores.",
             "",
             f"**{results['requests']} requests, {results['failed']} failed**; "
             f"{len(results['tag_order_violations'])} answers with a model tag out of the swaps' order; "
@@ -357,7 +378,7 @@ def run(quick: bool = False) -> dict:
     phase_s = 3.0 if quick else PHASE_SECONDS
     with tempfile.TemporaryDirectory(prefix="swap-image-") as tmp:
         image = bench_image(Path(tmp) / "bench.jpg").read_bytes()
-    results = analyse(measure(phase_s, image), phase_s)
+    results = {"machine": machine(), **analyse(measure(phase_s, image), phase_s)}
     write_results("swap", results, render_markdown(results))
     return results
 
