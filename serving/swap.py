@@ -17,8 +17,9 @@ in its status file. A swap is two-phase, like a transaction:
 2. commit, if all prepared: each worker replaces its current-model reference (one assignment) and
    reports `serving`. Otherwise abort: every worker drops what it loaded and keeps the old model.
 
-So a swap either reaches every worker or none, and workers disagree only for the few milliseconds
-between their polls of the commit. Requests in flight keep the model object they started with
+So a swap either reaches every worker or none, and workers disagree only between their polls of the
+commit (POLL_S apart; 80-110 ms from commit to the last confirmation on a busy 2-core machine,
+bench/results/swap.md). Requests in flight keep the model object they started with
 (serving/served_model.py). A worker that (re)starts serves the pointer's `serving` tag, so a worker
 restarted by BentoML after a swap does not come back with the old model.
 """
