@@ -35,6 +35,7 @@ BENCHMARKS = {
     "export": ("bench.export_bench", {}),
     "serving": ("bench.serving_bench", {}),
     "load": ("bench.load_bench", {}),
+    "swap": ("bench.swap_bench", {}),
     "tune": ("bench.tune_bench", {}),
     "flow": ("bench.flow_bench", {}),
     "repro": ("bench.repro_bench", {}),

@@ -71,6 +71,18 @@ def synthetic_source(work: Path) -> ModelSource:
     )
 
 
+def champion_source() -> ModelSource | None:
+    """The registry's champion in the BentoML store ($BENTOML_HOME), when there is one: its bundle directory has
+    the export stage's layout, so it can be registered again in a benchmark's throwaway store."""
+    from serving.registry import find_champion
+
+    champion = find_champion()
+    if champion is None or not all((champion.path / name).is_file() for name in EXPORT_FILES):
+        return None
+    description = f"the registry's champion {champion.tag}, data version {champion.metadata.get('data_version')}"
+    return describe_export(champion.path, "trained", description)
+
+
 def model_source(work: Path) -> ModelSource:
     """The pipeline's trained model when models/ and export/ hold one, else the synthetic stand-in."""
     return trained_source() if trained_model_present() else synthetic_source(work)

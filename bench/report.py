@@ -237,6 +237,50 @@ def load_figures(r: dict) -> list[Figure]:
     return figures + (versus_plain_figures(r) if "versus_plain_app" in r else [])
 
 
+def swap_figures(r: dict) -> list[Figure]:
+    setup, checks, before, during = r["setup"], r["checks"], r["before"], r["during_swaps"]
+    label = f"{setup['clients']} clients through a deploy and a rollback, {setup.get('model_kind', 'synthetic')} model"
+    restart = r["restart_baseline"]
+    return [
+        Figure(
+            "swap",
+            f"failed requests, {label} ({r['requests']} requests)",
+            r["failed"],
+            "",
+            f"a restart: {restart['failed']} of {restart['requests']} failed",
+            "== 0",
+            checks["failed_requests"]["met"],
+        ),
+        Figure(
+            "swap",
+            f"answers whose model tag is out of the swaps' order, {label}",
+            len(r["tag_order_violations"]),
+            "",
+            "",
+            "== 0",
+            checks["tag_order_violations"]["met"],
+        ),
+        Figure(
+            "swap",
+            f"p99 latency during the swaps ({during['requests']} requests; p50 {during['p50_ms']:.0f} ms)",
+            during["p99_ms"],
+            "ms",
+            f"before the deploy: p99 {before['p99_ms']:.0f} ms, p50 {before['p50_ms']:.0f} ms",
+            "",
+            None,
+        ),
+        Figure(
+            "swap",
+            "longest time without any answer during a swap",
+            r["longest_silence_during_swaps_s"] * 1000,
+            "ms",
+            f"a restart: {restart['longest_silence_s']:.1f} s",
+            "",
+            None,
+        ),
+    ]
+
+
 def tune_figures(r: dict) -> list[Figure]:
     speedup, target = r["speedup"], r.get("speedup_target", 20.0)
     study = r["study"]
@@ -434,6 +478,7 @@ FIGURES: dict[str, Callable[[dict], list[Figure]]] = {
     "export": export_figures,
     "serving": serving_figures,
     "load": load_figures,
+    "swap": swap_figures,
     "tune": tune_figures,
     "flow": flow_figures,
     "repro": repro_figures,

@@ -6,8 +6,9 @@
 
 Each stage task runs `dvc repro --single-item STAGE`, so DVC decides what is stale and the flow
 and `dvc repro` share one cache and one dvc.lock. After the gate, a passed candidate is
-registered and deployed (promoted, service restarted, checked with a real prediction, rolled back
-if that check fails); a rejected one leaves the champion serving. With `push`, a run that completed
+registered and deployed (checked in a service of its own on a side port, promoted, swapped into the
+live service without a restart, checked with a real prediction, swapped back if that check fails); a
+rejected one leaves the champion serving. With `push`, a run that completed
 pushes every output its dvc.lock records to the DVC remote, so any commit of that dvc.lock (the model
 that was deployed, the data it was trained on) can be fetched with `dvc pull` on another machine.
 A run holds its working copy from start to end (flows/working_copy.py): runs in one checkout never overlap.
@@ -116,8 +117,10 @@ def probe_image(repo: Path) -> tuple[str, bytes]:
 
 @task(name="deploy-model")
 def deploy_task(tag: str, repo: str, host: str, port: int) -> dict:
-    """Check the candidate in a service of its own, then promote, restart the live service and check one real
-    prediction; a candidate that fails its own check is never promoted, and any later failure rolls back."""
+    """Check the candidate in a service of its own on a side port, then promote it and put it in the live
+    service: a model swap (no restart, no failed request) unless the service's code or settings changed, which
+    needs a restart; then check that a real prediction answers with it. A candidate that fails its own check is
+    never promoted; any later failure rolls back, and the live service is swapped back."""
     from serving.registry import find_champion, promote, rollback
 
     logger = get_run_logger()
@@ -133,7 +136,8 @@ def deploy_task(tag: str, repo: str, host: str, port: int) -> dict:
         raise DeployFailed(f"deploy of {tag} failed ({exc}); not promoted, {kept}") from exc
     promote(tag, root)
     try:
-        controller.restart()
+        how = controller.put_in_service(tag)
+        logger.info("service at %s: %s", controller.url, how)
         answer = controller.classify(image, name)
         if answer.get("model_tag") != tag:
             raise ServiceFailed(f"service answered with model {answer.get('model_tag')!r}, expected {tag!r}")
@@ -141,20 +145,31 @@ def deploy_task(tag: str, repo: str, host: str, port: int) -> dict:
         logger.error("deploy of %s failed: %s", tag, exc)
         if previous is not None and previous.tag != tag:
             rollback(root)
-            controller.restart()
+            restored = restore_service(controller, previous.tag)
             raise DeployFailed(
-                f"deploy of {tag} failed ({exc}); rolled back to {previous.tag}, which is serving"
+                f"deploy of {tag} failed ({exc}); rolled back to {previous.tag}, which is serving ({restored})"
             ) from exc
         controller.stop()
         raise DeployFailed(f"deploy of {tag} failed ({exc}); no other champion to restore, service stopped") from exc
     logger.info("deployed %s at %s: probe answered %s", tag, controller.url, answer.get("predictions", [{}])[0])
-    return {"tag": tag, "url": controller.url}
+    return {"tag": tag, "url": controller.url, "how": how}
+
+
+def restore_service(controller: ServiceController, tag: str) -> str:
+    """Serve the restored champion `tag` again: swapped back, or, if the service cannot swap, restarted."""
+    try:
+        return controller.put_in_service(tag)
+    except ServiceFailed as exc:
+        get_run_logger().warning("swapping back to %s failed (%s): restarting the service", tag, exc)
+        controller.restart()
+        return "restarted after the swap back failed"
 
 
 @task(name="ensure-champion-serves")
 def ensure_serving_task(tag: str, repo: str, host: str, port: int) -> str:
     """The champion is unchanged, but is it served? Ask the live service with a real test image; start it if it
-    does not answer, restart it if it answers with another model. Returns what was found and done."""
+    does not answer, swap it to the champion (restart it if its code changed) if it answers with another model.
+    Returns what was found and done."""
     logger = get_run_logger()
     root = Path(repo)
     controller = ServiceController(root, host, port)
@@ -169,10 +184,12 @@ def ensure_serving_task(tag: str, repo: str, host: str, port: int) -> str:
         if answered == tag:
             return "answered"
         logger.warning(
-            "the service at %s answers with %s, not the champion %s: restarting it", controller.url, answered, tag
+            "the service at %s answers with %s, not the champion %s: putting the champion in service",
+            controller.url,
+            answered,
+            tag,
         )
-        controller.restart()
-        action = f"answered with {answered}: restarted"
+        action = f"answered with {answered}: {controller.put_in_service(tag)}"
     answered = controller.classify(image, name).get("model_tag")
     if answered != tag:
         raise DeployFailed(f"the service {action}, but answers with {answered!r}, not the champion {tag!r}")
@@ -251,12 +268,12 @@ def pipeline_steps(root: Path, overrides: dict[str, Any] | None, deploy: bool, p
         state = Completed(message=outcome)
     else:
         tag = register_task(str(root))
-        failure, _ = service_step(deploy_task, tag, root)
+        failure, deployed = service_step(deploy_task, tag, root)
         if failure:
             outcome = f"deploy of {tag} failed, rolled back"
             state = Failed(message=failure)
         else:
-            outcome = f"deployed {tag}"
+            outcome = f"deployed {tag}: service {deployed['how']}"
             state = Completed(message=outcome)
     if push and state.is_completed():
         push_future = push_task.submit(str(root))

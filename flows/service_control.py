@@ -1,8 +1,13 @@
-"""Starting, stopping and probing the long-lived `bentoml serve` process that the deploy step manages.
+"""Starting, stopping, probing and swapping the long-lived `bentoml serve` process that the deploy step manages.
 
 The service runs in its own session, so it outlives the flow run that (re)started it. Its PID,
 port and log live in `.transferline/service/` under the project, so any later run, or
 `make stop`, finds it.
+
+A new champion reaches a running service by a model swap (POST /admin/swap, serving/swap.py): no
+restart, no failed request. Only a change of the service's own code or serve settings needs a
+restart: the service reports digests of both (GET /admin/status), and `put_in_service` compares them
+with the checkout's (serving/code_digest.py).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import httpx
 
 from flows.local_server import SERVICE_TARGET, ServerFailed, running_server
 from serving.auth import TOKEN_ENV
+from serving.code_digest import code_digest, settings_digest
 from serving.settings import load_serve_params
+from serving.swap_client import SwapError, request_swap, service_status
 from transferline.env import tool_env
 from transferline.errors import TransferlineError
 
@@ -133,6 +140,53 @@ class ServiceController:
     def metadata(self) -> dict:
         return json.loads(httpx.get(f"{self.url}/metadata", headers=auth_headers(), timeout=10).text)
 
+    def status(self) -> dict:
+        """GET /admin/status: each worker's model and the digests of the code and settings the service runs."""
+        return service_status(self.url)
+
+    def swap(self, tag: str) -> dict:
+        """Swap the running service to `tag` in every worker; ServiceFailed with the service's reason if it did
+        not (it then still serves its previous model)."""
+        try:
+            return request_swap(self.url, tag)
+        except SwapError as exc:
+            raise ServiceFailed(str(exc)) from exc
+
+    def changed_since_start(self, status: dict) -> list[str]:
+        """What differs between the running service and this checkout: 'code' (serving/, transferline/) and/or
+        'settings' (the serve section with its environment overrides)."""
+        mine = {
+            "code": code_digest(self.repo),
+            "settings": settings_digest(load_serve_params(root=self.repo)),
+        }
+        return [name for name, digest in mine.items() if status.get(f"{name}_digest") != digest]
+
+    def put_in_service(self, tag: str) -> str:
+        """Make the service here serve `tag`, the registry's champion: a swap when the running service runs this
+        checkout's code and settings; a restart when either changed (or it predates swaps); a start when
+        nothing answers. Returns which of these happened, in words."""
+        try:
+            status = self.status()
+        except httpx.HTTPError:
+            self.restart()  # also clears a stale pid left by a crashed service
+            return "started (nothing was answering)"
+        except SwapError as exc:
+            if exc.status != 404:
+                raise ServiceFailed(str(exc)) from exc
+            self.restart()
+            return "restarted (the running service predates model swaps)"
+        changed = self.changed_since_start(status)
+        if changed:
+            self.restart()
+            return f"restarted (service {' and '.join(changed)} changed since it started)"
+        result = self.swap(tag)
+        if result.get("unchanged"):
+            return f"already serving it in {len(result['workers'])} worker(s)"
+        return (
+            f"swapped from {result['previous']} in {len(result['workers'])} worker(s), no restart "
+            f"(all workers ready in {result['prepare_s']:.2f} s, switched in {result['switch_s']:.2f} s)"
+        )
+
     def preflight(self, tag: str, image: bytes, filename: str) -> dict:
         """Serve model `tag` beside the live service (free loopback port, one worker), check that it gets
         ready and answers `image` with its own tag, then stop it. The live service is not touched, so a
@@ -172,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             pid = controller.pid()
             print(f"running (pid {pid}) at {controller.url}" if pid else "not running")
+            if pid:
+                with contextlib.suppress(httpx.HTTPError, SwapError):
+                    for worker in controller.status()["workers"]:
+                        print(f"  worker {worker['worker']}: {worker['tag']} ({worker['state']})")
             return 0 if pid else 1
         elif args.command == "ensure" and controller.is_running():
             controller.wait_ready()

@@ -2,14 +2,17 @@
 
 Off unless $TRANSFERLINE_API_TOKEN is set. Probes stay open so an orchestrator can check the service
 without the secret; everything else (predictions, metadata, metrics, docs) needs
-`Authorization: Bearer <token>`.
+`Authorization: Bearer <token>`. The admin endpoints (/admin/...) also answer loopback clients only
+(`admin_refusal`).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -40,3 +43,24 @@ class BearerTokenAuth:
             headers={"WWW-Authenticate": "Bearer"},
         )
         await response(scope, receive, send)
+
+
+def admin_refusal(request: Request) -> JSONResponse | None:
+    """None when `request` may use an admin endpoint (model swap, status), else the 403 to answer.
+
+    Admin endpoints answer loopback clients only, whatever address the service listens on: in a container
+    published on all interfaces, or behind `serve.host: 0.0.0.0`, swapping the model stays a local action
+    (run it inside the host or container). The bearer token, when set, is checked before this, as for every
+    endpoint.
+    """
+    host = request.client.host if request.client else ""
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    if local:
+        return None
+    return JSONResponse(
+        {"error": "admin endpoints answer loopback clients only", "detail": f"request came from {host or 'unknown'}"},
+        status_code=403,
+    )

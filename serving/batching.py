@@ -10,6 +10,11 @@ The policy is greedy: an idle model runs a request at once (no added latency at 
 runs, new images queue, and the next run takes all of them up to `max_images` (counted in images, not
 requests; a large request is split). An image that waited longer than `max_latency_ms` is refused
 with `Overloaded` (the service answers 503), so latency stays bounded when load exceeds capacity.
+
+A batch never mixes models: each request names the model function that must run its pixels (the model
+the request took when it started, serving/served_model.py), and a run takes only the queued jobs of the
+oldest job's model. While a swap is under way, old and new requests simply alternate runs; the one
+batcher and its loop stay, whatever the number of swaps.
 """
 
 from __future__ import annotations
@@ -36,19 +41,25 @@ class Overloaded(Exception):
         self.bound_ms = bound_ms
 
 
+Model = Callable[[np.ndarray], np.ndarray]
+
+
 @dataclass
 class _Job:
     pixels: np.ndarray
     future: asyncio.Future
+    run: Model
     enqueued: float = field(default_factory=time.monotonic)
 
 
 class ImageBatcher:
-    """Collects pixel batches from concurrent requests and runs them through `run` in `executor`."""
+    """Collects pixel batches from concurrent requests and runs them through their model in `executor`.
+
+    `run` is the model of requests that name none."""
 
     def __init__(
         self,
-        run: Callable[[np.ndarray], np.ndarray],
+        run: Model,
         executor: Executor,
         max_images: int,
         max_latency_ms: float,
@@ -63,12 +74,14 @@ class ImageBatcher:
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
 
-    async def infer(self, pixels: np.ndarray) -> np.ndarray:
-        """Model output rows for `pixels` (N, ...), computed alongside other requests' images."""
+    async def infer(self, pixels: np.ndarray, run: Model | None = None) -> np.ndarray:
+        """Output rows of model `run` (default: the batcher's) for `pixels` (N, ...), computed alongside other
+        requests' images for the same model."""
         self._ensure_running()
         loop = asyncio.get_running_loop()
+        run = self._run if run is None else run
         jobs = [
-            _Job(pixels[start : start + self.max_images], loop.create_future())
+            _Job(pixels[start : start + self.max_images], loop.create_future(), run)
             for start in range(0, len(pixels), self.max_images)
         ]
         self._queue.extend(jobs)
@@ -92,14 +105,19 @@ class ImageBatcher:
             self._loop_task = asyncio.get_running_loop().create_task(self._serve_forever(), name="image-batcher")
 
     def _next_batch(self) -> list[_Job]:
-        """Queued jobs for one run, up to max_images; refuses those that waited past the latency bound."""
+        """Queued jobs of one model for one run, up to max_images, oldest first; the model is the oldest live
+        job's. Jobs of another model stay queued, in order. Refuses jobs that waited past the latency bound."""
         batch: list[_Job] = []
+        kept: list[_Job] = []
         images = 0
         now = time.monotonic()
         while self._queue:
             job = self._queue[0]
             if job.future.done():  # the request was cancelled (client gone) or already failed
                 self._queue.popleft()
+                continue
+            if batch and job.run != batch[0].run:  # == : bound methods of one model compare equal
+                kept.append(self._queue.popleft())
                 continue
             if images and images + len(job.pixels) > self.max_images:
                 break
@@ -110,6 +128,7 @@ class ImageBatcher:
                 continue
             batch.append(job)
             images += len(job.pixels)
+        self._queue.extendleft(reversed(kept))
         return batch
 
     async def _serve_forever(self) -> None:
@@ -124,7 +143,7 @@ class ImageBatcher:
                 continue
             pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([job.pixels for job in batch])
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run, pixels)
+                outputs = await loop.run_in_executor(self._executor, batch[0].run, pixels)
             except Exception as exc:  # the model failed: every request in the batch gets the error
                 for job in batch:
                     if not job.future.done():

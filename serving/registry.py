@@ -11,6 +11,10 @@ rollback also write the project's `champion.json` (the tag and the export md5 it
 A change of champion then re-runs the gate, and nothing else does. The file mirrors the pointer above;
 `sync` rewrites it from the pointer when another checkout promoted a model.
 
+The CLI's promote and rollback also swap the running service (the one at the serve settings' address,
+if it uses this model store) to the new champion, without a restart (serving/swap_client.py);
+`--no-swap` leaves it alone.
+
 CLI: python -m serving.registry list | register | promote TAG | rollback | champion | sync
 """
 
@@ -278,14 +282,28 @@ def _register_command(args: argparse.Namespace) -> None:
     if args.promote:
         promote(tag, args.project)
         print(f"champion: {tag}")
+        _follow(tag, args)
 
 
 def _promote_command(args: argparse.Namespace) -> None:
-    print(f"champion: {promote(args.tag, args.project)}")
+    tag = promote(args.tag, args.project)
+    print(f"champion: {tag}")
+    _follow(tag, args)
 
 
 def _rollback_command(args: argparse.Namespace) -> None:
-    print(f"champion: {rollback(args.project)}")
+    tag = rollback(args.project)
+    print(f"champion: {tag}")
+    _follow(tag, args)
+
+
+def _follow(tag: str, args: argparse.Namespace) -> None:
+    """The running service follows the registry: swapped to the new champion, unless --no-swap."""
+    if args.no_swap:
+        return
+    from serving.swap_client import follow_champion, local_service_url
+
+    print(follow_champion(tag, args.service_url or local_service_url(args.project), bentoml_home()))
 
 
 def _sync_command(args: argparse.Namespace) -> None:
@@ -301,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("."),
         help=f"project whose {CHAMPION_FILE} promote, rollback and sync write (default: the current directory)",
     )
+    parser.add_argument(
+        "--service-url",
+        help="the running service promote and rollback swap (default: the address of the serve settings)",
+    )
+    parser.add_argument("--no-swap", action="store_true", help="promote or roll back without swapping the service")
     commands = parser.add_subparsers(dest="command", required=True)
     add_command(commands, "list", _list_command, "registered models, the champion marked")
     add_command(commands, "champion", _champion_command, "print the champion's tag")

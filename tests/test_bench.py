@@ -85,6 +85,33 @@ def test_quick_load_benchmark_serves_without_errors_and_writes_the_report(tmp_pa
     assert [path.stat().st_mtime_ns if path.exists() else None for path in committed] == before
 
 
+def test_quick_swap_benchmark_deploys_and_rolls_back_under_load_without_a_failed_request(tmp_path):
+    """`python -m bench --quick swap`: 32 clients through a swap and a swap back, a restart as the baseline."""
+    env = {**os.environ, "TRANSFERLINE_BENCH_RESULTS_DIR": str(tmp_path)}
+    committed = [PROJECT_ROOT / "bench" / "RESULTS.json", PROJECT_ROOT / "bench" / "results" / "swap.json"]
+    before = [path.stat().st_mtime_ns if path.exists() else None for path in committed]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "swap"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    swap = json.loads((tmp_path / "swap.json").read_text())
+    assert swap["failed"] == 0, f"{swap['failed']} failed, statuses {swap['failed_statuses']}: {swap['during_swaps']}"
+    assert swap["tag_order_violations"] == []
+    assert swap["before"]["requests"] > 0 and swap["during_swaps"]["requests"] > 0
+    assert all(count > 0 for count in swap["answers_per_tag"].values())
+    assert set(swap["swaps"]) == {"deploy", "rollback"}
+    assert swap["restart_baseline"]["failed"] > 0  # the baseline did lose requests: the comparison is real
+    report = json.loads((tmp_path / "RESULTS.json").read_text())
+    assert {f["benchmark"] for f in report["figures"]} == {"swap"} and len(report["figures"]) == 4
+    assert (tmp_path / "swap.md").read_text().startswith("# Model swap")
+    assert [path.stat().st_mtime_ns if path.exists() else None for path in committed] == before
+
+
 def test_the_machine_record_names_the_cpu_and_its_vector_instruction_sets():
     cpuinfo = (
         "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"

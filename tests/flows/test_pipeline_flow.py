@@ -66,7 +66,7 @@ def test_first_run_deploys_second_run_skips_degraded_run_keeps_champion(flow_rep
     first = run_flow(flow_repo)
     assert first.is_completed(), first.message
     champion = find_champion()
-    assert champion is not None and first.message == f"deployed {champion.tag}"
+    assert champion is not None and first.message == f"deployed {champion.tag}: service started (nothing was answering)"
     service = controller(flow_repo)
     image = (flow_repo / "images" / "dog" / "img_003.png").read_bytes()
     answer = service.classify(image)
@@ -144,12 +144,41 @@ def deploy(repo: Path, tag: str):
     return deploy_only(return_state=True)
 
 
+def test_deploy_swaps_the_model_in_place_and_restarts_only_for_a_code_change(flow_repo):
+    """A new champion reaches the live service by a swap (same process, every worker); after a change of the
+    service's own code, the next deploy restarts it instead, and says so."""
+    from serving.registry import find_champion
+
+    previous = find_champion()
+    assert previous is not None, "runs after the end-to-end test"
+    pid = controller(flow_repo).pid()
+    # the champion's own files (export/ now holds the degraded run's model): the new tag must answer right too
+    tag = passed_candidate(flow_repo, previous.path)
+    state = deploy(flow_repo, tag)
+    assert state.is_completed(), state.message
+    assert state.result()["how"].startswith(f"swapped from {previous.tag} in 1 worker(s), no restart")
+    assert controller(flow_repo).pid() == pid
+    assert find_champion().tag == tag
+    assert_answers_with(flow_repo, tag)
+    assert [w["tag"] for w in controller(flow_repo).status()["workers"]] == [tag]
+
+    page = flow_repo / "serving" / "ui.html"
+    page.write_text(page.read_text() + "\n<!-- changed -->\n")
+    newer = passed_candidate(flow_repo, previous.path)
+    state = deploy(flow_repo, newer)
+    assert state.is_completed(), state.message
+    assert state.result()["how"] == "restarted (service code changed since it started)"
+    assert controller(flow_repo).pid() != pid
+    assert_answers_with(flow_repo, newer)
+
+
 def test_failed_deploy_rolls_back_to_the_previous_champion(flow_repo, monkeypatch):
     from flows.service_control import ServiceFailed
     from serving.registry import find_champion
 
     previous = find_champion()
     assert previous is not None, "runs after the end-to-end test"
+    pid = controller(flow_repo).pid()
     tag = passed_candidate(flow_repo, flow_repo / "export")
     assert tag != previous.tag
 
@@ -159,9 +188,10 @@ def test_failed_deploy_rolls_back_to_the_previous_champion(flow_repo, monkeypatc
     monkeypatch.setattr(ServiceController, "classify", broken_classify)
     state = deploy(flow_repo, tag)
     assert state.is_failed()
-    assert f"rolled back to {previous.tag}, which is serving" in state.message
+    assert f"rolled back to {previous.tag}, which is serving (swapped from {tag} in 1 worker(s)" in state.message
     monkeypatch.undo()
     assert find_champion().tag == previous.tag
+    assert controller(flow_repo).pid() == pid  # swapped there and back: never restarted
     assert_answers_with(flow_repo, previous.tag)
 
 

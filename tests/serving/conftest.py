@@ -33,16 +33,22 @@ class ServingModels:
     v2: str  # tag trained on "data-v2", registered, not promoted
 
 
-def registry_cli(home: Path, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def registry_cli(
+    home: Path, *args: str, cwd: Path | None = None, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m serving.registry` against the BentoML home `home`; by default in a project directory
-    beside it, so promote and rollback write that directory's champion.json, not the checkout's."""
+    beside it, so promote and rollback write that directory's champion.json, not the checkout's.
+
+    With `env` (the serve settings of a test's service), promote and rollback swap that service; without,
+    they run with --no-swap, so a test never touches a service someone runs at the default address."""
     if cwd is None:
         cwd = home.parent / "project"
         cwd.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **QUIET, "BENTOML_HOME": str(home)}
+    swap = [] if env is not None else ["--no-swap"]
+    env = {**os.environ, **QUIET, "BENTOML_HOME": str(home), **(env or {})}
     env.pop("TRANSFERLINE_MODEL_TAG", None)
     result = subprocess.run(
-        [sys.executable, "-m", "serving.registry", *args],
+        [sys.executable, "-m", "serving.registry", *swap, *args],
         cwd=cwd,
         env={**env, "PYTHONPATH": str(PROJECT_ROOT)},
         capture_output=True,

@@ -120,3 +120,36 @@ def test_a_cancelled_request_does_not_block_the_others():
     first, last = asyncio.run(main())
     assert first[0, 0] == 2 and last[0, 0] == 6
     assert sum(model.batches) == 2  # the cancelled request never reached the model
+
+
+class ScaledModel(SlowModel):
+    """Multiplies by its own factor, so an output computed by the wrong model shows."""
+
+    def __init__(self, factor: float, journal: list[tuple[float, int]]) -> None:
+        super().__init__(seconds=0.02)
+        self.factor, self.journal = factor, journal
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        self.journal.append((self.factor, len(pixels)))
+        time.sleep(self.seconds)
+        return pixels * self.factor
+
+
+def test_a_batch_never_mixes_two_models_and_each_request_gets_its_own_models_answer():
+    """During a model swap, old and new requests queue together: each run takes one model's jobs only."""
+    journal: list[tuple[float, int]] = []
+    old, new = ScaledModel(2.0, journal), ScaledModel(3.0, journal)
+    inputs = requests([1] * 24)
+    models = [old if i % 3 else new for i in range(len(inputs))]  # interleaved in the queue
+
+    async def main():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = ImageBatcher(old, executor, max_images=8, max_latency_ms=5000)
+            return await asyncio.gather(*(batcher.infer(x, model) for x, model in zip(inputs, models, strict=True)))
+
+    outputs = asyncio.run(main())
+    for x, y, model in zip(inputs, outputs, models, strict=True):
+        np.testing.assert_array_equal(y, x * model.factor)
+    assert sum(size for _, size in journal) == 24
+    assert {factor for factor, _ in journal} == {2.0, 3.0}
+    assert max(size for _, size in journal) == 8  # still batched, one model per run

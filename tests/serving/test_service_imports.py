@@ -17,7 +17,7 @@ START_A_WORKER = """
 import json, sys
 import serving.service
 worker = serving.service.Classifier.inner()
-assert worker.model.warm
+assert worker.served.model.warm
 print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "sklearn", "torchvision"))))
 """
 
