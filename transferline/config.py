@@ -208,6 +208,7 @@ BackboneName = Literal[
     "vgg16",
     "inception_v3",
 ]
+TrainBackbone = Literal[(*BackboneName.__args__, "auto")]  # one Literal: a bad name gets one clear message
 StrategyName = Literal["auto", "feature_extraction", "partial", "full", "discriminative"]
 
 
@@ -226,7 +227,7 @@ class TrainParams(Section):
     live in transferline.model.strategies.check_params, run before any work.
     """
 
-    backbone: BackboneName | Literal["auto"] = "mobilenet_v2"  # auto: chosen from the data (backbone_choice.py)
+    backbone: TrainBackbone = "mobilenet_v2"  # auto: chosen from the data (backbone_choice.py)
     backbone_candidates: tuple[BackboneName, ...] | None = None  # backbone auto: null = those with weights here
     pretrained: bool = True  # false: random init, only ever on request
     weights_path: Path | None = None  # local state dict of the backbone architecture, instead of the hub cache
