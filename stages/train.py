@@ -59,7 +59,7 @@ from transferline.model.distributed import (
 )
 from transferline.model.features import KEY_FILE, cache_key, cached_features, fit_probe, install_head
 from transferline.model.global_batch import to_global_batch
-from transferline.model.launch import ProcessesFailed, launch, process_env
+from transferline.model.launch import LaunchInterrupted, ProcessesFailed, launch, process_env
 from transferline.model.reproducibility import Pinning, is_pinned, pinning, reexec_pinned
 from transferline.model.run_environment import training_environment
 from transferline.model.strategies import check_params, make_plan
@@ -521,6 +521,9 @@ def launch_ranks(params: TrainParams) -> int | None:
             return USER_ERROR_EXIT
         print(f"error: data-parallel training failed: {failed}. {resume_hint(CHECKPOINT_DIR)}", file=sys.stderr)
         return 1
+    except LaunchInterrupted as stopped:
+        print(f"interrupted ({stopped}): the processes were stopped. {resume_hint(CHECKPOINT_DIR)}", file=sys.stderr)
+        return 128 + stopped.signum
     return None
 
 

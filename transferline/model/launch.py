@@ -33,16 +33,26 @@ class ProcessesFailed(Exception):
         self.explained = explained
 
 
+class LaunchInterrupted(Exception):
+    """The launcher itself got a termination signal (Ctrl-C, a cancelled flow run); the processes were stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(_signal_name(signum))
+        self.signum = int(signum)
+
+
 def torchrun_args(module: str, args: list[str], nproc: int) -> list[str]:
     """The torchrun command line (after `torchrun`) this launch is equivalent to."""
     return ["--standalone", f"--nproc-per-node={nproc}", "-m", module, *args]
 
 
 def launch(module: str, args: list[str], nproc: int, env: Mapping[str, str]) -> None:
-    """Run `python -m module args` in `nproc` processes under torchrun's agent; raise ProcessesFailed if one fails.
+    """Run `python -m module args` in `nproc` processes under torchrun's agent; raise ProcessesFailed if one
+    fails, LaunchInterrupted if this process is told to stop (the processes are stopped first).
 
     `env` is added to this process's environment first, so that every process starts with it.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
@@ -55,6 +65,8 @@ def launch(module: str, args: list[str], nproc: int, env: Mapping[str, str]) -> 
     except ChildFailedError as failed:
         explained = any(failure.exitcode == USER_ERROR_EXIT for failure in failed.failures.values())
         raise ProcessesFailed(describe_failures(failed.failures), explained) from None
+    except SignalException as stopped:  # torch's agent has stopped the processes already
+        raise LaunchInterrupted(stopped.sigval) from None
 
 
 def process_env(reproducible: bool, num_threads: int | None, nproc: int, cuda: bool) -> dict[str, str]:
