@@ -234,14 +234,15 @@ def run(
     wall_start = time.perf_counter()
     check_params(params)
     check_process_count(params, ranks.world_size)
+    processes = ranks.local_world_size  # this process's share of the machine, as it was started (pinned) with
     if ranks.distributed and params.strategy == "feature_extraction":
         log.info(RANK_0_ALONE, ranks.world_size - 1)
         if not ranks.primary:
             return {"rank": ranks.rank}
         ranks = SINGLE
     runtime = resolve_runtime(params, ranks)
-    threads = configure_threads(params, runtime, ranks.local_world_size)
-    pin = pinning(params.reproducible, params.num_threads, ranks.local_world_size)
+    threads = configure_threads(params, runtime, processes)
+    pin = pinning(params.reproducible, params.num_threads, processes)
     if pin.reproducible and not is_pinned(pin):
         log.warning(
             "train.reproducible: this process was not started with %s, so the kernels are not capped and the "
@@ -327,19 +328,23 @@ def train_and_write(
             return {"rank": ranks.rank}
         ranks = SINGLE
     if ranks.distributed:
-        to_global_batch(model, runtime.device.type == "cuda")  # before the plan: it must see the new layers
+        # before the plan: it must see the new layers
+        to_global_batch(model, runtime.device.type == "cuda", params.distributed.batchnorm == "global")
     plan = make_plan(model, params)
     log.info("%s on %s (%d threads); %s", params.backbone, runtime.describe(), setup.threads, plan.describe(0))
     params_json = params.model_dump(mode="json")
-    digest = run_digest(params_json, dataset["data_version"], dataset["preprocess"], classes, len(train))
+    digest = run_digest(
+        checkpoint_recipe(params, ranks), dataset["data_version"], dataset["preprocess"], classes, len(train)
+    )
     check_same_run(ranks, digest)
     if ranks.distributed:
         log.info(
-            "data-parallel: %d processes, global batch %d = %d x %d per process; BatchNorm over the global batch",
+            "data-parallel: %d processes, global batch %d = %d x %d per process; BatchNorm over %s",
             ranks.world_size,
             params.batch_size,
             ranks.world_size,
             params.batch_size // ranks.world_size,
+            "the global batch" if params.distributed.batchnorm == "global" else "each process's rows",
         )
     store = CheckpointStore(out.checkpoint_dir, digest)
     sink = None
@@ -435,6 +440,15 @@ def train_and_write(
     return metrics
 
 
+def checkpoint_recipe(params: TrainParams, ranks: Ranks) -> dict:
+    """What a checkpoint must have been written for: the params, and the process count when BatchNorm is per
+    process (then the count changes what is computed; with global BatchNorm it does not)."""
+    recipe = params.model_dump(mode="json")
+    if ranks.distributed and params.distributed.batchnorm == "per_process":
+        recipe["per_process_batchnorm_over"] = ranks.world_size
+    return recipe
+
+
 def distributed_facts(params: TrainParams, ranks: Ranks) -> dict | None:
     """How the run was shared out (the run record's `distributed`); None for one process."""
     if not ranks.distributed:
@@ -444,7 +458,11 @@ def distributed_facts(params: TrainParams, ranks: Ranks) -> dict | None:
         "processes_per_machine": ranks.local_world_size,
         "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
         "images_per_process_per_step": params.batch_size // ranks.world_size,
-        "batchnorm": "statistics of the global batch (SyncBatchNorm on CUDA, all_reduce of the moments on CPU)",
+        "batchnorm": (
+            "statistics of the global batch (SyncBatchNorm on CUDA, all_reduce of the moments on CPU)"
+            if params.distributed.batchnorm == "global"
+            else "statistics of each process's rows; running statistics rank 0's"
+        ),
     }
 
 

@@ -226,11 +226,15 @@ class DistributedParams(Section):
     machine, through torchrun's launcher; under a torchrun started by hand (`torchrun ... -m stages.train`,
     several nodes) torchrun's own --nproc-per-node and --nnodes decide and `nproc` is not read. The result
     does not depend on the process count (the same global batches, BatchNorm over the global batch), so a
-    checkpoint resumes under any count.
+    checkpoint resumes under any count; with `batchnorm: per_process` it does, and a checkpoint resumes only
+    under the count that wrote it.
     """
 
     nproc: int = Field(default=1, ge=1)
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+    # global: BatchNorm over the global batch (the model one process trains; an all-reduce per layer and pass);
+    # per_process: over each process's rows (cheaper; another model for every process count, rank 0's statistics)
+    batchnorm: Literal["global", "per_process"] = "global"
 
 
 class TrainParams(Section):

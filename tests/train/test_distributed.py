@@ -82,7 +82,9 @@ STAGE = [sys.executable, "-m", "stages.train"]
 def after_one_step(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ONE_BATCH by a hand-started torchrun, stopped after epoch 1: its checkpoint holds the weights after one step."""
     root = write_project(tmp_path_factory.mktemp("ddp") / "project", prepared, ONE_BATCH)
-    run_stage(root, [*TORCHRUN, "--stop-after-epoch", "1"])
+    started = run_stage(root, [*TORCHRUN, "--stop-after-epoch", "1"])
+    # torchrun started the processes unpinned: each re-executed itself with the pinned math (1 thread each)
+    assert "train.reproducible: restarting with" in started.stderr and "OMP_NUM_THREADS=1," in started.stderr
     return root
 
 
@@ -197,8 +199,10 @@ def checkpoint_epoch(directory: Path) -> int:
 
 
 def test_a_killed_process_fails_the_launch_at_once_with_a_plain_message_and_a_rerun_resumes(prepared, tmp_path):
-    train = {"strategy": "full", "epochs": 6, "warmup_epochs": 1, "batch_size": 8, "early_stopping_patience": None}
-    root = write_project(tmp_path / "project", prepared, {**train, "distributed": {"nproc": 2}})
+    train = {"strategy": "full", "epochs": 5, "warmup_epochs": 1, "batch_size": 8, "early_stopping_patience": None}
+    # per-process BatchNorm here: the other choice (resuming works alike for both)
+    train["distributed"] = {"nproc": 2, "batchnorm": "per_process"}
+    root = write_project(tmp_path / "project", prepared, train)
     checkpoints = root / "checkpoints" / "train"
     launcher = subprocess.Popen(
         STAGE, cwd=root, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -222,7 +226,7 @@ def test_a_killed_process_fails_the_launch_at_once_with_a_plain_message_and_a_re
     assert launcher.returncode == 1, stderr[-3000:]
     assert seconds < 30, seconds
     saved = torch.load(checkpoints / "last.pt", weights_only=True)["epoch"]
-    assert 2 <= saved < 6
+    assert 2 <= saved < 5
     message = stderr.strip().splitlines()[-1]
     assert message.startswith("error: data-parallel training failed: rank 1 (pid ")
     assert f"rank 1 (pid {ranks[1]}) was killed by SIGKILL" in message
@@ -230,8 +234,27 @@ def test_a_killed_process_fails_the_launch_at_once_with_a_plain_message_and_a_re
     assert "Traceback" not in message and not (root / "models").exists()
 
     rerun = run_stage(root, STAGE)
-    assert re.search(rf"resuming from the checkpoint of epoch {saved}/6", rerun.stderr)
+    assert re.search(rf"resuming from the checkpoint of epoch {saved}/5", rerun.stderr)
     record = json.loads((root / "metrics" / "train_run.json").read_text())
     assert record["resumed_from_epoch"] == saved and record["distributed"]["processes"] == 2
-    assert json.loads((root / "metrics" / "train.json").read_text())["epochs_run"] == 6
+    assert record["distributed"]["batchnorm"].startswith("statistics of each process's rows")
+    assert json.loads((root / "metrics" / "train.json").read_text())["epochs_run"] == 5
     assert json.loads((checkpoints / "state.json").read_text())["status"] == "complete"
+
+
+def test_a_checkpoint_resumes_under_any_process_count_unless_batchnorm_is_per_process():
+    """Global-batch BatchNorm trains the same model on any count: the count is not part of what a checkpoint
+    must match; per-process BatchNorm makes it part of the recipe."""
+    from stages.train import checkpoint_recipe
+    from transferline.model.checkpoints import run_digest
+    from transferline.model.distributed import SINGLE, Ranks
+
+    def digest(params: TrainParams, ranks: Ranks) -> str:
+        return run_digest(checkpoint_recipe(params, ranks), "v1", {"image_size": 32}, ["a", "b"], 10)
+
+    two, four = Ranks(0, 2, 0, 2), Ranks(0, 4, 0, 4)
+    shared = TrainParams(distributed={"nproc": 2})
+    assert digest(shared, two) == digest(shared, four) == digest(TrainParams(), SINGLE)
+    own = TrainParams(distributed={"nproc": 2, "batchnorm": "per_process"})
+    assert digest(own, two) != digest(own, four)
+    assert digest(own, SINGLE) == digest(TrainParams(), SINGLE)  # one process: nothing is per process

@@ -8,7 +8,7 @@ torch's DistributedSampler itself is not used: it draws its own per-epoch permut
 epoch, so N processes would see other batches than one process, and the result would depend on N. Here,
 with BatchNorm, dropout and stochastic depth seeing the global batch (global_batch.py) and DDP averaging the
 gradients, N processes train the model one process trains, to float rounding, and a checkpoint written under
-one process count resumes under another.
+one process count resumes under another (unless train.distributed.batchnorm is per_process).
 
 Rank 0 alone writes (model, metrics, DVCLive curves, checkpoints) and reads the checkpoint, which it
 broadcasts: only rank 0's machine needs checkpoints/ and models/; every machine needs data/prepared.

@@ -8,14 +8,18 @@ distributed.py). Three kinds of layer would make the result depend on N:
   `GlobalBatchNorm2d`: each process's per-channel mean and variance, combined over the processes with one
   differentiable all_reduce (float64 sums), so the backward pass sums over the processes too. Cost: one
   all_reduce per trained BatchNorm layer in the forward pass and one in the backward pass. The running
-  statistics are those of the global batch, the same on every process. (The other choice, per-process
-  statistics, would be cheaper but would train another model for every process count.)
+  statistics are those of the global batch, the same on every process. (Per-process statistics, the
+  `per_process` choice below, are cheaper but train another model for every process count.)
 - dropout and stochastic depth draw their masks from torch's global RNG for their own rows: here every
   process draws the mask of the whole global batch (the RNG is seeded alike and stays in step on every
   process) and keeps its rows, so each image gets the mask it gets in one process.
 
 Frozen BatchNorm (eval mode) uses its running statistics and talks to no one. The state dict keys are those
 of the layers replaced, so a model trained this way saves and loads as a plain one.
+
+`train.distributed.batchnorm: per_process` keeps BatchNorm per process: cheaper on CPUs, where those
+all-reduces are most of DDP's cost (bench/results/scale.md), but the model then depends on the process
+count; the processes hold rank 0's running statistics, broadcast before every forward.
 """
 
 from __future__ import annotations
@@ -133,9 +137,9 @@ class GlobalBatchStochasticDepth(StochasticDepth):
         return x * noise.div_(keep) if keep > 0.0 else x * noise
 
 
-def _plain_to_global(module: nn.Module) -> nn.Module | None:
+def _plain_to_global(module: nn.Module, batchnorm: bool) -> nn.Module | None:
     """The global-batch replacement of `module` (sharing its parameters and buffers), or None to keep it."""
-    if type(module) is nn.BatchNorm2d:
+    if type(module) is nn.BatchNorm2d and batchnorm:
         new = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine)
         new.weight, new.bias = module.weight, module.bias
         new.track_running_stats = module.track_running_stats
@@ -150,28 +154,29 @@ def _plain_to_global(module: nn.Module) -> nn.Module | None:
     return new.train(module.training)
 
 
-def _replace_children(module: nn.Module) -> int:
+def _replace_children(module: nn.Module, batchnorm: bool) -> int:
     replaced = 0
     for name, child in module.named_children():
-        new = _plain_to_global(child)
+        new = _plain_to_global(child, batchnorm)
         if new is None:
-            replaced += _replace_children(child)
+            replaced += _replace_children(child, batchnorm)
         else:
             module.add_module(name, new)
             replaced += 1
     return replaced
 
 
-def to_global_batch(model: nn.Module, cuda: bool) -> nn.Module:
+def to_global_batch(model: nn.Module, cuda: bool, batchnorm: bool = True) -> nn.Module:
     """Replace, in place, the layers of `model` that would see only this process's rows (see the module doc).
 
     Call it before the optimizer and the transfer plan are built: they must see the new layers. CUDA: torch's
     SyncBatchNorm for every BatchNorm; CPU: GlobalBatchNorm2d (BatchNorm1d/3d stay per process, with a warning).
+    `batchnorm` false (train.distributed.batchnorm: per_process): BatchNorm stays per process, on purpose.
     """
-    if cuda:
+    if cuda and batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    replaced = _replace_children(model)
-    left = sorted({type(m).__name__ for m in model.modules() if _per_process_batchnorm(m, cuda)})
+    replaced = _replace_children(model, batchnorm)
+    left = sorted({type(m).__name__ for m in model.modules() if batchnorm and _per_process_batchnorm(m, cuda)})
     if left:
         log.warning("%s layers normalise with each process's own rows (no global-batch version on CPU)", left)
     log.debug("%d layers now see the global batch", replaced)

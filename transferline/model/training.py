@@ -362,8 +362,9 @@ class DataParallelReplicas:
     weights: a no-op, they are the same everywhere). One process: the model itself.
     """
 
-    def __init__(self, model: nn.Module, runtime: Runtime, ranks: Ranks) -> None:
+    def __init__(self, model: nn.Module, runtime: Runtime, ranks: Ranks, sync_buffers: bool) -> None:
         self.model, self.runtime, self.ranks = model, runtime, ranks
+        self.sync_buffers = sync_buffers
         self.wrapper: DistributedDataParallel | None = None
         self.trained: tuple[bool, ...] = ()
 
@@ -374,9 +375,12 @@ class DataParallelReplicas:
         if self.wrapper is None or trained != self.trained:
             self.close()
             cuda = self.runtime.device.type == "cuda"
-            # buffers need no broadcast: BatchNorm's running statistics are the global batch's, alike everywhere
+            # global-batch BatchNorm: running statistics alike everywhere, nothing to broadcast; per process:
+            # rank 0's, broadcast before every forward, so that validation and the saved model agree
             self.wrapper = DistributedDataParallel(
-                self.model, device_ids=[self.runtime.device] if cuda else None, forward_sync_buffers=False
+                self.model,
+                device_ids=[self.runtime.device] if cuda else None,
+                forward_sync_buffers=self.sync_buffers,
             )
             self.trained = trained
         return self.wrapper
@@ -510,7 +514,7 @@ def fit(
     eval_batch = max(2 * params.batch_size, 64)
     last_unfreeze = _last_unfreeze_epoch(plan)
     stopped_early = stopper.should_stop
-    replicas = DataParallelReplicas(model, runtime, ranks)
+    replicas = DataParallelReplicas(model, runtime, ranks, params.distributed.batchnorm == "per_process")
     for epoch in range(first_epoch, params.epochs):
         if stopped_early:
             break
