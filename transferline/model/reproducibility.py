@@ -9,8 +9,8 @@ choice sums in another order; the intra-op thread count changes how reductions a
   documents as giving the same results on Intel and non-Intel CPUs (the `AVX2` branch falls back to
   MKL's own per-CPU dispatch on AMD processors, so it would not pin an AMD EPYC against an Intel Xeon);
 - one intra-op thread count: `train.num_threads`, else DEFAULT_THREADS (never "one per core"), shared out over
-  the data-parallel processes of one machine (DEFAULT_THREADS // processes, at least 1 each): the bytes then
-  depend on the params and the process count, never on the machine;
+  the data-parallel processes of one machine (DEFAULT_THREADS // processes, at least 1 each): the count
+  then depends on the params and the process count, never on the machine's cores;
 - `torch.use_deterministic_algorithms(True)` (it changes no CPU result today, and guards later ops), without
   its NaN fill of new tensors (a cost, and no change for kernels that write what they return).
 
