@@ -432,43 +432,60 @@ def monitoring_figures(r: dict) -> list[Figure]:
 
 def scale_figures(r: dict) -> list[Figure]:
     figures = []
-    for backend in ("postgresql", "sqlite"):
-        runs = r["trials"]["fine_tune"][backend]
+    if "trials" in r:
+        for backend in ("postgresql", "sqlite"):
+            runs = r["trials"]["fine_tune"][backend]
+            figures.append(
+                Figure(
+                    "scale",
+                    f"fine-tuning trials/min, 2 workers vs 1, {backend}",
+                    runs["2"]["trials_per_minute"] / runs["1"]["trials_per_minute"],
+                    "x",
+                    f"1 worker ({runs['1']['trials_per_minute']:.1f} /min)",
+                    "",
+                    None,
+                )
+            )
+        head = r["trials"]["head_only"]
         figures.append(
             Figure(
                 "scale",
-                f"fine-tuning trials/min, 2 workers vs 1, {backend}",
-                runs["2"]["trials_per_minute"] / runs["1"]["trials_per_minute"],
+                "head-only trials/min, 2 workers, PostgreSQL vs SQLite",
+                head["postgresql"]["2"]["trials_per_minute"] / head["sqlite"]["2"]["trials_per_minute"],
                 "x",
-                f"1 worker ({runs['1']['trials_per_minute']:.1f} /min)",
+                f"SQLite ({head['sqlite']['2']['trials_per_minute']:.1f} /min)",
                 "",
                 None,
             )
         )
-    head = r["trials"]["head_only"]
-    figures.append(
-        Figure(
-            "scale",
-            "head-only trials/min, 2 workers, PostgreSQL vs SQLite",
-            head["postgresql"]["2"]["trials_per_minute"] / head["sqlite"]["2"]["trials_per_minute"],
-            "x",
-            f"SQLite ({head['sqlite']['2']['trials_per_minute']:.1f} /min)",
-            "",
-            None,
-        )
-    )
-    for direction, preposition in (("push", "to"), ("pull", "from")):
-        figures.append(
-            Figure(
-                "scale",
-                f"`dvc {direction}` {preposition} an S3 API on loopback",
-                r["remote"][f"{direction}_mb_s"],
-                "MB/s",
-                "",
-                "",
-                None,
+    if "remote" in r:
+        for direction, preposition in (("push", "to"), ("pull", "from")):
+            figures.append(
+                Figure(
+                    "scale",
+                    f"`dvc {direction}` {preposition} an S3 API on loopback",
+                    r["remote"][f"{direction}_mb_s"],
+                    "MB/s",
+                    "",
+                    "",
+                    None,
+                )
             )
-        )
+    if "ddp" in r:
+        one = r["ddp"]["runs"]["1"]["images_per_s"]
+        for key, batchnorm in (("ratio", "global-batch"), ("ratio_per_process_batchnorm", "per-process")):
+            if key in r["ddp"]:
+                figures.append(
+                    Figure(
+                        "scale",
+                        f"DDP training images/s, 2 processes vs 1 (gloo, CPU, {batchnorm} BatchNorm)",
+                        r["ddp"][key],
+                        "x",
+                        f"1 process ({one:.1f} images/s)",
+                        "",
+                        None,
+                    )
+                )
     return figures
 
 

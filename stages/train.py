@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import statistics
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ import torch
 import torchvision
 
 from transferline import atomic
-from transferline.cli import run_cli, stage_parser
+from transferline.cli import USER_ERROR_EXIT, run_cli, stage_parser
 from transferline.config import TrainParams, load_section
 from transferline.data.pixel_cache import load_split, read_dataset
 from transferline.data.preprocessing import PreprocessSpec
@@ -41,8 +43,23 @@ from transferline.model.backbones import (
     get_spec,
     imagenet_normalization,
 )
-from transferline.model.checkpoints import CheckpointStore, run_digest
+from transferline.model.checkpoints import CheckpointStore, resume_hint, run_digest
+from transferline.model.distributed import (
+    SINGLE,
+    Ranks,
+    check_process_count,
+    check_same_run,
+    is_peer_failure,
+    launched_by_torchrun,
+    peer_failure_summary,
+    ranks_from_env,
+    resolve_backend,
+    start_process_group,
+    stop_process_group,
+)
 from transferline.model.features import KEY_FILE, cache_key, cached_features, fit_probe, install_head
+from transferline.model.global_batch import to_global_batch
+from transferline.model.launch import LaunchInterrupted, ProcessesFailed, launch, process_env
 from transferline.model.reproducibility import Pinning, is_pinned, pinning, reexec_pinned
 from transferline.model.run_environment import training_environment
 from transferline.model.strategies import check_params, make_plan
@@ -188,6 +205,14 @@ def ensure_features_dir(features_dir: Path) -> None:
         atomic.write_json(features_dir / KEY_FILE, {"key": None, "note": "filled by train.strategy=feature_extraction"})
 
 
+NOT_DISTRIBUTED = (
+    "train.strategy=feature_extraction is not distributed (cached features and a logistic head, fitted in one "
+    "process in seconds): "
+)
+RANK_0_ALONE = NOT_DISTRIBUTED + "rank 0 trains alone, the other %d process(es) stop here"
+ONE_PROCESS = NOT_DISTRIBUTED + "train.distributed.nproc=%d is not used, this one process trains"
+
+
 def run(
     params: TrainParams,
     prepared_dir: Path = PREPARED_DIR,
@@ -198,22 +223,75 @@ def run(
     live_dir: Path | None = LIVE_DIR,
     stop_after_epoch: int | None = None,
     run_file: Path | None = None,
+    ranks: Ranks = SINGLE,
 ) -> dict:
     """Train and write the model; returns the metrics (with `interrupted` when stopped on purpose).
 
     The run record goes to `run_file`, by default next to `metrics_file` (metrics/train_run.json).
+    Under torchrun (`ranks`: this process among the data-parallel ones) every process calls this; rank 0
+    alone writes, and the others return {"rank": ...} only.
     """
     wall_start = time.perf_counter()
     check_params(params)
-    runtime = resolve_runtime(params)
-    threads = configure_threads(params, runtime)
-    pin = pinning(params.reproducible, params.num_threads)
+    check_process_count(params, ranks.world_size)
+    processes = ranks.local_world_size  # this process's share of the machine, as it was started (pinned) with
+    if ranks.distributed and params.strategy == "feature_extraction":
+        log.info(RANK_0_ALONE, ranks.world_size - 1)
+        if not ranks.primary:
+            return {"rank": ranks.rank}
+        ranks = SINGLE
+    runtime = resolve_runtime(params, ranks)
+    threads = configure_threads(params, runtime, processes)
+    pin = pinning(params.reproducible, params.num_threads, processes)
     if pin.reproducible and not is_pinned(pin):
         log.warning(
             "train.reproducible: this process was not started with %s, so the kernels are not capped and the "
             "bytes may differ on another CPU (`python -m stages.train` restarts itself with them)",
             pin.describe(),
         )
+    outputs = Outputs(models_dir, features_dir, checkpoint_dir, metrics_file, live_dir, run_file)
+    setup = Setup(runtime, threads, pin, ranks, wall_start)
+    if not ranks.distributed:
+        return train_and_write(params, prepared_dir, outputs, stop_after_epoch, setup)
+    start_process_group(ranks, resolve_backend(params.distributed.backend, runtime.device), runtime.device)
+    try:
+        return train_and_write(params, prepared_dir, outputs, stop_after_epoch, setup)
+    finally:
+        stop_process_group()
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where the stage writes (rank 0 only, under DDP)."""
+
+    models_dir: Path
+    features_dir: Path
+    checkpoint_dir: Path
+    metrics_file: Path
+    live_dir: Path | None
+    run_file: Path | None
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The process as `run` set it up."""
+
+    runtime: Runtime
+    threads: int
+    pin: Pinning
+    ranks: Ranks
+    wall_start: float
+
+
+def train_and_write(
+    params: TrainParams,
+    prepared_dir: Path,
+    out: Outputs,
+    stop_after_epoch: int | None,
+    setup: Setup,
+) -> dict:
+    """`run` once the process (group) is set up."""
+    runtime, ranks = setup.runtime, setup.ranks
     dataset = read_dataset(prepared_dir)
     spec = PreprocessSpec.from_dict(dataset["preprocess"])
     classes = list(dataset["classes"])
@@ -221,9 +299,13 @@ def run(
     val = load_split(prepared_dir, "val", len(classes), spec.image_size)
     advice, advice_timings, backbone_choice = None, {}, None
     if params.backbone == "auto":
-        ensure_features_dir(features_dir)
-        params, backbone_choice, advice, advice_timings = choose_backbone(
-            params, train, val, spec, runtime, features_dir, dataset
+        if ranks.primary:  # rank 0 measures and chooses; the others take its answer
+            ensure_features_dir(out.features_dir)
+            params, backbone_choice, advice, advice_timings = choose_backbone(
+                params, train, val, spec, runtime, out.features_dir, dataset
+            )
+        params, backbone_choice, advice, advice_timings = ranks.broadcast(
+            (params, backbone_choice, advice, advice_timings)
         )
         check_params(params)
     check_input_size(params.backbone, spec.image_size, params.pretrained)
@@ -233,29 +315,55 @@ def run(
     warn_on_normalization(params, spec)
     key = cache_key(params.backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model))
     if params.strategy == "auto":
-        ensure_features_dir(features_dir)
-        params, advice, advice_timings = advise(
-            params, model, train, val, spec, runtime, features_dir, key, len(model.blocks()), params.advisor_rule
-        )
+        if ranks.primary:  # rank 0 measures and decides; the others take its answer
+            ensure_features_dir(out.features_dir)
+            blocks = len(model.blocks())
+            params, advice, advice_timings = advise(
+                params, model, train, val, spec, runtime, out.features_dir, key, blocks, params.advisor_rule
+            )
+        params, advice, advice_timings = ranks.broadcast((params, advice, advice_timings))
+    if ranks.distributed and params.strategy == "feature_extraction":  # what auto chose
+        log.info(RANK_0_ALONE, ranks.world_size - 1)
+        if not ranks.primary:
+            return {"rank": ranks.rank}
+        ranks = SINGLE
+    if ranks.distributed:
+        # before the plan: it must see the new layers
+        to_global_batch(model, runtime.device.type == "cuda", params.distributed.batchnorm == "global")
     plan = make_plan(model, params)
-    log.info("%s on %s (%d threads); %s", params.backbone, runtime.describe(), threads, plan.describe(0))
+    log.info("%s on %s (%d threads); %s", params.backbone, runtime.describe(), setup.threads, plan.describe(0))
     params_json = params.model_dump(mode="json")
-    digest = run_digest(params_json, dataset["data_version"], dataset["preprocess"], classes, len(train))
-    store = CheckpointStore(checkpoint_dir, digest)
+    digest = run_digest(
+        checkpoint_recipe(params, ranks), dataset["data_version"], dataset["preprocess"], classes, len(train)
+    )
+    check_same_run(ranks, digest)
+    if ranks.distributed:
+        log.info(
+            "data-parallel: %d processes, global batch %d = %d x %d per process; BatchNorm over %s",
+            ranks.world_size,
+            params.batch_size,
+            ranks.world_size,
+            params.batch_size // ranks.world_size,
+            "the global batch" if params.distributed.batchnorm == "global" else "each process's rows",
+        )
+    store = CheckpointStore(out.checkpoint_dir, digest)
     sink = None
-    if live_dir is not None:
+    if out.live_dir is not None and ranks.primary:
         from transferline.model.tracking import LiveSink
 
-        sink = LiveSink(live_dir)
+        sink = LiveSink(out.live_dir)
 
     if params.strategy == "feature_extraction":
-        result = fit_feature_extraction(model, train, val, spec, params, runtime, features_dir, key, sink)
+        result = fit_feature_extraction(model, train, val, spec, params, runtime, out.features_dir, key, sink)
         store.clear()
     else:
-        ensure_features_dir(features_dir)
-        result = fit(model, plan, train, val, spec, params, runtime, store, sink, stop_after_epoch)
+        if ranks.primary:
+            ensure_features_dir(out.features_dir)
+        result = fit(model, plan, train, val, spec, params, runtime, store, sink, stop_after_epoch, ranks)
     if sink is not None:
         sink.end()
+    if not ranks.primary:
+        return {"rank": ranks.rank, "epochs_done": len(result.history)}
     if result.interrupted:
         return {
             "interrupted": True,
@@ -263,7 +371,7 @@ def run(
             "resumed_from_epoch": result.resumed_from_epoch,
         }
 
-    wall = time.perf_counter() - wall_start
+    wall = time.perf_counter() - setup.wall_start
     rates = [r["images_per_s"] for r in result.history if "images_per_s" in r]
     metrics = {
         "backbone": params.backbone,
@@ -312,12 +420,14 @@ def run(
     advice_document = advice_record(advice, backbone_choice)
     if advice_document is not None:
         meta["advice"] = advice_document
+    models_dir = out.models_dir
     save_trained_model(
         models_dir, model.cpu(), meta, extra_files={ADVICE_FILE: advice_document} if advice_document else None
     )
-    atomic.write_json(metrics_file, metrics)
-    run_file = run_file or metrics_file.parent / RUN_FILE.name
-    atomic.write_json(run_file, run_record(models_dir, digest, dataset["data_version"], pin, runtime, wall, result))
+    atomic.write_json(out.metrics_file, metrics)
+    run_file = out.run_file or out.metrics_file.parent / RUN_FILE.name
+    record = run_record(models_dir, digest, dataset["data_version"], setup.pin, runtime, wall, result)
+    atomic.write_json(run_file, {**record, "distributed": distributed_facts(params, ranks)})
     store.finish(best_epoch=result.best_epoch, val_accuracy=result.best_val_accuracy, epochs_run=len(result.history))
     log.info(
         "best val accuracy %.4f at epoch %d of %d; model in %s (%.0f s)",
@@ -328,6 +438,32 @@ def run(
         wall,
     )
     return metrics
+
+
+def checkpoint_recipe(params: TrainParams, ranks: Ranks) -> dict:
+    """What a checkpoint must have been written for: the params, and the process count when BatchNorm is per
+    process (then the count changes what is computed; with global BatchNorm it does not)."""
+    recipe = params.model_dump(mode="json")
+    if ranks.distributed and params.distributed.batchnorm == "per_process":
+        recipe["per_process_batchnorm_over"] = ranks.world_size
+    return recipe
+
+
+def distributed_facts(params: TrainParams, ranks: Ranks) -> dict | None:
+    """How the run was shared out (the run record's `distributed`); None for one process."""
+    if not ranks.distributed:
+        return None
+    return {
+        "processes": ranks.world_size,
+        "processes_per_machine": ranks.local_world_size,
+        "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
+        "images_per_process_per_step": params.batch_size // ranks.world_size,
+        "batchnorm": (
+            "statistics of the global batch (SyncBatchNorm on CUDA, all_reduce of the moments on CPU)"
+            if params.distributed.batchnorm == "global"
+            else "statistics of each process's rows; running statistics rank 0's"
+        ),
+    }
 
 
 def run_record(
@@ -352,10 +488,65 @@ def run_record(
     }
 
 
-def main(args) -> None:
+def main(args) -> int | None:
     params = load_section("train", TrainParams, args.params)
+    if launched_by_torchrun():
+        return run_as_rank(params, args, ranks_from_env())
+    if params.distributed.nproc > 1 and params.strategy != "feature_extraction":
+        return launch_ranks(params)
     reexec_pinned(pinning(params.reproducible, params.num_threads))  # returns only when already pinned, or off
+    if params.distributed.nproc > 1:
+        log.info(ONE_PROCESS, params.distributed.nproc)
     run(params, stop_after_epoch=args.stop_after_epoch)
+    return None
+
+
+def run_as_rank(params: TrainParams, args, ranks: Ranks) -> int | None:
+    """One of torchrun's processes: pin (re-executing this process if needed), train, and on a peer's failure
+    stop with a line that says so rather than a traceback."""
+    if not ranks.primary:
+        logging.getLogger("transferline").setLevel(logging.WARNING)  # rank 0 says it once
+    reexec_pinned(pinning(params.reproducible, params.num_threads, ranks.local_world_size))
+    try:
+        run(params, stop_after_epoch=args.stop_after_epoch, ranks=ranks)
+    except RuntimeError as exc:
+        if not is_peer_failure(exc):
+            raise
+        log.error(
+            "%s: a collective failed (%s): another process has stopped, so this one stops too%s",
+            ranks.describe(),
+            peer_failure_summary(exc),
+            f". {resume_hint(CHECKPOINT_DIR)}" if ranks.primary else "",
+        )
+        return 1
+    return None
+
+
+def launch_ranks(params: TrainParams) -> int | None:
+    """`python -m stages.train` with train.distributed.nproc > 1: run it in that many processes, as torchrun would.
+
+    A process that failed on an error it explained (exit 2: bad params or data) fails the launch with 2, so the
+    flow does not retry it; any other failure (a killed process) with 1, naming the checkpoint a re-run resumes.
+    """
+    check_params(params)  # bad params stop here, before any process starts
+    check_process_count(params, params.distributed.nproc)
+    env = process_env(params.reproducible, params.num_threads, params.distributed.nproc, cuda_requested(params))
+    try:
+        launch("stages.train", sys.argv[1:], params.distributed.nproc, env)
+    except ProcessesFailed as failed:
+        if failed.explained:
+            print(f"error: data-parallel training stopped on the error above: {failed}", file=sys.stderr)
+            return USER_ERROR_EXIT
+        print(f"error: data-parallel training failed: {failed}. {resume_hint(CHECKPOINT_DIR)}", file=sys.stderr)
+        return 1
+    except LaunchInterrupted as stopped:
+        print(f"interrupted ({stopped}): the processes were stopped. {resume_hint(CHECKPOINT_DIR)}", file=sys.stderr)
+        return 128 + stopped.signum
+    return None
+
+
+def cuda_requested(params: TrainParams) -> bool:
+    return params.device.startswith("cuda") or (params.device == "auto" and torch.cuda.is_available())
 
 
 if __name__ == "__main__":

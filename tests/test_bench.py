@@ -12,7 +12,7 @@ import pytest
 
 from bench.common import cpu_description, interleaved
 from bench.load_bench import versus_plain_app
-from bench.report import build_report, render_markdown
+from bench.report import build_report, render_markdown, scale_figures
 from bench.tune_bench import study_rates
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -227,3 +227,44 @@ def test_repro_runs_are_grouped_by_inputs_and_say_whether_the_cpus_agree(tmp_pat
     table = "\n".join(runs_markdown(runs))
     assert "| d1 | p1 | portable | Intel Xeon | 2.14.1 | `aaaaaaaaaaaaaaaa` | **yes** |" in table
     assert "| d1 | p1 | True | Intel Xeon | 2.14.1 | `cccccccccccccccc` | (first) |" in table
+
+
+def test_the_scale_report_keeps_the_parts_not_run_and_says_where_each_part_was_measured(tmp_path):
+    """`python -m bench.scale_bench --only ddp`: the search and remote rows stay, with the machine they came from."""
+    from bench.scale_bench import kept_parts, markdown
+
+    runs = {"1": {"trials": 8, "trials_per_minute": 400.0}, "2": {"trials": 8, "trials_per_minute": 200.0}}
+    trials = {kind: {"postgresql": runs, "sqlite": runs} for kind in ("head_only", "fine_tune")}
+    remote = {"files": 4, "megabytes": 16, "push_s": 1.6, "pull_s": 1.6, "push_mb_s": 10.0, "pull_mb_s": 9.7}
+    machine = {"cpu": "AMD EPYC", "cores": 2, "date": "2026-12-01T23:40:34+00:00"}
+    (tmp_path / "scale.json").write_text(
+        json.dumps({"machine": machine, "quick": True, "trials": trials, "remote": remote, "ddp": {"old": 1}})
+    )
+    figures, measured = kept_parts(tmp_path / "scale.json", ("ddp",))
+    assert figures == {"trials": trials, "remote": remote}
+    assert measured["trials"] == {"cpu": "AMD EPYC", "cores": 2, "date": machine["date"], "quick": True}
+    one = {"processes": 1, "batchnorm": "global", "threads_per_process": 2, "images_per_s": 60.0, "wall_s": 17.0}
+    one["images_per_s_values"] = [60.0, 58.0]
+    thin = {**one, "threads_per_process": 1, "images_per_s": 45.0, "images_per_s_values": [45.0, 44.0]}
+    two = {**one, "processes": 2, "threads_per_process": 1, "images_per_s": 54.0, "wall_s": 19.0}
+    own = {**two, "batchnorm": "per_process", "images_per_s": 57.0}
+    ddp = {"image_size": 64, "train_images": 252, "epochs": 4, "batch_size": 32}
+    ddp["runs"] = {"1": one, "1_one_thread": thin, "2": two, "2_per_process": own}
+    now = {"cpu": "Intel Xeon", "cores": 2, "date": "2026-12-02T01:00:00+00:00", "quick": False}
+    ratios = {"ratio": 0.9, "ratio_per_process_batchnorm": 0.95, "ratio_one_thread": 0.75}
+    results = {"measured": {**measured, "ddp": now}, **figures, "ddp": {**ddp, **ratios}}
+    text = markdown(results)
+    assert "- search trials: AMD EPYC, 2 cores, 2026-12-01 (quick run" in text
+    assert "- DDP training: Intel Xeon, 2 cores, 2026-12-02\n" in text
+    assert "| head-only (8) | postgresql | 400.0 /min | 200.0 /min | 0.50x |" in text
+    assert "| `dvc push` | 4 files, 16 MB | 1.6 | 10.0 |" in text
+    assert "| 1 x 2 | - | 60.0 (60, 58) | 1.00x | 17 s |" in text and "| 1 x 1 | - | 45.0 (45, 44) | 0.75x |" in text
+    assert "| 2 x 1 | global batch (default) | 54.0 (60, 58) | 0.90x | 19 s |" in text
+    assert "| 2 x 1 | each process's rows | 57.0 (60, 58) | 0.95x | 19 s |" in text
+    assert "global batch (the default, which makes 2 processes train the model one process trains) 0.90x" in text
+    figures_now = [figure.name for figure in scale_figures(results)]
+    assert figures_now[-2:] == [
+        "DDP training images/s, 2 processes vs 1 (gloo, CPU, global-batch BatchNorm)",
+        "DDP training images/s, 2 processes vs 1 (gloo, CPU, per-process BatchNorm)",
+    ]
+    assert len(figures_now) == 7

@@ -220,6 +220,24 @@ class AugmentParams(Section):
     hflip: bool = True
 
 
+class DistributedParams(Section):
+    """Data-parallel training (DDP) over several processes; see transferline/model/distributed.py.
+
+    `nproc` is how many processes `python -m stages.train` (so `dvc repro` and the flow) starts on this
+    machine, through torchrun's launcher; under a torchrun started by hand (`torchrun ... -m stages.train`,
+    several nodes) torchrun's own --nproc-per-node and --nnodes decide and `nproc` is not read. The result
+    does not depend on the process count (the same global batches, BatchNorm over the global batch), so a
+    checkpoint resumes under any count; with `batchnorm: per_process` it does, and a checkpoint resumes only
+    under the count that wrote it.
+    """
+
+    nproc: int = Field(default=1, ge=1)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+    # global: BatchNorm over the global batch (the model one process trains; an all-reduce per layer and pass);
+    # per_process: over each process's rows (cheaper; another model for every process count, rank 0's statistics)
+    batchnorm: Literal["global", "per_process"] = "global"
+
+
 class TrainParams(Section):
     """Backbone, transfer strategy and training recipe of the `train` stage.
 
@@ -255,7 +273,9 @@ class TrainParams(Section):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) on CUDA, off on CPU
     channels_last: bool | Literal["auto"] = "auto"
-    num_threads: int | None = Field(default=None, ge=1)  # CPU threads; null: one per core (reproducible: 2)
+    # CPU threads of each process; null: the cores shared out over the processes on this machine (reproducible:
+    # 2 shared out, at least 1 each: a count that depends on the params, never on the machine)
+    num_threads: int | None = Field(default=None, ge=1)
     # true: same model bytes on every machine with this kind of CPU, whatever its thread pools and
     # instruction-set settings (kernels capped at AVX2, MKL pinned, fixed thread count); "portable": also on
     # other CPU kinds (AMD and Intel), with convolutions kept off oneDNN, at a cost in speed
@@ -263,6 +283,7 @@ class TrainParams(Section):
     reproducible: bool | Literal["portable"] = True
     time_budget_s: float | None = Field(default=None, gt=0)  # auto: the chosen recipe must fit (estimated)
     advisor_rule: Path = Path("transferline/model/advisor_rule.json")  # auto: the rule fitted by the transfer study
+    distributed: DistributedParams = DistributedParams()  # DDP: processes and backend (torchrun)
 
     @field_validator("weights_path")
     @classmethod

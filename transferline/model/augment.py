@@ -40,10 +40,18 @@ def crop_thetas(n: int, params: AugmentParams, generator: torch.Generator) -> to
     return theta
 
 
-def augment_batch(batch: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
-    """Float NCHW batch -> same shape, each image a random crop (resized back) and maybe mirrored."""
+def augment_batch(
+    batch: torch.Tensor, params: AugmentParams, generator: torch.Generator, shard: tuple[int, int] = (0, 1)
+) -> torch.Tensor:
+    """Float NCHW batch -> same shape, each image a random crop (resized back) and maybe mirrored.
+
+    `shard` (rank, processes): the batch is rows rank::processes of a global batch (data-parallel training);
+    the crops are drawn for the whole global batch, as one process would draw them, and this shard's kept.
+    """
     if not params.enabled:
         return batch
-    theta = crop_thetas(batch.shape[0], params, generator).to(batch.device, batch.dtype, non_blocking=True)
+    rank, processes = shard
+    theta = crop_thetas(batch.shape[0] * processes, params, generator)[rank::processes]
+    theta = theta.to(batch.device, batch.dtype, non_blocking=True)
     grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
     return F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -24,8 +24,9 @@ log = logging.getLogger("transferline.model.checkpoints")
 
 FORMAT = 1
 LAST, BEST, STATE = "last.pt", "best.pt", "state.json"
-# Params that change where or how fast a run goes, not what it computes.
-NOT_IN_DIGEST = ("device", "num_threads")
+# Params that change where or how fast a run goes, not what it computes (data-parallel processes train the
+# model one process trains: transferline/model/distributed.py), so a checkpoint resumes under other values.
+NOT_IN_DIGEST = ("device", "num_threads", "distributed")
 
 
 def run_digest(train_params: dict, data_version: str, preprocess: dict, classes: list[str], n_train: int) -> str:
@@ -98,3 +99,13 @@ class CheckpointStore:
     def read_state(self) -> dict | None:
         path = self.directory / STATE
         return json.loads(path.read_text()) if path.is_file() else None
+
+
+def resume_hint(directory: Path) -> str:
+    """What running the same command again will do, from the directory's state.json (for failure messages)."""
+    state = CheckpointStore(directory, "").read_state() or {}
+    if state.get("status") == "running":
+        return (
+            f"The checkpoint of epoch {state['epoch']} is in {directory}: run the same command again to resume from it"
+        )
+    return f"No epoch had finished ({directory} holds no checkpoint of this run): a re-run starts over"

@@ -8,7 +8,9 @@ choice sums in another order; the intra-op thread count changes how reductions a
 - `MKL_CBWR=COMPATIBLE`: MKL's conditional numerical reproducibility on the one code branch that MKL
   documents as giving the same results on Intel and non-Intel CPUs (the `AVX2` branch falls back to
   MKL's own per-CPU dispatch on AMD processors, so it would not pin an AMD EPYC against an Intel Xeon);
-- one intra-op thread count: `train.num_threads`, else DEFAULT_THREADS (never "one per core");
+- one intra-op thread count: `train.num_threads`, else DEFAULT_THREADS (never "one per core"), shared out over
+  the data-parallel processes of one machine (DEFAULT_THREADS // processes, at least 1 each): the count
+  then depends on the params and the process count, never on the machine's cores;
 - `torch.use_deterministic_algorithms(True)` (it changes no CPU result today, and guards later ops), without
   its NaN fill of new tensors (a cost, and no change for kernels that write what they return).
 
@@ -67,13 +69,17 @@ class Pinning:
         return ", ".join(f"{k}={v}" for k, v in self.env.items() if k != MARKER)
 
 
-def pinning(reproducible: bool | str, num_threads: int | None) -> Pinning:
-    """The settings for these params: pure, so a test (or a launcher of trial workers) can read them."""
+def pinning(reproducible: bool | str, num_threads: int | None, processes: int = 1) -> Pinning:
+    """The settings for these params: pure, so a test (or a launcher of trial workers) can read them.
+
+    `processes`: data-parallel processes on this machine (torchrun's local world size), which share the
+    default thread count out between them.
+    """
     if reproducible not in (True, False, PORTABLE):
         raise ValueError(f"train.reproducible: {reproducible!r} is not true, false or {PORTABLE!r}")
     if not reproducible:
         return Pinning(False, num_threads, {})
-    threads = num_threads or DEFAULT_THREADS
+    threads = num_threads or max(1, DEFAULT_THREADS // processes)
     env = {
         "ONEDNN_MAX_CPU_ISA": ONEDNN_ISA,
         "ATEN_CPU_CAPABILITY": ATEN_CAPABILITY,

@@ -2,6 +2,11 @@
 warm-up + cosine or one-cycle, label smoothing, early stopping (counted once the LR has annealed),
 best-epoch selection, and a checkpoint every epoch that a re-run resumes from.
 
+Under torchrun the same loop runs data-parallel (DDP): each process takes its rows of every global batch of
+`train.batch_size` images and the gradients are averaged; validation is shared out and summed. Rank 0 alone
+reads and writes the checkpoint. See transferline/model/distributed.py for why N processes train the model
+one process trains.
+
 Model input contract: float32 NCHW normalised exactly as `transferline.data.preprocessing.normalize`
 (done here by its bit-exact torch twin), so export and serving feed the model the same way.
 """
@@ -9,6 +14,7 @@ Model input contract: float32 NCHW normalised exactly as `transferline.data.prep
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import math
 import os
@@ -20,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from transferline.config import TrainParams
 from transferline.data.pixel_cache import SplitData
@@ -28,6 +35,7 @@ from transferline.data.preprocessing_torch import normalize_torch
 from transferline.errors import ParamsError
 from transferline.model.augment import augment_batch
 from transferline.model.checkpoints import CheckpointStore
+from transferline.model.distributed import SINGLE, Ranks, cuda_device, sync_global_rng
 from transferline.model.reproducibility import apply_determinism, pinning
 from transferline.model.strategies import NEVER, TransferPlan, optimizer_param_groups
 
@@ -50,8 +58,11 @@ class Runtime:
         return f"device {self.device}, amp {amp}, channels_last {'on' if self.channels_last else 'off'}"
 
 
-def resolve_runtime(params: TrainParams) -> Runtime:
-    """Device `auto` is CUDA when present; explicit requests the machine cannot meet are params errors."""
+def resolve_runtime(params: TrainParams, ranks: Ranks = SINGLE) -> Runtime:
+    """Device `auto` is CUDA when present; explicit requests the machine cannot meet are params errors.
+
+    Data-parallel on CUDA: process k of a machine runs on cuda:k.
+    """
     if params.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -64,6 +75,8 @@ def resolve_runtime(params: TrainParams) -> Runtime:
                     f"train.device: {params.device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s)"
                 )
     cuda = device.type == "cuda"
+    if cuda and ranks.distributed:
+        device = cuda_device(ranks)
     if params.amp == "auto":
         amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
     elif params.amp == "fp16":
@@ -77,22 +90,26 @@ def resolve_runtime(params: TrainParams) -> Runtime:
     return Runtime(device, amp_dtype, channels_last)
 
 
-def configure_threads(params: TrainParams, runtime: Runtime) -> int:
+def configure_threads(params: TrainParams, runtime: Runtime, processes: int = 1) -> int:
     """Intra-op threads and torch's determinism switches for this run.
 
     Reproducible: a fixed thread count (the count changes the bytes). Otherwise one thread per CPU this
-    process may use (its CPU affinity), few on a GPU run, and cuDNN autotuning + TF32 on CUDA.
+    process may use (its CPU affinity), few on a GPU run, and cuDNN autotuning + TF32 on CUDA. `processes`
+    data-parallel processes on this machine share the CPUs out.
     """
-    pin = pinning(params.reproducible, params.num_threads)
+    pin = pinning(params.reproducible, params.num_threads, processes)
     cuda = runtime.device.type == "cuda"
-    if pin.threads is not None:
-        threads = pin.threads
-    else:
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = min(usable, 4) if cuda else usable
+    threads = pin.threads if pin.threads is not None else default_threads(cuda, processes)
     torch.set_num_threads(threads)
     apply_determinism(params.reproducible, cuda)
     return threads
+
+
+def default_threads(cuda: bool, processes: int = 1) -> int:
+    """Threads per process when nothing pins them: the CPUs this process may use, shared out, few on a GPU run."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, usable // processes)
+    return min(threads, 4) if cuda else threads
 
 
 class BatchSource:
@@ -134,27 +151,56 @@ def autocast(runtime: Runtime):
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, source: BatchSource, spec: PreprocessSpec, runtime: Runtime, batch_size: int
+    model: nn.Module,
+    source: BatchSource,
+    spec: PreprocessSpec,
+    runtime: Runtime,
+    batch_size: int,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """float32 logits (on the device) for a whole split, in eval mode."""
+    """float32 logits (on the device) for a whole split, or for its `rows`, in eval mode."""
     model.eval()
+    rows = torch.arange(len(source)) if rows is None else rows
     outputs = []
-    for start in range(0, len(source), batch_size):
-        images, _ = source.get(torch.arange(start, min(start + batch_size, len(source))))
+    for start in range(0, len(rows), batch_size):
+        images, _ = source.get(rows[start : start + batch_size])
         with autocast(runtime):
             outputs.append(model(model_input(images, spec, runtime)).float())
+    if not outputs:  # more processes than images: this one has none
+        return torch.empty(0, model.head.out_features, device=runtime.device)
     return torch.cat(outputs)
 
 
 def evaluate(
-    model: nn.Module, source: BatchSource, spec: PreprocessSpec, runtime: Runtime, batch_size: int
+    model: nn.Module,
+    source: BatchSource,
+    spec: PreprocessSpec,
+    runtime: Runtime,
+    batch_size: int,
+    ranks: Ranks = SINGLE,
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a split, without augmentation or label smoothing."""
-    logits = predict_logits(model, source, spec, runtime, batch_size)
-    labels = source.labels.to(logits.device)
-    loss = nn.functional.cross_entropy(logits, labels).item()
-    accuracy = (logits.argmax(1) == labels).float().mean().item()
-    return loss, accuracy
+    """(mean cross-entropy, accuracy) on a split, without augmentation or label smoothing.
+
+    Data-parallel: each process scores its rows and the sums are added up, so every process gets the same
+    two numbers (and takes the same early-stopping decision).
+    """
+    if not ranks.distributed:
+        logits = predict_logits(model, source, spec, runtime, batch_size)
+        labels = source.labels.to(logits.device)
+        loss = nn.functional.cross_entropy(logits, labels).item()
+        accuracy = (logits.argmax(1) == labels).float().mean().item()
+        return loss, accuracy
+    rows = ranks.rows(torch.arange(len(source)))
+    logits = predict_logits(model, source, spec, runtime, batch_size, rows)
+    labels = source.labels[rows].to(logits.device)
+    sums = torch.stack(
+        [
+            nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
+            (logits.argmax(1) == labels).sum().double(),
+        ]
+    )
+    loss_sum, correct = ranks.sum(sums).tolist()
+    return loss_sum / len(source), correct / len(source)
 
 
 def build_optimizer(plan: TransferPlan, params: TrainParams) -> torch.optim.Optimizer:
@@ -308,6 +354,44 @@ def _last_unfreeze_epoch(plan: TransferPlan) -> int:
     return max((g.trainable_from for g in plan.groups if g.trainable_from != NEVER), default=0)
 
 
+class DataParallelReplicas:
+    """The DDP wrapper of the model, rebuilt whenever the set of trained parameters changes.
+
+    DDP averages the gradients of the parameters that required them when it was built; gradual unfreezing
+    adds parameters epoch by epoch, so each new set gets a new wrapper (which also re-broadcasts rank 0's
+    weights: a no-op, they are the same everywhere). One process: the model itself.
+    """
+
+    def __init__(self, model: nn.Module, runtime: Runtime, ranks: Ranks, sync_buffers: bool) -> None:
+        self.model, self.runtime, self.ranks = model, runtime, ranks
+        self.sync_buffers = sync_buffers
+        self.wrapper: DistributedDataParallel | None = None
+        self.trained: tuple[bool, ...] = ()
+
+    def for_training(self) -> nn.Module:
+        if not self.ranks.distributed:
+            return self.model
+        trained = tuple(p.requires_grad for p in self.model.parameters())
+        if self.wrapper is None or trained != self.trained:
+            self.close()
+            cuda = self.runtime.device.type == "cuda"
+            # global-batch BatchNorm: running statistics alike everywhere, nothing to broadcast; per process:
+            # rank 0's, broadcast before every forward, so that validation and the saved model agree
+            self.wrapper = DistributedDataParallel(
+                self.model,
+                device_ids=[self.runtime.device] if cuda else None,
+                forward_sync_buffers=self.sync_buffers,
+            )
+            self.trained = trained
+        return self.wrapper
+
+    def close(self) -> None:
+        """Drop the wrapper and its gradient hooks, so that a later one is the only one averaging."""
+        if self.wrapper is not None:
+            self.wrapper = None
+            gc.collect()
+
+
 def train_one_epoch(
     model: nn.Module,
     source: BatchSource,
@@ -321,18 +405,20 @@ def train_one_epoch(
     generator: torch.Generator,
     steps: int,
     description: str,
+    ranks: Ranks = SINGLE,
 ) -> dict:
+    """One epoch; `model` is the DDP wrapper when data-parallel. Metrics are those of the global batches."""
     n = len(source)
-    batch_size = min(params.batch_size, n)
+    batch_size = global_batch_size(params.batch_size, n, ranks.world_size)
     order = torch.randperm(n, generator=generator)
     loss_sum = torch.zeros((), device=runtime.device)
     correct = torch.zeros((), device=runtime.device, dtype=torch.long)
-    progress = Progress(steps, description)
+    progress = Progress(steps, description) if ranks.primary else None
     start = time.perf_counter()
     for step in range(steps):
-        images, labels = source.get(order[step * batch_size : (step + 1) * batch_size])
+        images, labels = source.get(ranks.rows(order[step * batch_size : (step + 1) * batch_size]))
         x = model_input(images, spec, runtime)
-        x = augment_batch(x, params.augment, generator)
+        x = augment_batch(x, params.augment, generator, (ranks.rank, ranks.world_size))
         if runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(runtime):
@@ -346,17 +432,31 @@ def train_one_epoch(
         loss_sum += loss.detach().float()
         correct += (logits.detach().argmax(1) == labels).sum()
         seen = (step + 1) * batch_size
-        progress.update(step + 1, lambda t=loss_sum, s=step: t.item() / (s + 1), seen / (time.perf_counter() - start))
+        if progress is not None:
+            progress.update(
+                step + 1, lambda t=loss_sum, s=step: t.item() / (s + 1), seen / (time.perf_counter() - start)
+            )
     if runtime.device.type == "cuda":
         torch.cuda.synchronize(runtime.device)
     seconds = time.perf_counter() - start
-    progress.close()
+    if progress is not None:
+        progress.close()
+    if ranks.distributed:  # every process's mean losses and hits, summed: the global batches' figures
+        totals = ranks.sum(torch.stack([loss_sum.double(), correct.double()]))
+        loss_total, correct_total = totals[0].item() / ranks.world_size, totals[1].item()
+    else:
+        loss_total, correct_total = loss_sum.item(), correct.item()
     return {
-        "train_loss": loss_sum.item() / steps,
-        "train_accuracy": correct.item() / (steps * batch_size),
+        "train_loss": loss_total / steps,
+        "train_accuracy": correct_total / (steps * batch_size),
         "images_per_s": steps * batch_size / seconds,
         "train_seconds": seconds,
     }
+
+
+def global_batch_size(batch_size: int, n: int, processes: int) -> int:
+    """Images per step over all processes: train.batch_size, or the whole split when smaller, split evenly."""
+    return max(processes, min(batch_size, n) // processes * processes)
 
 
 def fit(
@@ -370,8 +470,14 @@ def fit(
     store: CheckpointStore,
     sink: EpochSink | None = None,
     stop_after_epoch: int | None = None,
+    ranks: Ranks = SINGLE,
 ) -> FitResult:
-    """Train per the plan, resuming from `store` when it holds this run's checkpoint; best weights end in `model`."""
+    """Train per the plan, resuming from `store` when it holds this run's checkpoint; best weights end in `model`.
+
+    Data-parallel (`ranks` of torchrun's processes, process group started): every process runs this, with
+    `model` passed through global_batch.to_global_batch before `plan` was made. Rank 0 alone reads `store`
+    (and broadcasts what it read), writes it and feeds `sink`; only its `model` ends with the best weights.
+    """
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -387,7 +493,7 @@ def fit(
     history: list[dict] = []
     first_epoch = 0
 
-    resumed = store.load_last()
+    resumed = ranks.broadcast(store.load_last() if ranks.primary else None)
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -398,15 +504,17 @@ def fit(
         history = list(resumed["history"])
         first_epoch = int(resumed["epoch"])
         log.info("resuming from the checkpoint of epoch %d/%d in %s", first_epoch, params.epochs, store.directory)
-    else:
+    elif ranks.primary:
         store.clear()
-    if sink is not None:
+    sync_global_rng(ranks, runtime.device)  # dropout masks are drawn alike on every process
+    if sink is not None and ranks.primary:
         sink.start(history)
 
     train_source, val_source = BatchSource(train, runtime.device), BatchSource(val, runtime.device)
     eval_batch = max(2 * params.batch_size, 64)
     last_unfreeze = _last_unfreeze_epoch(plan)
     stopped_early = stopper.should_stop
+    replicas = DataParallelReplicas(model, runtime, ranks, params.distributed.batchnorm == "per_process")
     for epoch in range(first_epoch, params.epochs):
         if stopped_early:
             break
@@ -414,7 +522,7 @@ def fit(
         if epoch == first_epoch or epoch <= last_unfreeze:
             log.info("epoch %d: %s", epoch + 1, plan.describe(epoch))
         stats = train_one_epoch(
-            model,
+            replicas.for_training(),
             train_source,
             spec,
             params,
@@ -426,9 +534,10 @@ def fit(
             generator,
             steps,
             f"epoch {epoch + 1}/{params.epochs}",
+            ranks,
         )
         eval_start = time.perf_counter()
-        val_loss, val_accuracy = evaluate(model, val_source, spec, runtime, eval_batch)
+        val_loss, val_accuracy = evaluate(model, val_source, spec, runtime, eval_batch, ranks)
         record = {
             "epoch": epoch + 1,
             **stats,
@@ -439,26 +548,27 @@ def fit(
         }
         history.append(record)
         improved = stopper.update(epoch + 1, val_accuracy, val_loss)
-        if improved:
+        if improved and ranks.primary:
             store.save_best(model.state_dict(), epoch + 1)
-        store.save_last(
-            {
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": _rng_state(generator),
-                "early_stopping": {
-                    "best_accuracy": stopper.best_accuracy,
-                    "best_loss": stopper.best_loss,
-                    "best_epoch": stopper.best_epoch,
-                    "bad_epochs": stopper.bad_epochs,
-                },
-                "history": history,
-            }
-        )
-        if sink is not None:
+        if ranks.primary:
+            store.save_last(
+                {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": _rng_state(generator),
+                    "early_stopping": {
+                        "best_accuracy": stopper.best_accuracy,
+                        "best_loss": stopper.best_loss,
+                        "best_epoch": stopper.best_epoch,
+                        "bad_epochs": stopper.bad_epochs,
+                    },
+                    "history": history,
+                }
+            )
+        if sink is not None and ranks.primary:
             sink.epoch(record)
         log.info(
             "epoch %d/%d train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | %.0f images/s, %.1f s",
@@ -486,7 +596,9 @@ def fit(
                 history, stopper.best_epoch, stopper.best_accuracy, stopper.best_loss, first_epoch, False, True
             )
 
-    model.load_state_dict(store.load_best())
+    replicas.close()
+    if ranks.primary:
+        model.load_state_dict(store.load_best())
     return FitResult(
         history,
         stopper.best_epoch,
