@@ -222,8 +222,13 @@ def test_model_card_shows_where_and_how_the_model_was_trained():
     assert record["environment"]["cpu"]["model"] in section and "threads: " in section
     assert "asked for, but the process was not started pinned" in section  # this test process has no caps
     assert "torch " in section and "oneDNN " in section
+    assert "- processes: 1" in section
     unknown = render_model_card({}, metrics(), EXPORT_REPORT, decision, {}, None)
     assert "No run record: the training machine is unknown." in unknown
+    shared = {"processes": 2, "processes_per_machine": 2, "backend": "gloo", "images_per_process_per_step": 32}
+    record["distributed"] = {**shared, "batchnorm": "statistics of the global batch"}
+    card = render_model_card({"backbone": "mobilenet_v2"}, metrics(), EXPORT_REPORT, decision, {}, record)
+    assert "- processes: 2 (2 per machine, gloo), 32 images per process per step; BatchNorm: statistics of" in card
 
 
 def test_model_card_and_run_report_say_why_auto_chose_the_recipe():

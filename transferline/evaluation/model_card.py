@@ -134,6 +134,18 @@ def environment_lines(run_record: dict | None) -> list[str]:
         "- libraries: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v and k not in ("mkl", "onednn")),
         f"- wall time {fmt(run_record.get('wall_seconds'))} s; "
         f"resumed from epoch {run_record.get('resumed_from_epoch')}",
+        *distributed_lines(run_record.get("distributed")),
+    ]
+
+
+def distributed_lines(distributed: dict | None) -> list[str]:
+    """How a data-parallel run was shared out (the run record's `distributed`); nothing for one process."""
+    if not distributed:
+        return ["- processes: 1"]
+    return [
+        f"- processes: {distributed['processes']} ({distributed['processes_per_machine']} per machine, "
+        f"{distributed['backend']}), {distributed['images_per_process_per_step']} images per process per step; "
+        f"BatchNorm: {distributed['batchnorm']}"
     ]
 
 
