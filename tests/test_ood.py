@@ -50,3 +50,14 @@ def test_auroc_matches_scikit_learn_with_ties():
     assert auroc(inside, outside) == pytest.approx(expected)
     assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
     assert auroc(np.array([2.0]), np.array([2.0])) == 0.5
+
+
+def test_the_stored_threshold_never_rounds_below_its_calibration_score():
+    from transferline.monitoring.reference import build_detector, round_up
+
+    # energy of a one-class logit is minus the logit: the 11th of 12 scores sits where rounding to nearest
+    # 7 figures would go down (1.234567), flagging it beside the 12th
+    scores = [0.1 * i for i in range(10)] + [1.23456749, 5.0]
+    detector = build_detector(-np.array(scores)[:, None], rejection_rate=0.1)
+    assert detector.threshold >= 1.23456749 and detector.measured_rejection_rate == pytest.approx(1 / 12)
+    assert round_up(1.23456749) == 1.234568 and round_up(-1.23456749) == -1.234567 and round_up(2.5) == 2.5

@@ -110,4 +110,4 @@ def test_a_raw_data_change_starts_the_retraining_deployment(prefect_server, watc
     assert finished["state"]["type"] == "COMPLETED", worker_output
     assert finished["state"]["message"].startswith("deployed "), finished["state"]["message"]
     champion = registry_cli(bentoml_home, "champion").stdout.strip()
-    assert finished["state"]["message"] == f"deployed {champion}"
+    assert finished["state"]["message"].startswith(f"deployed {champion}: ")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,19 @@ def predicted_class_shares(logits: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(np.argmax(logits, axis=1), minlength=num_classes) / max(len(logits), 1)
 
 
+def round_up(value: float, significant: int = SIGNIFICANT) -> float:
+    """`value` rounded toward +inf to `significant` figures: a stored threshold never drops below the
+    calibration score it came from, which would flag that image too (rounding to nearest did)."""
+    exact = Decimal(repr(value))
+    if exact == 0:
+        return 0.0
+    step = Decimal(1).scaleb(exact.adjusted() - (significant - 1))
+    return float(exact.quantize(step, rounding=ROUND_CEILING))
+
+
 def build_detector(val_logits: np.ndarray, rejection_rate: float, method: str = "energy") -> OodDetector:
     detector = calibrate(val_logits, rejection_rate, method)
-    threshold = float(f"{detector.threshold:.{SIGNIFICANT}g}")
+    threshold = round_up(detector.threshold)
     return OodDetector(
         method=detector.method,
         temperature=detector.temperature,
