@@ -89,7 +89,8 @@ def spread(params: TrainParams, seeds: int, prepared: Path, work: Path) -> dict:
         logging.getLogger("bench").info("seed %d: %s", seed, runs[-1])
     return {
         "recipe": params.model_dump(mode="json"),
-        "prepared": str(prepared),
+        "prepared": shown_path(prepared),
+        "data_version": json.loads((prepared / "dataset.json").read_text())["data_version"],
         "seeds": seeds,
         "runs": runs,
         "test_accuracy": summary([r["test_accuracy"] for r in runs]),
@@ -127,6 +128,12 @@ def append_accuracy_row(result: dict) -> Path:
     return write_results("train_accuracy", table, accuracy_markdown(table))
 
 
+def shown_path(path: Path) -> str:
+    """The data's path relative to the project when it is inside it: a report names no machine's folders."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(PROJECT_ROOT)) if resolved.is_relative_to(PROJECT_ROOT) else resolved.name
+
+
 def markdown(result: dict) -> str:
     recipe_, env = result["recipe"], result["environment"]
     test, val = result["test_accuracy"], result["val_accuracy"]
@@ -135,7 +142,8 @@ def markdown(result: dict) -> str:
             "# Seed spread of the default recipe (CPU)",
             "",
             f"{recipe_['backbone']}, {recipe_['strategy']}, {recipe_['epochs']} epochs, params.yaml's train section "
-            f"with seed 0..{result['seeds'] - 1}, data `{result['prepared']}`. Trained on {env['cpu']['model']} "
+            f"with seed 0..{result['seeds'] - 1}, data `{result['prepared']}` (version {result.get('data_version')}). "
+            f"Trained on {env['cpu']['model']} "
             f"({env['threads']} threads, reproducible {'on' if env['reproducible'] else 'off'}, kernels "
             f"{env['aten_cpu_capability']}).",
             "",
