@@ -107,6 +107,11 @@ def build_store(home: Path, source: ModelSource, work: Path) -> str:
         f"print(promote(register(Path({str(source.export_dir)!r}), Path({str(work / 'gate')!r}), lineage), "
         f"project=Path({str(work)!r})))\n"
     )
+    return run_in_store(script, home)
+
+
+def run_in_store(script: str, home: Path) -> str:
+    """Run `script` in a Python process on the BentoML store at `home`; its last line of output."""
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=PROJECT_ROOT,

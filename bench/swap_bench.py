@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -40,7 +38,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import machine, write_results
-from bench.model_source import ModelSource, champion_source, model_source, quiet_env
+from bench.model_source import ModelSource, champion_source, model_source, run_in_store
 from flows.local_server import LocalServer, running_server, start_server
 from serving.swap_client import request_swap
 
@@ -192,15 +190,7 @@ def register_twice(home: Path, source: ModelSource, work: Path) -> tuple[str, st
         f"promote(tags[0], project=Path({str(work)!r}))\n"
         "print(' '.join(tags))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        env=quiet_env(BENTOML_HOME=str(home)),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    first, second = result.stdout.strip().splitlines()[-1].split()
+    first, second = run_in_store(script, home).split()
     return first, second
 
 
