@@ -20,15 +20,19 @@ def cell_id(record: dict[str, Any]) -> tuple[str, int | str, str]:
     return record["dataset"], record["size"], record["backbone"]
 
 
-def build_cells(records: list[dict[str, Any]], signals: dict[str, dict[str, float]]) -> list[Cell]:
-    """One Cell per (data set, size, backbone) with signals: mean test accuracy and seconds per recipe."""
+def build_cells(
+    records: list[dict[str, Any]], signals: dict[str, dict[str, float]], required: set[str] | None = None
+) -> list[Cell]:
+    """One Cell per (data set, size, backbone) with signals: mean test accuracy and seconds per recipe.
+    With `required`, a cell still missing one of those recipes (a study stopped mid-cell) is left out:
+    judging a policy on it would compare against a best that was never run."""
     grouped: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         grouped[cell_id(record)][record["recipe"]].append(record)
     cells = []
     for key, by_recipe in sorted(grouped.items(), key=lambda item: str(item[0])):
         name = cell_name(key)
-        if name not in signals:
+        if name not in signals or (required and not required <= set(by_recipe)):
             continue
         cells.append(
             Cell(

@@ -287,10 +287,12 @@ def run_grid(args: argparse.Namespace, checkpoint: Callable[[dict[str, Any]], No
                     atomic.write_json(state_file, state)
                 num_blocks = len(BACKBONES[backbone].blocks)
                 runs = {**{k: train_overrides(v, num_blocks) for k, v in RECIPES.items()}, "fastai": FASTAI}
+                ran = False
                 for recipe, overrides in runs.items():
                     for seed in seeds_for(size, args.quick):
                         if (dataset, size, backbone, recipe, seed) in done:
                             continue
+                        ran = True
                         result = train_and_test(prepared, test, backbone, overrides, seed, args.quick)
                         record = {
                             "dataset": dataset,
@@ -309,7 +311,8 @@ def run_grid(args: argparse.Namespace, checkpoint: Callable[[dict[str, Any]], No
                             result["test_accuracy"],
                             result["wall_seconds"],
                         )
-                checkpoint(state)
+                if ran:
+                    checkpoint(state)
     state["grid_wall_seconds_this_run"] = time.perf_counter() - started
     return state
 
@@ -328,7 +331,7 @@ def load_state(state_file: Path, results_file: Path) -> dict[str, Any]:
 def analyse(state: dict[str, Any]) -> dict[str, Any]:
     """Cells, signal rankings, and the verdicts of auto (leave-one-data-set-out) and the fixed policies."""
     records = [r for r in state["runs"] if r["recipe"] in RECIPES]
-    cells = build_cells(records, state["signals"])
+    cells = build_cells(records, state["signals"], required=set(RECIPES))
     errors = {}
     for cell in cells:
         key = next(k for k in {(r["dataset"], r["size"], r["backbone"]) for r in records} if cell_name(k) == cell.name)

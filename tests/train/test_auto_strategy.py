@@ -90,3 +90,24 @@ def test_auto_follows_the_rule_and_records_its_advice(study: Path, run_train, tm
 def test_auto_without_a_rule_says_how_to_get_one(run_train, tmp_path: Path):
     with pytest.raises(ParamsError, match=r"bench\.transfer_study"):
         run_train(make_tiny_params(strategy="auto", advisor_rule=tmp_path / "missing.json"))
+
+
+def test_a_cell_stopped_midway_is_left_out_of_the_verdicts():
+    """A resumed study holds cells with only some recipes run; judging a policy there would compare it
+    against a best that was never measured."""
+    from bench.transfer_analysis import build_cells
+
+    signals = {name: {"seconds": 1.0, **dict.fromkeys(_signal_names(), 0.5)} for name in ("a/10/m", "b/10/m")}
+    records = [
+        {"dataset": d, "size": 10, "backbone": "m", "recipe": r, "test_accuracy": 0.5, "cpu_seconds": 1.0}
+        for d, recipes in (("a", ("full", "head")), ("b", ("full",)))
+        for r in recipes
+    ]
+    assert [c.name for c in build_cells(records, signals)] == ["a/10/m", "b/10/m"]
+    assert [c.name for c in build_cells(records, signals, required={"full", "head"})] == ["a/10/m"]
+
+
+def _signal_names() -> tuple[str, ...]:
+    from transferline.model.advisor import SIGNALS
+
+    return tuple(SIGNALS)
