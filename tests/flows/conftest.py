@@ -18,6 +18,7 @@ from tests.conftest import QUIET_ENV
 
 BIN = Path(sys.executable).parent
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+RETRYABLE = {429, 502, 503}  # what Prefect's own client retries
 
 
 def free_port() -> int:
@@ -71,12 +72,24 @@ def prefect(env, *args, check=True):
     return result
 
 
+def api_call(method: str, url: str, attempts: int = 6, **kwargs) -> httpx.Response:
+    """One call to the server's REST API (not an in-process client, whose settings may point elsewhere).
+    On a loaded machine the server answers 503 while its SQLite database is busy, and means it to be
+    retried: like Prefect's client, back off and try again."""
+    for attempt in range(attempts):
+        response = httpx.request(method, url, timeout=30, **kwargs)
+        if response.status_code not in RETRYABLE or attempt == attempts - 1:
+            return response
+        time.sleep(min(2.0**attempt, 10.0))
+    raise AssertionError("unreachable")
+
+
 def wait_for_runs(env, run_ids, timeout=240):
-    """Poll the server's REST API (not an in-process client, whose settings may point elsewhere)."""
+    """Poll the server until every run is in a final state; the runs."""
     api = env["PREFECT_API_URL"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = [httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json() for run_id in run_ids]
+        runs = [api_call("GET", f"{api}/flow_runs/{run_id}").json() for run_id in run_ids]
         if all(run["state"] and run["state"]["type"] in FINAL_STATES for run in runs):
             return runs
         time.sleep(2)

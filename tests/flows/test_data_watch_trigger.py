@@ -8,14 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from flows.data_watch import RETRAIN_TAGS
 from flows.service_control import controller_from_params
 from tests.conftest import PROJECT_ROOT, write_class_images
-from tests.flows.conftest import BIN, free_port, prefect, stop_process_group, wait_for_runs
+from tests.flows.conftest import BIN, api_call, free_port, prefect, stop_process_group, wait_for_runs
 from tests.serving.conftest import registry_cli
 from transferline.evaluation.lineage import dvc_out_hash
 
@@ -34,9 +33,9 @@ def run_data_watch(env: dict[str, str]) -> dict:
 
 def retrain_runs(api: str) -> list[dict]:
     """Flow runs of the retraining deployment that the data watch started (its tags), from the REST API."""
-    deployment = httpx.get(f"{api}/deployments/name/transferline-pipeline/retrain", timeout=10).json()
+    deployment = api_call("GET", f"{api}/deployments/name/transferline-pipeline/retrain").json()
     body = {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}, "tags": {"all_": list(RETRAIN_TAGS)}}}
-    response = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10)
+    response = api_call("POST", f"{api}/flow_runs/filter", json=body)
     response.raise_for_status()
     return response.json()
 

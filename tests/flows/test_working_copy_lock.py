@@ -17,14 +17,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from flows.dvc_stage import PIPELINE_STAGES
 from flows.working_copy import LOCK_FILE, UNKNOWN_HOLDER_RUN, working_copy_or_skip, working_copy_turn
 from tests.conftest import PROJECT_ROOT
-from tests.flows.conftest import BIN, prefect, stop_process_group, wait_for_runs
+from tests.flows.conftest import BIN, FINAL_STATES, api_call, prefect, stop_process_group, wait_for_runs
 from tests.flows.fake_pipeline import fake_pipeline_repo, stage_spans, started, wait_until
 from tests.flows.test_drift import log as log_predictions
 from tests.serving.conftest import copy_home, serving_models  # noqa: F401 - a promoted synthetic champion
@@ -128,25 +127,33 @@ class CopyOnServer:
 
     def start(self, deployment: str, **parameters) -> str:
         """A flow run of `deployment` through the REST API (what `prefect deployment run` calls); its id."""
-        found = httpx.get(f"{self.api}/deployments/name/{deployment}", timeout=30)
+        found = api_call("GET", f"{self.api}/deployments/name/{deployment}")
         assert found.status_code == 200, found.text
-        created = httpx.post(
-            f"{self.api}/deployments/{found.json()['id']}/create_flow_run", json={"parameters": parameters}, timeout=30
+        created = api_call(
+            "POST", f"{self.api}/deployments/{found.json()['id']}/create_flow_run", json={"parameters": parameters}
         )
         assert created.status_code == 201, created.text
         return created.json()["id"]
 
     def run(self, run_id: str) -> dict:
-        return httpx.get(f"{self.api}/flow_runs/{run_id}", timeout=30).json()
+        return api_call("GET", f"{self.api}/flow_runs/{run_id}").json()
 
     def pipeline_runs(self) -> list[str]:
-        deployment = httpx.get(f"{self.api}/deployments/name/{PIPELINE}", timeout=30).json()
+        deployment = api_call("GET", f"{self.api}/deployments/name/{PIPELINE}").json()
         body = {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}}
-        return [run["id"] for run in httpx.post(f"{self.api}/flow_runs/filter", json=body, timeout=30).json()]
+        return [run["id"] for run in api_call("POST", f"{self.api}/flow_runs/filter", json=body).json()]
+
+    def unfinished_runs(self) -> list[str]:
+        """Runs of this copy's pool not yet in a final state."""
+        body = {
+            "work_pools": {"name": {"any_": [POOL]}},
+            "flow_runs": {"state": {"type": {"not_any_": sorted(FINAL_STATES)}}},
+        }
+        return [run["id"] for run in api_call("POST", f"{self.api}/flow_runs/filter", json=body).json()]
 
     def report(self, run_id: str) -> str:
         body = {"artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": ["pipeline-report"]}}}
-        (artifact,) = httpx.post(f"{self.api}/artifacts/filter", json=body, timeout=30).json()
+        (artifact,) = api_call("POST", f"{self.api}/artifacts/filter", json=body).json()
         return artifact["data"]
 
     def worker_tail(self) -> str:
@@ -192,6 +199,14 @@ def copy_on_server(prefect_server, serving_models, tmp_path_factory):  # noqa: F
     stop_process_group(worker)
 
 
+@pytest.fixture
+def copy(copy_on_server) -> Iterator[CopyOnServer]:
+    """The shared copy, left as found: a test that fails midway must not leave runs working in it for the
+    next test to meet (every hold is released by then, so they finish within seconds)."""
+    yield copy_on_server
+    wait_for_runs(copy_on_server.env, copy_on_server.unfinished_runs())
+
+
 def local_mode(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     """`env` for a run in Prefect's local mode: no server named, so the run starts a temporary one of its own."""
     local = {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
@@ -211,8 +226,7 @@ def held(repo: Path, stage: str) -> Iterator[None]:
 
 
 @pytest.mark.slow
-def test_a_watch_that_finds_a_pipeline_run_in_the_copy_skips_it(copy_on_server):
-    copy = copy_on_server
+def test_a_watch_that_finds_a_pipeline_run_in_the_copy_skips_it(copy):
     ingests = started(copy.repo, "ingest")
     with held(copy.repo, "train"):
         holder_id = copy.start(PIPELINE)
@@ -236,10 +250,9 @@ def test_a_watch_that_finds_a_pipeline_run_in_the_copy_skips_it(copy_on_server):
 
 
 @pytest.mark.slow
-def test_two_pipeline_runs_in_one_copy_never_overlap(copy_on_server, tmp_path):
+def test_two_pipeline_runs_in_one_copy_never_overlap(copy, tmp_path):
     """One run from the server's deployment, one from the command line in Prefect's local mode (its own
     temporary server, which knows nothing of the first run): the working copy still takes them in turn."""
-    copy = copy_on_server
     before = len(stage_spans(copy.repo))
     local_env = local_mode(copy.env, tmp_path)
     output = tmp_path / "local-run.log"
@@ -275,10 +288,9 @@ def test_two_pipeline_runs_in_one_copy_never_overlap(copy_on_server, tmp_path):
 
 
 @pytest.mark.slow
-def test_in_local_mode_the_data_watch_lets_go_of_the_copy_before_it_retrains(copy_on_server, tmp_path):
+def test_in_local_mode_the_data_watch_lets_go_of_the_copy_before_it_retrains(copy, tmp_path):
     """Without a deployment to start, the watch runs the pipeline in its own process, which then takes the copy
     itself: the watch must have let go first (the champion here records no raw data, so it retrains)."""
-    copy = copy_on_server
     before = len(stage_spans(copy.repo))
     result = subprocess.run(
         [sys.executable, "-m", "flows.data_watch", "--repo", str(copy.repo)],
@@ -296,8 +308,7 @@ def test_in_local_mode_the_data_watch_lets_go_of_the_copy_before_it_retrains(cop
 
 
 @pytest.mark.slow
-def test_drift_starts_the_retraining_deployment_whose_run_says_why(copy_on_server):
-    copy = copy_on_server
+def test_drift_starts_the_retraining_deployment_whose_run_says_why(copy):
     (drift,) = wait_for_runs(copy.env, [copy.start(DRIFT_CHECK, window=WINDOW)])
     message = drift["state"]["message"]
     assert drift["state"]["type"] == "COMPLETED", copy.worker_tail()
