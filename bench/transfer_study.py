@@ -51,6 +51,9 @@ DATASETS: dict[str, dict[str, Any]] = {
     "fashion_mnist": {"source": "fashion_mnist", "path": "data/external/fashion-mnist"},
     "elpv_defective": {"source": "elpv", "path": "data/external/elpv", "task": "functional_vs_defective"},
     "elpv_levels": {"source": "elpv", "path": "data/external/elpv", "task": "defect_level"},
+    # scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes): a third domain, far from
+    # ImageNet and unrelated to the others (the two ELPV tasks share their images), written out as a folder.
+    "digits": {"source": "folder", "path": "sources/digits"},
 }
 SIZES: list[int | None] = [10, 30, 100, 400]
 BACKBONES = ["mobilenet_v2", "efficientnet_lite0"]
@@ -139,9 +142,10 @@ def linked_folder(target: Path, files: dict[str, list[Path]]) -> Path:
 
 def prepared_data(
     work: Path, dataset: str, source: dict[str, Any], size: int | None, norm: tuple, image_size: int
-) -> tuple[Path, Path]:
+) -> tuple[Path, Path] | None:
     """The prepared subset (train and val for the run; a one-image-a-class test split it does not use) and
-    the prepared held-out test set, for one input normalisation; made once, reused across runs."""
+    the prepared held-out test set, for one input normalisation; made once, reused across runs. None when
+    a class has fewer than `size` images outside the held-out set (that size is not in this data set)."""
     from stages import prepare
     from transferline.config import PrepareParams, PreprocessParams
 
@@ -154,6 +158,8 @@ def prepared_data(
     if not (test / "dataset.json").is_file():
         prepare.run(PrepareParams(min_per_class=3), preprocess, test_raw, test, test.parent / "prepare.json")
     subset = {label: order[:size] if size is not None else order for label, (order, _) in split.items()}
+    if size is not None and min(len(order) for order, _ in split.values()) < size:
+        return None
     subset_raw = linked_folder(base / str(size) / "raw", subset)
     prepared = base / str(size) / variant / "prepared"
     if not (prepared / "dataset.json").is_file():
@@ -280,7 +286,10 @@ def run_grid(args: argparse.Namespace, checkpoint: Callable[[dict[str, Any]], No
             source = args.sources[dataset]
             for size in args.sizes:
                 norm = imagenet_normalization(get_spec(backbone))
-                prepared, test = prepared_data(args.work, dataset, source, size, norm, args.image_size)
+                data = prepared_data(args.work, dataset, source, size, norm, args.image_size)
+                if data is None:
+                    continue
+                prepared, test = data
                 name = cell_name((dataset, size, backbone))
                 if name not in state["signals"]:
                     state["signals"][name] = measure_cell(prepared, backbone, args.quick)
@@ -519,13 +528,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.sizes = [None if s == "all" else int(s) for s in args.sizes]
-    args.sources = dict(DATASETS)
     args.work = args.work or WORK
     out_dir = results_dir()
     if args.quick:
         args.work = args.work if args.work != WORK else WORK.parent / "transfer_study_quick"
         args.sources, args.datasets, args.sizes = quick_sources(args.work), ["tiny_a", "tiny_b"], [6]
         args.backbones, args.image_size = ["mobilenet_v2"], 32
+    else:
+        unknown = sorted(set(args.datasets) - set(DATASETS))
+        if unknown:
+            parser.error(f"unknown data sets {unknown}; the study knows {sorted(DATASETS)}")
+        args.sources = {name: resolve_source(name, args.work) for name in args.datasets}
     args.work.mkdir(parents=True, exist_ok=True)
     state = run_grid(args, lambda partial: report(partial, args, out_dir, final=False))
     report(state, args, out_dir, final=True)
@@ -560,6 +573,32 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
         }
         atomic.write_json(rule_file, document)
         log.info("advisor rule written to %s", rule_file)
+
+
+def resolve_source(dataset: str, work: Path) -> dict[str, Any]:
+    """The ingest source of a data set; the digits folder is written from scikit-learn on first use."""
+    source = dict(DATASETS[dataset])
+    if dataset == "digits":
+        source["path"] = str(digits_folder(work / source["path"]))
+    return source
+
+
+def digits_folder(target: Path) -> Path:
+    """scikit-learn's digits as a folder data set: one 8x8 greyscale PNG per scan (0-16 ink levels scaled
+    to 0-255), named by its index, in a folder per digit."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    if target.is_dir():
+        return target
+    digits = load_digits()
+    with atomic.atomic_dir(target) as tmp:
+        for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+            folder = tmp / str(label)
+            folder.mkdir(exist_ok=True)
+            Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8)).save(folder / f"{index:04d}.png")
+    return target
 
 
 def quick_sources(work: Path) -> dict[str, dict[str, Any]]:
