@@ -17,6 +17,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,48 @@ def load_model_and_data():
     classes = json.loads((EXPORT / "classes.json").read_text())["classes"]
     test = load_split(PREPARED, "test", len(dataset["classes"]), spec.image_size)
     classifier = OnnxClassifier.open(EXPORT / "model.onnx", classes, spec, threads=0)
-    return classifier, load_detector(EXPORT), np.load(EXPORT / "reference_logits.npy"), test, spec
+    distances_file = EXPORT / "reference_distances.npy"
+    reference = Answers(
+        np.load(EXPORT / "reference_logits.npy"), np.load(distances_file) if distances_file.is_file() else None
+    )
+    return classifier, load_detector(EXPORT), reference, test, spec
+
+
+@dataclass(frozen=True)
+class Answers:
+    """The model's answers to a set of images: logits, and feature distances when the model computes them."""
+
+    logits: np.ndarray
+    distances: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def take(self, rows: np.ndarray) -> Answers:
+        return Answers(self.logits[rows], None if self.distances is None else self.distances[rows])
+
+    @staticmethod
+    def of(classifier, pixels: np.ndarray) -> Answers:
+        parts = [classifier.answers(pixels[i : i + 64]) for i in range(0, len(pixels), 64)]
+        distances = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+        return Answers(np.concatenate([p[0] for p in parts]), distances)
+
+    @staticmethod
+    def joined(*answers: Answers) -> Answers:
+        distances = None if answers[0].distances is None else np.concatenate([a.distances for a in answers])
+        return Answers(np.concatenate([a.logits for a in answers]), distances)
+
+
+def foreign_images(spec, limit: int = 200) -> np.ndarray:
+    """Noise images and up to `limit` images of data/external/ood (the sample photos, ELPV cells)."""
+    from transferline.evaluation.scoring import load_pixels
+    from transferline.monitoring import shifts
+
+    noise = shifts.noise_images(limit, spec.image_size, seed=5)
+    ood_dir = PROJECT_ROOT / "data" / "external" / "ood"
+    if not ood_dir.is_dir():
+        return noise
+    return np.concatenate([noise, load_pixels(sorted(ood_dir.iterdir())[:limit], spec)])
 
 
 def bench_drift(quick: bool) -> dict:
@@ -54,30 +96,27 @@ def bench_drift(quick: bool) -> dict:
 
     classifier, detector, reference, test, spec = load_model_and_data()
     images, labels = np.asarray(test.images), np.asarray(test.labels)
-    reference_flags = detector.flags(reference)[1]
+    reference_flags = detector.flags(reference.logits, reference.distances)[1]
     rng = np.random.default_rng(0)
     windows = 20 if quick else 50
     clean_windows = 20 if quick else 100
-
-    def logits_of(pixels: np.ndarray) -> np.ndarray:
-        return classifier.logits(pixels, batch_size=64)
-
-    clean_logits = logits_of(images)
-    num_classes = reference.shape[1]
+    clean = Answers.of(classifier, images)
+    num_classes = reference.logits.shape[1]
     half = np.isin(labels, np.arange(num_classes // 2))  # the first half of the classes
     pools = {
-        "blur": logits_of(shifts.blur(images, 2.0)),
-        "brightness": logits_of(shifts.brightness(images, 1.6)),
-        "rotation": logits_of(shifts.rotate(images, 30)),
+        "blur": Answers.of(classifier, shifts.blur(images, 2.0)),
+        "brightness": Answers.of(classifier, shifts.brightness(images, 1.6)),
+        "rotation": Answers.of(classifier, shifts.rotate(images, 30)),
     }
 
-    def window_from(pool: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        return pool[rng.choice(len(pool), WINDOW, replace=True, p=weights)]
+    def window_from(pool: Answers, weights: np.ndarray | None = None) -> Answers:
+        return pool.take(rng.choice(len(pool), WINDOW, replace=True, p=weights))
 
-    def alarm(recent: np.ndarray, seed: int) -> bool:
-        flags = detector.flags(recent)[1]
+    def alarm(recent: Answers, seed: int) -> bool:
+        flags = detector.flags(recent.logits, recent.distances)[1]
+        ref = reference.logits
         report = drift_report(
-            reference, reference.argmax(1), reference_flags, recent, recent.argmax(1), flags, num_classes, seed=seed
+            ref, ref.argmax(1), reference_flags, recent.logits, recent.logits.argmax(1), flags, num_classes, seed=seed
         )
         return report.drift
 
@@ -85,25 +124,19 @@ def bench_drift(quick: bool) -> dict:
     prior = np.where(half, 3.0, 1.0)
     prior /= prior.sum()
     # an unseen class: a quarter of the window from images of none of the classes (export.ood_dir, noise)
-    foreign = logits_of(shifts.noise_images(200, spec.image_size, seed=5))
-    ood_dir = PROJECT_ROOT / "data" / "external" / "ood"
-    if ood_dir.is_dir():
-        from transferline.evaluation.scoring import load_pixels
+    foreign = Answers.of(classifier, foreign_images(spec))
 
-        files = sorted(ood_dir.iterdir())[:200]
-        foreign = np.concatenate([foreign, logits_of(load_pixels(files, spec))])
-
-    def unseen_window() -> np.ndarray:
-        mixed = window_from(clean_logits)
-        mixed[: WINDOW // 4] = foreign[rng.choice(len(foreign), WINDOW // 4, replace=True)]
-        return mixed
+    def unseen_window() -> Answers:
+        mixed = window_from(clean)
+        intruders = foreign.take(rng.choice(len(foreign), WINDOW // 4, replace=True))
+        return Answers.joined(intruders, mixed.take(np.arange(WINDOW // 4, WINDOW)))
 
     power = {}
     for name, pool in pools.items():
         power[name] = statistics.fmean(alarm(window_from(pool), i) for i in range(windows))
-    power["class_prior"] = statistics.fmean(alarm(window_from(clean_logits, prior), i) for i in range(windows))
+    power["class_prior"] = statistics.fmean(alarm(window_from(clean, prior), i) for i in range(windows))
     power["unseen_class"] = statistics.fmean(alarm(unseen_window(), i) for i in range(windows))
-    false_alarms = statistics.fmean(alarm(window_from(clean_logits), 1000 + i) for i in range(clean_windows))
+    false_alarms = statistics.fmean(alarm(window_from(clean), 1000 + i) for i in range(clean_windows))
     return {
         "window": WINDOW,
         "windows_per_shift": windows,
@@ -117,16 +150,62 @@ def bench_drift(quick: bool) -> dict:
 
 
 def bench_ood() -> dict:
+    """The export's own checks for the configured detector, and every OOD method on the same images in one
+    run: each calibrated on the validation answers the export kept, scored on the same near and far sets."""
+    from transferline.monitoring import shifts
+    from transferline.monitoring.ood import METHODS
+    from transferline.monitoring.reference import build_detector, detector_aurocs
+
     monitoring = json.loads((EXPORT / "monitoring.json").read_text())
     checks = monitoring["checks"]
+    classifier, detector, reference, test, spec = load_model_and_data()
+    sample = np.asarray(test.images)
+    inside = Answers.of(classifier, sample)
+    near = {name: Answers.of(classifier, shift(sample)) for name, shift in shifts.NEAR_SHIFTS.items()}
+    far = {
+        "noise": Answers.of(classifier, shifts.noise_images(100, spec.image_size)),
+        "photos": Answers.of(classifier, photos(spec)),
+        "elpv cells": Answers.of(classifier, elpv_cells(spec)),
+    }
+    methods = {}
+    for method in METHODS:
+        if method == "mahalanobis" and reference.distances is None:
+            continue
+        calibrated = build_detector(reference.logits, detector.rejection_rate, method, reference.distances)
+        pairs = {name: (a.logits, a.distances) for name, a in near.items()}
+        far_pairs = {name: (a.logits, a.distances) for name, a in far.items()}
+        judged = detector_aurocs(calibrated, (inside.logits, inside.distances), pairs, far_pairs)
+        methods[method] = {
+            "near": {name: v["auroc"] for name, v in judged["near"]["sets"].items()},
+            "near_pooled": judged["near"]["auroc"],
+            "far": {name: v["auroc"] for name, v in judged["far"]["sets"].items()},
+            "far_flagged": {name: v["flagged"] for name, v in judged["far"]["sets"].items()},
+            "far_pooled": judged["far"]["auroc"],
+            "in_distribution_flagged": judged["in_distribution_flagged"],
+        }
     return {
         "detector": monitoring["detector"],
+        "test_images": len(sample),
         "near": {name: v["auroc"] for name, v in checks["near"]["sets"].items()},
         "near_pooled": checks["near"]["auroc"],
         "far": {name: v["auroc"] for name, v in checks["far"]["sets"].items()},
         "far_pooled": checks["far"]["auroc"],
         "in_distribution_flagged": checks["in_distribution_flagged"],
+        "methods": methods,
     }
+
+
+def photos(spec) -> np.ndarray:
+    from transferline.evaluation.scoring import load_pixels
+
+    return load_pixels(sorted((PROJECT_ROOT / "data" / "external" / "samples").iterdir()), spec)
+
+
+def elpv_cells(spec) -> np.ndarray:
+    from transferline.evaluation.scoring import load_pixels
+
+    files = sorted(p for p in (PROJECT_ROOT / "data" / "external" / "ood").iterdir() if p.name.startswith("elpv"))
+    return load_pixels(files, spec)
 
 
 def bench_log(quick: bool) -> dict:
@@ -197,8 +276,10 @@ def markdown(result: dict) -> str:
         *(f"| {name} | far | {value:.3f} |" for name, value in ood["far"].items()),
         "",
         f"Pooled: near {ood['near_pooled']:.3f}, far {ood['far_pooled']:.3f}; in-distribution test images flagged: "
-        f"{ood['in_distribution_flagged']:.3f} (calibrated on val to {ood['detector']['rejection_rate']}).",
+        f"{ood['in_distribution_flagged']:.3f} (calibrated on val to {ood['detector']['rejection_rate']}; method "
+        f"{ood['detector']['method']}; these are the export's own checks, on its parity sample of test images).",
         "",
+        *methods_table(ood),
         "## Prediction log on the request path",
         "",
         f"Per image: p50 {log['p50_ms'] * 1000:.1f} us, p95 {log['p95_ms'] * 1000:.1f} us over "
@@ -207,6 +288,40 @@ def markdown(result: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def methods_table(ood: dict) -> list[str]:
+    """Every OOD method's AUROC per set, side by side: the same images, each calibrated the same way."""
+    methods = ood["methods"]
+    if not methods:
+        return []
+    first = next(iter(methods.values()))
+    header = [
+        *first["near"],
+        "near pooled",
+        *first["far"],
+        "far pooled",
+        "far sets flagged",
+        "val-calibrated, test flagged",
+    ]
+    lines = [
+        f"### Every method on the same images ({ood['test_images']} test images; each calibrated on the same "
+        "validation answers)",
+        "",
+        "| method | " + " | ".join(header) + " |",
+        "|---|" + "---|" * len(header),
+    ]
+    for method, m in methods.items():
+        cells = [
+            *(f"{v:.3f}" for v in m["near"].values()),
+            f"{m['near_pooled']:.3f}",
+            *(f"{v:.3f}" for v in m["far"].values()),
+            f"{m['far_pooled']:.3f}",
+            ", ".join(f"{k} {v:.2f}" for k, v in m["far_flagged"].items()),
+            f"{m['in_distribution_flagged']:.3f}",
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def run(quick: bool = False) -> dict:

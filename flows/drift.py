@@ -34,6 +34,7 @@ from transferline.monitoring.drift import DriftReport, drift_report
 from transferline.monitoring.ood import MONITORING_FILE, load_detector
 
 REFERENCE_FILE = "reference_logits.npy"
+REFERENCE_DISTANCES_FILE = "reference_distances.npy"  # the same images' feature distances (OOD scores)
 REFERENCE_SAMPLE = 500  # validation logits compared with each window (seeded subsample): the test's cost is quadratic
 
 
@@ -58,14 +59,19 @@ def check_window(bundle_dir: Path, tag: str, log_dir: Path, window: int, alpha: 
             None, f"{len(entries)} of {window} predictions logged for {tag}: too few to judge", tag, window
         )
     reference = np.load(reference_file)
+    distances_file = bundle_dir / REFERENCE_DISTANCES_FILE
+    distances = np.load(distances_file) if distances_file.is_file() else None
     if len(reference) > REFERENCE_SAMPLE:
-        reference = reference[np.random.default_rng(seed).choice(len(reference), REFERENCE_SAMPLE, replace=False)]
+        keep = np.random.default_rng(seed).choice(len(reference), REFERENCE_SAMPLE, replace=False)
+        reference, distances = reference[keep], None if distances is None else distances[keep]
     detector = load_detector(bundle_dir)
+    if detector.needs_distance and distances is None:
+        return WindowCheck(None, f"model {tag} carries no reference feature distances for its OOD rate", tag, window)
     recent = np.asarray([entry["embedding"] for entry in entries], dtype=np.float64)
     report = drift_report(
         reference,
         reference.argmax(axis=1),
-        detector.flags(reference)[1],
+        detector.flags(reference, distances)[1],
         recent,
         recent.argmax(axis=1),
         np.asarray([entry["out_of_distribution"] for entry in entries]),

@@ -41,7 +41,27 @@ class Overloaded(Exception):
         self.bound_ms = bound_ms
 
 
-Model = Callable[[np.ndarray], np.ndarray]
+# A model's answer to a batch: one array, or a tuple of row-aligned arrays (None for an output it lacks).
+Answer = np.ndarray | tuple[np.ndarray | None, ...]
+Model = Callable[[np.ndarray], Answer]
+
+
+def rows(answer: Answer, start: int, end: int) -> Answer:
+    """Rows start:end of every array of an answer."""
+    if isinstance(answer, tuple):
+        return tuple(None if part is None else part[start:end] for part in answer)
+    return answer[start:end]
+
+
+def joined(answers: list[Answer]) -> Answer:
+    """Answers to consecutive chunks of one request, as one answer."""
+    if len(answers) == 1:
+        return answers[0]
+    if isinstance(answers[0], tuple):
+        return tuple(
+            None if answers[0][i] is None else np.concatenate([a[i] for a in answers]) for i in range(len(answers[0]))
+        )
+    return np.concatenate(answers)
 
 
 @dataclass
@@ -74,7 +94,7 @@ class ImageBatcher:
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
 
-    async def infer(self, pixels: np.ndarray, run: Model | None = None) -> np.ndarray:
+    async def infer(self, pixels: np.ndarray, run: Model | None = None) -> Answer:
         """Output rows of model `run` (default: the batcher's) for `pixels` (N, ...), computed alongside other
         requests' images for the same model."""
         self._ensure_running()
@@ -91,7 +111,7 @@ class ImageBatcher:
         finally:
             for job in jobs:
                 job.future.cancel()  # no-op when done; drops queued chunks of a cancelled request
-        return results[0] if len(results) == 1 else np.concatenate(results)
+        return joined(results)
 
     @property
     def running(self) -> bool:
@@ -155,5 +175,5 @@ class ImageBatcher:
             for job in batch:
                 end = start + len(job.pixels)
                 if not job.future.done():
-                    job.future.set_result(outputs[start:end])
+                    job.future.set_result(rows(outputs, start, end))
                 start = end

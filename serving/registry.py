@@ -40,7 +40,12 @@ MODEL_NAME = "transferline-classifier"
 CHAMPION_FILE = Path("champion.json")  # relative to the project root; a dvc dep of the gate stage
 NO_CHAMPION_RECORD = {"champion": None, "export_md5": None}
 BUNDLE_FILES = ("model.onnx", "preprocess.json", "classes.json", "export_report.json")
-OPTIONAL_FILES = ("model.int8.onnx", "monitoring.json", "reference_logits.npy")  # bundles made before OOD lack them
+OPTIONAL_FILES = (  # bundles made before the OOD flag, or before the feature distance, lack them
+    "model.int8.onnx",
+    "monitoring.json",
+    "reference_logits.npy",
+    "reference_distances.npy",
+)
 
 
 class RegistryError(TransferlineError):

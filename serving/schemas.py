@@ -74,7 +74,10 @@ class ModelLineage(BaseModel):
 
 
 OOD_FLAG = "true when the image looks unlike the model's training data (its score above the calibrated threshold)"
-OOD_SCORE = "the out-of-distribution score (energy of the logits): higher is less like the training data"
+OOD_SCORE = (
+    "the out-of-distribution score (by default the Mahalanobis distance of the image's features to the nearest "
+    "class; /metadata names the method): higher is less like the training data"
+)
 
 
 class Classification(ModelLineage):

@@ -90,7 +90,14 @@ def load_served_model(
     check_graph(model)
     try:
         ood = load_detector(bundle.path)
+        if ood.needs_distance and not model.has_distance:
+            raise ModelUnusable(
+                f"model {bundle.tag}: its OOD detector ({ood.method}) reads the model's feature_distance "
+                "output, which model.onnx does not have; export the model again"
+            )
         warm_s = model.warm_up(warm_batches or warm_up_batches(settings))
+    except ModelUnusable:
+        raise
     except Exception as exc:
         raise ModelUnusable(f"model {bundle.tag} failed its warm-up ({type(exc).__name__}: {exc})") from None
     return ServedModel(

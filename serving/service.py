@@ -131,7 +131,7 @@ class Classifier:
         self.load_thread = ThreadPoolExecutor(1, thread_name_prefix="swap-load")
         self.batcher = (
             ImageBatcher(
-                self.served.model.logits,
+                self.served.model.answers,
                 self.inference_thread,
                 SETTINGS.max_batch_images,
                 SETTINGS.max_latency_ms,
@@ -235,10 +235,10 @@ class Classifier:
         served = self.served  # taken once: this request is answered by this model, whatever a swap does meanwhile
         try:
             parsed = await parse_image_request(request, SINGLE, self.input_limits)
-            logits = await self._logits(served, parsed.images, SINGLE)
+            logits, distances = await self._answers(served, parsed.images, SINGLE)
         except ApiError as exc:
             return self._refuse("classify", exc)
-        probabilities, scores, flags = self._judge(served, logits)
+        probabilities, scores, flags = self._judge(served, logits, distances)
         self._log(served, parsed.images, logits, probabilities, scores, flags)
         return Classification(
             model_tag=served.tag,
@@ -254,10 +254,10 @@ class Classifier:
         served = self.served
         try:
             parsed = await parse_image_request(request, BATCH, self.input_limits)
-            logits = await self._logits(served, parsed.images, BATCH)
+            logits, distances = await self._answers(served, parsed.images, BATCH)
         except ApiError as exc:
             return self._refuse("classify_batch", exc)
-        probabilities, scores, flags = self._judge(served, logits)
+        probabilities, scores, flags = self._judge(served, logits, distances)
         self._log(served, parsed.images, logits, probabilities, scores, flags)
         return BatchClassification(
             model_tag=served.tag,
@@ -342,18 +342,22 @@ class Classifier:
                 entry["image_b64"] = base64.b64encode(data).decode()
             self.prediction_log.record(entry)
 
-    def _judge(self, served: ServedModel, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Probabilities, OOD scores and flags from one batch of logits."""
-        scores, flags = served.ood.flags(logits)
+    def _judge(
+        self, served: ServedModel, logits: np.ndarray, distances: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Probabilities, OOD scores and flags from one batch of the model's answers."""
+        scores, flags = served.ood.flags(logits, distances)
         return softmax(logits), scores, flags
 
-    async def _logits(self, served: ServedModel, images: list[bytes], fields: Fields) -> np.ndarray:
+    async def _answers(
+        self, served: ServedModel, images: list[bytes], fields: Fields
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         loop = asyncio.get_running_loop()
         pixels = await loop.run_in_executor(self.decode_threads, self._decode_all, served, images, fields)
         if self.batcher is None:
-            return await loop.run_in_executor(self.inference_thread, served.model.logits, pixels)
+            return await loop.run_in_executor(self.inference_thread, served.model.answers, pixels)
         try:
-            return await self.batcher.infer(pixels, served.model.logits)
+            return await self.batcher.infer(pixels, served.model.answers)
         except Overloaded as exc:
             raise ApiError(503, f"server busy: {exc}; retry later", headers={"Retry-After": "1"}) from None
 

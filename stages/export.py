@@ -22,6 +22,7 @@ from transferline.config import ExportParams, load_section
 from transferline.data.imaging import IMAGE_EXTENSIONS, ImageRejected
 from transferline.data.pixel_cache import load_split
 from transferline.data.preprocessing import PreprocessSpec, normalize
+from transferline.evaluation.onnx_classifier import DISTANCE_NAME, OUTPUT_NAME
 from transferline.evaluation.onnx_export import (
     check_parity,
     cpu_session,
@@ -30,11 +31,13 @@ from transferline.evaluation.onnx_export import (
     optimize_onnx,
     quantize_int8,
     run_batches,
+    scored_model,
 )
 from transferline.evaluation.scoring import load_pixels, torch_logits
 from transferline.monitoring import shifts
+from transferline.monitoring.feature_gaussian import FeatureGaussian, fit_feature_gaussian
 from transferline.monitoring.ood import MONITORING_FILE
-from transferline.monitoring.reference import build_detector, detector_aurocs, predicted_class_shares
+from transferline.monitoring.reference import Outputs, build_detector, detector_aurocs, predicted_class_shares
 
 log = logging.getLogger("transferline.export")
 
@@ -43,6 +46,7 @@ PREPARED_DIR = Path("data/prepared")
 EXPORT_DIR = Path("export")
 METRICS_FILE = Path("metrics/export.json")
 REFERENCE_FILE = "reference_logits.npy"  # validation logits: the drift flow's reference sample
+REFERENCE_DISTANCES_FILE = "reference_distances.npy"  # their feature distances: the reference's OOD flags
 NOISE_IMAGES = 100
 
 
@@ -109,19 +113,21 @@ def monitoring_reference(
     session, params: ExportParams, spec: PreprocessSpec, prepared_dir: Path, classes: list[str], sample: np.ndarray
 ) -> tuple[dict, np.ndarray]:
     """The OOD detector calibrated on val, the drift reference, and the detector's AUROC on near shifts of
-    the test sample and on far (class-free) images: monitoring.json's content and the validation logits."""
+    the test sample and on far (class-free) images: monitoring.json's content, and the validation logits
+    and feature distances."""
     val = load_split(prepared_dir, "val", len(classes), spec.image_size)
-    val_logits = run_batches(session, normalize(np.asarray(val.images), spec), 64)
-    detector = build_detector(val_logits, params.ood_rejection_rate, params.ood_method)
 
-    def logits(pixels: np.ndarray) -> np.ndarray:
-        return run_batches(session, normalize(pixels, spec), 64)
+    def outputs(pixels: np.ndarray) -> Outputs:
+        normalized = normalize(np.asarray(pixels), spec)
+        return run_batches(session, normalized, 64), run_batches(session, normalized, 64, DISTANCE_NAME)
 
-    near = {name: logits(shift(sample)) for name, shift in shifts.NEAR_SHIFTS.items()}
-    far = {"noise": logits(shifts.noise_images(NOISE_IMAGES, spec.image_size))}
+    val_logits, val_distances = outputs(val.images)
+    detector = build_detector(val_logits, params.ood_rejection_rate, params.ood_method, val_distances)
+    near = {name: outputs(shift(sample)) for name, shift in shifts.NEAR_SHIFTS.items()}
+    far = {"noise": outputs(shifts.noise_images(NOISE_IMAGES, spec.image_size))}
     foreign, skipped = foreign_pixels(params.ood_dir, spec, params.ood_images)
     if len(foreign):
-        far[str(params.ood_dir)] = logits(foreign)
+        far[str(params.ood_dir)] = outputs(foreign)
     document = {
         "detector": detector.to_dict(),
         "drift_reference": {
@@ -129,10 +135,40 @@ def monitoring_reference(
             "images": len(val_logits),
             "class_shares": [round(float(x), 6) for x in predicted_class_shares(val_logits, len(classes))],
         },
-        "checks": detector_aurocs(detector, logits(sample), near, far),
+        "checks": detector_aurocs(detector, outputs(sample), near, far),
         "skipped_ood_files": skipped,
     }
-    return document, val_logits.astype(np.float32)
+    return document, val_logits.astype(np.float32), val_distances.astype(np.float32)
+
+
+def feature_gaussian(model, params: ExportParams, spec: PreprocessSpec, prepared_dir: Path, num_classes: int):
+    """The class-conditional Gaussian of the model's pooled features on (up to ood_fit_images) training
+    images, drawn with a fixed seed so the same model exports to the same bytes."""
+    import torch
+
+    train = load_split(prepared_dir, "train", num_classes, spec.image_size)
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(train.labels), size=min(params.ood_fit_images, len(train.labels)), replace=False))
+    images, labels = np.asarray(train.images[pick]), np.asarray(train.labels[pick])
+    features = []
+    with torch.no_grad():
+        for start in range(0, len(images), 64):
+            batch = torch.from_numpy(normalize(images[start : start + 64], spec))
+            features.append(model.body(batch).numpy())
+    return fit_feature_gaussian(np.concatenate(features), labels, num_classes, params.ood_feature_rank)
+
+
+def distance_parity(scored, session, sample: np.ndarray, spec: PreprocessSpec, batch_size: int) -> float:
+    """Largest relative difference between PyTorch's and ONNX Runtime's feature distances on real images."""
+    import torch
+
+    pixels = normalize(sample, spec)
+    with torch.no_grad():
+        reference = np.concatenate(
+            [scored(torch.from_numpy(pixels[i : i + batch_size]))[1].numpy() for i in range(0, len(pixels), batch_size)]
+        )
+    exported = run_batches(session, pixels, batch_size, DISTANCE_NAME)
+    return float(np.max(np.abs(exported - reference) / np.maximum(np.abs(reference), 1.0)))
 
 
 def run(
@@ -149,9 +185,11 @@ def run(
     sample = np.asarray(test_images[: params.parity_images])
     reference = torch_logits(model, sample, spec, params.parity_batch_size)
     pixels = normalize(sample, spec)
+    gaussian: FeatureGaussian = feature_gaussian(model, params, spec, prepared_dir, len(classes))
+    scored = scored_model(model, gaussian)
     with atomic.atomic_dir(export_dir) as tmp:
         raw_path = tmp / "exported.onnx"
-        exported = export_onnx(model, spec.image_size, raw_path)
+        exported = export_onnx(scored, spec.image_size, raw_path, (OUTPUT_NAME, DISTANCE_NAME))
         model_path = tmp / "model.onnx"
         optimize_onnx(raw_path, model_path)
         raw_path.unlink()
@@ -160,7 +198,14 @@ def run(
             "opset": exported["opset"],
             "batch_axis": exported["batch_axis"],
             "input": {"name": "pixels", "shape": ["batch", 3, spec.image_size, spec.image_size], "dtype": "float32"},
-            "output": {"name": "logits", "shape": ["batch", len(classes)]},
+            "output": {"name": OUTPUT_NAME, "shape": ["batch", len(classes)]},
+            "feature_distance": {
+                "name": DISTANCE_NAME,
+                "shape": ["batch"],
+                "rank": gaussian.rank,
+                "features": int(gaussian.means.shape[1]),
+                "max_relative_diff": distance_parity(scored, session, sample, spec, params.parity_batch_size),
+            },
             "model_bytes": model_path.stat().st_size,
             "parity": [
                 check_parity(reference, session, pixels, batch).to_dict() for batch in (1, params.parity_batch_size)
@@ -181,9 +226,10 @@ def run(
                 )
         else:
             report["int8"] = {"kept": False, "summary": "not built (export.int8 is false)"}
-        monitoring, reference = monitoring_reference(session, params, spec, prepared_dir, classes, sample)
+        monitoring, reference, distances = monitoring_reference(session, params, spec, prepared_dir, classes, sample)
         atomic.write_json(tmp / MONITORING_FILE, monitoring)
         atomic.write_npy(tmp / REFERENCE_FILE, reference)
+        atomic.write_npy(tmp / REFERENCE_DISTANCES_FILE, distances)
         report["ood"] = {
             "method": monitoring["detector"]["method"],
             "threshold": monitoring["detector"]["threshold"],

@@ -10,11 +10,12 @@ from transferline.data.preprocessing import PreprocessSpec, normalize
 
 
 class TinyConvNet(nn.Module):
-    """A small CNN with BatchNorm, so export exercises Conv+BN fusion like the real backbones."""
+    """A small CNN with BatchNorm, so export exercises Conv+BN fusion like the real backbones; a body
+    answering pooled features and a linear head, as the pipeline's TransferModel."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.features = nn.Sequential(
+        self.body = nn.Sequential(
             nn.Conv2d(3, 8, 3, padding=1),
             nn.BatchNorm2d(8),
             nn.ReLU(),
@@ -23,11 +24,12 @@ class TinyConvNet(nn.Module):
             nn.BatchNorm2d(16),
             nn.ReLU(),
             nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.head = nn.Linear(16, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.features(x), 1))
+        return self.head(self.body(x))
 
 
 def fit_tiny_model(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec, steps: int = 60) -> nn.Module:

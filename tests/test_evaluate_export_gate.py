@@ -18,8 +18,8 @@ from transferline.config import EvaluateParams, ExportParams, GateParams, Prepar
 from transferline.data.manifest import split_rows
 from transferline.data.preprocessing import PreprocessSpec, normalize
 from transferline.evaluation import gallery
-from transferline.evaluation.onnx_classifier import softmax
-from transferline.evaluation.onnx_export import check_parity, cpu_session, run_batches
+from transferline.evaluation.onnx_classifier import DISTANCE_NAME, softmax
+from transferline.evaluation.onnx_export import check_parity, cpu_session, has_distance, run_batches
 from transferline.evaluation.scoring import torch_logits
 
 PREPROCESS = PreprocessParams(image_size=32)
@@ -169,6 +169,7 @@ def test_exported_file_has_a_dynamic_batch_and_matches_pytorch(workspace, tmp_pa
         "model.onnx",
         "monitoring.json",
         "preprocess.json",
+        "reference_distances.npy",
         "reference_logits.npy",
     ]  # one self-contained file: no stray .onnx.data
     # latency is measured, so it lives in the metrics file, never in export/ (whose hash must not vary)
@@ -186,8 +187,13 @@ def test_exported_file_has_a_dynamic_batch_and_matches_pytorch(workspace, tmp_pa
         onnx_logits = run_batches(session, normalize(images, SPEC), batch)
         assert onnx_logits.shape == (batch, 3)
         np.testing.assert_allclose(onnx_logits, torch_logits(model, images, SPEC, batch), atol=1e-4)
+        distances = run_batches(session, normalize(images, SPEC), batch, DISTANCE_NAME)
+        assert distances.shape == (batch,) and np.all(distances >= 0)
+    assert report["feature_distance"]["features"] == 16 and report["feature_distance"]["max_relative_diff"] < 1e-3
     int8 = report["int8"]
     assert int8["kept"] == (export_dir / "model.int8.onnx").exists()
+    if int8["kept"]:  # the INT8 variant answers the distance too, its products kept in float
+        assert has_distance(cpu_session(export_dir / "model.int8.onnx"))
     assert int8["kept"] == (int8["accuracy_drop"] <= 0.01)
 
 
@@ -221,6 +227,9 @@ def test_export_calibrates_the_ood_flag_and_scores_it_on_foreign_images(workspac
     assert detector["calibration_images"] == val_images and detector["measured_rejection_rate"] <= 0.1
     reference = np.load(outputs[0] / "reference_logits.npy")
     assert reference.shape == (val_images, 3)
+    assert detector["method"] == "mahalanobis"  # the default: the model's own feature distance
+    distances = np.load(outputs[0] / "reference_distances.npy")
+    assert distances.shape == (val_images,) and np.mean(distances > detector["threshold"]) <= 0.1
     shares = monitoring["drift_reference"]["class_shares"]
     assert sum(shares) == pytest.approx(1.0, abs=1e-5)
     checks = monitoring["checks"]
@@ -229,7 +238,13 @@ def test_export_calibrates_the_ood_flag_and_scores_it_on_foreign_images(workspac
     assert checks["far"]["sets"][str(foreign)]["images"] == len(accepted_images())
     assert monitoring["skipped_ood_files"] == ["broken.png"]
     assert 0 <= report["ood"]["far_auroc"] <= 1 and report["ood"]["far_auroc"] == checks["far"]["auroc"]
-    for name in ("monitoring.json", "reference_logits.npy", "export_report.json", "model.onnx"):
+    for name in (
+        "monitoring.json",
+        "reference_logits.npy",
+        "reference_distances.npy",
+        "export_report.json",
+        "model.onnx",
+    ):
         assert (outputs[0] / name).read_bytes() == (outputs[1] / name).read_bytes(), name
 
 

@@ -152,7 +152,9 @@ class ExportParams(Section):
     int8_max_accuracy_drop: float = Field(default=0.01, ge=0, le=1)
     latency_seconds: float = Field(default=2.0, gt=0)
     ood_rejection_rate: float = Field(default=0.05, gt=0, lt=1)  # in-distribution val images the OOD flag may reject
-    ood_method: Literal["energy", "msp"] = "energy"
+    ood_method: Literal["mahalanobis", "energy", "msp"] = "mahalanobis"
+    ood_feature_rank: int = Field(default=256, ge=1)  # directions of the feature covariance kept exactly
+    ood_fit_images: int = Field(default=4000, ge=10)  # training images the feature Gaussian is fitted on, at most
     ood_dir: Path = Path("data/external/ood")  # images outside the model's classes, to check the OOD flag on
     ood_images: int = Field(default=200, ge=1)  # at most this many of them
 

@@ -52,14 +52,21 @@ def champion_lines(decision: dict) -> list[str]:
     return lines
 
 
+SCORE_NAMES = {
+    "mahalanobis": "Mahalanobis distance of the pooled features to the nearest class (fitted on training images)",
+    "energy": "energy of the logits",
+    "msp": "maximum softmax probability",
+}
+
+
 def ood_lines(ood: dict | None) -> list[str]:
     if not ood:
         return []
     return [
         "## Out-of-distribution flag",
         "",
-        f"- score: {ood['method']} of the logits; flagged above {ood['threshold']:.4g}, the threshold that flags "
-        "the stated share of validation images (export.ood_rejection_rate)",
+        f"- score: {SCORE_NAMES.get(ood['method'], ood['method'])}; flagged above {ood['threshold']:.4g}, the "
+        "threshold that flags the stated share of validation images (export.ood_rejection_rate)",
         f"- AUROC against class-free images ({', '.join(ood['far_sets'])}): {fmt(ood['far_auroc'])} pooled; "
         + ", ".join(f"{name} {fmt(value)}" for name, value in ood.get("far_auroc_by_set", {}).items()),
         f"- AUROC against shifted test images (blur, brightness, rotation, noise): {fmt(ood['near_auroc'])}",

@@ -28,6 +28,7 @@ log = logging.getLogger("transferline.onnx")
 # (N, 3, S, S) normalised by `transferline.data.preprocessing.normalize`, in; `logits` (N, classes), out.
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
+DISTANCE_NAME = "feature_distance"  # (N,) Mahalanobis distance of the features to the nearest class
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -122,6 +123,19 @@ class OnnxClassifier:
         ]
         return np.concatenate(logits).astype(np.float64)
 
+    @property
+    def has_distance(self) -> bool:
+        """Whether the graph answers feature_distance too (models exported before it did not)."""
+        return DISTANCE_NAME in {node.name for node in self.session.get_outputs()}
+
+    def answers(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 (N, S, S, 3) -> float64 logits (N, classes) and feature distances (N,), in one run; the
+        distances are None for a model that does not compute them."""
+        names = [OUTPUT_NAME, DISTANCE_NAME] if self.has_distance else [OUTPUT_NAME]
+        outputs = self.session.run(names, {INPUT_NAME: normalize(pixels, self.spec)})
+        logits = outputs[0].astype(np.float64)
+        return logits, outputs[1].astype(np.float64).reshape(-1) if len(outputs) > 1 else None
+
     def probabilities(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """uint8 (N, S, S, 3) -> float64 (N, classes) softmax probabilities."""
         return softmax(self.logits(pixels, batch_size))
@@ -131,12 +145,15 @@ class OnnxClassifier:
         start = time.perf_counter()
         size = self.spec.image_size
         for batch in batch_sizes:
-            probs = self.probabilities(np.zeros((batch, size, size, 3), dtype=np.uint8))
+            logits, distances = self.answers(np.zeros((batch, size, size, 3), dtype=np.uint8))
+            probs = softmax(logits)
             if probs.shape != (batch, len(self.classes)) or not np.isfinite(probs).all():
                 raise RuntimeError(
                     f"warm-up at batch {batch} gave shape {probs.shape} or non-finite values; "
                     f"expected ({batch}, {len(self.classes)})"
                 )
+            if distances is not None and (distances.shape != (batch,) or not np.isfinite(distances).all()):
+                raise RuntimeError(f"warm-up at batch {batch} gave feature distances of shape {distances.shape}")
         self.warm = True
         return time.perf_counter() - start
 

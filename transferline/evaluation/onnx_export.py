@@ -1,7 +1,10 @@
 """ONNX export with a real dynamic batch axis, parity against PyTorch, INT8 quantization, latency.
 
 The exported graph takes `pixels`, float32 (N, 3, S, S) normalised exactly as
-`transferline.data.preprocessing.normalize` makes it, and returns `logits` (N, classes).
+`transferline.data.preprocessing.normalize` makes it, and returns `logits` (N, classes) and, when
+exported as a `ScoredModel`, `feature_distance` (N,): how far each image's features lie from the nearest
+class (transferline/monitoring/feature_gaussian.py), computed in the graph so that the model file alone
+answers both "which class" and "is this one of my classes".
 """
 
 from __future__ import annotations
@@ -15,15 +18,64 @@ from pathlib import Path
 
 import numpy as np
 
-from transferline.evaluation.onnx_classifier import INPUT_NAME, OUTPUT_NAME
+from transferline.evaluation.onnx_classifier import DISTANCE_NAME, INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger("transferline.onnx")
 
 MAX_BATCH = 4096
 
 
-def export_onnx(model, image_size: int, target: Path) -> dict:
-    """Export with the dynamo exporter into one self-contained file; returns opset and sizes."""
+def scored_model(model, gaussian):
+    """`model` (body + head) answering (logits, feature_distance); see ScoredModel."""
+    import torch
+
+    class ScoredModel(torch.nn.Module):
+        """The classifier plus the squared Mahalanobis distance of its pooled features to the nearest
+        class mean, in the probabilistic-PCA form FeatureGaussian.distances computes, with squared norms
+        expanded so that memory stays (N, classes) for any number of classes. The expansion subtracts
+        large squared norms, so it runs in float64 (in float32 the rounding of those norms, an ulp of
+        ~0.06 at 1e6, would swamp a distance of a few units); the one large matrix, the D x r projection,
+        stays float32, as a projection does not cancel."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = model.body, model.head
+            # centred on the mean of the class means: the squared norms the expansion subtracts stay smaller
+            center = gaussian.means.mean(axis=0)
+            means = gaussian.means - center
+            projected_means = means @ gaussian.components
+            self.register_buffer("center", torch.as_tensor(center, dtype=torch.float32))
+            self.register_buffer("components", torch.as_tensor(gaussian.components, dtype=torch.float32))
+            self.register_buffer("inverse_std", torch.as_tensor(gaussian.variances**-0.5, dtype=torch.float64))
+            self.register_buffer("white_means", torch.as_tensor(projected_means * gaussian.variances**-0.5))
+            self.residual = gaussian.residual_variance > 0
+            if self.residual:
+                self.register_buffer("means", torch.as_tensor(means, dtype=torch.float64))
+                self.register_buffer("projected_means", torch.as_tensor(projected_means, dtype=torch.float64))
+                self.inverse_residual = 1.0 / gaussian.residual_variance
+
+        @staticmethod
+        def squared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            """(N, K) squared euclidean distances between rows of a (N, d) and b (K, d)."""
+            return (a * a).sum(1, keepdim=True) - 2 * a @ b.T + (b * b).sum(1)[None, :]
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            features = self.body(x)
+            logits = self.head(features)
+            centred = features - self.center
+            projected = (centred @ self.components).double()
+            distance = self.squared(projected * self.inverse_std, self.white_means)
+            if self.residual:
+                rest = self.squared(centred.double(), self.means) - self.squared(projected, self.projected_means)
+                distance = distance + rest.clamp(min=0) * self.inverse_residual
+            return logits, distance.min(dim=1).values.float()
+
+    return ScoredModel().eval()
+
+
+def export_onnx(model, image_size: int, target: Path, output_names: tuple[str, ...] = (OUTPUT_NAME,)) -> dict:
+    """Export with the dynamo exporter into one self-contained file; returns opset and sizes.
+    A model answering (logits, feature_distance) is exported with output_names (OUTPUT_NAME, DISTANCE_NAME)."""
     import onnx
     import torch
     from torch.export import Dim
@@ -37,7 +89,7 @@ def export_onnx(model, image_size: int, target: Path) -> dict:
             (example,),
             str(target),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=list(output_names),
             dynamic_shapes={forward_arg: {0: Dim("batch", min=1, max=MAX_BATCH)}},
             external_data=False,
             dynamo=True,
@@ -108,12 +160,17 @@ def cpu_session(path: Path, threads: int = 0):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_batches(session, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+def run_batches(session, pixels: np.ndarray, batch_size: int, output: str = OUTPUT_NAME) -> np.ndarray:
     outputs = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: pixels[start : start + batch_size]})[0]
+        session.run([output], {INPUT_NAME: pixels[start : start + batch_size]})[0]
         for start in range(0, len(pixels), batch_size)
     ]
     return np.concatenate(outputs)
+
+
+def has_distance(session) -> bool:
+    """Whether the model answers feature_distance too (bundles exported before it did not)."""
+    return DISTANCE_NAME in {output.name for output in session.get_outputs()}
 
 
 @dataclass(frozen=True)
@@ -162,15 +219,19 @@ def measure_latency(session, image_size: int, batch_size: int = 1, seconds: floa
 
 
 def float_ends(model) -> list[str]:
-    """Names of the first convolution and of the last matrix product (the classifier) of an ONNX graph.
+    """Names of the first convolution and of the matrix products after the last convolution (the
+    classifier, and the feature distance's projections) of an ONNX graph.
 
-    Both are the layers INT8 hurts most: the first sees raw pixels with per-image ranges and has few
-    weights to average the rounding out, the last writes the logits a top-1 decision compares.
-    ONNX graphs are stored in topological order, so first and last are by position.
+    They are the layers INT8 hurts most: the first sees raw pixels with per-image ranges and has few
+    weights to average the rounding out; the classifier writes the logits a top-1 decision compares, and
+    the distance squares differences that rounding would swamp. ONNX graphs are stored in topological
+    order, so first and last are by position.
     """
-    convs = [node.name for node in model.graph.node if node.op_type == "Conv"]
-    products = [node.name for node in model.graph.node if node.op_type in ("Gemm", "MatMul")]
-    return [*convs[:1], *products[-1:]]
+    nodes = list(model.graph.node)
+    convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"]
+    after = convs[-1] if convs else -1
+    products = [node.name for node in nodes[after + 1 :] if node.op_type in ("Gemm", "MatMul")]
+    return [*(nodes[i].name for i in convs[:1]), *products]
 
 
 def name_nodes(model) -> None:

@@ -1,4 +1,4 @@
-"""What a model bundle carries for monitoring, built from logits at export time (pure numpy).
+"""What a model bundle carries for monitoring, built from the model's outputs at export time (pure numpy).
 
 - the OOD detector calibrated on the validation split (transferline/monitoring/ood.py);
 - the drift reference: the validation logits (the model's own compact representation of an image: as
@@ -34,8 +34,10 @@ def round_up(value: float, significant: int = SIGNIFICANT) -> float:
     return float(exact.quantize(step, rounding=ROUND_CEILING))
 
 
-def build_detector(val_logits: np.ndarray, rejection_rate: float, method: str = "energy") -> OodDetector:
-    detector = calibrate(val_logits, rejection_rate, method)
+def build_detector(
+    val_logits: np.ndarray, rejection_rate: float, method: str = "energy", val_distances: np.ndarray | None = None
+) -> OodDetector:
+    detector = calibrate(val_logits, rejection_rate, method, val_distances=val_distances)
     threshold = round_up(detector.threshold)
     return OodDetector(
         method=detector.method,
@@ -43,30 +45,33 @@ def build_detector(val_logits: np.ndarray, rejection_rate: float, method: str = 
         threshold=threshold,
         rejection_rate=rejection_rate,
         calibration_images=detector.calibration_images,
-        measured_rejection_rate=float(np.mean(detector.scores(val_logits) > threshold)),
+        measured_rejection_rate=float(np.mean(detector.scores(val_logits, val_distances) > threshold)),
     )
+
+
+Outputs = tuple[np.ndarray, np.ndarray | None]  # a batch's logits and feature distances (None: not exported)
 
 
 def detector_aurocs(
     detector: OodDetector,
-    in_distribution: np.ndarray,
-    near: dict[str, np.ndarray],
-    far: dict[str, np.ndarray],
+    in_distribution: Outputs,
+    near: dict[str, Outputs],
+    far: dict[str, Outputs],
 ) -> dict[str, Any]:
-    """AUROC of the detector's score, in-distribution test logits against each shifted or foreign set, and
+    """AUROC of the detector's score, in-distribution test images against each shifted or foreign set, and
     pooled per kind; with the share of each set that the calibrated threshold flags."""
-    inside = detector.scores(in_distribution)
+    inside = detector.scores(*in_distribution)
 
-    def judge(sets: dict[str, np.ndarray]) -> dict[str, Any]:
+    def judge(sets: dict[str, Outputs]) -> dict[str, Any]:
         per_set = {}
-        for name, logits in sets.items():
-            scores = detector.scores(logits)
+        for name, outputs in sets.items():
+            scores = detector.scores(*outputs)
             per_set[name] = {
-                "images": len(logits),
+                "images": len(scores),
                 "auroc": round(auroc(inside, scores), 6),
                 "flagged": round(float(np.mean(scores > detector.threshold)), 6),
             }
-        pooled = np.concatenate([detector.scores(x) for x in sets.values()]) if sets else np.empty(0)
+        pooled = np.concatenate([detector.scores(*x) for x in sets.values()]) if sets else np.empty(0)
         return {
             "auroc": round(auroc(inside, pooled), 6) if len(pooled) else None,
             "sets": per_set,

@@ -1,0 +1,83 @@
+"""The feature Gaussian behind the Mahalanobis OOD score: exact against the textbook formula, the same
+inside the exported model's graph, and it tells foreign features from the training classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from transferline.monitoring.feature_gaussian import FeatureGaussian, fit_feature_gaussian
+from transferline.monitoring.ood import auroc
+
+
+def clusters(rng: np.random.Generator, n: int = 400, dim: int = 12, classes: int = 3):
+    centres = rng.normal(0, 4, (classes, dim))
+    labels = rng.integers(0, classes, n)
+    mixing = rng.normal(0, 1, (dim, dim))
+    return centres[labels] + rng.normal(0, 1, (n, dim)) @ mixing, labels, centres, mixing
+
+
+def textbook(gaussian: FeatureGaussian, features: np.ndarray) -> np.ndarray:
+    """min over classes of (f - mu)^T Sigma^-1 (f - mu), Sigma rebuilt from the probabilistic-PCA form."""
+    dim = gaussian.means.shape[1]
+    u = gaussian.components
+    sigma = u @ np.diag(gaussian.variances) @ u.T + gaussian.residual_variance * (np.eye(dim) - u @ u.T)
+    precision = np.linalg.inv(sigma)
+    offsets = features[:, None, :] - gaussian.means[None]
+    return np.einsum("nkd,de,nke->nk", offsets, precision, offsets).min(axis=1)
+
+
+@pytest.mark.parametrize("rank", [12, 5])
+def test_distances_match_the_mahalanobis_formula(rank):
+    rng = np.random.default_rng(0)
+    features, labels, _, _ = clusters(rng)
+    gaussian = fit_feature_gaussian(features, labels, 3, rank=rank)
+    assert gaussian.rank == rank and (gaussian.residual_variance > 0) == (rank < 12)
+    probe = rng.normal(0, 5, (50, 12))
+    np.testing.assert_allclose(gaussian.distances(probe), textbook(gaussian, probe), rtol=1e-8)
+
+
+def test_the_covariance_is_shrunk_and_the_means_are_the_class_means():
+    rng = np.random.default_rng(1)
+    features, labels, _, _ = clusters(rng, n=30, dim=40)  # fewer images than features: the raw covariance is singular
+    gaussian = fit_feature_gaussian(features, labels, 3, rank=40)
+    assert np.all(gaussian.variances > 1e-3 * gaussian.variances.max())  # shrinkage keeps every direction
+    for k in range(3):
+        np.testing.assert_allclose(gaussian.means[k], features[labels == k].mean(axis=0))
+
+
+def test_foreign_features_score_higher_than_unseen_images_of_the_classes():
+    rng = np.random.default_rng(2)
+    features, labels, centres, mixing = clusters(rng, n=600)
+    gaussian = fit_feature_gaussian(features[:400], labels[:400], 3, rank=6)
+    inside = gaussian.distances(features[400:])
+    foreign = gaussian.distances(rng.normal(0, 1, (200, 12)) @ mixing + centres.mean(axis=0) + rng.normal(0, 6, 12))
+    assert auroc(inside, foreign) > 0.95
+
+
+def test_a_class_without_training_features_is_refused():
+    rng = np.random.default_rng(3)
+    features, labels, _, _ = clusters(rng)
+    with pytest.raises(ValueError, match=r"none for \[3\]"):
+        fit_feature_gaussian(features, labels, 4)
+
+
+def test_the_exported_wrapper_computes_the_same_distance_in_float32():
+    from transferline.evaluation.onnx_export import scored_model
+
+    rng = np.random.default_rng(4)
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 12))
+    model = torch.nn.Module()
+    model.body, model.head = body, torch.nn.Linear(12, 3)
+    pixels = torch.as_tensor(rng.normal(0, 1, (300, 3, 4, 4)), dtype=torch.float32)
+    with torch.no_grad():
+        features = body(pixels).numpy().astype(np.float64)
+    labels = np.argmax(features[:, :3], axis=1)
+    for rank in (12, 4):
+        gaussian = fit_feature_gaussian(features, labels, 3, rank=rank)
+        with torch.no_grad():
+            logits, distances = scored_model(model, gaussian)(pixels)
+            np.testing.assert_allclose(logits.numpy(), model.head(body(pixels)).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(distances.numpy(), gaussian.distances(features), rtol=1e-3, atol=1e-3)
