@@ -470,10 +470,26 @@ def curves(state: dict[str, Any], out_dir: Path) -> list[str]:
     return written
 
 
-def markdown(state: dict[str, Any], analysis: dict[str, Any], pictures: list[str], cpu: float, final: bool) -> str:
+def markdown(
+    state: dict[str, Any], analysis: dict[str, Any], pictures: list[str], cpu: float, final: bool, grid: dict[str, Any]
+) -> str:
     lines = ["# Transfer study", ""]
     if not final:
         lines += ["**Partial: the grid is still running (or was stopped); the figures cover the cells listed.**", ""]
+    sizes = ", ".join("all" if s is None else str(s) for s in grid["sizes"])
+    beyond = sorted(c["cell"] for c in analysis["cells"] if c["cell"].split("/")[2] not in grid["backbones"])
+    lines += [
+        f"Grid run to {'completion' if final else 'this point'}: {', '.join(grid['backbones'])} x "
+        f"{', '.join(grid['datasets'])} x {sizes} images per class (a size a data set cannot fill is skipped). "
+        f"The analysis uses every cell with all recipes run: {len(analysis['cells'])}"
+        + (
+            f", {len(beyond)} of them from another backbone's grid, still running ({', '.join(beyond)})."
+            if beyond
+            else "."
+        )
+        + (" The rule below is fitted on all of them." if final else ""),
+        "",
+    ]
     lines += [
         f"Machine: {state['machine']['cpu']}, {state['machine']['cores']} cores. Grid CPU time "
         f"(every run and signal measurement, summed over threads): {cpu / 3600:.2f} h.",
@@ -497,6 +513,17 @@ def markdown(state: dict[str, Any], analysis: dict[str, Any], pictures: list[str
             f"{v['max_regret']:.4f} | {v['cpu_share_of_grid']:.1%} |"
         )
     lines += ["", "Targets for auto: within one SE in >= 80% of cells, at <= 15% of the grid's CPU time.", ""]
+    if final and analysis["rule"] is not None:
+        lines += [
+            "## The rule `strategy: auto` follows (transferline/model/advisor_rule.json)",
+            "",
+            "Fitted on every cell above; each leaf names the recipe with the least total regret on its cells.",
+            "",
+            "```",
+            *rule_lines(analysis["rule"]["tree"]),
+            "```",
+            "",
+        ]
     lines += ["## Kendall tau of each signal against the best fine-tuned accuracy", ""]
     datasets = sorted({c["cell"].split("/")[0] for c in analysis["cells"]})
     lines += ["| signal | all cells | " + " | ".join(datasets) + " |", "|---" * (2 + len(datasets)) + "|"]
@@ -515,6 +542,18 @@ def markdown(state: dict[str, Any], analysis: dict[str, Any], pictures: list[str
         lines.append(f"| {c['cell']} | {accs} | {c['best']} | {c['auto_pick'] or '-'} | {c['standard_error']:.3f} |")
     lines += ["", *[f"![{p}]({p})" for p in pictures], ""]
     return "\n".join(lines)
+
+
+def rule_lines(node: dict[str, Any], indent: str = "") -> list[str]:
+    """A rule's tree as nested if/else lines people can read."""
+    if "recipe" in node:
+        return [f"{indent}{node['recipe']}  ({node['cells']} cells)"]
+    return [
+        f"{indent}if {node['signal']} <= {node['threshold']:g}:",
+        *rule_lines(node["le"], indent + "    "),
+        f"{indent}else:",
+        *rule_lines(node["gt"], indent + "    "),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -561,7 +600,9 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
         "runs": state["runs"],
         "signals": state["signals"],
     }
-    write_results("transfer_study", payload, markdown(state, analysis, pictures, cpu, final))
+    grid = {"backbones": args.backbones, "datasets": args.datasets, "sizes": args.sizes, "complete": final}
+    payload["grid"] = grid
+    write_results("transfer_study", payload, markdown(state, analysis, pictures, cpu, final, grid))
     if final and analysis["rule"] is not None:
         rule_file = RULE_FILE if not args.quick else out_dir / "advisor_rule.json"
         fitted_on = sorted({c["cell"] for c in analysis["cells"]})
