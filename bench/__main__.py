@@ -4,7 +4,8 @@ Each benchmark also writes its details under bench/results/. The pipeline state 
 `make demo` leaves it) is brought up to date first, outside the timed benchmarks. A benchmark that
 fails is reported as failed, the others still run, and the exit status is non-zero.
 
-Usage: python -m bench [--quick] [name ...]   (names: see BENCHMARKS; default: all)
+Usage: python -m bench [--quick] [name ...]   (names: see BENCHMARKS; default: all; naming some updates
+       their entries in the last full report, each entry saying when and on which CPU it was measured)
        python -m bench --readme                 (rewrite README.md's figures from bench/RESULTS.json)
 $TRANSFERLINE_BENCH_RESULTS_DIR sends every file (report included) elsewhere, for smoke runs.
 
@@ -25,7 +26,7 @@ import traceback
 from pathlib import Path
 
 from bench.common import machine, results_dir, run_tool
-from bench.report import build_report, render_markdown, with_readme_table
+from bench.report import build_report, merge_report, render_markdown, with_readme_table
 from transferline import atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {runs[name]['seconds']:.0f} s, {runs[name].get('error', 'ok')}", flush=True)
     report = build_report(machine(), runs, args.quick)
     target = report_dir()
+    previous = target / "RESULTS.json"
+    if args.names and not args.quick and previous.is_file():
+        previous_report = json.loads(previous.read_text())
+        if not previous_report.get("quick"):
+            report = merge_report(previous_report, report)
     atomic.write_json(target / "RESULTS.json", report)
     atomic.write_text(target / "RESULTS.md", render_markdown(report))
     if target == PROJECT_ROOT / "bench":

@@ -505,6 +505,28 @@ FIGURES: dict[str, Callable[[dict], list[Figure]]] = {
 }
 
 
+def merge_report(previous: dict, new: dict) -> dict:
+    """`new` (some benchmarks, run now) over `previous` (the last report): the benchmarks run now replace
+    their entries and figures, the others keep theirs, and every entry says when and where it was measured,
+    so a partial run never erases the figures it did not measure nor passes them off as its own."""
+
+    def measured(report: dict) -> dict:
+        return {"cpu": report["machine"]["cpu"], "date": report["machine"]["date"]}
+
+    kept = {name: run for name, run in previous["benchmarks"].items() if name not in new["benchmarks"]}
+    benchmarks = {
+        **{name: {**run, "measured": run.get("measured", measured(previous))} for name, run in kept.items()},
+        **{name: {**run, "measured": measured(new)} for name, run in new["benchmarks"].items()},
+    }
+    figures = [f for f in previous["figures"] if f["benchmark"] in kept] + new["figures"]
+    return {
+        **new,
+        "benchmarks": benchmarks,
+        "total_seconds": sum(run["seconds"] for run in benchmarks.values()),
+        "figures": figures,
+    }
+
+
 def build_report(machine: dict, runs: dict[str, dict], quick: bool) -> dict:
     """`runs[name]` holds `seconds` and either `results` or `error`."""
     figures: list[Figure] = []
@@ -530,14 +552,27 @@ def _value(figure: dict) -> str:
 
 
 def machine_line(report: dict) -> str:
-    """Where and when: the CPU with the instruction sets its kernels use, cores, Python, quick or full."""
+    """Where and when: the CPU with the instruction sets its kernels use, cores, Python, quick or full; for a
+    report merged from several runs, that it is one, before the latest run's line."""
     machine = report["machine"]
     isa = machine.get("cpu_instruction_sets")
     isa_text = f" ({', '.join(isa)})" if isa else " (instruction sets not recorded)"
-    return (
+    line = (
         f"Measured {machine['date']} on {machine['cpu']}{isa_text}, {machine['cores']} cores, "
         f"Python {machine['python']}{' (quick mode: short runs, smoke figures only)' if report['quick'] else ''}."
     )
+    runs = {tuple(run["measured"].values()) for run in report.get("benchmarks", {}).values() if "measured" in run}
+    if len(runs) > 1:
+        return (
+            f"Figures from {len(runs)} runs: each benchmark's date and CPU are in bench/RESULTS.md (compare "
+            f"figures of one run only). The latest run: {line[0].lower()}{line[1:]}"
+        )
+    return line
+
+
+def _measured(run: dict, machine: dict) -> str:
+    where = run.get("measured", {"cpu": machine["cpu"], "date": machine["date"]})
+    return f"{where['date']}, {where['cpu']}"
 
 
 def render_markdown(report: dict) -> str:
@@ -548,7 +583,8 @@ def render_markdown(report: dict) -> str:
         for f in report["figures"]
     ]
     runs = [
-        f"| {name} | {run['seconds']:.0f} s | {run['status']} | [{name}](results/{name}.md) |"
+        f"| {name} | {run['seconds']:.0f} s | {run['status']} | {_measured(run, machine)} | "
+        f"[{name}](results/{name}.md) |"
         for name, run in report["benchmarks"].items()
     ]
     failing = [f for f in report["figures"] if f["met"] is False]
@@ -573,10 +609,10 @@ def render_markdown(report: dict) -> str:
             "",
             summary,
             "",
-            "| benchmark | wall time | status | details |",
-            "|---|---|---|---|",
+            "| benchmark | wall time | status | measured | details |",
+            "|---|---|---|---|---|",
             *runs,
-            f"| total | {report['total_seconds'] / 60:.1f} min | | |",
+            f"| total | {report['total_seconds'] / 60:.1f} min | | | |",
             "",
         ]
     )

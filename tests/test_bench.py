@@ -43,6 +43,31 @@ def test_a_missed_target_and_a_failed_benchmark_are_reported_as_such():
     assert report["total_seconds"] == 63.0
 
 
+def test_a_partial_run_replaces_its_own_figures_and_keeps_the_others_with_when_they_were_measured():
+    from bench.report import merge_report
+
+    earlier = build_report(
+        MACHINE,
+        {
+            "flow": {"seconds": 60.0, "results": flow_results(noop_flow_s=45.0)},
+            "tune": {"seconds": 3.0, "error": "RuntimeError: no prepared data"},
+        },
+        quick=False,
+    )
+    later_machine = {**MACHINE, "date": "later", "cpu": "other cpu"}
+    now = build_report(later_machine, {"flow": {"seconds": 20.0, "results": flow_results(noop_flow_s=12.0)}}, False)
+    merged = merge_report(earlier, now)
+    assert merged["benchmarks"]["tune"]["measured"] == {"cpu": "cpu", "date": "d"}
+    assert merged["benchmarks"]["flow"]["measured"] == {"cpu": "other cpu", "date": "later"}
+    noop = [f for f in merged["figures"] if f["name"].startswith("no-op flow")]
+    assert [f["value"] for f in noop] == [11.0]  # the new figure only, never both
+    assert merged["total_seconds"] == 23.0
+    markdown = render_markdown(merged)
+    assert "| tune | 3 s | failed: RuntimeError: no prepared data | d, cpu |" in markdown
+    assert "| flow | 20 s | ok | later, other cpu |" in markdown
+    assert "Figures from 2 runs" in markdown
+
+
 def test_a_met_target_is_reported_met():
     report = build_report(MACHINE, {"flow": {"seconds": 1.0, "results": flow_results(noop_flow_s=12.0)}}, True)
     assert [f["met"] for f in report["figures"]] == [True, None]
