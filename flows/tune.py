@@ -38,6 +38,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.params_override import apply_overrides
 from flows.tune_report import dvc_exp_command, history_markdown, replay_overrides, trial_rows
+from flows.working_copy import working_copy_turn
 from transferline.cli import cli_parser, run_command
 from transferline.errors import ParamsError, TransferlineError
 from transferline.search.study_config import PRUNERS, SAMPLERS, StudyConfig, default_of
@@ -113,7 +114,7 @@ def report_study(config: StudyConfig, space, apply_best: bool) -> dict:
     print(f"best trial {best.number}: val accuracy {best.value:.4f}\nreplay it with:\n  {command}")
     applied = {}
     if apply_best:
-        changed = apply_overrides(Path(config.params_file), replay_overrides(best))
+        changed = apply_in_turn(Path(config.params_file), replay_overrides(best), logger.info)
         applied = {key: new for key, (_, new) in changed.items()}
         logger.info("wrote the best trial's values into %s: %s", config.params_file, applied or "already there")
     return {
@@ -125,6 +126,17 @@ def report_study(config: StudyConfig, space, apply_best: bool) -> dict:
         "applied": applied,
         "trials": len(study.trials),
     }
+
+
+def apply_in_turn(params_file: Path, overrides: dict, say=print) -> dict:
+    """Write `overrides` into params.yaml in the working copy's turn: a pipeline run reads params.yaml at
+    each of its stages, so the values change between runs, never in the middle of one."""
+
+    def waiting(holder) -> None:
+        say(f"{params_file} waits for the working copy: {holder.describe()}")
+
+    with working_copy_turn(params_file.resolve().parent, on_wait=waiting):
+        return apply_overrides(params_file, overrides)
 
 
 @flow(name="transferline-tune-trials", log_prints=True)

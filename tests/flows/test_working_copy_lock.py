@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -326,3 +327,20 @@ def test_drift_starts_the_retraining_deployment_whose_run_says_why(copy):
     assert finished["state"]["type"] == "COMPLETED", copy.worker_tail()
     assert finished["state"]["message"].startswith(f"gate failed, champion kept ({copy.champion})")
     assert f"Started because: {reason}" in copy.report(run_id)
+
+
+def test_tune_writes_the_best_values_only_when_the_copy_is_free(tmp_path):
+    """`flows.tune --apply-best` rewrites params.yaml; a pipeline run in the copy reads it at every stage, so
+    the write waits for the run to end."""
+    from flows.tune import apply_in_turn
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(PROJECT_ROOT / "params.yaml", params)
+    done = tmp_path / "done"
+    holder = hold_in_process(tmp_path, 1.5, done)
+    heard = []
+    changed = apply_in_turn(params, {"train.lr": 0.0042}, heard.append)
+    holder.wait()
+    assert done.is_file() and done.stat().st_mtime <= params.stat().st_mtime  # written after the holder let go
+    assert changed["train.lr"][1] == 0.0042 and "lr: 0.0042" in params.read_text()
+    assert len(heard) == 1 and f"pid {holder.pid}" in heard[0]
