@@ -8,8 +8,10 @@
   LogisticRegression on the same features, for reference). Also in train.{json,md}.
 - accuracy: the default recipe under each strategy, plus a random-init baseline: test accuracy
   and wall time. Writes bench/results/train_accuracy.{json,md}. Takes ~20 min on 2 cores.
+- sizes: the default recipe against a plain fine-tuning script at 400 and 800 images a class, each size
+  ingested and prepared by the stages' own code. Writes bench/results/train_sizes.{json,md}; ~30 min.
 
-Usage: python -m bench.train_bench [--quick] [throughput|probe|accuracy ...]
+Usage: python -m bench.train_bench [--quick] [throughput|probe|accuracy|sizes ...]
 """
 
 from __future__ import annotations
@@ -232,6 +234,99 @@ def bench_accuracy(quick: bool, only: list[str] | None = None) -> dict:
     return {"recipe": default_params().model_dump(mode="json"), "runs": rows, "test_images": len(splits["test"])}
 
 
+SIZES = (800, 400)  # images per class: twice the default, then the default (the table sorts them)
+SIZE_RUNS = ("partial (the default)", "plain-script recipe")
+
+
+def prepared_at(per_class: int) -> Path:
+    """The default data at `per_class` images a class, through the ingest and prepare stages' own code
+    with params.yaml's other values (made once under bench/.work)."""
+    from stages import ingest, prepare
+    from transferline.config import IngestParams, PrepareParams, PreprocessParams
+
+    base = WORK / "sizes" / str(per_class)
+    if not (base / "prepared" / "dataset.json").is_file():
+        params_file = PROJECT_ROOT / "params.yaml"
+        ingest_params = load_section("ingest", IngestParams, params_file).model_copy(update={"per_class": per_class})
+        ingest.run(ingest_params, base / "raw", base / "ingest.json")
+        prepare.run(
+            load_section("prepare", PrepareParams, params_file),
+            load_section("preprocess", PreprocessParams, params_file),
+            base / "raw",
+            base / "prepared",
+            base / "prepare.json",
+        )
+    return base / "prepared"
+
+
+def bench_sizes(quick: bool) -> dict:
+    """The default recipe against the plain script at 400 and 800 images a class, each on that size's own
+    split (the test split grows with the data), written after every run so a stopped bench keeps its rows."""
+    from stages import train as train_stage
+    from transferline.data.pixel_cache import load_split, read_dataset
+
+    previous = results_dir() / "train_sizes.json"
+    result = json.loads(previous.read_text()) if previous.is_file() and not quick else {"runs": []}
+    for per_class in SIZES if not quick else (20,):
+        prepared = prepared_at(per_class)
+        dataset = read_dataset(prepared)
+        size = dataset["preprocess"]["image_size"]
+        splits = {n: load_split(prepared, n, len(dataset["classes"]), size) for n in ("train", "test")}
+        for name in SIZE_RUNS:
+            overrides = ACCURACY_RUNS[name]
+            params = default_params(**{**overrides, **({"epochs": 2, "warmup_epochs": 0.5} if quick else {})})
+            base = WORK / "sizes" / str(per_class) / "".join(c if c.isalnum() else "_" for c in name)
+            start = time.perf_counter()
+            metrics = train_stage.run(
+                params,
+                prepared_dir=prepared,
+                models_dir=base / "models",
+                features_dir=base / "features",
+                checkpoint_dir=base / "checkpoints",
+                metrics_file=base / "train.json",
+                live_dir=None,
+            )
+            row = {
+                "per_class": per_class,
+                "recipe": name,
+                "overrides": overrides,
+                "train_images": len(splits["train"]),
+                "test_images": len(splits["test"]),
+                "test_accuracy": test_accuracy(base / "models", splits),
+                "val_accuracy": metrics["val_accuracy"],
+                "best_epoch": metrics["best_epoch"],
+                "epochs_run": metrics["epochs_run"],
+                "wall_seconds": time.perf_counter() - start,
+                "train_images_per_s": metrics["train_images_per_s"],
+            }
+            result["runs"] = [r for r in result["runs"] if (r["per_class"], r["recipe"]) != (per_class, name)]
+            result["runs"].append(row)
+            logging.getLogger("bench").info("%s at %d a class: %s", name, per_class, row)
+            write_results("train_sizes", result, sizes_markdown(result))
+    return result
+
+
+def sizes_markdown(result: dict) -> str:
+    lines = [
+        "# The default recipe against a plain fine-tuning script, at 400 and 800 images a class (CPU)",
+        "",
+        "Fashion-MNIST through the ingest and prepare stages at each size (params.yaml otherwise), MobileNetV2; "
+        "each size's own test split. The plain script: full fine-tuning, AdamW 3e-4, one-cycle, label smoothing "
+        "0.1, 3 epochs, no augmentation, PyTorch's default memory layout.",
+        "",
+        "| images a class | recipe | train images | test accuracy (test images) | val accuracy | best epoch / run "
+        "| wall time | train images/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(result["runs"], key=lambda r: (r["per_class"], r["recipe"])):
+        lines.append(
+            f"| {row['per_class']} | {row['recipe']} | {row['train_images']} | {row['test_accuracy']:.4f} "
+            f"({row['test_images']}) | {row['val_accuracy']:.4f} | {row['best_epoch']} / {row['epochs_run']} | "
+            f"{row['wall_seconds']:.0f} s | {_rate(row.get('train_images_per_s'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def throughput_markdown(result: dict) -> str:
     t, p = result.get("throughput"), result.get("probe")
     lines = ["# Training benchmarks (CPU)", ""]
@@ -331,6 +426,8 @@ def run(
             speed["probe"] = bench_probe(quick)
         write_results("train", speed, throughput_markdown(speed))
         results.update(speed)
+    if "sizes" in parts:
+        results["sizes"] = bench_sizes(quick)
     if "accuracy" in parts:
         accuracy = bench_accuracy(quick, only)
         write_results("train_accuracy", accuracy, accuracy_markdown(accuracy))
@@ -340,7 +437,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="*", choices=["throughput", "probe", "accuracy", []])
+    parser.add_argument("parts", nargs="*", choices=["throughput", "probe", "accuracy", "sizes", []])
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     parser.add_argument("--only", action="append", choices=list(ACCURACY_RUNS), help="re-run just this accuracy row")
     args = parser.parse_args(argv)
