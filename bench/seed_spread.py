@@ -17,7 +17,6 @@ import logging
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench.common import results_dir, write_results
@@ -58,21 +57,12 @@ def summary(values: list[float]) -> dict:
 
 def spread(params: TrainParams, seeds: int, prepared: Path, work: Path) -> dict:
     """Train and score one model per seed 0..seeds-1; the per-seed rows and their mean and sd."""
-    from stages import train as train_stage
+    from bench.train_bench import train_in
 
     runs = []
     for seed in range(seeds):
         base = work / f"seed{seed}"
-        start = time.perf_counter()
-        metrics = train_stage.run(
-            params.model_copy(update={"seed": seed}),
-            prepared_dir=prepared,
-            models_dir=base / "models",
-            features_dir=base / "features",
-            checkpoint_dir=base / "checkpoints",
-            metrics_file=base / "train.json",
-            live_dir=None,
-        )
+        metrics, wall = train_in(params.model_copy(update={"seed": seed}), prepared, base)
         record = json.loads((base / "train_run.json").read_text())
         runs.append(
             {
@@ -81,7 +71,7 @@ def spread(params: TrainParams, seeds: int, prepared: Path, work: Path) -> dict:
                 "val_accuracy": metrics["val_accuracy"],
                 "best_epoch": metrics["best_epoch"],
                 "epochs_run": metrics["epochs_run"],
-                "wall_seconds": time.perf_counter() - start,
+                "wall_seconds": wall,
                 "train_images_per_s": metrics["train_images_per_s"],
                 "model_sha256": record["model_sha256"],
             }

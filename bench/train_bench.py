@@ -185,6 +185,33 @@ def bench_probe(quick: bool) -> dict:
     return result
 
 
+def train_in(params: TrainParams, prepared: Path, base: Path) -> tuple[dict, float]:
+    """One training by the train stage's own code on `prepared`, every output under `base`: its metrics and
+    wall seconds."""
+    from stages import train as train_stage
+
+    start = time.perf_counter()
+    metrics = train_stage.run(
+        params,
+        prepared_dir=prepared,
+        models_dir=base / "models",
+        features_dir=base / "features",
+        checkpoint_dir=base / "checkpoints",
+        metrics_file=base / "train.json",
+        live_dir=None,
+    )
+    return metrics, time.perf_counter() - start
+
+
+def run_params(overrides: dict, quick: bool) -> TrainParams:
+    """The default recipe with a row's overrides (two short epochs in quick mode)."""
+    return default_params(**{**overrides, **({"epochs": 2, "warmup_epochs": 0.5} if quick else {})})
+
+
+def folder_name(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
 def test_accuracy(models_dir: Path, splits) -> float:
     """Accuracy of the saved model on the test split, fed through the shared numpy preprocessing."""
     from transferline.data.preprocessing import PreprocessSpec
@@ -198,7 +225,6 @@ def test_accuracy(models_dir: Path, splits) -> float:
 
 def bench_accuracy(quick: bool, only: list[str] | None = None) -> dict:
     """Every run in ACCURACY_RUNS, or only the named ones, merged into the previous results."""
-    from stages import train as train_stage
 
     _, _, splits = load_default_data()
     previous = results_dir() / "train_accuracy.json"
@@ -206,19 +232,8 @@ def bench_accuracy(quick: bool, only: list[str] | None = None) -> dict:
     for name, overrides in ACCURACY_RUNS.items():
         if only and name not in only:
             continue
-        params = default_params(**{**overrides, **({"epochs": 2, "warmup_epochs": 0.5} if quick else {})})
-        base = WORK / "accuracy" / "".join(c if c.isalnum() else "_" for c in name)
-        start = time.perf_counter()
-        metrics = train_stage.run(
-            params,
-            prepared_dir=PREPARED,
-            models_dir=base / "models",
-            features_dir=base / "features",
-            checkpoint_dir=base / "checkpoints",
-            metrics_file=base / "train.json",
-            live_dir=None,
-        )
-        wall = time.perf_counter() - start
+        base = WORK / "accuracy" / folder_name(name)
+        metrics, wall = train_in(run_params(overrides, quick), PREPARED, base)
         rows[name] = {
             "overrides": overrides,
             "test_accuracy": test_accuracy(base / "models", splits),
@@ -262,7 +277,6 @@ def prepared_at(per_class: int) -> Path:
 def bench_sizes(quick: bool) -> dict:
     """The default recipe against the plain script at 400 and 800 images a class, each on that size's own
     split (the test split grows with the data), written after every run so a stopped bench keeps its rows."""
-    from stages import train as train_stage
     from transferline.data.pixel_cache import load_split, read_dataset
 
     previous = results_dir() / "train_sizes.json"
@@ -274,18 +288,8 @@ def bench_sizes(quick: bool) -> dict:
         splits = {n: load_split(prepared, n, len(dataset["classes"]), size) for n in ("train", "test")}
         for name in SIZE_RUNS:
             overrides = ACCURACY_RUNS[name]
-            params = default_params(**{**overrides, **({"epochs": 2, "warmup_epochs": 0.5} if quick else {})})
-            base = WORK / "sizes" / str(per_class) / "".join(c if c.isalnum() else "_" for c in name)
-            start = time.perf_counter()
-            metrics = train_stage.run(
-                params,
-                prepared_dir=prepared,
-                models_dir=base / "models",
-                features_dir=base / "features",
-                checkpoint_dir=base / "checkpoints",
-                metrics_file=base / "train.json",
-                live_dir=None,
-            )
+            base = WORK / "sizes" / str(per_class) / folder_name(name)
+            metrics, wall = train_in(run_params(overrides, quick), prepared, base)
             row = {
                 "per_class": per_class,
                 "recipe": name,
@@ -296,7 +300,7 @@ def bench_sizes(quick: bool) -> dict:
                 "val_accuracy": metrics["val_accuracy"],
                 "best_epoch": metrics["best_epoch"],
                 "epochs_run": metrics["epochs_run"],
-                "wall_seconds": time.perf_counter() - start,
+                "wall_seconds": wall,
                 "train_images_per_s": metrics["train_images_per_s"],
             }
             result["runs"] = [r for r in result["runs"] if (r["per_class"], r["recipe"]) != (per_class, name)]

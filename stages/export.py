@@ -30,6 +30,7 @@ from transferline.evaluation.onnx_export import (
     measure_latency,
     optimize_onnx,
     quantize_int8,
+    run_answers,
     run_batches,
     scored_model,
 )
@@ -118,8 +119,7 @@ def monitoring_reference(
     val = load_split(prepared_dir, "val", len(classes), spec.image_size)
 
     def outputs(pixels: np.ndarray) -> Outputs:
-        normalized = normalize(np.asarray(pixels), spec)
-        return run_batches(session, normalized, 64), run_batches(session, normalized, 64, DISTANCE_NAME)
+        return run_answers(session, normalize(np.asarray(pixels), spec), 64)
 
     val_logits, val_distances = outputs(val.images)
     detector = build_detector(val_logits, params.ood_rejection_rate, params.ood_method, val_distances)

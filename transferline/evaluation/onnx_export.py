@@ -168,6 +168,15 @@ def run_batches(session, pixels: np.ndarray, batch_size: int, output: str = OUTP
     return np.concatenate(outputs)
 
 
+def run_answers(session, pixels: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and feature distances of a scored model, both from one run per batch."""
+    parts = [
+        session.run([OUTPUT_NAME, DISTANCE_NAME], {INPUT_NAME: pixels[start : start + batch_size]})
+        for start in range(0, len(pixels), batch_size)
+    ]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def has_distance(session) -> bool:
     """Whether the model answers feature_distance too (bundles exported before it did not)."""
     return DISTANCE_NAME in {output.name for output in session.get_outputs()}

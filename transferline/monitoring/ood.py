@@ -49,6 +49,19 @@ def ood_scores(logits: np.ndarray, method: str = "energy", temperature: float = 
     raise ValueError(f"unknown OOD method {method!r}; known: {', '.join(METHODS)}")
 
 
+def method_scores(
+    method: str, logits: np.ndarray, distances: np.ndarray | None = None, temperature: float = 1.0
+) -> np.ndarray:
+    """Per image, by `method`; `distances` is the model's feature_distance output, which `mahalanobis` scores."""
+    if method in LOGIT_METHODS:
+        return ood_scores(logits, method, temperature)
+    if method not in METHODS:
+        raise ValueError(f"unknown OOD method {method!r}; known: {', '.join(METHODS)}")
+    if distances is None:
+        raise ValueError(f"the {method} score needs the model's feature distances, and none were given")
+    return np.asarray(distances, dtype=np.float64).reshape(-1)
+
+
 @dataclass(frozen=True)
 class OodDetector:
     """What the model bundle carries: the score, its threshold and how the threshold was set."""
@@ -65,12 +78,7 @@ class OodDetector:
         return self.method not in LOGIT_METHODS
 
     def scores(self, logits: np.ndarray, distances: np.ndarray | None = None) -> np.ndarray:
-        """Per image; `distances` is the model's feature_distance output, which `mahalanobis` scores."""
-        if not self.needs_distance:
-            return ood_scores(logits, self.method, self.temperature)
-        if distances is None:
-            raise ValueError(f"the {self.method} score needs the model's feature distances, and none were given")
-        return np.asarray(distances, dtype=np.float64).reshape(-1)
+        return method_scores(self.method, logits, distances, self.temperature)
 
     def flags(self, logits: np.ndarray, distances: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, out_of_distribution booleans) for a batch."""
@@ -105,9 +113,7 @@ def calibrate(
     """
     if not 0 < rejection_rate < 1:
         raise ValueError(f"rejection_rate must be between 0 and 1, got {rejection_rate}")
-    if method not in METHODS:
-        raise ValueError(f"unknown OOD method {method!r}; known: {', '.join(METHODS)}")
-    scores = OodDetector(method, temperature, math.inf, rejection_rate, 0, 0.0).scores(val_logits, val_distances)
+    scores = method_scores(method, val_logits, val_distances, temperature)
     if len(scores) == 0:
         raise ValueError("calibration needs at least one validation image")
     threshold = float(np.quantile(scores, 1 - rejection_rate, method="higher"))
