@@ -79,7 +79,7 @@ class Answers:
 
 
 def foreign_images(spec, limit: int = 200) -> np.ndarray:
-    """Noise images and up to `limit` images of data/external/ood (the sample photos, ELPV cells)."""
+    """Noise images and up to `limit` images of data/external/ood (photos, ELPV cells)."""
     from transferline.evaluation.scoring import load_pixels
     from transferline.monitoring import shifts
 
@@ -161,12 +161,14 @@ def bench_ood() -> dict:
     classifier, detector, reference, test, spec = load_model_and_data()
     sample = np.asarray(test.images)
     inside = Answers.of(classifier, sample)
-    near = {name: Answers.of(classifier, shift(sample)) for name, shift in shifts.NEAR_SHIFTS.items()}
-    far = {
-        "noise": Answers.of(classifier, shifts.noise_images(100, spec.image_size)),
-        "photos": Answers.of(classifier, photos(spec)),
-        "elpv cells": Answers.of(classifier, elpv_cells(spec)),
+    near_pixels = {name: shift(sample) for name, shift in shifts.NEAR_SHIFTS.items()}
+    far_pixels = {
+        "noise": shifts.noise_images(100, spec.image_size),
+        "photos": photos(spec),
+        "elpv cells": elpv_cells(spec),
     }
+    near = {name: Answers.of(classifier, pixels) for name, pixels in near_pixels.items()}
+    far = {name: Answers.of(classifier, pixels) for name, pixels in far_pixels.items()}
     methods = {}
     for method in METHODS:
         if method == "mahalanobis" and reference.distances is None:
@@ -192,19 +194,66 @@ def bench_ood() -> dict:
         "far_pooled": checks["far"]["auroc"],
         "in_distribution_flagged": checks["in_distribution_flagged"],
         "methods": methods,
+        "depths": depth_ablation(sample, {**near_pixels, **far_pixels}, spec, detector.rejection_rate),
     }
 
 
-def photos(spec) -> np.ndarray:
-    from transferline.evaluation.scoring import load_pixels
+DEPTH_SETS = ((1.0,), (0.33,), (0.67,), (0.33, 0.67, 1.0))  # export.ood_layers choices compared
 
-    return load_pixels(sorted((PROJECT_ROOT / "data" / "external" / "samples").iterdir()), spec)
+
+def depth_ablation(test: np.ndarray, others: dict[str, np.ndarray], spec, rejection_rate: float) -> dict:
+    """The Mahalanobis score read at other backbone depths (export.ood_layers), by the export stage's own
+    fitting on the trained model (PyTorch, float64): AUROC of test images against each set, and the share
+    of each set flagged at the threshold that flags `rejection_rate` of validation images."""
+    from stages.export import layer_gaussians, tapped_features
+    from transferline.config import ExportParams, load_section
+    from transferline.data.pixel_cache import load_split
+    from transferline.model.feature_taps import tap_blocks
+    from transferline.model.trained_model import load_trained_model
+    from transferline.monitoring.feature_gaussian import combined_distance
+    from transferline.monitoring.ood import auroc
+
+    model, meta = load_trained_model(PROJECT_ROOT / "models")
+    depths = sorted({d for chosen in DEPTH_SETS for d in chosen})
+    params = load_section("export", ExportParams, PROJECT_ROOT / "params.yaml").model_copy(
+        update={"ood_layers": depths}
+    )
+    layers = layer_gaussians(model, params, spec, PREPARED, len(meta["classes"]))
+    taps = [layer.tap for layer in layers]
+    val = load_split(PREPARED, "val", len(meta["classes"]), spec.image_size).images
+    features = {
+        name: tapped_features(model, taps, np.asarray(pixels), spec)
+        for name, pixels in {"val": val, "test": test, **others}.items()
+    }
+    names = [name for name, _ in model.blocks()]
+    result = {}
+    for chosen in DEPTH_SETS:
+        picked = [taps.index(t) for t in tap_blocks(names, chosen)]
+        scores = {
+            name: combined_distance([layers[i] for i in picked], [f[i] for i in picked]) for name, f in features.items()
+        }
+        threshold = float(np.quantile(scores["val"], 1 - rejection_rate))
+        result[", ".join(f"{d:g}" for d in chosen)] = {
+            "blocks": [layers[i].tap or "head features" for i in picked],
+            "auroc": {name: auroc(scores["test"], s) for name, s in scores.items() if name not in ("val", "test")},
+            "flagged": {name: float(np.mean(s > threshold)) for name, s in scores.items() if name != "val"},
+        }
+    return result
+
+
+def photos(spec) -> np.ndarray:
+    """scikit-image's photographs and scans that `make assets` puts in data/external/ood."""
+    return ood_files(spec, "photo-")
 
 
 def elpv_cells(spec) -> np.ndarray:
+    return ood_files(spec, "elpv-")
+
+
+def ood_files(spec, prefix: str) -> np.ndarray:
     from transferline.evaluation.scoring import load_pixels
 
-    files = sorted(p for p in (PROJECT_ROOT / "data" / "external" / "ood").iterdir() if p.name.startswith("elpv"))
+    files = sorted(p for p in (PROJECT_ROOT / "data" / "external" / "ood").iterdir() if p.name.startswith(prefix))
     return load_pixels(files, spec)
 
 
@@ -280,6 +329,7 @@ def markdown(result: dict) -> str:
         f"{ood['detector']['method']}; these are the export's own checks, on its parity sample of test images).",
         "",
         *methods_table(ood),
+        *depths_table(ood.get("depths")),
         "## Prediction log on the request path",
         "",
         f"Per image: p50 {log['p50_ms'] * 1000:.1f} us, p95 {log['p95_ms'] * 1000:.1f} us over "
@@ -321,6 +371,27 @@ def methods_table(ood: dict) -> list[str]:
             f"{m['in_distribution_flagged']:.3f}",
         ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def depths_table(depths: dict | None) -> list[str]:
+    """The Mahalanobis score at each set of depths: AUROC per set, and the share flagged at the 5% threshold."""
+    if not depths:
+        return []
+    sets = list(next(iter(depths.values()))["auroc"])
+    lines = [
+        "### The Mahalanobis score read at other depths of the backbone (export.ood_layers)",
+        "",
+        "Fitted by the export stage's own code on the trained model, scored in PyTorch (float64); the threshold "
+        "flags the same share of validation images as the detector.",
+        "",
+        "| depths | blocks | " + " | ".join(sets) + " | flagged: " + ", ".join([*sets, "test"]) + " |",
+        "|---|---|" + "---|" * (len(sets) + 1),
+    ]
+    for chosen, row in depths.items():
+        flagged = ", ".join(f"{row['flagged'][name]:.2f}" for name in [*sets, "test"])
+        aurocs = " | ".join(f"{row['auroc'][name]:.3f}" for name in sets)
+        lines.append(f"| {chosen} | {', '.join(row['blocks'])} | {aurocs} | {flagged} |")
     return [*lines, ""]
 
 

@@ -35,8 +35,9 @@ from transferline.evaluation.onnx_export import (
     scored_model,
 )
 from transferline.evaluation.scoring import load_pixels, torch_logits
+from transferline.model.feature_taps import HEAD_FEATURES, TappedBody, tap_blocks
 from transferline.monitoring import shifts
-from transferline.monitoring.feature_gaussian import FeatureGaussian, fit_feature_gaussian
+from transferline.monitoring.feature_gaussian import LayerGaussian, fit_feature_gaussian, standardisation
 from transferline.monitoring.ood import MONITORING_FILE
 from transferline.monitoring.reference import Outputs, build_detector, detector_aurocs, predicted_class_shares
 
@@ -94,11 +95,14 @@ def int8_variant(
 
 
 def foreign_pixels(directory: Path, spec: PreprocessSpec, limit: int) -> tuple[np.ndarray, list[str]]:
-    """Up to `limit` decodable images of `directory` (sorted by name, so the choice is repeatable), as model
-    input pixels; the names of files that could not be used."""
+    """Up to `limit` decodable images of `directory`, spread evenly over its files sorted by name (so the
+    choice is repeatable and a kind of image whose names sort last is not cut off), as model input pixels;
+    the names of files that could not be used."""
     if not directory.is_dir():
         return np.empty((0, spec.image_size, spec.image_size, 3), np.uint8), []
-    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:limit]
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if len(files) > limit:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
     usable, skipped = [], []
     for path in files:
         try:
@@ -141,21 +145,49 @@ def monitoring_reference(
     return document, val_logits.astype(np.float32), val_distances.astype(np.float32)
 
 
-def feature_gaussian(model, params: ExportParams, spec: PreprocessSpec, prepared_dir: Path, num_classes: int):
-    """The class-conditional Gaussian of the model's pooled features on (up to ood_fit_images) training
-    images, drawn with a fixed seed so the same model exports to the same bytes."""
+def tapped_features(model, taps: list, images: np.ndarray, spec: PreprocessSpec) -> list[np.ndarray]:
+    """Each tap's pooled features of uint8 `images`, in float64."""
     import torch
 
+    tapped = TappedBody(model, taps).eval()
+    parts: list[list[np.ndarray]] = [[] for _ in taps]
+    with torch.no_grad():
+        for start in range(0, len(images), 64):
+            for part, features in zip(
+                parts, tapped(torch.from_numpy(normalize(images[start : start + 64], spec))), strict=True
+            ):
+                part.append(features.numpy())
+    return [np.concatenate(part).astype(np.float64) for part in parts]
+
+
+def layer_gaussians(
+    model, params: ExportParams, spec: PreprocessSpec, prepared_dir: Path, num_classes: int
+) -> list[LayerGaussian]:
+    """Per tap (export.ood_layers), the class-conditional Gaussian of its pooled features on (up to
+    ood_fit_images) training images, drawn with a fixed seed so the same model exports to the same bytes,
+    and the mean and spread of its distances on the validation images."""
+    taps = tap_blocks([name for name, _ in model.blocks()], params.ood_layers)
     train = load_split(prepared_dir, "train", num_classes, spec.image_size)
     rng = np.random.default_rng(0)
     pick = np.sort(rng.choice(len(train.labels), size=min(params.ood_fit_images, len(train.labels)), replace=False))
-    images, labels = np.asarray(train.images[pick]), np.asarray(train.labels[pick])
-    features = []
-    with torch.no_grad():
-        for start in range(0, len(images), 64):
-            batch = torch.from_numpy(normalize(images[start : start + 64], spec))
-            features.append(model.body(batch).numpy())
-    return fit_feature_gaussian(np.concatenate(features), labels, num_classes, params.ood_feature_rank)
+    fitted = tapped_features(model, taps, np.asarray(train.images[pick]), spec)
+    labels = np.asarray(train.labels[pick])
+    gaussians = [fit_feature_gaussian(f, labels, num_classes, params.ood_feature_rank) for f in fitted]
+    val = tapped_features(
+        model, taps, np.asarray(load_split(prepared_dir, "val", num_classes, spec.image_size).images), spec
+    )
+    return [
+        LayerGaussian(tap, gaussian, *standardisation(gaussian.distances(features)))
+        for tap, gaussian, features in zip(taps, gaussians, val, strict=True)
+    ]
+
+
+def scored_by_layers(model, layers: list[LayerGaussian]):
+    """The model answering logits and its layers' combined distance from one forward pass (ScoredModel)."""
+    taps = [layer.tap for layer in layers]
+    if HEAD_FEATURES not in taps:  # the head's input is read even when it is not scored
+        taps.append(HEAD_FEATURES)
+    return scored_model(TappedBody(model, taps), model.head, layers, taps.index(HEAD_FEATURES))
 
 
 def distance_parity(scored, session, sample: np.ndarray, spec: PreprocessSpec, batch_size: int) -> float:
@@ -185,8 +217,8 @@ def run(
     sample = np.asarray(test_images[: params.parity_images])
     reference = torch_logits(model, sample, spec, params.parity_batch_size)
     pixels = normalize(sample, spec)
-    gaussian: FeatureGaussian = feature_gaussian(model, params, spec, prepared_dir, len(classes))
-    scored = scored_model(model, gaussian)
+    layers = layer_gaussians(model, params, spec, prepared_dir, len(classes))
+    scored = scored_by_layers(model, layers)
     with atomic.atomic_dir(export_dir) as tmp:
         raw_path = tmp / "exported.onnx"
         exported = export_onnx(scored, spec.image_size, raw_path, (OUTPUT_NAME, DISTANCE_NAME))
@@ -202,8 +234,14 @@ def run(
             "feature_distance": {
                 "name": DISTANCE_NAME,
                 "shape": ["batch"],
-                "rank": gaussian.rank,
-                "features": int(gaussian.means.shape[1]),
+                "layers": [
+                    {
+                        "block": layer.tap or "head features",
+                        "features": int(layer.gaussian.means.shape[1]),
+                        "rank": layer.gaussian.rank,
+                    }
+                    for layer in layers
+                ],
                 "max_relative_diff": distance_parity(scored, session, sample, spec, params.parity_batch_size),
             },
             "model_bytes": model_path.stat().st_size,

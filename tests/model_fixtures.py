@@ -31,6 +31,10 @@ class TinyConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
+    def blocks(self) -> list[tuple[str, list[nn.Module]]]:
+        """Two blocks, as TransferModel.blocks names a backbone's: what the OOD score's taps pick from."""
+        return [("conv1", list(self.body[:4])), ("conv2", list(self.body[4:]))]
+
 
 def fit_tiny_model(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec, steps: int = 60) -> nn.Module:
     torch.manual_seed(0)

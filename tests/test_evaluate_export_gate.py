@@ -188,8 +188,11 @@ def test_exported_file_has_a_dynamic_batch_and_matches_pytorch(workspace, tmp_pa
         assert onnx_logits.shape == (batch, 3)
         np.testing.assert_allclose(onnx_logits, torch_logits(model, images, SPEC, batch), atol=1e-4)
         distances = run_batches(session, normalize(images, SPEC), batch, DISTANCE_NAME)
-        assert distances.shape == (batch,) and np.all(distances >= 0)
-    assert report["feature_distance"]["features"] == 16 and report["feature_distance"]["max_relative_diff"] < 1e-3
+        assert distances.shape == (batch,) and np.all(np.isfinite(distances))
+    # export.ood_layers' default depths on two blocks: the first block's pooled output, then the head's features
+    layers = report["feature_distance"]["layers"]
+    assert [(layer["block"], layer["features"]) for layer in layers] == [("conv1", 8), ("head features", 16)]
+    assert report["feature_distance"]["max_relative_diff"] < 1e-3
     int8 = report["int8"]
     assert int8["kept"] == (export_dir / "model.int8.onnx").exists()
     if int8["kept"]:  # the INT8 variant answers the distance too, its products kept in float
@@ -349,3 +352,15 @@ def test_fail_on_reject_exits_after_writing_the_decision(workspace):
         run_candidate(root, model, "strict", strict)
     decision = json.loads((root / "strict" / "gate" / "decision.json").read_text())
     assert decision["passed"] is False
+
+
+def test_foreign_images_over_the_limit_are_spread_over_every_kind(tmp_path):
+    """200 of 202 solar cells and 17 photos must not mean 200 solar cells: the pick spans the sorted names."""
+    for name in [*(f"cell-{i:03d}" for i in range(12)), "photo-a", "photo-b", "photo-c"]:
+        Image.fromarray(np.full((40, 40, 3), len(name), np.uint8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    pixels, skipped = export.foreign_pixels(tmp_path, SPEC, 6)
+    assert len(pixels) + len(skipped) == 6 and skipped == ["broken.png"]  # sorted first, so picked first
+    assert {int(image[0, 0, 0]) for image in pixels} == {len("cell-000"), len("photo-a")}  # both kinds
+    everything, _ = export.foreign_pixels(tmp_path, SPEC, 100)
+    assert len(everything) == 15

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from transferline.monitoring.feature_gaussian import FeatureGaussian, fit_feature_gaussian
+from transferline.monitoring.feature_gaussian import (
+    FeatureGaussian,
+    LayerGaussian,
+    combined_distance,
+    fit_feature_gaussian,
+    standardisation,
+)
 from transferline.monitoring.ood import auroc
 
 
@@ -64,7 +70,7 @@ def test_a_class_without_training_features_is_refused():
 
 
 def test_the_exported_wrapper_computes_the_same_distance_in_float32():
-    from transferline.evaluation.onnx_export import scored_model
+    from stages.export import scored_by_layers
 
     rng = np.random.default_rng(4)
     torch.manual_seed(0)
@@ -77,7 +83,45 @@ def test_the_exported_wrapper_computes_the_same_distance_in_float32():
     labels = np.argmax(features[:, :3], axis=1)
     for rank in (12, 4):
         gaussian = fit_feature_gaussian(features, labels, 3, rank=rank)
+        layers = [LayerGaussian(None, gaussian, 0.0, 1.0)]
         with torch.no_grad():
-            logits, distances = scored_model(model, gaussian)(pixels)
+            logits, distances = scored_by_layers(model, layers)(pixels)
             np.testing.assert_allclose(logits.numpy(), model.head(body(pixels)).numpy(), rtol=1e-6)
         np.testing.assert_allclose(distances.numpy(), gaussian.distances(features), rtol=1e-3, atol=1e-3)
+
+
+def test_the_exported_score_adds_standardised_distances_of_every_tapped_block():
+    """An inner block's pooled output and the head's features, each centred and scaled as fitted: the graph's
+    answer is combined_distance's, on any backbone that names its blocks."""
+    from stages.export import scored_by_layers
+    from tests.model_fixtures import TinyConvNet
+    from transferline.model.feature_taps import TappedBody
+
+    rng = np.random.default_rng(5)
+    torch.manual_seed(0)
+    model = TinyConvNet(3).eval()
+    pixels = torch.as_tensor(rng.normal(0, 1, (240, 3, 8, 8)), dtype=torch.float32)
+    with torch.no_grad():
+        inner, head = (f.numpy().astype(np.float64) for f in TappedBody(model, ["conv1", None])(pixels))
+    labels = rng.integers(0, 3, len(pixels))
+    layers = [
+        LayerGaussian("conv1", fit_feature_gaussian(inner, labels, 3, rank=8), 7.0, 2.0),
+        LayerGaussian(None, fit_feature_gaussian(head, labels, 3, rank=4), -3.0, 0.5),
+    ]
+    with torch.no_grad():
+        logits, distances = scored_by_layers(model, layers)(pixels)
+        np.testing.assert_allclose(logits.numpy(), model(pixels).numpy(), rtol=1e-5, atol=1e-6)
+    expected = combined_distance(layers, [inner, head])
+    by_hand = (layers[0].gaussian.distances(inner) - 7.0) / 2.0 + (layers[1].gaussian.distances(head) + 3.0) / 0.5
+    np.testing.assert_allclose(expected, by_hand, rtol=1e-12)
+    np.testing.assert_allclose(distances.numpy(), expected, rtol=1e-3, atol=1e-3)
+    assert not model.body[3]._forward_hooks  # the taps leave no hook behind
+    with torch.no_grad():  # an inner block alone: the head still reads the body's output
+        logits, distances = scored_by_layers(model, layers[:1])(pixels)
+        np.testing.assert_allclose(logits.numpy(), model(pixels).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(distances.numpy(), combined_distance(layers[:1], [inner]), rtol=1e-3, atol=1e-3)
+
+
+def test_standardisation_keeps_a_constant_layer_finite():
+    assert standardisation(np.array([2.0, 4.0])) == (3.0, 1.0)
+    assert standardisation(np.full(5, 7.0)) == (7.0, 1.0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -154,6 +154,8 @@ class ExportParams(Section):
     ood_rejection_rate: float = Field(default=0.05, gt=0, lt=1)  # in-distribution val images the OOD flag may reject
     ood_method: Literal["mahalanobis", "energy", "msp"] = "mahalanobis"
     ood_feature_rank: int = Field(default=256, ge=1)  # directions of the feature covariance kept exactly
+    # mahalanobis: the backbone depths whose pooled features are scored (0 < d <= 1; 1.0: those the head reads)
+    ood_layers: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(default=(0.33, 0.67, 1.0), min_length=1)
     ood_fit_images: int = Field(default=4000, ge=10)  # training images the feature Gaussian is fitted on, at most
     ood_dir: Path = Path("data/external/ood")  # images outside the model's classes, to check the OOD flag on
     ood_images: int = Field(default=200, ge=1)  # at most this many of them

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from transferline import atomic
@@ -230,19 +231,37 @@ def ensure_samples(target: Path = SAMPLES_DIR) -> list[Path]:
     return written
 
 
-def ensure_ood_images(target: Path = OOD_DIR, samples: Path = SAMPLES_DIR, elpv_dir: Path = ELPV_DIR) -> Path:
+# scikit-image's bundled photographs and scans (its synthetic test images left out); nine of them grey, so
+# the check is not only colour against Fashion-MNIST's grey
+OOD_PHOTOS = (
+    "astronaut", "brick", "camera", "cell", "chelsea", "coffee", "coins", "grass", "gravel",
+    "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "stereo_motorcycle", "text",
+)  # fmt: skip
+
+
+def write_photo(name: str, path: Path) -> None:
+    """scikit-image's `name` image as a JPEG (a stereo pair: its left view)."""
+    from PIL import Image
+    from skimage import data
+
+    pixels = getattr(data, name)()
+    Image.fromarray(pixels[0] if isinstance(pixels, tuple) else pixels).save(path, format="JPEG", quality=92)
+
+
+def ensure_ood_images(target: Path = OOD_DIR, elpv_dir: Path = ELPV_DIR) -> Path:
     """Images outside the default model's classes, to check its out-of-distribution flag on (export.ood_dir):
-    the two sample photos and, when the ELPV package is installed, a spread of its solar cells."""
-    wanted = {f"photo-{path.name}": path for path in sorted(samples.glob("*.jpg"))}
+    scikit-image's photographs and, when the ELPV package is installed, a spread of its solar cells."""
+    wanted = {f"photo-{name}.jpg": partial(write_photo, name) for name in OOD_PHOTOS}
     elpv_images = elpv_dir / "images"
     if elpv_images.is_dir():
-        wanted |= {f"elpv-{path.name}": path for path in sorted(elpv_images.glob("*.png"))[::OOD_ELPV_EVERY]}
+        cells = sorted(elpv_images.glob("*.png"))[::OOD_ELPV_EVERY]
+        wanted |= {f"elpv-{path.name}": partial(shutil.copyfile, path) for path in cells}
     if target.is_dir() and {p.name for p in target.iterdir()} == set(wanted):
         log.info("out-of-distribution check images already in %s", target)
         return target
     with atomic.atomic_dir(target) as tmp:
-        for name, path in wanted.items():
-            shutil.copyfile(path, tmp / name)
+        for name, write in wanted.items():
+            write(tmp / name)
     log.info("%d out-of-distribution check images in %s", len(wanted), target)
     return target
 
@@ -277,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         "weights": "the ImageNet backbone weights",
         "samples": "two sample photos",
         "elpv": "the ELPV solar cells, from the elpv-dataset package",
-        "ood": "images outside the default classes, for the out-of-distribution check (after samples, elpv)",
+        "ood": "images outside the default classes, for the out-of-distribution check (photos; ELPV cells after elpv)",
     }
     for name, text in helps.items():
         command = add_command(commands, name, fetch_assets, text)

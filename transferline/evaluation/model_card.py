@@ -53,7 +53,10 @@ def champion_lines(decision: dict) -> list[str]:
 
 
 SCORE_NAMES = {
-    "mahalanobis": "Mahalanobis distance of the pooled features to the nearest class (fitted on training images)",
+    "mahalanobis": (
+        "Mahalanobis distance of pooled features to the nearest class, summed over backbone depths "
+        "(fitted on training images, each depth standardised on validation images)"
+    ),
     "energy": "energy of the logits",
     "msp": "maximum softmax probability",
 }

@@ -2,9 +2,9 @@
 
 The exported graph takes `pixels`, float32 (N, 3, S, S) normalised exactly as
 `transferline.data.preprocessing.normalize` makes it, and returns `logits` (N, classes) and, when
-exported as a `ScoredModel`, `feature_distance` (N,): how far each image's features lie from the nearest
-class (transferline/monitoring/feature_gaussian.py), computed in the graph so that the model file alone
-answers both "which class" and "is this one of my classes".
+exported as a `ScoredModel`, `feature_distance` (N,): how far each image's features, at several depths
+of the backbone, lie from the nearest class (transferline/monitoring/feature_gaussian.py), computed in
+the graph so that the model file alone answers both "which class" and "is this one of my classes".
 """
 
 from __future__ import annotations
@@ -25,21 +25,22 @@ log = logging.getLogger("transferline.onnx")
 MAX_BATCH = 4096
 
 
-def scored_model(model, gaussian):
-    """`model` (body + head) answering (logits, feature_distance); see ScoredModel."""
+def scored_model(tapped, head, layers, head_index: int):
+    """A classifier answering (logits, feature_distance); see ScoredModel. `tapped`: a module answering a
+    list of feature matrices, one per entry of `layers` (the LayerGaussian of each,
+    transferline/monitoring/feature_gaussian.py) and, at `head_index`, the features `head` reads (one of
+    the layers' or one more); transferline/model/feature_taps.py's TappedBody."""
     import torch
 
-    class ScoredModel(torch.nn.Module):
-        """The classifier plus the squared Mahalanobis distance of its pooled features to the nearest
-        class mean, in the probabilistic-PCA form FeatureGaussian.distances computes, with squared norms
-        expanded so that memory stays (N, classes) for any number of classes. The expansion subtracts
-        large squared norms, so it runs in float64 (in float32 the rounding of those norms, an ulp of
-        ~0.06 at 1e6, would swamp a distance of a few units); the one large matrix, the D x r projection,
-        stays float32, as a projection does not cancel."""
+    class GaussianDistance(torch.nn.Module):
+        """One layer's squared Mahalanobis distance to the nearest class mean, in the probabilistic-PCA form
+        FeatureGaussian.distances computes, with squared norms expanded so that memory stays (N, classes)
+        for any number of classes. The expansion subtracts large squared norms, so it runs in float64 (in
+        float32 the rounding of those norms, an ulp of ~0.06 at 1e6, would swamp a distance of a few
+        units); the one large matrix, the D x r projection, stays float32, as a projection does not cancel."""
 
-        def __init__(self) -> None:
+        def __init__(self, gaussian) -> None:
             super().__init__()
-            self.body, self.head = model.body, model.head
             # centred on the mean of the class means: the squared norms the expansion subtracts stay smaller
             center = gaussian.means.mean(axis=0)
             means = gaussian.means - center
@@ -59,16 +60,36 @@ def scored_model(model, gaussian):
             """(N, K) squared euclidean distances between rows of a (N, d) and b (K, d)."""
             return (a * a).sum(1, keepdim=True) - 2 * a @ b.T + (b * b).sum(1)[None, :]
 
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            features = self.body(x)
-            logits = self.head(features)
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
             centred = features - self.center
             projected = (centred @ self.components).double()
             distance = self.squared(projected * self.inverse_std, self.white_means)
             if self.residual:
                 rest = self.squared(centred.double(), self.means) - self.squared(projected, self.projected_means)
                 distance = distance + rest.clamp(min=0) * self.inverse_residual
-            return logits, distance.min(dim=1).values.float()
+            # argmin + gather, not min: ONNX Runtime's symbolic shape inference (run before INT8 quantization)
+            # loses the shape of a ReduceMin whose axes are an input, and then fails on the sum over layers
+            return distance.gather(1, distance.argmin(dim=1, keepdim=True)).flatten()
+
+    class ScoredModel(torch.nn.Module):
+        """The classifier plus, from the same forward pass, the sum over the tapped layers of each one's
+        distance standardised by its validation mean and standard deviation (combined_distance)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.tapped, self.head, self.head_tap = tapped, head, head_index
+            self.distances = torch.nn.ModuleList(GaussianDistance(layer.gaussian) for layer in layers)
+            self.standardisation = [(layer.center, 1.0 / layer.scale) for layer in layers]
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            taps = self.tapped(x)
+            logits = self.head(taps[self.head_tap])
+            total = None
+            scored = zip(taps[: len(self.distances)], self.distances, self.standardisation, strict=True)
+            for features, distance, (center, inverse_scale) in scored:
+                standardised = (distance(features) - center) * inverse_scale
+                total = standardised if total is None else total + standardised
+            return logits, total.float()
 
     return ScoredModel().eval()
 

@@ -11,6 +11,10 @@ The covariance of 1,280 features from a few thousand images is poorly determined
 PCA: its `rank` leading directions exactly, the rest as one mean variance (Tipping and Bishop 1999). That
 bounds what the model file carries (D x rank numbers, not D x D) whatever the backbone's width.
 
+The score the exported model answers adds such distances over several depths of the backbone
+(transferline/model/feature_taps.py), each standardised by its mean and standard deviation on validation
+images so that no layer dominates by its width: `LayerGaussian` and `combined_distance`.
+
 Pure numpy: fitting here; the same distance inside the exported ONNX graph is
 `transferline.evaluation.onnx_export.ScoredModel`.
 """
@@ -77,3 +81,29 @@ def fit_feature_gaussian(
         variances=np.maximum(eigenvalues[:keep], floor),
         residual_variance=float(max(rest.mean(), floor)) if len(rest) else 0.0,
     )
+
+
+@dataclass(frozen=True)
+class LayerGaussian:
+    """One tapped layer's Gaussian, and where its distances lie on validation images (their mean and
+    standard deviation), which puts layers of any width on one scale before they are added."""
+
+    tap: str | None  # the block (transferline/model/feature_taps.py); None: the features the head reads
+    gaussian: FeatureGaussian
+    center: float
+    scale: float
+
+
+def standardisation(distances: np.ndarray) -> tuple[float, float]:
+    """(mean, standard deviation) of validation distances; a constant layer gets scale 1, not 0."""
+    distances = np.asarray(distances, dtype=np.float64)
+    scale = float(distances.std())
+    return float(distances.mean()), scale if scale > 1e-12 else 1.0
+
+
+def combined_distance(layers: list[LayerGaussian], features: list[np.ndarray]) -> np.ndarray:
+    """(N,) the sum over layers of each one's standardised distance; `features` in the layers' order."""
+    if len(layers) != len(features):
+        raise ValueError(f"{len(layers)} layers but {len(features)} feature matrices")
+    pairs = zip(layers, features, strict=True)
+    return sum((layer.gaussian.distances(f) - layer.center) / layer.scale for layer, f in pairs)

@@ -10,11 +10,12 @@ Scores (higher = more out of distribution):
   returns, and separates far-OOD inputs better than the softmax maximum because it keeps the logits'
   magnitude, which softmax normalises away.
 - `msp` (Hendrycks and Gimpel, ICLR 2017): -max softmax probability; the classic baseline.
-- `mahalanobis` (Lee et al., NeurIPS 2018): the squared Mahalanobis distance of the penultimate features
-  to the nearest class mean, which the exported model computes itself (its `feature_distance` output;
-  transferline/monitoring/feature_gaussian.py). It sees what the logits lose: on the default model it
-  separates photos and solar-cell images from Fashion-MNIST where the logit scores do not
-  (bench/results/monitoring.md).
+- `mahalanobis` (Lee et al., NeurIPS 2018): the squared Mahalanobis distance of pooled features to the
+  nearest class mean, at several depths of the backbone (export.ood_layers), each standardised on
+  validation images and added up; the exported model computes it itself (its `feature_distance` output;
+  transferline/monitoring/feature_gaussian.py, transferline/model/feature_taps.py). It sees what the
+  logits lose: on the default model it separates photos and solar-cell images from Fashion-MNIST where
+  the logit scores do not (bench/results/monitoring.md).
 """
 
 from __future__ import annotations
