@@ -258,3 +258,23 @@ def test_a_checkpoint_resumes_under_any_process_count_unless_batchnorm_is_per_pr
     own = TrainParams(distributed={"nproc": 2, "batchnorm": "per_process"})
     assert digest(own, two) != digest(own, four)
     assert digest(own, SINGLE) == digest(TrainParams(), SINGLE)  # one process: nothing is per process
+
+
+def test_a_portable_two_process_training_runs_no_onednn_kernel_and_records_its_mode(prepared, tmp_path):
+    """train.reproducible: portable under DDP: every rank re-executes itself with oneDNN off (ONEDNN_VERBOSE
+    lists each primitive a process runs: none here; tests/train/test_portable_kernels.py shows the same check
+    seeing oneDNN at work without portable mode), and the run record says so."""
+    root = write_project(tmp_path / "project", prepared, {**ONE_BATCH, "epochs": 1, "reproducible": "portable"})
+    result = subprocess.run(
+        STAGE, cwd=root, env={**stage_env(), "ONEDNN_VERBOSE": "1"}, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "starting 2 processes" in result.stderr
+    output = (result.stdout + result.stderr).splitlines()
+    assert not [line for line in output if line.startswith("onednn_verbose") and ",exec," in line]
+    record = json.loads((root / "metrics" / "train_run.json").read_text())
+    assert record["distributed"]["processes"] == 2
+    environment = record["environment"]
+    assert environment["reproducible"] == "portable" and environment["convolutions"] != "oneDNN"
+    assert environment["pinned"] is True and environment["threads"] == 1
+    assert record["model_sha256"] == digest(root / "models" / "model.pt")
