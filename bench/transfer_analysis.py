@@ -111,6 +111,17 @@ def judge_policy(
     }
 
 
+def cheapest_within_one_se(cells: list[Cell], errors: dict[str, float]) -> dict[str, str]:
+    """Per cell, the cheapest recipe within one standard error of its best, picked knowing the results:
+    the least CPU any policy can spend and still be within one SE in every cell (a bound, not a policy)."""
+    picks = {}
+    for cell in cells:
+        best = max(cell.accuracy.values())
+        near = [r for r, a in cell.accuracy.items() if best - a <= errors[cell.name] + 1e-12]
+        picks[cell.name] = min(near, key=cell.seconds.__getitem__)
+    return picks
+
+
 def leave_one_dataset_out(
     cells: list[Cell], recipes: dict[str, dict[str, Any]]
 ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:

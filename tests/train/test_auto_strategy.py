@@ -111,3 +111,20 @@ def _signal_names() -> tuple[str, ...]:
     from transferline.model.advisor import SIGNALS
 
     return tuple(SIGNALS)
+
+
+def test_the_hindsight_bound_picks_the_cheapest_recipe_within_one_standard_error():
+    """The report's cost floor: the cheapest recipe still within one SE of the best, not the best itself."""
+    from bench.transfer_analysis import cheapest_within_one_se, judge_policy
+    from transferline.model.advisor import Cell, Signals
+
+    signals = Signals(10, 2, 0.5, 0.5, 0.0, 0.1)
+    cells = [
+        Cell("a", signals, {"head": 0.80, "full": 0.82, "partial": 0.70}, {"head": 1, "full": 10, "partial": 5}, "a"),
+        Cell("b", signals, {"head": 0.60, "full": 0.90, "partial": 0.89}, {"head": 1, "full": 10, "partial": 5}, "b"),
+    ]
+    picks = cheapest_within_one_se(cells, {"a": 0.03, "b": 0.02})
+    assert picks == {"a": "head", "b": "partial"}
+    verdict = judge_policy(cells, picks, {"a": 0.03, "b": 0.02}, {})
+    assert verdict["within_one_se"] == 1.0
+    assert verdict["cpu_share_of_grid"] == 6 / 32
