@@ -264,7 +264,7 @@ class TrainParams(Section):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd only
     scheduler: Literal["cosine", "onecycle"] = "onecycle"
-    epochs: int = Field(default=10, ge=1)
+    epochs: int = Field(default=5, ge=1)
     warmup_epochs: float = Field(default=1.0, ge=0)
     batch_size: int = Field(default=64, ge=1)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
