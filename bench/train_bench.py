@@ -223,6 +223,19 @@ def test_accuracy(models_dir: Path, splits) -> float:
     return float((logits.argmax(1) == splits["test"].labels).mean())
 
 
+def run_row(overrides: dict, metrics: dict, wall: float, base: Path, splits) -> dict:
+    """One training's row of a results table: what it changed, its test accuracy and its metrics."""
+    return {
+        "overrides": overrides,
+        "test_accuracy": test_accuracy(base / "models", splits),
+        "val_accuracy": metrics["val_accuracy"],
+        "best_epoch": metrics["best_epoch"],
+        "epochs_run": metrics["epochs_run"],
+        "wall_seconds": wall,
+        "train_images_per_s": metrics["train_images_per_s"],
+    }
+
+
 def bench_accuracy(quick: bool, only: list[str] | None = None) -> dict:
     """Every run in ACCURACY_RUNS, or only the named ones, merged into the previous results."""
 
@@ -234,15 +247,7 @@ def bench_accuracy(quick: bool, only: list[str] | None = None) -> dict:
             continue
         base = WORK / "accuracy" / folder_name(name)
         metrics, wall = train_in(run_params(overrides, quick), PREPARED, base)
-        rows[name] = {
-            "overrides": overrides,
-            "test_accuracy": test_accuracy(base / "models", splits),
-            "val_accuracy": metrics["val_accuracy"],
-            "best_epoch": metrics["best_epoch"],
-            "epochs_run": metrics["epochs_run"],
-            "wall_seconds": wall,
-            "train_images_per_s": metrics["train_images_per_s"],
-        }
+        rows[name] = run_row(overrides, metrics, wall, base, splits)
         logging.getLogger("bench").info("%s: %s", name, rows[name])
     # ACCURACY_RUNS in their order, then rows other benchmarks added (bench/seed_spread.py's)
     rows = {name: rows[name] for name in [*ACCURACY_RUNS, *rows] if name in rows}
@@ -297,15 +302,9 @@ def bench_sizes(quick: bool) -> dict:
             row = {
                 "per_class": per_class,
                 "recipe": name,
-                "overrides": overrides,
                 "train_images": len(splits["train"]),
                 "test_images": len(splits["test"]),
-                "test_accuracy": test_accuracy(base / "models", splits),
-                "val_accuracy": metrics["val_accuracy"],
-                "best_epoch": metrics["best_epoch"],
-                "epochs_run": metrics["epochs_run"],
-                "wall_seconds": wall,
-                "train_images_per_s": metrics["train_images_per_s"],
+                **run_row(overrides, metrics, wall, base, splits),
             }
             result["runs"] = [r for r in result["runs"] if (r["per_class"], r["recipe"]) != (per_class, name)]
             result["runs"].append(row)
