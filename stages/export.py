@@ -153,9 +153,8 @@ def tapped_features(model, taps: list, images: np.ndarray, spec: PreprocessSpec)
     parts: list[list[np.ndarray]] = [[] for _ in taps]
     with torch.no_grad():
         for start in range(0, len(images), 64):
-            for part, features in zip(
-                parts, tapped(torch.from_numpy(normalize(images[start : start + 64], spec))), strict=True
-            ):
+            batch = torch.from_numpy(normalize(images[start : start + 64], spec))
+            for part, features in zip(parts, tapped(batch), strict=True):
                 part.append(features.numpy())
     return [np.concatenate(part).astype(np.float64) for part in parts]
 
