@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import results_dir, write_results
+from bench.common import machine, results_dir, write_results
 from transferline.config import TrainParams, load_section
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -187,9 +188,11 @@ def bench_probe(quick: bool) -> dict:
 
 def train_in(params: TrainParams, prepared: Path, base: Path) -> tuple[dict, float]:
     """One training by the train stage's own code on `prepared`, every output under `base`: its metrics and
-    wall seconds."""
+    wall seconds. `base` is emptied first: a timed run must not resume from an earlier run's checkpoint or
+    reuse its feature cache (the figures would be of the rest of a run)."""
     from stages import train as train_stage
 
+    shutil.rmtree(base, ignore_errors=True)
     start = time.perf_counter()
     metrics = train_stage.run(
         params,
@@ -251,7 +254,12 @@ def bench_accuracy(quick: bool, only: list[str] | None = None) -> dict:
         logging.getLogger("bench").info("%s: %s", name, rows[name])
     # ACCURACY_RUNS in their order, then rows other benchmarks added (bench/seed_spread.py's)
     rows = {name: rows[name] for name in [*ACCURACY_RUNS, *rows] if name in rows}
-    return {"recipe": default_params().model_dump(mode="json"), "runs": rows, "test_images": len(splits["test"])}
+    return {
+        "machine": machine(),
+        "recipe": default_params().model_dump(mode="json"),
+        "runs": rows,
+        "test_images": len(splits["test"]),
+    }
 
 
 SIZES = (800, 400)  # images per class: twice the default, then the default (the table sorts them)
@@ -405,18 +413,27 @@ def accuracy_markdown(result: dict) -> str:
             f"{_rate(row.get('train_images_per_s'))} |"
         )
     n = result["test_images"]
+    runs = result["runs"]
+    host = result.get("machine") or machine()
     lines += [
         "",
+        f"Measured {host['date']} on {host['cpu']}, {host['cores']} cores.",
+        "",
         f"How to read it: with {n} test images one standard error is about "
-        f"{100 * (0.88 * 0.12 / n) ** 0.5:.1f} points, so rows within ~2.5 points are not distinguishable. "
-        "The default recipe (partial) was chosen among recipes whose val accuracy was within noise of the "
-        "best (full fine-tuning reached 0.930-0.935 on val) for its ~1.5x shorter epochs; the test accuracy "
-        "of every candidate was also visible during that exploration, so read its test figure as optimistic "
-        "by a point or so. The plain-script row keeps PyTorch's default layout (channels_last=false): that NCHW "
-        "path is several times slower on this CPU, which is why channels_last defaults to on. Wall time "
-        "and images/s depend on what else ran on the machine: a row whose images/s is far below its "
-        "strategy's usual rate (~160 full or discriminative, ~235 partial, here on 2 cores) shared the CPU.",
+        f"{100 * (0.88 * 0.12 / n) ** 0.5:.1f} points, so rows within ~2.5 points are not distinguishable; the "
+        "default recipe's spread over seeds is in seed_spread.md. These rows train in this process with the "
+        "CPU kernels uncapped (`train.reproducible` caps them when `python -m stages.train` starts), so the "
+        "default row differs from the committed model (gate/model_card.md) by kernel rounding, within that "
+        "spread.",
     ]
+    plain, full = runs.get("plain-script recipe"), runs.get("full")
+    if plain and full and plain.get("train_images_per_s") and full.get("train_images_per_s"):
+        lines[-1] += (
+            " The plain-script row keeps PyTorch's default NCHW layout (channels_last=false): its full "
+            f"fine-tuning ran at {plain['train_images_per_s']:.0f} train images/s against "
+            f"{full['train_images_per_s']:.0f} for the full row in channels-last, the default."
+        )
+    lines[-1] += " Wall time and images/s also depend on what else ran on the machine."
     return "\n".join(lines) + "\n"
 
 
