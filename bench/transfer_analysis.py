@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from scipy.stats import kendalltau
@@ -122,17 +123,80 @@ def cheapest_within_one_se(cells: list[Cell], errors: dict[str, float]) -> dict[
     return picks
 
 
+def cheapest_at_share(cells: list[Cell], errors: dict[str, float], share: float) -> dict[str, str]:
+    """The cheapest picks, chosen knowing the results, that are within one standard error of the best in at
+    least `share` of the cells: the hindsight bound above, except that the cells whose within-SE recipe
+    saves most over the cheapest recipe of all give that saving up. If this costs more than a CPU target,
+    no policy meets that target at that share; if less, the target is open to a rule that finds those cells."""
+    picks = cheapest_within_one_se(cells, errors)
+    cheapest = {c.name: min(c.accuracy, key=c.seconds.__getitem__) for c in cells}
+    savings = sorted(cells, key=lambda c: c.seconds[picks[c.name]] - c.seconds[cheapest[c.name]], reverse=True)
+    allowed_misses = len(cells) - math.ceil(share * len(cells) - 1e-9)
+    for cell in savings[:allowed_misses]:
+        picks[cell.name] = cheapest[cell.name]
+    return picks
+
+
+def backbone_of(cell: Cell) -> str:
+    return cell.name.rsplit("/", 1)[-1]
+
+
+def pick_backbones(
+    cells: list[Cell], picks: dict[str, str], rules: dict[str, dict[str, Any]], errors: dict[str, float]
+) -> dict[str, Any]:
+    """`train.backbone: auto` judged on the study: for each data set and size run with several backbones,
+    the backbone whose expected accuracy (probe accuracy plus the midpoint of the reached leaf's gains, as
+    `transferline/model/backbone_choice.py` compares them, under the rule
+    fitted without that data set) is highest, with that backbone's auto recipe, against the best
+    (backbone, recipe) of all. Beside it, each single backbone with its auto recipe, and the backbone
+    with the better linear probe."""
+    groups: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+    for cell in cells:
+        if cell.name in picks:
+            groups[(cell.dataset, cell.name.split("/")[1])].append(cell)
+    groups = {k: v for k, v in groups.items() if len(v) > 1}
+
+    def expected(cell: Cell) -> float:
+        node, _ = walk(rules[cell.dataset]["tree"], cell.signals)
+        low, high = node["gain_over_probe"]
+        return cell.signals.probe_accuracy + (low + high) / 2
+
+    policies: dict[str, Any] = {
+        "auto: expected accuracy": expected,
+        "the better linear probe": lambda c: c.signals.probe_accuracy,
+        **{f"always {b}": (lambda c, b=b: float(backbone_of(c) == b)) for b in sorted({backbone_of(c) for c in cells})},
+    }
+    verdicts = {}
+    for label, score in policies.items():
+        within, regrets = [], []
+        for members in groups.values():
+            best_cell = max(members, key=lambda c: max(c.accuracy.values()))
+            best = max(best_cell.accuracy.values())
+            chosen = max(members, key=score)
+            regrets.append(best - chosen.accuracy[picks[chosen.name]])
+            within.append(regrets[-1] <= errors[best_cell.name] + 1e-12)
+        verdicts[label] = {
+            "groups": len(within),
+            "within_one_se": sum(within) / len(within) if within else None,
+            "mean_regret": statistics.fmean(regrets) if regrets else None,
+            "max_regret": max(regrets) if regrets else None,
+        }
+    return verdicts
+
+
 def leave_one_dataset_out(
-    cells: list[Cell], recipes: dict[str, dict[str, Any]]
+    cells: list[Cell], recipes: dict[str, dict[str, Any]], fit: Callable[[list[Cell]], dict[str, Any]] | None = None
 ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
-    """For each data set: the rule fitted on the others, and its pick for each of this data set's cells."""
+    """For each data set: the rule fitted on the others (by `fit`, default the committed method), and its
+    pick for each of this data set's cells."""
+    fit = fit or (lambda train_cells: fit_rule(train_cells, recipes))
     picks: dict[str, str] = {}
     rules: dict[str, dict[str, Any]] = {}
     for dataset in sorted({c.dataset for c in cells}):
         train_cells = [c for c in cells if c.dataset != dataset]
         if not train_cells:
             continue
-        rule = fit_rule(train_cells, recipes)
+        rule = fit(train_cells)
         rules[dataset] = rule
         for cell in cells:
             if cell.dataset == dataset:

@@ -128,3 +128,104 @@ def test_the_hindsight_bound_picks_the_cheapest_recipe_within_one_standard_error
     verdict = judge_policy(cells, picks, {"a": 0.03, "b": 0.02}, {})
     assert verdict["within_one_se"] == 1.0
     assert verdict["cpu_share_of_grid"] == 6 / 32
+
+
+def test_the_hindsight_bound_at_a_share_gives_up_the_cells_where_being_right_costs_most():
+    """At 50% of 4 cells, two may miss: the two whose within-SE recipe costs most over the cheapest."""
+    from bench.transfer_analysis import cheapest_at_share, judge_policy
+    from transferline.model.advisor import Cell, Signals
+
+    signals = Signals(10, 2, 0.5, 0.5, 0.0, 0.1)
+    seconds = {"head": 1, "partial": 5, "full": 10}
+
+    def cell(name: str, head: float, partial: float, full: float) -> Cell:
+        return Cell(name, signals, {"head": head, "partial": partial, "full": full}, seconds, name)
+
+    cells = [
+        cell("cheap_right", 0.90, 0.80, 0.80),  # the head is best: no saving to give up
+        cell("needs_partial", 0.70, 0.90, 0.85),  # saving 4 s
+        cell("needs_full", 0.70, 0.80, 0.90),  # saving 9 s
+        cell("needs_full_too", 0.60, 0.70, 0.95),  # saving 9 s
+    ]
+    errors = dict.fromkeys(["cheap_right", "needs_partial", "needs_full", "needs_full_too"], 0.01)
+    picks = cheapest_at_share(cells, errors, 0.5)
+    assert picks == {"cheap_right": "head", "needs_partial": "partial", "needs_full": "head", "needs_full_too": "head"}
+    verdict = judge_policy(cells, picks, errors, {})
+    assert verdict["within_one_se"] == 0.5
+    assert verdict["cpu_share_of_grid"] == 8 / 64
+    assert cheapest_at_share(cells, errors, 1.0)["needs_full"] == "full"
+
+
+def test_the_backbone_pick_is_judged_against_the_best_backbone_and_recipe_of_each_data_set_and_size():
+    """Two backbones on one data set and size: auto takes the one with the higher expected accuracy (probe
+    plus the leaf's gain), trains it with its own pick, and is judged against the best of both cells."""
+    from bench.transfer_analysis import pick_backbones
+    from transferline.model.advisor import Cell, Signals
+
+    def cell(backbone: str, probe: float, accuracy: dict[str, float]) -> Cell:
+        signals = Signals(10, 2, probe, 0.5, 0.0, 0.1)
+        return Cell("a", signals, accuracy, dict.fromkeys(accuracy, 1.0), f"a/10/{backbone}")
+
+    cells = [
+        cell("m", 0.70, {"head": 0.70, "full": 0.80}),
+        cell("e", 0.75, {"head": 0.74, "full": 0.90}),
+    ]
+    picks = {"a/10/m": "full", "a/10/e": "head"}
+    leaf_gain = {"tree": {"recipe": "head", "gain_over_probe": [0.0, 0.02], "cells": 2}}
+    verdicts = pick_backbones(cells, picks, {"a": leaf_gain}, {"a/10/m": 0.01, "a/10/e": 0.01})
+    assert verdicts["auto: expected accuracy"]["groups"] == 1
+    # e has the higher expected accuracy, but its own pick (head, 0.74) is far below e's full (0.90)
+    assert verdicts["auto: expected accuracy"]["mean_regret"] == pytest.approx(0.16)
+    assert verdicts["always m"]["mean_regret"] == pytest.approx(0.10)
+    assert verdicts["always e"]["within_one_se"] == 0.0
+
+
+def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_for_auto():
+    """bench/rule_variants.py judges other fitting methods the way the study judges the committed one: its
+    committed row, refitted from the committed study's cells, gives the study's own auto verdict."""
+    from bench.rule_variants import COMMITTED, fitter
+    from bench.transfer_analysis import judge_policy, leave_one_dataset_out
+    from bench.transfer_study import AUTO, RECIPES, study_cells
+
+    study = json.loads((Path(__file__).resolve().parents[2] / "bench/results/transfer_study.json").read_text())
+    cells, errors = study_cells(study)
+    signal_seconds = {name: values["seconds"] for name, values in study["signals"].items()}
+    picks, _ = leave_one_dataset_out(cells, RECIPES, fitter(*COMMITTED, errors))
+    assert judge_policy(cells, picks, errors, signal_seconds) == pytest.approx(study["verdicts"][AUTO])
+
+
+def test_a_budget_fitted_rule_spends_at_most_the_cpu_target_on_its_training_cells():
+    """The budget penalty's weight is found on the training cells: there the rule must meet the CPU target,
+    even where the accuracy alone would pick the expensive recipe everywhere."""
+    from bench.rule_variants import cpu_share, fitter
+    from bench.transfer_study import TARGET_CPU
+    from transferline.model.advisor import Cell, Signals
+
+    seconds = {
+        "feature_extraction": 1.0,
+        "partial_quarter": 20.0,
+        "partial_half": 15.0,
+        "full": 30.0,
+        "discriminative": 30.0,
+    }
+    cells = [
+        Cell(
+            f"d{i % 3}",
+            Signals(10 * (i + 1), 2, 0.5, 0.5, 0.0, 0.1),
+            {
+                "feature_extraction": 0.70,
+                "partial_quarter": 0.80,
+                "partial_half": 0.79,
+                "full": 0.90,
+                "discriminative": 0.85,
+            },
+            seconds,
+            f"d{i % 3}/{i}",
+        )
+        for i in range(9)
+    ]
+    errors = {c.name: 0.01 for c in cells}
+    unconstrained = fitter("misses beyond one SE", "none", 2, 2, errors)(cells)
+    assert cpu_share(cells, unconstrained) > TARGET_CPU
+    budgeted = fitter("misses beyond one SE", "budget", 2, 2, errors)(cells)
+    assert cpu_share(cells, budgeted) <= TARGET_CPU

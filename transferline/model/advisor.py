@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -186,33 +187,44 @@ class Cell:
         return max(self.accuracy.values()) - self.accuracy[recipe]
 
 
+Loss = Callable[[Cell, str], float]  # a recipe's cost in a cell: what the tree's leaves minimise
+
+
 def fit_rule(
-    cells: list[Cell], recipes: dict[str, dict[str, Any]], max_depth: int = 2, min_leaf: int = 2
+    cells: list[Cell],
+    recipes: dict[str, dict[str, Any]],
+    max_depth: int = 2,
+    min_leaf: int = 2,
+    loss: Loss | None = None,
 ) -> dict[str, Any]:
-    """The regression tree (depth <= max_depth) whose leaves minimise the cells' total regret.
+    """The regression tree (depth <= max_depth) whose leaves minimise the cells' total loss, by default
+    the regret (accuracy lost against the cell's best recipe).
 
     Exhaustive over signals and midpoint thresholds: the study has tens of cells, so this is instant and,
     unlike greedy growth, finds the best tree of that depth. A split must leave `min_leaf` cells on each
-    side, and must lower the regret, so an unhelpful signal never appears in the rule.
+    side, and must lower the loss, so an unhelpful signal never appears in the rule. Other losses are for
+    the study's comparison of fitting methods (bench/rule_variants.py).
     """
     names = [name for name in recipes if all(name in c.accuracy for c in cells)]
     if not cells or not names:
         raise ValueError("fit_rule needs cells with results for at least one common recipe")
-    tree, _ = _best_tree(cells, names, max_depth, min_leaf)
+    tree, _ = _best_tree(cells, names, max_depth, min_leaf, loss or Cell.regret)
     return {"tree": tree, "recipes": recipes, "signals": list(SIGNALS)}
 
 
-def _best_leaf(cells: list[Cell], names: list[str]) -> tuple[dict[str, Any], float]:
-    regrets = {name: sum(c.regret(name) for c in cells) for name in names}
-    best = min(names, key=lambda n: (round(regrets[n], 9), names.index(n)))
+def _best_leaf(cells: list[Cell], names: list[str], loss: Loss) -> tuple[dict[str, Any], float]:
+    totals = {name: sum(loss(c, name) for c in cells) for name in names}
+    best = min(names, key=lambda n: (round(totals[n], 9), names.index(n)))
     gains = [c.accuracy[best] - c.signals.probe_accuracy for c in cells]
-    return leaf(best, gains), regrets[best]
+    return leaf(best, gains), totals[best]
 
 
-def _best_tree(cells: list[Cell], names: list[str], depth: int, min_leaf: int) -> tuple[dict[str, Any], float]:
-    best_node, best_regret = _best_leaf(cells, names)
+def _best_tree(
+    cells: list[Cell], names: list[str], depth: int, min_leaf: int, loss: Loss
+) -> tuple[dict[str, Any], float]:
+    best_node, best_loss = _best_leaf(cells, names, loss)
     if depth == 0 or len(cells) < 2 * min_leaf:
-        return best_node, best_regret
+        return best_node, best_loss
     for signal in SIGNALS:
         values = sorted({c.signals.value(signal) for c in cells})
         for low, high in itertools.pairwise(values):
@@ -220,17 +232,17 @@ def _best_tree(cells: list[Cell], names: list[str], depth: int, min_leaf: int) -
             right = [c for c in cells if c.signals.value(signal) >= high]
             if len(left) < min_leaf or len(right) < min_leaf:
                 continue
-            left_node, left_regret = _best_tree(left, names, depth - 1, min_leaf)
-            right_node, right_regret = _best_tree(right, names, depth - 1, min_leaf)
-            if left_regret + right_regret < best_regret - 1e-9:
-                best_regret = left_regret + right_regret
+            left_node, left_loss = _best_tree(left, names, depth - 1, min_leaf, loss)
+            right_node, right_loss = _best_tree(right, names, depth - 1, min_leaf, loss)
+            if left_loss + right_loss < best_loss - 1e-9:
+                best_loss = left_loss + right_loss
                 best_node = {
                     "signal": signal,
                     "threshold": _short_threshold(low, high),
                     "le": left_node,
                     "gt": right_node,
                 }
-    return best_node, best_regret
+    return best_node, best_loss
 
 
 def _short_threshold(low: float, high: float) -> float:
