@@ -33,7 +33,10 @@ class ModelSource:
     classes: int
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "export_dir": str(self.export_dir)}
+        """For a results file: the bundle's folder relative to the project, never a machine's own path."""
+        inside = self.export_dir.resolve().is_relative_to(PROJECT_ROOT)
+        where = str(self.export_dir.resolve().relative_to(PROJECT_ROOT)) if inside else "a temporary folder"
+        return {**asdict(self), "export_dir": where}
 
 
 def trained_model_present(export_dir: Path = PIPELINE_EXPORT, models_dir: Path = PIPELINE_MODELS) -> bool:

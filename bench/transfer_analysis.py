@@ -145,11 +145,10 @@ def pick_backbones(
     cells: list[Cell], picks: dict[str, str], rules: dict[str, dict[str, Any]], errors: dict[str, float]
 ) -> dict[str, Any]:
     """`train.backbone: auto` judged on the study: for each data set and size run with several backbones,
-    the backbone whose expected accuracy (probe accuracy plus the midpoint of the reached leaf's gains, as
-    `transferline/model/backbone_choice.py` compares them, under the rule
-    fitted without that data set) is highest, with that backbone's auto recipe, against the best
-    (backbone, recipe) of all. Beside it, each single backbone with its auto recipe, and the backbone
-    with the better linear probe."""
+    the backbone whose expected accuracy is highest (probe accuracy plus the midpoint of the reached leaf's
+    gains, as `transferline/model/backbone_choice.py` compares them, under the rule fitted without that
+    data set), trained with its auto recipe, against the best (backbone, recipe) of all. Beside it, each
+    single backbone with its auto recipe, and the backbone with the better linear probe."""
     groups: dict[tuple[str, str], list[Cell]] = defaultdict(list)
     for cell in cells:
         if cell.name in picks:

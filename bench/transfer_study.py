@@ -558,8 +558,8 @@ def markdown(
             f"{at_target['cpu_share_of_grid']:.1%}, {verdict}",
         ]
     lines.append("")
-    picks = analysis.get("backbone_pick", {})
-    if any(v.get("groups") for v in picks.values()):
+    backbone_verdicts = analysis.get("backbone_pick", {})
+    if any(v.get("groups") for v in backbone_verdicts.values()):
         lines += [
             "## Choosing the backbone (`train.backbone: auto`)",
             "",
@@ -569,7 +569,7 @@ def markdown(
             "| policy | data set x size | within one SE of the best | mean regret | max regret |",
             "|---|---|---|---|---|",
         ]
-        for name, v in picks.items():
+        for name, v in backbone_verdicts.items():
             lines.append(
                 f"| {name} | {v['groups']} | {v['within_one_se']:.0%} | {v['mean_regret']:.4f} | "
                 f"{v['max_regret']:.4f} |"
