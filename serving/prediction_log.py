@@ -1,8 +1,11 @@
 """The prediction log: one JSON line per answered image, written off the request path, in size-bounded files.
 
-A request only puts a small dict on a bounded in-memory queue (microseconds); a daemon thread encodes and
-appends the lines. If the writer falls behind so far that the queue is full, the entry is dropped and
-counted rather than slowing or failing the request: the log is for monitoring, the answer comes first.
+A request only appends a small dict to an in-memory buffer (a deque append: no lock, no thread woken); a
+daemon thread wakes every FLUSH_INTERVAL_S, encodes what gathered and appends it in one write. Waking
+the writer for each request would cost a thread switch per answer (about a tenth of a worker's Python
+time under load, bench/results/load.md). If the writer falls behind so far that the buffer holds
+QUEUE_SIZE entries, new entries are dropped and counted rather than slowing or failing the request:
+the log is for monitoring, the answer comes first.
 Each worker process writes its own file (`predictions-<pid>.jsonl`), so lines never interleave, and
 rotates it at `max_bytes` keeping `backups` older files: the log's disk use is bounded by
 workers x (backups + 1) x max_bytes.
@@ -17,9 +20,9 @@ import argparse
 import json
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from transferline.cli import cli_parser, run_command
 log = logging.getLogger("transferline.serving.prediction_log")
 
 QUEUE_SIZE = 10_000  # entries waiting to be written; beyond it new entries are dropped (and counted)
+FLUSH_INTERVAL_S = 0.2  # how often the writer wakes; entries reach the file at most this much later
 FILE_PREFIX = "predictions-"
 
 
@@ -40,7 +44,12 @@ class PredictionLog:
         self.max_bytes = max_bytes
         self.backups = backups
         self.dropped = 0
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(QUEUE_SIZE)
+        self._pending: deque[dict[str, Any]] = deque()
+        self._wake = threading.Event()  # set by flush and close: write now instead of at the next tick
+        self._flushed = threading.Condition()
+        self._written_upto = 0  # entries taken from the buffer and on disk (or dropped on a write error)
+        self._taken = 0
+        self._stopping = False
         self._thread: threading.Thread | None = None
         self._file = None
         self._path = self.directory / f"{FILE_PREFIX}{os.getpid()}.jsonl"
@@ -51,42 +60,58 @@ class PredictionLog:
         self._thread.start()
 
     def record(self, entry: dict[str, Any]) -> None:
-        """Queue one entry; never blocks the caller."""
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
+        """Buffer one entry; never blocks the caller and wakes no thread."""
+        if len(self._pending) >= QUEUE_SIZE:
             self.dropped += 1
+            return
+        self._pending.append(entry)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued, then stop the thread."""
+        """Write what is buffered, then stop the thread."""
         if self._thread is None:
             return
-        self._queue.put(None)
+        self._stopping = True
+        self._wake.set()
         self._thread.join(timeout)
         self._thread = None
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Block until everything queued so far is on disk (for tests and shutdown)."""
-        done = threading.Event()
-        self._queue.put({"__flush__": done})
-        done.wait(timeout)
+        """Block until everything recorded so far is on disk (for tests and shutdown)."""
+        target = self._taken + len(self._pending)
+        self._wake.set()
+        with self._flushed:
+            self._flushed.wait_for(lambda: self._written_upto >= target, timeout)
 
     def _run(self) -> None:
         while True:
-            entry = self._queue.get()
-            if entry is None:
+            self._wake.wait(FLUSH_INTERVAL_S)
+            self._wake.clear()
+            stopping = self._stopping
+            self._drain()
+            if stopping:
                 self._close_file()
                 return
-            if "__flush__" in entry:
-                if self._file is not None:
-                    self._file.flush()
-                entry["__flush__"].set()
-                continue
+
+    def _drain(self) -> None:
+        """Write every buffered entry, then flush the file once."""
+        taken = 0
+        while self._pending:
+            entry = self._pending.popleft()
+            taken += 1
             try:
                 self._write(json.dumps(entry, separators=(",", ":")) + "\n")
             except (OSError, TypeError, ValueError) as exc:  # a full disk must not kill the thread silently
                 self.dropped += 1
                 log.warning("prediction log entry not written: %s", exc)
+        if taken and self._file is not None:
+            try:
+                self._file.flush()
+            except OSError as exc:
+                log.warning("prediction log not flushed: %s", exc)
+        self._taken += taken
+        with self._flushed:
+            self._written_upto = self._taken
+            self._flushed.notify_all()
 
     def _write(self, line: str) -> None:
         data = line.encode()
@@ -95,8 +120,6 @@ class PredictionLog:
         if self._file.tell() + len(data) > self.max_bytes and self._file.tell() > 0:
             self._rotate()
         self._file.write(data)
-        if self._queue.empty():
-            self._file.flush()
 
     def _rotate(self) -> None:
         self._close_file()

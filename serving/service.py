@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import gc
 import json
 import logging
 import time
@@ -34,9 +35,10 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from serving.auth import BearerTokenAuth, admin_refusal
@@ -101,6 +103,8 @@ SERVED_TAG = served_model_tag()
     http={"host": SETTINGS.host, "port": SETTINGS.port},
     logging={"access": {"enabled": SETTINGS.access_log}},
     traffic={"timeout": 60},
+    # BentoML traces every request by default; with no exporter configured the spans only cost CPU.
+    tracing={} if SETTINGS.tracing else {"excluded_urls": [".*"]},
 )
 class Classifier:
     """Image classifier trained by transferline: upload an image, get the top-k labels with probabilities."""
@@ -145,6 +149,10 @@ class Classifier:
             self.control_dir, self.worker, lambda: self.served, self._load_for_swap, self._switch
         )
         self.follower.start()
+        # What is loaded by now lives as long as the worker: moved out of the collector's reach, so the full
+        # collections that load triggers stay short (they made the p99 latency under load; bench/results/load.md).
+        gc.collect()
+        gc.freeze()
         log.info(
             "worker %d serving %s (data %s) on %s, %d ORT thread(s), batching %s; warm-up %.2f s",
             self.worker,
@@ -230,7 +238,7 @@ class Classifier:
         self.load_thread.shutdown(wait=False, cancel_futures=True)
 
     @bentoml.api(route="/classify", input_spec=ClassifyInput, output_spec=Classification)
-    async def classify(self, request: Request) -> Classification | JSONResponse:
+    async def classify(self, request: Request) -> Response:
         """Classify one image: multipart `image` file or JSON {"image_b64": ...}; optional `top_k`."""
         served = self.served  # taken once: this request is answered by this model, whatever a swap does meanwhile
         try:
@@ -240,16 +248,18 @@ class Classifier:
             return self._refuse("classify", exc)
         probabilities, scores, flags = self._judge(served, logits, distances)
         self._log(served, parsed.images, logits, probabilities, scores, flags)
-        return Classification(
-            model_tag=served.tag,
-            data_version=served.data_version,
-            predictions=self._top_k(served, probabilities[0], parsed.top_k),
-            out_of_distribution=bool(flags[0]),
-            ood_score=float(scores[0]),
+        return json_response(
+            Classification(
+                model_tag=served.tag,
+                data_version=served.data_version,
+                predictions=self._top_k(served, probabilities[0], parsed.top_k),
+                out_of_distribution=bool(flags[0]),
+                ood_score=float(scores[0]),
+            )
         )
 
     @bentoml.api(route="/classify_batch", input_spec=ClassifyBatchInput, output_spec=BatchClassification)
-    async def classify_batch(self, request: Request) -> BatchClassification | JSONResponse:
+    async def classify_batch(self, request: Request) -> Response:
         """Classify several images in one request: multipart `images` files or JSON {"images_b64": [...]}."""
         served = self.served
         try:
@@ -259,17 +269,19 @@ class Classifier:
             return self._refuse("classify_batch", exc)
         probabilities, scores, flags = self._judge(served, logits, distances)
         self._log(served, parsed.images, logits, probabilities, scores, flags)
-        return BatchClassification(
-            model_tag=served.tag,
-            data_version=served.data_version,
-            results=[
-                ImageResult(
-                    predictions=self._top_k(served, row, parsed.top_k),
-                    out_of_distribution=bool(flag),
-                    ood_score=float(score),
-                )
-                for row, score, flag in zip(probabilities, scores, flags, strict=True)
-            ],
+        return json_response(
+            BatchClassification(
+                model_tag=served.tag,
+                data_version=served.data_version,
+                results=[
+                    ImageResult(
+                        predictions=self._top_k(served, row, parsed.top_k),
+                        out_of_distribution=bool(flag),
+                        ood_score=float(score),
+                    )
+                    for row, score, flag in zip(probabilities, scores, flags, strict=True)
+                ],
+            )
         )
 
     @bentoml.api(route="/metadata", input_spec=NoInput)
@@ -394,6 +406,13 @@ class Classifier:
     def _refuse(self, endpoint: str, error: ApiError) -> JSONResponse:
         self.metrics.count_rejection(endpoint, error.status)
         return error.response()
+
+
+def json_response(answer: BaseModel) -> Response:
+    """An answer as one JSON body with its length: pydantic encodes it, and the response goes out in one send.
+    (BentoML's own response for a returned model streams the body in chunks, each passed through every
+    middleware, which cost about 5% of a worker's Python time under load, bench/results/load.md.)"""
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 UI_PAGE = Path(__file__).with_name("ui.html")

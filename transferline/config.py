@@ -333,6 +333,7 @@ class ServeParams(Section):
     top_k_default: int = Field(default=5, ge=1)
     top_k_max: int = Field(default=20, ge=1)
     access_log: bool = False
+    tracing: bool = False  # OpenTelemetry spans per request (for a tracing exporter set in BentoML's configuration)
     prediction_log: bool = True  # one JSON line per answered image, written off the request path
     log_dir: Path = Path(".transferline/predictions")  # where (one file per worker)
     log_max_bytes: int = Field(default=50_000_000, ge=10_000)  # rotate each worker's file at this size...

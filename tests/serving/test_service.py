@@ -412,13 +412,17 @@ def test_every_answered_image_is_logged_off_the_request_path(client, photos, ser
     from serving.prediction_log import read_entries, summarize
 
     log_dir = serving_models.home / "predictions"
-    before = len(list(read_entries(log_dir))) if log_dir.is_dir() else 0
     names = sorted(photos)[:3]
+    sent_at = clock.time()  # earlier tests' entries may still be on their way to the file: told apart by time
+
+    def entries_since() -> list[dict]:
+        return [entry for entry in read_entries(log_dir) if entry["time"] >= sent_at] if log_dir.is_dir() else []
+
     answer = client.post("/classify_batch", files=[("images", (n, photos[n])) for n in names]).json()
     deadline = clock.monotonic() + 10
-    while clock.monotonic() < deadline and len(list(read_entries(log_dir))) < before + 3:
+    while clock.monotonic() < deadline and len(entries_since()) < 3:
         clock.sleep(0.1)
-    entries = list(read_entries(log_dir))[before:]
+    entries = entries_since()
     assert len(entries) == 3
     for entry, result, name in zip(entries, answer["results"], names, strict=True):
         assert entry["model_tag"] == answer["model_tag"] and entry["request_bytes"] == len(photos[name])
