@@ -221,6 +221,30 @@ def test_onnx_runtime_is_judged_against_the_best_eager_configuration_with_its_sp
     assert int8["value"] == 0.33 and int8["met"] is True
 
 
+def test_the_int8_speed_target_is_judged_at_the_service_s_thread_count():
+    def cell(median: float) -> dict:
+        return {"median": median, "min": median - 0.05, "max": median + 0.05}
+
+    results = {
+        "model": {"kind": "trained"},
+        "repeats": 5,
+        "threads": 2,
+        "service_threads": 1,
+        "best_eager": {"batch_1": "pytorch_eager", "batch_32": "pytorch_eager"},
+        "targets": {"ort_fp32_vs_best_eager_batch_1": 1.5, "ort_int8_vs_fp32_batch_1_service_threads": 1.5},
+        "ratios": {
+            "ort_fp32_vs_best_eager_batch_1": cell(4.0),
+            "ort_fp32_vs_best_eager_batch_32": cell(2.0),
+            "ort_int8_vs_fp32_batch_1_service_threads": cell(1.45),
+            "ort_int8_vs_fp32_batch_1": cell(1.6),
+        },
+    }
+    report = build_report(MACHINE, {"export": {"seconds": 1.0, "results": results}}, quick=False)
+    _, _, served, two_threads = report["figures"]
+    assert served["value"] == 1.45 and served["met"] is False and "1 thread(s) as each service worker" in served["name"]
+    assert two_threads["value"] == 1.6 and two_threads["met"] is None and "2 threads" in two_threads["name"]
+
+
 def test_repro_runs_are_grouped_by_inputs_and_say_whether_the_cpus_agree(tmp_path, monkeypatch):
     from bench.repro_bench import load_runs, record_run, runs_markdown
 
