@@ -93,11 +93,10 @@ class PredictionLog:
                 return
 
     def _drain(self) -> None:
-        """Write every buffered entry, then flush the file once."""
-        taken = 0
-        while self._pending:
+        """Write the entries buffered when it starts (later ones wait for the next tick), then flush once."""
+        taken = len(self._pending)
+        for _ in range(taken):
             entry = self._pending.popleft()
-            taken += 1
             try:
                 self._write(json.dumps(entry, separators=(",", ":")) + "\n")
             except (OSError, TypeError, ValueError) as exc:  # a full disk must not kill the thread silently
