@@ -47,8 +47,7 @@ class PredictionLog:
         self._pending: deque[dict[str, Any]] = deque()
         self._wake = threading.Event()  # set by flush and close: write now instead of at the next tick
         self._flushed = threading.Condition()
-        self._written_upto = 0  # entries taken from the buffer and on disk (or dropped on a write error)
-        self._taken = 0
+        self._written = 0  # entries taken from the buffer and on disk (or dropped on a write error)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._file = None
@@ -77,10 +76,10 @@ class PredictionLog:
 
     def flush(self, timeout: float = 5.0) -> None:
         """Block until everything recorded so far is on disk (for tests and shutdown)."""
-        target = self._taken + len(self._pending)
+        target = self._written + len(self._pending)
         self._wake.set()
         with self._flushed:
-            self._flushed.wait_for(lambda: self._written_upto >= target, timeout)
+            self._flushed.wait_for(lambda: self._written >= target, timeout)
 
     def _run(self) -> None:
         while True:
@@ -107,9 +106,8 @@ class PredictionLog:
                 self._file.flush()
             except OSError as exc:
                 log.warning("prediction log not flushed: %s", exc)
-        self._taken += taken
         with self._flushed:
-            self._written_upto = self._taken
+            self._written += taken
             self._flushed.notify_all()
 
     def _write(self, line: str) -> None:
