@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import study_sources
 from bench.common import machine, results_dir, write_results
 from bench.transfer_analysis import (
     backbone_of,
@@ -59,6 +60,10 @@ DATASETS: dict[str, dict[str, Any]] = {
     # scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes): a third domain, far from
     # ImageNet and unrelated to the others (the two ELPV tasks share their images), written out as a folder.
     "digits": {"source": "folder", "path": "sources/digits"},
+    # Two more domains (bench/study_sources.py): scikit-image's LFW faces against non-face patches (natural
+    # photos, 100 a class), and Animal-MNIST's silhouettes of 10 species (shape alone, 1,000 a class).
+    "faces": {"source": "folder", "path": "sources/faces"},
+    "animals": {"source": "folder", "path": "sources/animals"},
 }
 SIZES: list[int | None] = [10, 30, 100, 400]
 BACKBONES = ["mobilenet_v2", "efficientnet_lite0"]
@@ -499,18 +504,12 @@ def markdown(
     if not final:
         lines += ["**Partial: the grid is still running (or was stopped); the figures cover the cells listed.**", ""]
     sizes = ", ".join("all" if s is None else str(s) for s in grid["sizes"])
-    beyond = sorted(c["cell"] for c in analysis["cells"] if c["cell"].split("/")[2] not in grid["backbones"])
     lines += [
-        f"Grid run to {'completion' if final else 'this point'}: {', '.join(grid['backbones'])} x "
+        f"This run's grid, run to {'completion' if final else 'this point'}: {', '.join(grid['backbones'])} x "
         f"{', '.join(grid['datasets'])} x {sizes} images per class (a smaller class gives all it has; a size "
-        "no class reaches is skipped). "
-        f"The analysis uses every cell with all recipes run: {len(analysis['cells'])}"
-        + (
-            f", {len(beyond)} of them from another backbone's grid, still running ({', '.join(beyond)})."
-            if beyond
-            else "."
-        )
-        + (" The rule below is fitted on all of them." if final else ""),
+        "no class reaches is skipped); earlier runs' cells are kept. "
+        f"The analysis uses every cell with all recipes run: {len(analysis['cells'])}, "
+        f"{cells_in_words(analysis['cells'])}." + (" The rule below is fitted on all of them." if final else ""),
         "",
     ]
     lines += [
@@ -607,6 +606,22 @@ def markdown(
     return "\n".join(lines)
 
 
+def cells_in_words(cells: list[dict[str, Any]]) -> str:
+    """The analysed cells as 'backbones x data set (sizes); ...', from the cells themselves: a study resumed
+    with other arguments keeps the cells of earlier runs."""
+    by_dataset: dict[str, set[int | None]] = {}
+    backbones = sorted({c["cell"].split("/")[2] for c in cells})
+    for cell in cells:
+        dataset, size, _ = cell["cell"].split("/")
+        by_dataset.setdefault(dataset, set()).add(None if size == "None" else int(size))
+    order = {d: i for i, d in enumerate(DATASETS)}
+    parts = [
+        f"{d} ({', '.join('all' if s is None else str(s) for s in sorted(by_dataset[d], key=lambda x: x or 1 << 30))})"
+        for d in sorted(by_dataset, key=lambda d: (order.get(d, len(order)), d))
+    ]
+    return f"{' and '.join(backbones)} on " + "; ".join(parts)
+
+
 def rule_lines(node: dict[str, Any], indent: str = "") -> list[str]:
     """A rule's tree as nested if/else lines people can read."""
     if "recipe" in node:
@@ -680,29 +695,16 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
 
 
 def resolve_source(dataset: str, work: Path) -> dict[str, Any]:
-    """The ingest source of a data set; the digits folder is written from scikit-learn on first use."""
+    """The ingest source of a data set; the folder data sets are written from their packages on first use."""
     source = dict(DATASETS[dataset])
+    folder = work / source.get("path", "")
     if dataset == "digits":
-        source["path"] = str(digits_folder(work / source["path"]))
+        source["path"] = str(study_sources.digits_folder(folder))
+    elif dataset == "faces":
+        source["path"] = str(study_sources.faces_folder(folder))
+    elif dataset == "animals":
+        source["path"] = str(study_sources.animals_folder(folder, PROJECT_ROOT / "data" / "external" / "animal-mnist"))
     return source
-
-
-def digits_folder(target: Path) -> Path:
-    """scikit-learn's digits as a folder data set: one 8x8 greyscale PNG per scan (0-16 ink levels scaled
-    to 0-255), named by its index, in a folder per digit."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    if target.is_dir():
-        return target
-    digits = load_digits()
-    with atomic.atomic_dir(target) as tmp:
-        for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
-            folder = tmp / str(label)
-            folder.mkdir(exist_ok=True)
-            Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8)).save(folder / f"{index:04d}.png")
-    return target
 
 
 def quick_sources(work: Path) -> dict[str, dict[str, Any]]:

