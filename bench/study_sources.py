@@ -18,13 +18,14 @@ import pickle
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ClassVar
 
 from transferline import atomic
 
 ANIMALS_PACKAGE = "animal-mnist==0.4"
+ANIMALS_WHEELS = Path(__file__).resolve().parents[1] / "data" / "external" / "animal-mnist"
 ANIMALS_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
 # The two members of the package's wheel the study reads, and their SHA-256: a changed upload is refused.
 ANIMALS_MEMBERS = {
@@ -38,12 +39,9 @@ ANIMALS_MEMBERS = {
 
 
 def write_folder(target: Path, images: Iterable[tuple[str, str, object]]) -> Path:
-    """A folder data set of greyscale PNGs from (class, file stem, uint8 array) triples, written atomically;
-    an existing folder is reused."""
+    """A folder data set of greyscale PNGs from (class, file stem, uint8 array) triples, written atomically."""
     from PIL import Image
 
-    if target.is_dir():
-        return target
     with atomic.atomic_dir(target) as tmp:
         for label, stem, pixels in images:
             folder = tmp / label
@@ -52,11 +50,18 @@ def write_folder(target: Path, images: Iterable[tuple[str, str, object]]) -> Pat
     return target
 
 
+def folder_writers() -> dict[str, Callable[[Path], Path]]:
+    """The study's folder data sets by name: each writes its folder on first use and returns it."""
+    return {"digits": digits_folder, "faces": faces_folder, "animals": animals_folder}
+
+
 def digits_folder(target: Path) -> Path:
     """scikit-learn's digits: 0-16 ink levels scaled to 0-255, a folder per digit, files named by index."""
     import numpy as np
     from sklearn.datasets import load_digits
 
+    if target.is_dir():
+        return target
     digits = load_digits()
     pixels = np.round(digits.images * 255 / 16).astype(np.uint8)
     labels = [str(y) for y in digits.target]
@@ -68,12 +73,14 @@ def faces_folder(target: Path) -> Path:
     import numpy as np
     from skimage.data import lfw_subset
 
+    if target.is_dir():
+        return target
     images = np.round(lfw_subset() * 255).astype(np.uint8)
     labels = ["face" if i < 100 else "not_face" for i in range(len(images))]
     return write_folder(target, ((y, f"{i:03d}", x) for i, (x, y) in enumerate(zip(images, labels, strict=True))))
 
 
-def animals_folder(target: Path, wheels: Path) -> Path:
+def animals_folder(target: Path, wheels: Path = ANIMALS_WHEELS) -> Path:
     """Animal-MNIST's silhouettes, read from the package's wheel (downloaded into `wheels` when absent, the
     package's own code is never imported: it needs TensorFlow)."""
     if target.is_dir():

