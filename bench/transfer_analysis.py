@@ -14,7 +14,7 @@ from typing import Any
 
 from scipy.stats import kendalltau
 
-from transferline.model.advisor import SIGNALS, Cell, Signals, fit_rule, walk
+from transferline.model.advisor import FEATURE_EXTRACTION, SIGNALS, Cell, Signals, fit_rule, keep_fine_tuned, walk
 
 
 def cell_id(record: dict[str, Any]) -> tuple[str, int | str, str]:
@@ -42,9 +42,32 @@ def build_cells(
                 accuracy={r: statistics.fmean(x["test_accuracy"] for x in runs) for r, runs in by_recipe.items()},
                 seconds={r: statistics.fmean(x["cpu_seconds"] for x in runs) for r, runs in by_recipe.items()},
                 name=name,
+                checked=checked_accuracy(by_recipe),
             )
         )
     return cells
+
+
+def checked_accuracy(by_recipe: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """Per recipe, the mean test accuracy `auto` gets when it proposes that recipe: in each seed's run, the
+    feature-extraction run's test accuracy where the fine-tuned model did not beat it on validation
+    (`keep_fine_tuned`), else its own. Empty without feature-extraction runs or validation records."""
+    probes = {r["seed"]: r for r in by_recipe.get(FEATURE_EXTRACTION, []) if "val_accuracy" in r}
+    if not probes:
+        return {}
+    checked = {}
+    for recipe, runs in by_recipe.items():
+        outcomes = []
+        for run in runs:
+            probe = probes.get(run.get("seed"), next(iter(probes.values())))
+            own = (
+                recipe == FEATURE_EXTRACTION
+                or "val_accuracy" not in run
+                or keep_fine_tuned(run["val_accuracy"], probe["val_accuracy"])
+            )
+            outcomes.append(run["test_accuracy"] if own else probe["test_accuracy"])
+        checked[recipe] = statistics.fmean(outcomes)
+    return checked
 
 
 def cell_name(key: tuple) -> str:
@@ -91,17 +114,20 @@ def judge_policy(
     pick: dict[str, str],
     errors: dict[str, float],
     signal_seconds: dict[str, float],
+    checked: bool = False,
 ) -> dict[str, Any]:
     """How a policy's picks compare with each cell's best: share within one standard error, mean regret,
-    and its CPU time as a share of running the whole grid of that cell."""
+    and its CPU time as a share of running the whole grid of that cell. `checked`: the picks are proposals
+    under `auto`'s validation check (its outcome's accuracy; the probe's run paid for too)."""
     within, regrets, spent, grid = [], [], [], []
     for cell in cells:
         name = cell.name
         chosen = pick[name]
-        best = max(cell.accuracy.values())
-        within.append(best - cell.accuracy[chosen] <= errors[name] + 1e-12)
-        regrets.append(best - cell.accuracy[chosen])
-        spent.append(cell.seconds[chosen] + signal_seconds.get(name, 0.0))
+        regret = max(cell.accuracy.values()) - cell.outcome(chosen, checked)
+        within.append(regret <= errors[name] + 1e-12)
+        regrets.append(regret)
+        cost = cell.checked_seconds(chosen) if checked else cell.seconds[chosen]
+        spent.append(cost + signal_seconds.get(name, 0.0))
         grid.append(sum(cell.seconds.values()))
     return {
         "cells": len(cells),
@@ -142,7 +168,11 @@ def backbone_of(cell: Cell) -> str:
 
 
 def pick_backbones(
-    cells: list[Cell], picks: dict[str, str], rules: dict[str, dict[str, Any]], errors: dict[str, float]
+    cells: list[Cell],
+    picks: dict[str, str],
+    rules: dict[str, dict[str, Any]],
+    errors: dict[str, float],
+    checked: bool = False,
 ) -> dict[str, Any]:
     """`train.backbone: auto` judged on the study: for each data set and size run with several backbones,
     the backbone whose expected accuracy is highest (probe accuracy plus the midpoint of the reached leaf's
@@ -172,7 +202,7 @@ def pick_backbones(
             best_cell = max(members, key=lambda c: max(c.accuracy.values()))
             best = max(best_cell.accuracy.values())
             chosen = max(members, key=score)
-            regrets.append(best - chosen.accuracy[picks[chosen.name]])
+            regrets.append(best - chosen.outcome(picks[chosen.name], checked))
             within.append(regrets[-1] <= errors[best_cell.name] + 1e-12)
         verdicts[label] = {
             "groups": len(within),
@@ -201,3 +231,77 @@ def leave_one_dataset_out(
             if cell.dataset == dataset:
                 picks[cell.name] = walk(rule["tree"], cell.signals)[0]["recipe"]
     return picks, rules
+
+
+# (tree depth, smallest leaf) the auto rule's fit chooses between; simpler first, so a tie keeps the simpler
+FIT_METHODS: tuple[tuple[int, int], ...] = ((1, 2), (2, 2), (2, 3), (2, 4))
+
+
+def fit_checked_rule(
+    cells: list[Cell], recipes: dict[str, dict[str, Any]], depth: int, min_leaf: int
+) -> dict[str, Any]:
+    """A rule fitted to the regret after the validation check, and marked so `auto` runs that check."""
+    rule = fit_rule(cells, recipes, depth, min_leaf, checked=True)
+    return {**rule, "validation_check": True, "fit": {"depth": depth, "min_leaf": min_leaf}}
+
+
+def choose_fit_method(
+    cells: list[Cell], recipes: dict[str, dict[str, Any]], errors: dict[str, float]
+) -> tuple[tuple[int, int], dict[str, dict[str, Any]]]:
+    """The depth and smallest leaf whose rules, fitted leaving one of these cells' data sets out at a time,
+    are within one SE of the best in most of the held-out cells (then the lower mean regret, then the
+    simpler): chosen on these cells only, so a held-out data set judges the choice too. With fewer than two
+    data sets nothing can be held out, and the simplest method that splits at all, (2, 2), is taken."""
+    if len({c.dataset for c in cells}) < 2:
+        return (2, 2), {}
+    verdicts = {}
+    for depth, min_leaf in FIT_METHODS:
+        picks, _ = leave_one_dataset_out(
+            cells, recipes, lambda train, d=depth, m=min_leaf: fit_checked_rule(train, recipes, d, m)
+        )
+        verdicts[f"{depth}/{min_leaf}"] = judge_policy(cells, picks, errors, {}, checked=True)
+    ranked = sorted(
+        FIT_METHODS,
+        key=lambda m: (-verdicts[f"{m[0]}/{m[1]}"]["within_one_se"], verdicts[f"{m[0]}/{m[1]}"]["mean_regret"]),
+    )
+    return ranked[0], verdicts
+
+
+def fit_auto_rule(cells: list[Cell], recipes: dict[str, dict[str, Any]], errors: dict[str, float]) -> dict[str, Any]:
+    """The committed way to fit `auto`'s rule: choose the depth and smallest leaf by leaving data sets out
+    (`choose_fit_method`), then fit with them on every cell given. Judged leaving one data set out, this is
+    nested: the held-out data set takes part in neither the choice nor the fit."""
+    method, verdicts = choose_fit_method(cells, recipes, errors)
+    rule = fit_checked_rule(cells, recipes, *method)
+    rule["fit"]["chosen_from"] = {
+        name: {k: v[k] for k in ("within_one_se", "mean_regret")} for name, v in verdicts.items()
+    }
+    return rule
+
+
+def best_on_one_seed(records: list[dict[str, Any]], cells: list[Cell], errors: dict[str, float]) -> dict[str, Any]:
+    """How repeatable "the best recipe" is: in each cell with three or more seeds of every recipe, the
+    recipe best on one seed, judged within one SE of the best on the mean of the other seeds. Even a policy
+    that knew a whole replicate of the grid is bound by this share; it measures the noise in the target."""
+    by_cell: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for record in records:
+        by_cell[cell_name(cell_id(record))][record["recipe"]][record["seed"]] = record["test_accuracy"]
+    hits, counted = [], 0
+    for cell in cells:
+        by_recipe = by_cell.get(cell.name, {})
+        if not by_recipe:
+            continue
+        seeds = set.intersection(*(set(runs) for runs in by_recipe.values()))
+        if len(seeds) < 3:
+            continue
+        counted += 1
+        for seed in sorted(seeds):
+            others = seeds - {seed}
+            pick = max(by_recipe, key=lambda r: by_recipe[r][seed])
+            mean = {r: statistics.fmean(runs[s] for s in others) for r, runs in by_recipe.items()}
+            hits.append(max(mean.values()) - mean[pick] <= errors[cell.name] + 1e-12)
+    return {
+        "cells": counted,
+        "trials": len(hits),
+        "within_one_se": sum(hits) / len(hits) if hits else None,
+    }

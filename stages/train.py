@@ -113,6 +113,39 @@ def advice_record(advice: Advice | None, backbone_choice: BackboneChoice | None)
     return document
 
 
+def validation_check(
+    params: TrainParams,
+    advice: Advice,
+    fine_tuned_model: TransferModel,
+    fine_tuned: FitResult,
+    train: SplitData,
+    val: SplitData,
+    spec: PreprocessSpec,
+    runtime: Runtime,
+    out: Outputs,
+    key: dict,
+) -> tuple[TrainParams, Advice, TransferModel, FitResult]:
+    """`auto`'s check after fine-tuning: keep the fine-tuned model only if it beats the linear probe on the
+    validation split; otherwise train the feature-extraction head (seconds, from the cached features) on a
+    freshly built pretrained model. Returns the params, advice, model and result that were kept."""
+    checked = advice.checked(fine_tuned.best_val_accuracy)
+    log.info(
+        "validation check: %s %.4f on val, the probe %.4f: %s kept",
+        advice.recipe,
+        fine_tuned.best_val_accuracy,
+        checked.signals["probe_accuracy"],
+        checked.recipe,
+    )
+    if checked.recipe == advice.recipe:
+        return params, checked, fine_tuned_model, fine_tuned
+    params = TrainParams(**{**params.model_dump(), **checked.params})
+    torch.manual_seed(params.seed)
+    num_classes = fine_tuned_model.head.out_features
+    model, _ = build_model(params.backbone, num_classes, params.pretrained, params.weights_path)
+    result = fit_feature_extraction(model, train, val, spec, params, runtime, out.features_dir, key, None)
+    return params, checked, model, result
+
+
 def fit_feature_extraction(
     model: TransferModel,
     train: SplitData,
@@ -332,7 +365,6 @@ def train_and_write(
         to_global_batch(model, runtime.device.type == "cuda", params.distributed.batchnorm == "global")
     plan = make_plan(model, params)
     log.info("%s on %s (%d threads); %s", params.backbone, runtime.describe(), setup.threads, plan.describe(0))
-    params_json = params.model_dump(mode="json")
     digest = run_digest(
         checkpoint_recipe(params, ranks), dataset["data_version"], dataset["preprocess"], classes, len(train)
     )
@@ -370,6 +402,11 @@ def train_and_write(
             "epochs_done": len(result.history),
             "resumed_from_epoch": result.resumed_from_epoch,
         }
+    if advice is not None and advice.validation_check and params.strategy != "feature_extraction":
+        params, advice, model, result = validation_check(
+            params, advice, model, result, train, val, spec, runtime, out, key
+        )
+    params_json = params.model_dump(mode="json")
 
     wall = time.perf_counter() - setup.wall_start
     rates = [r["images_per_s"] for r in result.history if "images_per_s" in r]

@@ -89,3 +89,50 @@ def test_a_rule_naming_an_unknown_signal_is_refused():
     rule = {"tree": {"signal": "vibes", "threshold": 1, "le": {"recipe": "full"}, "gt": {"recipe": "full"}}}
     with pytest.raises(ParamsError, match="unknown signal 'vibes'"):
         walk(rule["tree"], signals(10))
+
+
+def test_the_validation_check_keeps_fine_tuning_only_where_it_beats_the_probe():
+    rule = {**fit_rule(cells(), RECIPES), "validation_check": True}
+    advice = decide(signals(500, probe=0.7, gain=0.5), rule, 20, 5000, COST, None)
+    assert advice.recipe == "partial" and advice.validation_check
+    kept = advice.checked(0.75)
+    assert kept.recipe == "partial" and kept.params == advice.params
+    assert kept.notes[-1] == "validation check: partial reached 0.7500 on val, the probe 0.7000: partial kept"
+    assert kept.validation == {
+        "fine_tuned_val_accuracy": 0.75,
+        "probe_val_accuracy": 0.7,
+        "proposed": "partial",
+        "kept": "partial",
+    }
+    for worse_or_tied in (0.65, 0.7):  # a tie keeps the probe: it is the cheaper, less fitted model
+        fallback = advice.checked(worse_or_tied)
+        assert fallback.recipe == "feature_extraction"
+        assert fallback.params == {"strategy": "feature_extraction", "lr": pytest.approx(2e-3)}
+        assert fallback.validation["proposed"] == "partial" and fallback.validation["kept"] == "feature_extraction"
+        assert fallback.expected_accuracy == (0.7, 0.7)
+        assert "validation check: partial reached" in fallback.summary()
+
+
+def test_a_rule_without_the_check_and_a_feature_extraction_pick_ask_for_none():
+    plain = fit_rule(cells(), RECIPES)
+    assert not decide(signals(500, probe=0.7, gain=0.5), plain, 20, 5000, COST, None).validation_check
+    checked = {**plain, "validation_check": True}
+    assert not decide(signals(10), checked, 20, 100, COST, None).validation_check  # the probe itself
+
+
+def test_a_checked_fit_scores_each_proposal_by_what_the_check_leaves():
+    """Large data where fine-tuning wins on average but the check often falls back to the probe: fitted to
+    the regret after the check, the leaf's expected gain is the checked outcome's, not the raw recipe's."""
+    large = [
+        Cell(
+            f"d{i}",
+            signals(400 + i),
+            {"feature_extraction": 0.8, "partial": 0.9, "full": 0.85},
+            checked={"feature_extraction": 0.8, "partial": 0.84, "full": 0.85},
+        )
+        for i in range(4)
+    ]
+    assert fit_rule(large, RECIPES)["tree"]["recipe"] == "partial"
+    checked = fit_rule(large, RECIPES, checked=True)
+    assert checked["tree"]["recipe"] == "full"
+    assert checked["tree"]["gain_over_probe"] == pytest.approx([0.05, 0.05])

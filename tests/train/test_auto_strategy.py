@@ -53,6 +53,7 @@ def test_the_quick_study_reports_every_cell_and_fits_a_rule(study: Path):
     }
     rule = json.loads((study / "advisor_rule.json").read_text())
     assert "tree" in rule and rule["cost"]["mobilenet_v2"]["partial"] > 0
+    assert rule["validation_check"] is True and rule["fit"]["depth"] in (1, 2)
     for name in ("transfer_study.md", "transfer_study_tiny_a.png", "transfer_study_tiny_b.png"):
         assert (study / name).stat().st_size > 0
     assert (study / "transfer_study_tiny_a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -62,6 +63,7 @@ def test_the_quick_study_reports_every_cell_and_fits_a_rule(study: Path):
 @pytest.mark.slow
 def test_auto_follows_the_rule_and_records_its_advice(study: Path, run_train, tmp_path: Path):
     rule = json.loads((study / "advisor_rule.json").read_text())
+    rule["validation_check"] = False  # the rule's pick as it is (the check has its own test)
     # a rule whose root splits on the probe: every tiny data set scores above 0, so the "gt" branch fires
     rule["tree"] = {
         "signal": "probe_accuracy",
@@ -86,6 +88,29 @@ def test_auto_follows_the_rule_and_records_its_advice(study: Path, run_train, tm
     run_train(make_tiny_params(strategy="auto", advisor_rule=rule_file), out="again")
     for name in ("advice.json", "model.json", "model.pt"):
         assert (tmp_path / "out" / "models" / name).read_bytes() == (tmp_path / "again" / "models" / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_model_that_does_not_beat_the_probe_on_val_gives_way_to_it(study: Path, run_train, tmp_path: Path):
+    """The validation check, for real: a rule proposing full fine-tuning at a learning rate too small to
+    move the new head leaves a model near chance on val; the probe does better, so its head is trained
+    and shipped, and the advice says what was proposed, what each scored and what was kept."""
+    rule = json.loads((study / "advisor_rule.json").read_text())
+    rule["validation_check"] = True
+    rule["recipes"]["full"] = {"strategy": "full", "epochs": 3, "lr": 1e-9}
+    rule["tree"] = {"recipe": "full", "gain_over_probe": [0.0, 0.1], "cells": 2}
+    rule_file = tmp_path / "rule.json"
+    rule_file.write_text(json.dumps(rule))
+    metrics = run_train(make_tiny_params(strategy="auto", advisor_rule=rule_file))
+    advice = json.loads((tmp_path / "out" / "models" / "advice.json").read_text())
+    check = advice["validation"]
+    assert check["proposed"] == "full" and check["kept"] == "feature_extraction"
+    assert check["fine_tuned_val_accuracy"] <= check["probe_val_accuracy"]
+    assert advice["recipe"] == "feature_extraction" and any("validation check" in n for n in advice["notes"])
+    assert metrics["strategy"] == "feature_extraction"
+    assert metrics["val_accuracy"] == pytest.approx(check["probe_val_accuracy"], abs=1 / 6)
+    meta = json.loads((tmp_path / "out" / "models" / "model.json").read_text())
+    assert meta["strategy"] == "feature_extraction" and meta["params"]["strategy"] == "feature_extraction"
 
 
 def test_auto_without_a_rule_says_how_to_get_one(run_train, tmp_path: Path):
@@ -192,7 +217,7 @@ def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_for_auto
     cells, errors = study_cells(study)
     signal_seconds = {name: values["seconds"] for name, values in study["signals"].items()}
     picks, _ = leave_one_dataset_out(cells, RECIPES, fitter(*COMMITTED, errors))
-    assert judge_policy(cells, picks, errors, signal_seconds) == pytest.approx(study["verdicts"][AUTO])
+    assert judge_policy(cells, picks, errors, signal_seconds, checked=True) == pytest.approx(study["verdicts"][AUTO])
 
 
 def test_a_budget_fitted_rule_spends_at_most_the_cpu_target_on_its_training_cells():
@@ -230,3 +255,81 @@ def test_a_budget_fitted_rule_spends_at_most_the_cpu_target_on_its_training_cell
     assert cpu_share(cells, unconstrained) > TARGET_CPU
     budgeted = fitter("misses beyond one SE", "budget", 2, 2, errors)(cells)
     assert cpu_share(cells, budgeted) <= TARGET_CPU
+
+
+def _runs(dataset: str, seeds: dict[str, list[tuple[float, float]]]) -> list[dict]:
+    """Run records of one cell: recipe -> [(val, test) per seed]."""
+    return [
+        {
+            "dataset": dataset,
+            "size": 10,
+            "backbone": "m",
+            "recipe": recipe,
+            "seed": seed,
+            "val_accuracy": val,
+            "test_accuracy": test,
+            "cpu_seconds": 1.0 if recipe == "feature_extraction" else 10.0,
+        }
+        for recipe, pairs in seeds.items()
+        for seed, (val, test) in enumerate(pairs)
+    ]
+
+
+def test_the_checked_outcome_takes_the_probe_in_the_seeds_where_fine_tuning_lost_on_val():
+    from bench.transfer_analysis import build_cells
+
+    records = _runs(
+        "a",
+        {
+            "feature_extraction": [(0.80, 0.70)] * 3,
+            "full": [(0.90, 0.90), (0.80, 0.60), (0.70, 0.50)],  # beats the probe on val in seed 0 only
+        },
+    )
+    signals = {"a/10/m": {"seconds": 1.0, **dict.fromkeys(_signal_names(), 0.5)}}
+    (cell,) = build_cells(records, signals)
+    assert cell.accuracy["full"] == pytest.approx(2.0 / 3)
+    assert cell.checked["full"] == pytest.approx((0.90 + 0.70 + 0.70) / 3)
+    assert cell.checked["feature_extraction"] == pytest.approx(0.70)
+    assert cell.checked_seconds("full") == 11.0 and cell.checked_seconds("feature_extraction") == 1.0
+
+
+def test_the_best_recipe_of_one_seed_is_judged_on_the_others():
+    from bench.transfer_analysis import best_on_one_seed, build_cells
+
+    steady = _runs("a", {"feature_extraction": [(0.5, 0.70)] * 3, "full": [(0.5, 0.90), (0.5, 0.91), (0.5, 0.89)]})
+    noisy = _runs("b", {"feature_extraction": [(0.5, 0.80)] * 3, "full": [(0.5, 0.95), (0.5, 0.70), (0.5, 0.70)]})
+    signals = {f"{d}/10/m": {"seconds": 1.0, **dict.fromkeys(_signal_names(), 0.5)} for d in "ab"}
+    cells = build_cells(steady + noisy, signals)
+    result = best_on_one_seed(steady + noisy, cells, {"a/10/m": 0.01, "b/10/m": 0.01})
+    # a: full is best on every seed and on the others' mean; b: seed 0 says full (others' mean 0.70 vs
+    # 0.80: a miss), seeds 1 and 2 say the probe (others' mean 0.825 vs 0.80: a miss too)
+    assert result == {"cells": 2, "trials": 6, "within_one_se": pytest.approx(3 / 6)}
+
+
+def test_the_held_out_data_set_takes_part_in_neither_the_fit_nor_the_choice_of_its_method():
+    """Nested leave-one-out: changing a held-out data set's results cannot change the rule that judges it."""
+    from bench.transfer_analysis import FIT_METHODS, fit_auto_rule, leave_one_dataset_out
+    from transferline.model.advisor import Cell, Signals
+
+    recipes = {"feature_extraction": {"strategy": "feature_extraction"}, "full": {"strategy": "full"}}
+
+    def cell(dataset: str, per_class: int, head: float, full: float) -> Cell:
+        accuracy = {"feature_extraction": head, "full": full}
+        seconds = {"feature_extraction": 1.0, "full": 10.0}
+        return Cell(dataset, Signals(per_class, 2, 0.5, 0.5, 0.0, 0.1), accuracy, seconds, f"{dataset}/{per_class}")
+
+    def grid(held_out_full: float) -> list[Cell]:
+        return [cell(d, n, 0.8, 0.7 if n < 100 else 0.9) for d in ("a", "b", "c") for n in (10, 30, 300, 400)] + [
+            cell("d", n, 0.8, held_out_full) for n in (10, 400)
+        ]
+
+    errors = {c.name: 0.01 for c in grid(0.5)}
+    rules = []
+    for held_out_full in (0.5, 0.99):
+        picks, loo_rules = leave_one_dataset_out(
+            grid(held_out_full), recipes, lambda train: fit_auto_rule(train, recipes, errors)
+        )
+        rules.append(loo_rules["d"])
+        assert (picks["d/10"], picks["d/400"]) == ("feature_extraction", "full")  # learned from a, b and c
+    assert rules[0] == rules[1]
+    assert rules[0]["validation_check"] and (rules[0]["fit"]["depth"], rules[0]["fit"]["min_leaf"]) in FIT_METHODS

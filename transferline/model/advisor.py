@@ -6,6 +6,12 @@ to minimise the study's regret (the accuracy lost against the best recipe of eac
 is there because it lowered that loss on real data sets. `decide` walks it for a new data set, says
 which branch fired and why, and turns the recipe into train params that fit the time budget.
 
+The rule proposes; validation checks. Where it proposes fine-tuning, the fine-tuned model is kept only if
+its validation accuracy beats the linear probe's, measured anyway as a signal on the same split
+(`keep_fine_tuned`); otherwise the feature-extraction head, which costs seconds, is trained instead. A
+rule with `validation_check` was fitted to the regret after that check, so its leaves may propose
+fine-tuning where it only sometimes pays.
+
 Everything here is pure: signals and rule in, advice out. Measuring the signals is
 `transferline.model.advice_signals`; the study that fits the rule is `bench/transfer_study.py`.
 """
@@ -15,12 +21,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from transferline.errors import ParamsError
 
 SIGNALS = ("images_per_class", "num_classes", "probe_accuracy", "knn_accuracy", "logme", "pretrained_gain")
+FEATURE_EXTRACTION = "feature_extraction"
 MIN_EPOCHS = 3  # fewer epochs than this cannot anneal a fine-tuning schedule: pick a cheaper recipe instead
 
 
@@ -72,6 +79,8 @@ class Advice:
     budget_seconds: float | None
     notes: list[str] = field(default_factory=list)
     signals: dict[str, float] = field(default_factory=dict)
+    validation_check: bool = False  # the rule asks for the check after fine-tuning (see the module's doc)
+    validation: dict[str, Any] | None = None  # the validation check's figures and verdict, once it has run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +92,39 @@ class Advice:
             f"auto chose {self.recipe} ({why}); expected accuracy {low:.2f}-{high:.2f}, "
             f"~{self.estimated_seconds:.0f} s" + (f"; {'; '.join(self.notes)}" if self.notes else "")
         )
+
+    def checked(self, fine_tuned_val_accuracy: float) -> Advice:
+        """This advice once the fine-tuned model's validation accuracy is known: the same, with the check's
+        figures, and feature extraction as the recipe where the probe did at least as well."""
+        probe = self.signals["probe_accuracy"]
+        kept = keep_fine_tuned(fine_tuned_val_accuracy, probe)
+        verdict = {
+            "fine_tuned_val_accuracy": fine_tuned_val_accuracy,
+            "probe_val_accuracy": probe,
+            "proposed": self.recipe,
+            "kept": self.recipe if kept else FEATURE_EXTRACTION,
+        }
+        note = (
+            f"validation check: {self.recipe} reached {fine_tuned_val_accuracy:.4f} on val, the probe "
+            f"{probe:.4f}: {f'{self.recipe} kept' if kept else 'feature extraction kept'}"
+        )
+        if kept:
+            return replace(self, notes=[*self.notes, note], validation=verdict)
+        return replace(
+            self,
+            recipe=FEATURE_EXTRACTION,
+            params=Recipe(FEATURE_EXTRACTION).overrides(num_blocks=0, epochs=0),
+            expected_accuracy=(probe, probe),  # as when the budget falls back: the probe's own score
+            notes=[*self.notes, note],
+            validation=verdict,
+        )
+
+
+def keep_fine_tuned(fine_tuned_val_accuracy: float, probe_val_accuracy: float) -> bool:
+    """Whether fine-tuning earned its place: strictly better on the validation split than the probe on the
+    same images. A tie keeps the probe: its head costs seconds and its features come straight from the
+    pretrained backbone, so there is less to have fitted to a small validation split."""
+    return fine_tuned_val_accuracy > probe_val_accuracy + 1e-12
 
 
 # ---------------------------------------------------------------- the rule as data
@@ -150,6 +192,7 @@ def decide(
         budget_seconds=budget_seconds,
         notes=notes,
         signals={k: signals.value(k) for k in SIGNALS},
+        validation_check=bool(rule.get("validation_check", False)) and chosen.strategy != FEATURE_EXTRACTION,
     )
 
 
@@ -182,9 +225,25 @@ class Cell:
     accuracy: dict[str, float]  # recipe -> mean test accuracy over seeds
     seconds: dict[str, float] = field(default_factory=dict)  # recipe -> mean wall seconds
     name: str = ""  # data set/size/backbone, for reports
+    # recipe -> mean test accuracy once the validation check has run (per seed: the probe's head where the
+    # fine-tuned model did not beat it on val); empty where the study did not record validation accuracy
+    checked: dict[str, float] = field(default_factory=dict)
 
     def regret(self, recipe: str) -> float:
         return max(self.accuracy.values()) - self.accuracy[recipe]
+
+    def outcome(self, recipe: str, checked: bool = False) -> float:
+        """The test accuracy of choosing `recipe`, or with `checked` of proposing it under the validation
+        check (the plain accuracy where the study recorded no validation figures)."""
+        return self.checked.get(recipe, self.accuracy[recipe]) if checked else self.accuracy[recipe]
+
+    def checked_regret(self, recipe: str) -> float:
+        return max(self.accuracy.values()) - self.outcome(recipe, checked=True)
+
+    def checked_seconds(self, recipe: str) -> float:
+        """CPU seconds of proposing `recipe` under the check: a fine-tuning recipe also pays for the probe."""
+        extra = self.seconds.get(FEATURE_EXTRACTION, 0.0) if recipe != FEATURE_EXTRACTION else 0.0
+        return self.seconds[recipe] + extra
 
 
 Loss = Callable[[Cell, str], float]  # a recipe's cost in a cell: what the tree's leaves minimise
@@ -196,6 +255,7 @@ def fit_rule(
     max_depth: int = 2,
     min_leaf: int = 2,
     loss: Loss | None = None,
+    checked: bool = False,
 ) -> dict[str, Any]:
     """The regression tree (depth <= max_depth) whose leaves minimise the cells' total loss, by default
     the regret (accuracy lost against the cell's best recipe).
@@ -203,26 +263,29 @@ def fit_rule(
     Exhaustive over signals and midpoint thresholds: the study has tens of cells, so this is instant and,
     unlike greedy growth, finds the best tree of that depth. A split must leave `min_leaf` cells on each
     side, and must lower the loss, so an unhelpful signal never appears in the rule. Other losses are for
-    the study's comparison of fitting methods (bench/rule_variants.py).
+    the study's comparison of fitting methods (bench/rule_variants.py). `checked`: the leaves are proposals
+    under the validation check, so the default loss and each leaf's gains over the probe are those after it.
     """
     names = [name for name in recipes if all(name in c.accuracy for c in cells)]
     if not cells or not names:
         raise ValueError("fit_rule needs cells with results for at least one common recipe")
-    tree, _ = _best_tree(cells, names, max_depth, min_leaf, loss or Cell.regret)
+    loss = loss or (Cell.checked_regret if checked else Cell.regret)
+    table = {id(c): {name: loss(c, name) for name in names} for c in cells}  # each loss once, not per split
+    tree, _ = _best_tree(cells, names, max_depth, min_leaf, lambda c, name: table[id(c)][name], checked)
     return {"tree": tree, "recipes": recipes, "signals": list(SIGNALS)}
 
 
-def _best_leaf(cells: list[Cell], names: list[str], loss: Loss) -> tuple[dict[str, Any], float]:
+def _best_leaf(cells: list[Cell], names: list[str], loss: Loss, checked: bool) -> tuple[dict[str, Any], float]:
     totals = {name: sum(loss(c, name) for c in cells) for name in names}
     best = min(names, key=lambda n: (round(totals[n], 9), names.index(n)))
-    gains = [c.accuracy[best] - c.signals.probe_accuracy for c in cells]
+    gains = [c.outcome(best, checked) - c.signals.probe_accuracy for c in cells]
     return leaf(best, gains), totals[best]
 
 
 def _best_tree(
-    cells: list[Cell], names: list[str], depth: int, min_leaf: int, loss: Loss
+    cells: list[Cell], names: list[str], depth: int, min_leaf: int, loss: Loss, checked: bool
 ) -> tuple[dict[str, Any], float]:
-    best_node, best_loss = _best_leaf(cells, names, loss)
+    best_node, best_loss = _best_leaf(cells, names, loss, checked)
     if depth == 0 or len(cells) < 2 * min_leaf:
         return best_node, best_loss
     for signal in SIGNALS:
@@ -232,8 +295,8 @@ def _best_tree(
             right = [c for c in cells if c.signals.value(signal) >= high]
             if len(left) < min_leaf or len(right) < min_leaf:
                 continue
-            left_node, left_loss = _best_tree(left, names, depth - 1, min_leaf, loss)
-            right_node, right_loss = _best_tree(right, names, depth - 1, min_leaf, loss)
+            left_node, left_loss = _best_tree(left, names, depth - 1, min_leaf, loss, checked)
+            right_node, right_loss = _best_tree(right, names, depth - 1, min_leaf, loss, checked)
             if left_loss + right_loss < best_loss - 1e-9:
                 best_loss = left_loss + right_loss
                 best_node = {
