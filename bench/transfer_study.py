@@ -5,11 +5,13 @@ own cores (ingest, prepare, train) and scores every model on its test split. For
 backbone) cell it also measures the advisor's cheap signals. Then:
 
 - Kendall tau of each signal against the cell's best fine-tuned accuracy;
-- leave-one-data-set-out: the advisor's rule fitted on the other data sets picks a recipe for each cell
-  of the held-out one; its accuracy against the cell's best, the share of cells within one standard
-  error of it, and its CPU time (signals + the picked run) as a share of the whole cell's grid;
+- leave-one-data-set-out: the advisor's rule fitted on the other data sets (its depth and smallest leaf
+  chosen on them too) proposes a recipe for each cell of the held-out one, under auto's validation check;
+  its accuracy against the cell's best, the share of cells within one standard error of it, and its CPU
+  time (signals + the proposed run + the probe's) as a share of the whole cell's grid;
 - the same verdicts for fixed policies: always partial, always full, fastai-style (one frozen epoch,
   then everything);
+- how repeatable the best recipe itself is across seeds (a bound on any policy judged on this grid);
 - the rule fitted on every cell, written to transferline/model/advisor_rule.json for `strategy: auto`.
 
 Writes bench/results/transfer_study.{md,json} and one PNG of learning curves per data set. Every run is
