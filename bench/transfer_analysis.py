@@ -259,12 +259,9 @@ def choose_fit_method(
         picks, _ = leave_one_dataset_out(
             cells, recipes, lambda train, d=depth, m=min_leaf: fit_checked_rule(train, recipes, d, m)
         )
-        verdicts[f"{depth}/{min_leaf}"] = judge_policy(cells, picks, errors, {}, checked=True)
-    ranked = sorted(
-        FIT_METHODS,
-        key=lambda m: (-verdicts[f"{m[0]}/{m[1]}"]["within_one_se"], verdicts[f"{m[0]}/{m[1]}"]["mean_regret"]),
-    )
-    return ranked[0], verdicts
+        verdicts[depth, min_leaf] = judge_policy(cells, picks, errors, {}, checked=True)
+    best = min(FIT_METHODS, key=lambda m: (-verdicts[m]["within_one_se"], verdicts[m]["mean_regret"]))
+    return best, {f"{depth}/{min_leaf}": v for (depth, min_leaf), v in verdicts.items()}
 
 
 def fit_auto_rule(cells: list[Cell], recipes: dict[str, dict[str, Any]], errors: dict[str, float]) -> dict[str, Any]:

@@ -129,13 +129,7 @@ def validation_check(
     validation split; otherwise train the feature-extraction head (seconds, from the cached features) on a
     freshly built pretrained model. Returns the params, advice, model and result that were kept."""
     checked = advice.checked(fine_tuned.best_val_accuracy)
-    log.info(
-        "validation check: %s %.4f on val, the probe %.4f: %s kept",
-        advice.recipe,
-        fine_tuned.best_val_accuracy,
-        checked.signals["probe_accuracy"],
-        checked.recipe,
-    )
+    log.info("%s", checked.notes[-1])  # the check's figures and verdict, as advice.json words them
     if checked.recipe == advice.recipe:
         return params, checked, fine_tuned_model, fine_tuned
     params = TrainParams(**{**params.model_dump(), **checked.params})
@@ -402,7 +396,7 @@ def train_and_write(
             "epochs_done": len(result.history),
             "resumed_from_epoch": result.resumed_from_epoch,
         }
-    if advice is not None and advice.validation_check and params.strategy != "feature_extraction":
+    if advice is not None and advice.validation_check:  # only ever set for a fine-tuning recipe
         params, advice, model, result = validation_check(
             params, advice, model, result, train, val, spec, runtime, out, key
         )
