@@ -1,15 +1,17 @@
 """Other ways to fit `strategy: auto`'s rule, judged as the committed one is: leave one data set out.
 
-The committed rule minimises the regret after the validation check, with the tree's depth and smallest
-leaf chosen by leaving data sets out (bench/transfer_analysis.py `fit_auto_rule`). The study's targets
-count something else: cells within one standard error of the best, and CPU time. This compares fixed
-fitting methods that aim at those directly, on the committed study's cells, every one under the same
-validation check: the loss (regret, misses beyond one SE, regret beyond one SE), a CPU penalty whose
-weight is set on the training data sets alone to meet the CPU target there, the tree's depth and its
-smallest leaf. It trains nothing: it reads bench/results/transfer_study.json.
+The committed rule minimises the regret after the validation check, with the check's margin, the tree's
+depth and its smallest leaf chosen by leaving data sets out (bench/transfer_analysis.py `fit_auto_rule`).
+The study's targets count something else: cells within one standard error of the best, and CPU time. This
+compares fixed fitting methods that aim at those directly, on the committed study's cells, every one
+under the validation check (with no margin; the committed method chooses its margin too): the loss
+(regret, misses beyond one SE, regret beyond one SE), a CPU penalty whose weight is set on the training
+data sets alone to meet the CPU target there, the tree's depth and its smallest leaf. It trains nothing:
+it reads bench/results/transfer_study.json.
 
 Picking the best row after seeing this table is itself a fit to these cells, so its figures are
-optimistic; the committed rule's method was fixed before the study ran.
+optimistic. The committed method is nested (the held-out data set takes part in none of its choices),
+but adding the margin to it came after reading this study's misses.
 
 Writes bench/results/transfer_rule_variants.{md,json}. Usage: python -m bench.rule_variants
 """
@@ -22,7 +24,7 @@ import json
 from typing import Any
 
 from bench.common import results_dir, write_results
-from bench.transfer_analysis import fit_auto_rule, judge_policy, leave_one_dataset_out
+from bench.transfer_analysis import at_rules_margin, fit_auto_rule, judge_policy, leave_one_dataset_out
 from bench.transfer_study import RECIPES, TARGET_CPU, TARGET_SHARE, study_cells
 from transferline.model.advisor import Cell, Loss, fit_rule, walk
 
@@ -97,8 +99,8 @@ def compare(cells: list[Cell], errors: dict[str, float], signal_seconds: dict[st
         *itertools.product(LOSSES, ("budget",), BUDGET_DEPTHS, MIN_LEAVES),
     ]
     for kind, penalty, depth, min_leaf in methods:
-        picks, _ = leave_one_dataset_out(cells, RECIPES, fitter(kind, penalty, depth, min_leaf, errors))
-        verdict = judge_policy(cells, picks, errors, signal_seconds, checked=True)
+        picks, rules = leave_one_dataset_out(cells, RECIPES, fitter(kind, penalty, depth, min_leaf, errors))
+        verdict = judge_policy(at_rules_margin(cells, rules), picks, errors, signal_seconds, checked=True)
         method = (kind, penalty, depth, min_leaf)
         rows.append(
             {
@@ -118,10 +120,11 @@ def markdown(rows: list[dict[str, Any]], cells: int, machine: str) -> str:
         "# Fitting the auto rule: methods compared",
         "",
         f"The transfer study's {cells} cells (bench/results/transfer_study.json, {machine}); every method judged "
-        "leave-one-data-set-out under auto's validation check, as the study judges the committed rule. CPU "
+        "leave-one-data-set-out under auto's validation check, as the study judges the committed rule; the "
+        "fixed methods check with no margin. CPU "
         "penalty `budget`: its weight set on the training data sets alone so that the rule spends at most "
-        f"{TARGET_CPU:.0%} of their grid. Depth and leaf `chosen`: by leaving data sets out within the "
-        "training data sets (the committed method).",
+        f"{TARGET_CPU:.0%} of their grid. Depth and leaf `chosen`: the validation margin, depth and leaf "
+        "chosen by leaving data sets out within the training data sets (the committed method).",
         "",
         f"Targets: within one SE in >= {TARGET_SHARE:.0%} of cells, at <= {TARGET_CPU:.0%} of the grid's CPU. "
         "Choosing the best row after seeing this table fits these cells again, so its figures are optimistic.",

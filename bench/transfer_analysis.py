@@ -43,15 +43,20 @@ def build_cells(
                 seconds={r: statistics.fmean(x["cpu_seconds"] for x in runs) for r, runs in by_recipe.items()},
                 name=name,
                 checked=checked_accuracy(by_recipe),
+                checked_at={margin: checked_accuracy(by_recipe, margin) for margin in VALIDATION_MARGINS},
             )
         )
     return cells
 
 
-def checked_accuracy(by_recipe: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+# how far (in validation accuracy) a fine-tuned model must beat the probe to be kept; the fit chooses one
+VALIDATION_MARGINS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03)
+
+
+def checked_accuracy(by_recipe: dict[str, list[dict[str, Any]]], margin: float = 0.0) -> dict[str, float]:
     """Per recipe, the mean test accuracy `auto` gets when it proposes that recipe: in each seed's run, the
-    feature-extraction run's test accuracy where the fine-tuned model did not beat it on validation
-    (`keep_fine_tuned`), else its own. Empty without feature-extraction runs or validation records."""
+    feature-extraction run's test accuracy where the fine-tuned model did not beat it on validation by more
+    than `margin` (`keep_fine_tuned`), else its own. Empty without feature-extraction runs or validation records."""
     probes = {r["seed"]: r for r in by_recipe.get(FEATURE_EXTRACTION, []) if "val_accuracy" in r}
     if not probes:
         return {}
@@ -63,7 +68,7 @@ def checked_accuracy(by_recipe: dict[str, list[dict[str, Any]]]) -> dict[str, fl
             own = (
                 recipe == FEATURE_EXTRACTION
                 or "val_accuracy" not in run
-                or keep_fine_tuned(run["val_accuracy"], probe["val_accuracy"])
+                or keep_fine_tuned(run["val_accuracy"], probe["val_accuracy"], margin)
             )
             outcomes.append(run["test_accuracy"] if own else probe["test_accuracy"])
         checked[recipe] = statistics.fmean(outcomes)
@@ -238,38 +243,61 @@ FIT_METHODS: tuple[tuple[int, int], ...] = ((1, 2), (2, 2), (2, 3), (2, 4))
 
 
 def fit_checked_rule(
-    cells: list[Cell], recipes: dict[str, dict[str, Any]], depth: int, min_leaf: int
+    cells: list[Cell], recipes: dict[str, dict[str, Any]], depth: int, min_leaf: int, margin: float = 0.0
 ) -> dict[str, Any]:
-    """A rule fitted to the regret after the validation check, and marked so `auto` runs that check."""
-    rule = fit_rule(cells, recipes, depth, min_leaf, checked=True)
-    return {**rule, "validation_check": True, "fit": {"depth": depth, "min_leaf": min_leaf}}
+    """A rule fitted to the regret after a validation check with `margin`, and marked so `auto` runs it."""
+    rule = fit_rule([c.at_margin(margin) for c in cells], recipes, depth, min_leaf, checked=True)
+    return {
+        **rule,
+        "validation_check": True,
+        "validation_margin": margin,
+        "fit": {"depth": depth, "min_leaf": min_leaf, "margin": margin},
+    }
+
+
+def at_rules_margin(cells: list[Cell], rules: dict[str, dict[str, Any]]) -> list[Cell]:
+    """Each cell as its data set's rule's validation check sees it (margin 0 for a rule without one): the
+    cells to judge leave-one-data-set-out picks on."""
+    return [c.at_margin(rules[c.dataset].get("validation_margin", 0.0)) if c.dataset in rules else c for c in cells]
 
 
 def choose_fit_method(
-    cells: list[Cell], recipes: dict[str, dict[str, Any]], errors: dict[str, float]
-) -> tuple[tuple[int, int], dict[str, dict[str, Any]]]:
-    """The depth and smallest leaf whose rules, fitted leaving one of these cells' data sets out at a time,
-    are within one SE of the best in most of the held-out cells (then the lower mean regret, then the
-    simpler): chosen on these cells only, so a held-out data set judges the choice too. With fewer than two
-    data sets nothing can be held out, and the simplest method that splits at all, (2, 2), is taken."""
+    cells: list[Cell],
+    recipes: dict[str, dict[str, Any]],
+    errors: dict[str, float],
+    margins: tuple[float, ...] = VALIDATION_MARGINS,
+) -> tuple[tuple[float, int, int], dict[str, dict[str, Any]]]:
+    """The validation margin, depth and smallest leaf whose rules, fitted leaving one of these cells' data
+    sets out at a time, are within one SE of the best in most of the held-out cells (then the lower mean
+    regret, then the smaller margin and simpler tree): chosen on these cells only, so a held-out data set
+    judges the choice too. With fewer than two data sets nothing can be held out, and the simplest method
+    that splits at all, no margin and (2, 2), is taken."""
     if len({c.dataset for c in cells}) < 2:
-        return (2, 2), {}
+        return (0.0, 2, 2), {}
     verdicts = {}
-    for depth, min_leaf in FIT_METHODS:
+    methods = [(margin, depth, leaf) for margin in margins for depth, leaf in FIT_METHODS]
+    for margin, depth, min_leaf in methods:
         picks, _ = leave_one_dataset_out(
-            cells, recipes, lambda train, d=depth, m=min_leaf: fit_checked_rule(train, recipes, d, m)
+            cells, recipes, lambda train, d=depth, m=min_leaf, v=margin: fit_checked_rule(train, recipes, d, m, v)
         )
-        verdicts[depth, min_leaf] = judge_policy(cells, picks, errors, {}, checked=True)
-    best = min(FIT_METHODS, key=lambda m: (-verdicts[m]["within_one_se"], verdicts[m]["mean_regret"]))
-    return best, {f"{depth}/{min_leaf}": v for (depth, min_leaf), v in verdicts.items()}
+        judged = [c.at_margin(margin) for c in cells]
+        verdicts[margin, depth, min_leaf] = judge_policy(judged, picks, errors, {}, checked=True)
+    best = min(methods, key=lambda m: (-verdicts[m]["within_one_se"], verdicts[m]["mean_regret"]))
+    return best, {f"{margin}/{depth}/{leaf}": v for (margin, depth, leaf), v in verdicts.items()}
 
 
-def fit_auto_rule(cells: list[Cell], recipes: dict[str, dict[str, Any]], errors: dict[str, float]) -> dict[str, Any]:
-    """The committed way to fit `auto`'s rule: choose the depth and smallest leaf by leaving data sets out
-    (`choose_fit_method`), then fit with them on every cell given. Judged leaving one data set out, this is
-    nested: the held-out data set takes part in neither the choice nor the fit."""
-    method, verdicts = choose_fit_method(cells, recipes, errors)
-    rule = fit_checked_rule(cells, recipes, *method)
+def fit_auto_rule(
+    cells: list[Cell],
+    recipes: dict[str, dict[str, Any]],
+    errors: dict[str, float],
+    margins: tuple[float, ...] = VALIDATION_MARGINS,
+) -> dict[str, Any]:
+    """The committed way to fit `auto`'s rule: choose the validation margin (among `margins`), depth and
+    smallest leaf by leaving data sets out (`choose_fit_method`), then fit with them on every cell given.
+    Judged leaving one data set out, this is nested: the held-out data set takes part in neither the choice
+    nor the fit."""
+    (margin, depth, min_leaf), verdicts = choose_fit_method(cells, recipes, errors, margins)
+    rule = fit_checked_rule(cells, recipes, depth, min_leaf, margin)
     rule["fit"]["chosen_from"] = {
         name: {k: v[k] for k in ("within_one_se", "mean_regret")} for name, v in verdicts.items()
     }

@@ -5,10 +5,10 @@ own cores (ingest, prepare, train) and scores every model on its test split. For
 backbone) cell it also measures the advisor's cheap signals. Then:
 
 - Kendall tau of each signal against the cell's best fine-tuned accuracy;
-- leave-one-data-set-out: the advisor's rule fitted on the other data sets (its depth and smallest leaf
-  chosen on them too) proposes a recipe for each cell of the held-out one, under auto's validation check;
-  its accuracy against the cell's best, the share of cells within one standard error of it, and its CPU
-  time (signals + the proposed run + the probe's) as a share of the whole cell's grid;
+- leave-one-data-set-out: the advisor's rule fitted on the other data sets (its validation margin, depth
+  and smallest leaf chosen on them too) proposes a recipe for each cell of the held-out one, under auto's
+  validation check; its accuracy against the cell's best, the share of cells within one standard error of
+  it, and its CPU time (signals + the proposed run + the probe's) as a share of the whole cell's grid;
 - the same verdicts for fixed policies: always partial, always full, fastai-style (one frozen epoch,
   then everything);
 - how repeatable the best recipe itself is across seeds (a bound on any policy judged on this grid);
@@ -35,6 +35,7 @@ from typing import Any
 from bench import study_sources
 from bench.common import machine, results_dir, write_results
 from bench.transfer_analysis import (
+    at_rules_margin,
     backbone_of,
     best_on_one_seed,
     build_cells,
@@ -355,6 +356,7 @@ def load_state(state_file: Path, results_file: Path) -> dict[str, Any]:
 
 AUTO = "auto (leave one data set out)"
 UNCHECKED = "the rule alone: regret, depth 2, no validation check"
+NO_MARGIN = "auto with no validation margin"
 HINDSIGHT = "hindsight: cheapest within one SE"
 TARGET_SHARE, TARGET_CPU = 0.8, 0.15  # auto's targets: within one SE in 80% of cells, at 15% of the grid's CPU
 HINDSIGHT_AT_TARGET = f"hindsight: cheapest within one SE in {TARGET_SHARE:.0%} of cells"
@@ -378,12 +380,22 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     signal_seconds = {name: values["seconds"] for name, values in state["signals"].items()}
     picks, loo_rules = leave_one_dataset_out(cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors))
     fine_tuned = [name for name in RECIPES if name != "feature_extraction"]
-    judged = [c for c in cells if c.name in picks]
+    judged = at_rules_margin([c for c in cells if c.name in picks], loo_rules)
     verdicts = {AUTO: judge_policy(judged, picks, errors, signal_seconds, checked=True)}
     for backbone in sorted({backbone_of(c) for c in cells}):
         verdicts[f"auto, {backbone} cells"] = judge_policy(
             [c for c in judged if backbone_of(c) == backbone], picks, errors, signal_seconds, checked=True
         )
+    no_margin, no_margin_rules = leave_one_dataset_out(
+        cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors, margins=(0.0,))
+    )
+    verdicts[NO_MARGIN] = judge_policy(
+        at_rules_margin([c for c in cells if c.name in no_margin], no_margin_rules),
+        no_margin,
+        errors,
+        signal_seconds,
+        checked=True,
+    )
     unchecked, _ = leave_one_dataset_out(cells, RECIPES)
     verdicts[UNCHECKED] = judge_policy([c for c in cells if c.name in unchecked], unchecked, errors, signal_seconds)
     for label, recipe in [
@@ -422,7 +434,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
             for c in cells
         ],
         "kendall_tau": kendall_taus(cells, fine_tuned),
-        "backbone_pick": pick_backbones(cells, picks, loo_rules, errors, checked=True),
+        "backbone_pick": pick_backbones(judged, picks, loo_rules, errors, checked=True),
         "repeatability": best_on_one_seed([r for r in state["runs"] if r["recipe"] in RECIPES], cells, errors),
         "verdicts": verdicts,
         "rule": rule,
@@ -548,10 +560,12 @@ def markdown(
         "",
         "`auto` is judged as it runs: the rule, fitted without the cell's data set, proposes a recipe; where "
         "that is fine-tuning, the fine-tuned model is kept only if its validation accuracy beats the linear "
-        "probe's, else the probe's head is (per seed, from the runs' own validation figures; the probe's run "
-        "is counted in its CPU). The rule's tree depth and smallest leaf are chosen by leaving data sets "
-        "out within the training data sets, so the held-out one judges that choice too. "
-        f"'{UNCHECKED}' is the method used before: the rule's pick taken as it is.",
+        "probe's by more than the rule's margin, else the probe's head is (per seed, from the runs' own "
+        "validation figures; the probe's run is counted in its CPU). The rule's validation margin, tree "
+        "depth and smallest leaf are chosen by leaving data sets out within the training data sets, so the "
+        "held-out one judges that choice too. "
+        f"'{NO_MARGIN}': the same, with the margin held at 0 (a fine-tune kept wherever it beats the probe on "
+        f"validation at all). '{UNCHECKED}' is the method used before the check: the rule's pick as it is.",
     ]
     repeat = analysis.get("repeatability") or {}
     if repeat.get("trials"):
@@ -603,7 +617,10 @@ def markdown(
             "## The rule `strategy: auto` follows (transferline/model/advisor_rule.json)",
             "",
             "Fitted on every cell above; each leaf names the recipe with the least total regret on its cells "
-            "after the validation check. " + fit_method_words(analysis["rule"].get("fit", {})),
+            "after the validation check, which keeps a fine-tuned model only if it beats the probe on "
+            "validation by more than the margin.",
+            "",
+            *fit_method_words(analysis["rule"].get("fit", {})),
             "",
             "```",
             *rule_lines(analysis["rule"]["tree"]),
@@ -630,18 +647,32 @@ def markdown(
     return "\n".join(lines)
 
 
-def fit_method_words(fit: dict[str, Any]) -> str:
-    """The chosen tree depth and smallest leaf, and what each candidate scored when data sets were left out."""
+def fit_method_words(fit: dict[str, Any]) -> list[str]:
+    """The chosen validation margin, tree depth and smallest leaf, and a table of what each candidate
+    scored when data sets were left out."""
     if not fit:
-        return ""
-    scores = "; ".join(
-        f"depth {name.split('/')[0]}, leaf {name.split('/')[1]}: {v['within_one_se']:.0%} within one SE, "
-        f"mean regret {v['mean_regret']:.4f}"
-        for name, v in fit.get("chosen_from", {}).items()
-    )
-    return f"Depth {fit['depth']}, smallest leaf {fit['min_leaf']} cells" + (
-        f", chosen leaving one data set out ({scores})." if scores else "."
-    )
+        return []
+    words = f"Validation margin {fit.get('margin', 0.0):g}, depth {fit['depth']}, smallest leaf {fit['min_leaf']} cells"
+    scores = fit.get("chosen_from", {})
+    if not scores:
+        return [words + "."]
+    parsed = {tuple(name.split("/")): v for name, v in scores.items()}
+    margins = sorted({m for m, _, _ in parsed}, key=float)
+    methods = sorted({(int(d), int(leaf)) for _, d, leaf in parsed})
+    lines = [
+        words + ", chosen leaving one data set out: within one SE of the best (mean regret) of each candidate,",
+        "",
+        "| validation margin | " + " | ".join(f"depth {d}, leaf {leaf}" for d, leaf in methods) + " |",
+        "|---" * (1 + len(methods)) + "|",
+    ]
+    for margin in margins:
+        row = [parsed[margin, str(d), str(leaf)] for d, leaf in methods]
+        lines.append(
+            f"| {float(margin):g} | "
+            + " | ".join(f"{v['within_one_se']:.0%} ({v['mean_regret']:.4f})" for v in row)
+            + " |"
+        )
+    return lines
 
 
 def cells_in_words(cells: list[dict[str, Any]]) -> str:

@@ -101,6 +101,7 @@ def test_the_validation_check_keeps_fine_tuning_only_where_it_beats_the_probe():
     assert kept.validation == {
         "fine_tuned_val_accuracy": 0.75,
         "probe_val_accuracy": 0.7,
+        "margin": 0.0,
         "proposed": "partial",
         "kept": "partial",
     }
@@ -111,6 +112,19 @@ def test_the_validation_check_keeps_fine_tuning_only_where_it_beats_the_probe():
         assert fallback.validation["proposed"] == "partial" and fallback.validation["kept"] == "feature_extraction"
         assert fallback.expected_accuracy == (0.7, 0.7)
         assert "validation check: partial reached" in fallback.summary()
+
+
+def test_a_rule_with_a_validation_margin_keeps_fine_tuning_only_beyond_it():
+    rule = {**fit_rule(cells(), RECIPES), "validation_check": True, "validation_margin": 0.02}
+    advice = decide(signals(500, probe=0.7, gain=0.5), rule, 20, 5000, COST, None)
+    assert advice.validation_margin == 0.02
+    assert advice.checked(0.715).recipe == "feature_extraction"  # better, but by less than the margin
+    assert advice.checked(0.72).recipe == "feature_extraction"  # by exactly the margin: still the probe
+    kept = advice.checked(0.73)
+    assert kept.recipe == "partial" and kept.validation["margin"] == 0.02
+    assert kept.notes[-1] == (
+        "validation check: partial reached 0.7300 on val, the probe 0.7000 (margin 0.02): partial kept"
+    )
 
 
 def test_a_rule_without_the_check_and_a_feature_extraction_pick_ask_for_none():

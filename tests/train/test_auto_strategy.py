@@ -210,14 +210,15 @@ def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_for_auto
     """bench/rule_variants.py judges other fitting methods the way the study judges the committed one: its
     committed row, refitted from the committed study's cells, gives the study's own auto verdict."""
     from bench.rule_variants import COMMITTED, fitter
-    from bench.transfer_analysis import judge_policy, leave_one_dataset_out
+    from bench.transfer_analysis import at_rules_margin, judge_policy, leave_one_dataset_out
     from bench.transfer_study import AUTO, RECIPES, study_cells
 
     study = json.loads((Path(__file__).resolve().parents[2] / "bench/results/transfer_study.json").read_text())
     cells, errors = study_cells(study)
     signal_seconds = {name: values["seconds"] for name, values in study["signals"].items()}
-    picks, _ = leave_one_dataset_out(cells, RECIPES, fitter(*COMMITTED, errors))
-    assert judge_policy(cells, picks, errors, signal_seconds, checked=True) == pytest.approx(study["verdicts"][AUTO])
+    picks, rules = leave_one_dataset_out(cells, RECIPES, fitter(*COMMITTED, errors))
+    verdict = judge_policy(at_rules_margin(cells, rules), picks, errors, signal_seconds, checked=True)
+    assert verdict == pytest.approx(study["verdicts"][AUTO])
 
 
 def test_a_budget_fitted_rule_spends_at_most_the_cpu_target_on_its_training_cells():
@@ -291,6 +292,57 @@ def test_the_checked_outcome_takes_the_probe_in_the_seeds_where_fine_tuning_lost
     assert cell.checked["full"] == pytest.approx((0.90 + 0.70 + 0.70) / 3)
     assert cell.checked["feature_extraction"] == pytest.approx(0.70)
     assert cell.checked_seconds("full") == 11.0 and cell.checked_seconds("feature_extraction") == 1.0
+    # a margin of 0.1 drops seed 0's fine-tune too (0.90 is not more than 0.10 above 0.80)
+    assert cell.checked_at[0.0] == cell.checked and cell.at_margin(0.0).checked == cell.checked
+    assert cell.at_margin(0.03).checked["full"] == pytest.approx((0.90 + 0.70 + 0.70) / 3)
+    assert checked_accuracy_at(records, 0.1)["full"] == pytest.approx(0.70)
+
+
+def checked_accuracy_at(records: list[dict], margin: float) -> dict[str, float]:
+    from bench.transfer_analysis import checked_accuracy
+
+    by_recipe: dict[str, list[dict]] = {}
+    for record in records:
+        by_recipe.setdefault(record["recipe"], []).append(record)
+    return checked_accuracy(by_recipe, margin)
+
+
+def test_the_fit_chooses_the_validation_margin_that_serves_the_held_out_data_sets():
+    """Where fine-tunes that beat the probe on val by a hair lose on test, and no signal tells those cells
+    apart, leaving data sets out prefers a margin that drops them; the rule records it, and the study judges
+    each held-out cell at its rule's."""
+    from bench.transfer_analysis import at_rules_margin, fit_auto_rule, leave_one_dataset_out
+    from transferline.model.advisor import Cell, Signals
+
+    recipes = {"feature_extraction": {"strategy": "feature_extraction"}, "full": {"strategy": "full"}}
+
+    def cell(dataset: str, per_class: int) -> Cell:
+        large = per_class >= 100
+        accuracy = {"feature_extraction": 0.8, "full": 0.9 if large else 0.6}
+        # small cells: the fine-tune edges past the probe on val, so only a margin of 0.02 or more drops it
+        small_checked = {0.0: 0.6, 0.01: 0.6, 0.02: 0.8, 0.03: 0.8}
+        checked_at = {m: {"feature_extraction": 0.8, "full": 0.9 if large else small_checked[m]} for m in small_checked}
+        return Cell(
+            dataset,
+            Signals(100, 2, 0.5, 0.5, 0.0, 0.1),  # the same signals everywhere: no split can help
+            accuracy,
+            {"feature_extraction": 1.0, "full": 10.0},
+            f"{dataset}/{per_class}",
+            checked=checked_at[0.0],
+            checked_at=checked_at,
+        )
+
+    grid = [cell(d, n) for d in "abc" for n in (10, 30, 300, 400)]
+    errors = {c.name: 0.01 for c in grid}
+    rule = fit_auto_rule(grid, recipes, errors)
+    # without a margin, either recipe misses half the cells; proposing full under a margin that drops the
+    # small cells' fine-tunes misses none: the smallest margin that serves, 0.02, is chosen
+    assert rule["validation_margin"] == 0.02 and rule["fit"]["margin"] == 0.02
+    assert len(rule["fit"]["chosen_from"]) == 16
+    picks, rules = leave_one_dataset_out(grid, recipes, lambda train: fit_auto_rule(train, recipes, errors))
+    judged = at_rules_margin(grid, rules)
+    assert all(c.checked == c.checked_at[rules[c.dataset]["validation_margin"]] for c in judged)
+    assert all(c.outcome(picks[c.name], checked=True) >= 0.8 for c in judged)
 
 
 def test_the_best_recipe_of_one_seed_is_judged_on_the_others():

@@ -7,10 +7,10 @@ is there because it lowered that loss on real data sets. `decide` walks it for a
 which branch fired and why, and turns the recipe into train params that fit the time budget.
 
 The rule proposes; validation checks. Where it proposes fine-tuning, the fine-tuned model is kept only if
-its validation accuracy beats the linear probe's, measured anyway as a signal on the same split
-(`keep_fine_tuned`); otherwise the feature-extraction head, which costs seconds, is trained instead. A
-rule with `validation_check` was fitted to the regret after that check, so its leaves may propose
-fine-tuning where it only sometimes pays.
+its validation accuracy beats the linear probe's, measured anyway as a signal on the same split, by more
+than the rule's `validation_margin` (`keep_fine_tuned`); otherwise the feature-extraction head, which
+costs seconds, is trained instead. A rule with `validation_check` was fitted to the regret after that
+check, so its leaves may propose fine-tuning where it only sometimes pays.
 
 Everything here is pure: signals and rule in, advice out. Measuring the signals is
 `transferline.model.advice_signals`; the study that fits the rule is `bench/transfer_study.py`.
@@ -80,6 +80,7 @@ class Advice:
     notes: list[str] = field(default_factory=list)
     signals: dict[str, float] = field(default_factory=dict)
     validation_check: bool = False  # the rule asks for the check after fine-tuning (see the module's doc)
+    validation_margin: float = 0.0  # how far the fine-tuned model must beat the probe on val to be kept
     validation: dict[str, Any] | None = None  # the validation check's figures and verdict, once it has run
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,18 +96,22 @@ class Advice:
 
     def checked(self, fine_tuned_val_accuracy: float) -> Advice:
         """This advice once the fine-tuned model's validation accuracy is known: the same, with the check's
-        figures, and feature extraction as the recipe where the probe did at least as well."""
+        figures, and feature extraction as the recipe where the fine-tuned model did not beat the probe by
+        more than the margin."""
         probe = self.signals["probe_accuracy"]
-        kept = keep_fine_tuned(fine_tuned_val_accuracy, probe)
+        kept = keep_fine_tuned(fine_tuned_val_accuracy, probe, self.validation_margin)
         verdict = {
             "fine_tuned_val_accuracy": fine_tuned_val_accuracy,
             "probe_val_accuracy": probe,
+            "margin": self.validation_margin,
             "proposed": self.recipe,
             "kept": self.recipe if kept else FEATURE_EXTRACTION,
         }
         note = (
             f"validation check: {self.recipe} reached {fine_tuned_val_accuracy:.4f} on val, the probe "
-            f"{probe:.4f}: {f'{self.recipe} kept' if kept else 'feature extraction kept'}"
+            f"{probe:.4f}"
+            + (f" (margin {self.validation_margin:.2f})" if self.validation_margin else "")
+            + f": {f'{self.recipe} kept' if kept else 'feature extraction kept'}"
         )
         if kept:
             return replace(self, notes=[*self.notes, note], validation=verdict)
@@ -120,11 +125,12 @@ class Advice:
         )
 
 
-def keep_fine_tuned(fine_tuned_val_accuracy: float, probe_val_accuracy: float) -> bool:
-    """Whether fine-tuning earned its place: strictly better on the validation split than the probe on the
-    same images. A tie keeps the probe: its head costs seconds and its features come straight from the
-    pretrained backbone, so there is less to have fitted to a small validation split."""
-    return fine_tuned_val_accuracy > probe_val_accuracy + 1e-12
+def keep_fine_tuned(fine_tuned_val_accuracy: float, probe_val_accuracy: float, margin: float = 0.0) -> bool:
+    """Whether fine-tuning earned its place: better on the validation split than the probe on the same
+    images by more than `margin`. A tie keeps the probe: its head costs seconds and its features come
+    straight from the pretrained backbone, so there is less to have fitted to the validation split; the
+    fine-tuned model picked its best epoch on that split, so its figure there is biased upward."""
+    return fine_tuned_val_accuracy > probe_val_accuracy + margin + 1e-12
 
 
 # ---------------------------------------------------------------- the rule as data
@@ -193,6 +199,7 @@ def decide(
         notes=notes,
         signals={k: signals.value(k) for k in SIGNALS},
         validation_check=bool(rule.get("validation_check", False)) and chosen.strategy != FEATURE_EXTRACTION,
+        validation_margin=float(rule.get("validation_margin", 0.0)),
     )
 
 
@@ -228,6 +235,12 @@ class Cell:
     # recipe -> mean test accuracy once the validation check has run (per seed: the probe's head where the
     # fine-tuned model did not beat it on val); empty where the study did not record validation accuracy
     checked: dict[str, float] = field(default_factory=dict)
+    # validation margin -> `checked` under a check that demands that margin (the study fits the margin too)
+    checked_at: dict[float, dict[str, float]] = field(default_factory=dict)
+
+    def at_margin(self, margin: float) -> Cell:
+        """This cell as a check with `margin` sees it (unchanged where no figures for it were recorded)."""
+        return replace(self, checked=self.checked_at.get(margin, self.checked))
 
     def regret(self, recipe: str) -> float:
         return max(self.accuracy.values()) - self.accuracy[recipe]
