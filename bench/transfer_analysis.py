@@ -6,6 +6,8 @@ wall seconds (and the signals of its cell). Cells group the runs of one (data se
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -14,7 +16,16 @@ from typing import Any
 
 from scipy.stats import kendalltau
 
-from transferline.model.advisor import FEATURE_EXTRACTION, SIGNALS, Cell, Signals, fit_rule, keep_fine_tuned, walk
+from transferline.model.advisor import (
+    FEATURE_EXTRACTION,
+    SIGNALS,
+    Cell,
+    Loss,
+    Signals,
+    fit_rule,
+    keep_fine_tuned,
+    walk,
+)
 
 
 def cell_id(record: dict[str, Any]) -> tuple[str, int | str, str]:
@@ -240,19 +251,107 @@ def leave_one_dataset_out(
 
 # (tree depth, smallest leaf) the auto rule's fit chooses between; simpler first, so a tie keeps the simpler
 FIT_METHODS: tuple[tuple[int, int], ...] = ((1, 2), (2, 2), (2, 3), (2, 4))
+TARGET_SHARE, TARGET_CPU = 0.8, 0.15  # auto's targets: within one SE in 80% of cells, at 15% of the grid's CPU
+WEIGHT_RANGE = (1e-3, 1e3)  # the CPU penalty's weight is searched on a log scale between these
+BISECTION_STEPS = 16  # to a ratio of about 1.0002 between the last two weights tried
+
+
+def cpu_share(cells: list[Cell], rule: dict[str, Any]) -> float:
+    """What a rule's proposals cost under the validation check, as a share of these cells' whole grid."""
+    spent = sum(c.checked_seconds(walk(rule["tree"], c.signals)[0]["recipe"]) for c in cells)
+    return spent / sum(sum(c.seconds.values()) for c in cells)
+
+
+def fit_within_cpu(
+    cells: list[Cell],
+    recipes: dict[str, dict[str, Any]],
+    depth: int,
+    min_leaf: int,
+    accuracy_loss: Loss,
+    cpu_target: float,
+) -> tuple[dict[str, Any], float]:
+    """The rule minimising `accuracy_loss` plus a CPU penalty (a weight times a proposal's CPU seconds as a
+    share of these cells' grid), with the smallest weight, found by bisection, whose rule spends at most
+    `cpu_target` of the grid on these cells; and that weight (0 where the loss alone already does).
+    Fitted on training cells only, so a held-out data set's CPU share is a prediction, not a constraint."""
+    grid = sum(sum(c.seconds.values()) for c in cells)
+
+    def fitted(weight: float) -> dict[str, Any]:
+        def loss(cell: Cell, recipe: str) -> float:
+            return accuracy_loss(cell, recipe) + weight * cell.checked_seconds(recipe) / grid
+
+        return fit_rule(cells, recipes, depth, min_leaf, loss, checked=True)
+
+    rule = fitted(0.0)
+    if cpu_share(cells, rule) <= cpu_target:
+        return rule, 0.0
+    low, high = (math.log(w) for w in WEIGHT_RANGE)
+    rule, weight = fitted(WEIGHT_RANGE[1]), WEIGHT_RANGE[1]
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        candidate = fitted(math.exp(middle))
+        if cpu_share(cells, candidate) <= cpu_target:
+            high, rule, weight = middle, candidate, math.exp(middle)
+        else:
+            low = middle
+    return rule, weight
 
 
 def fit_checked_rule(
-    cells: list[Cell], recipes: dict[str, dict[str, Any]], depth: int, min_leaf: int, margin: float = 0.0
+    cells: list[Cell],
+    recipes: dict[str, dict[str, Any]],
+    depth: int,
+    min_leaf: int,
+    margin: float = 0.0,
+    cpu_target: float | None = None,
 ) -> dict[str, Any]:
-    """A rule fitted to the regret after a validation check with `margin`, and marked so `auto` runs it."""
-    rule = fit_rule([c.at_margin(margin) for c in cells], recipes, depth, min_leaf, checked=True)
-    return {
-        **rule,
-        "validation_check": True,
-        "validation_margin": margin,
-        "fit": {"depth": depth, "min_leaf": min_leaf, "margin": margin},
-    }
+    """A rule fitted to the regret after a validation check with `margin`, and marked so `auto` runs it.
+    With `cpu_target`, under the CPU penalty that meets it on these cells (`fit_within_cpu`).
+
+    Memoised on the cells' contents: nested leave-one-out fits every pair of held-out data sets twice
+    (A then B, B then A), and the penalty's bisection makes each fit dear."""
+    key = (_fingerprint(cells, margin), json.dumps(recipes, sort_keys=True), depth, min_leaf, margin, cpu_target)
+    if key not in _FITTED:
+        if len(_FITTED) >= _FITTED_MAX:
+            _FITTED.clear()
+        _FITTED[key] = _fit_checked_rule(cells, recipes, depth, min_leaf, margin, cpu_target)
+    return copy.deepcopy(_FITTED[key])
+
+
+_FITTED: dict[tuple, dict[str, Any]] = {}
+_FITTED_MAX = 4096
+
+
+def _fingerprint(cells: list[Cell], margin: float) -> tuple:
+    """Everything of the cells a checked fit reads, hashable."""
+    return tuple(
+        (
+            c.name,
+            c.dataset,
+            tuple(c.signals.value(s) for s in SIGNALS),
+            tuple(sorted(c.accuracy.items())),
+            tuple(sorted(c.seconds.items())),
+            tuple(sorted(c.at_margin(margin).checked.items())),
+        )
+        for c in cells
+    )
+
+
+def _fit_checked_rule(
+    cells: list[Cell],
+    recipes: dict[str, dict[str, Any]],
+    depth: int,
+    min_leaf: int,
+    margin: float,
+    cpu_target: float | None,
+) -> dict[str, Any]:
+    at_margin = [c.at_margin(margin) for c in cells]
+    if cpu_target is None:
+        rule, weight = fit_rule(at_margin, recipes, depth, min_leaf, checked=True), 0.0
+    else:
+        rule, weight = fit_within_cpu(at_margin, recipes, depth, min_leaf, Cell.checked_regret, cpu_target)
+    fit = {"depth": depth, "min_leaf": min_leaf, "margin": margin, "cpu_target": cpu_target, "cpu_weight": weight}
+    return {**rule, "validation_check": True, "validation_margin": margin, "fit": fit}
 
 
 def at_rules_margin(cells: list[Cell], rules: dict[str, dict[str, Any]]) -> list[Cell]:
@@ -266,6 +365,7 @@ def choose_fit_method(
     recipes: dict[str, dict[str, Any]],
     errors: dict[str, float],
     margins: tuple[float, ...] = VALIDATION_MARGINS,
+    cpu_target: float | None = TARGET_CPU,
 ) -> tuple[tuple[float, int, int], dict[str, dict[str, Any]]]:
     """The validation margin, depth and smallest leaf whose rules, fitted leaving one of these cells' data
     sets out at a time, are within one SE of the best in most of the held-out cells (then the lower mean
@@ -277,11 +377,12 @@ def choose_fit_method(
     verdicts = {}
     methods = [(margin, depth, leaf) for margin in margins for depth, leaf in FIT_METHODS]
     for margin, depth, min_leaf in methods:
-        picks, _ = leave_one_dataset_out(
-            cells, recipes, lambda train, d=depth, m=min_leaf, v=margin: fit_checked_rule(train, recipes, d, m, v)
+        picks, rules = leave_one_dataset_out(
+            cells,
+            recipes,
+            lambda train, d=depth, m=min_leaf, v=margin: fit_checked_rule(train, recipes, d, m, v, cpu_target),
         )
-        judged = [c.at_margin(margin) for c in cells]
-        verdicts[margin, depth, min_leaf] = judge_policy(judged, picks, errors, {}, checked=True)
+        verdicts[margin, depth, min_leaf] = judge_policy(at_rules_margin(cells, rules), picks, errors, {}, checked=True)
     best = min(methods, key=lambda m: (-verdicts[m]["within_one_se"], verdicts[m]["mean_regret"]))
     return best, {f"{margin}/{depth}/{leaf}": v for (margin, depth, leaf), v in verdicts.items()}
 
@@ -291,13 +392,14 @@ def fit_auto_rule(
     recipes: dict[str, dict[str, Any]],
     errors: dict[str, float],
     margins: tuple[float, ...] = VALIDATION_MARGINS,
+    cpu_target: float | None = TARGET_CPU,
 ) -> dict[str, Any]:
-    """The committed way to fit `auto`'s rule: choose the validation margin (among `margins`), depth and
-    smallest leaf by leaving data sets out (`choose_fit_method`), then fit with them on every cell given.
-    Judged leaving one data set out, this is nested: the held-out data set takes part in neither the choice
-    nor the fit."""
-    (margin, depth, min_leaf), verdicts = choose_fit_method(cells, recipes, errors, margins)
-    rule = fit_checked_rule(cells, recipes, depth, min_leaf, margin)
+    """The committed way to fit `auto`'s rule: under the CPU penalty that meets `cpu_target` on the cells
+    given, choose the validation margin (among `margins`), depth and smallest leaf by leaving data sets out
+    (`choose_fit_method`), then fit with them on every cell given. Judged leaving one data set out, this is
+    nested: the held-out data set takes part in neither the choices nor the fit."""
+    (margin, depth, min_leaf), verdicts = choose_fit_method(cells, recipes, errors, margins, cpu_target)
+    rule = fit_checked_rule(cells, recipes, depth, min_leaf, margin, cpu_target)
     rule["fit"]["chosen_from"] = {
         name: {k: v[k] for k in ("within_one_se", "mean_regret")} for name, v in verdicts.items()
     }

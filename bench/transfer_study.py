@@ -35,6 +35,9 @@ from typing import Any
 from bench import study_sources
 from bench.common import machine, results_dir, write_results
 from bench.transfer_analysis import (
+    TARGET_CPU,
+    TARGET_SHARE,
+    VALIDATION_MARGINS,
     at_rules_margin,
     backbone_of,
     best_on_one_seed,
@@ -356,9 +359,9 @@ def load_state(state_file: Path, results_file: Path) -> dict[str, Any]:
 
 AUTO = "auto (leave one data set out)"
 UNCHECKED = "the rule alone: regret, depth 2, no validation check"
-NO_MARGIN = "auto with no validation margin"
+NO_BUDGET = "auto without the CPU penalty"
+NO_MARGIN = "auto without the CPU penalty or a validation margin"
 HINDSIGHT = "hindsight: cheapest within one SE"
-TARGET_SHARE, TARGET_CPU = 0.8, 0.15  # auto's targets: within one SE in 80% of cells, at 15% of the grid's CPU
 HINDSIGHT_AT_TARGET = f"hindsight: cheapest within one SE in {TARGET_SHARE:.0%} of cells"
 
 
@@ -386,16 +389,17 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         verdicts[f"auto, {backbone} cells"] = judge_policy(
             [c for c in judged if backbone_of(c) == backbone], picks, errors, signal_seconds, checked=True
         )
-    no_margin, no_margin_rules = leave_one_dataset_out(
-        cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors, margins=(0.0,))
-    )
-    verdicts[NO_MARGIN] = judge_policy(
-        at_rules_margin([c for c in cells if c.name in no_margin], no_margin_rules),
-        no_margin,
-        errors,
-        signal_seconds,
-        checked=True,
-    )
+    for label, margins in ((NO_BUDGET, VALIDATION_MARGINS), (NO_MARGIN, (0.0,))):
+        other, other_rules = leave_one_dataset_out(
+            cells, RECIPES, lambda train, m=margins: fit_auto_rule(train, RECIPES, errors, m, cpu_target=None)
+        )
+        verdicts[label] = judge_policy(
+            at_rules_margin([c for c in cells if c.name in other], other_rules),
+            other,
+            errors,
+            signal_seconds,
+            checked=True,
+        )
     unchecked, _ = leave_one_dataset_out(cells, RECIPES)
     verdicts[UNCHECKED] = judge_policy([c for c in cells if c.name in unchecked], unchecked, errors, signal_seconds)
     for label, recipe in [
@@ -561,11 +565,13 @@ def markdown(
         "`auto` is judged as it runs: the rule, fitted without the cell's data set, proposes a recipe; where "
         "that is fine-tuning, the fine-tuned model is kept only if its validation accuracy beats the linear "
         "probe's by more than the rule's margin, else the probe's head is (per seed, from the runs' own "
-        "validation figures; the probe's run is counted in its CPU). The rule's validation margin, tree "
-        "depth and smallest leaf are chosen by leaving data sets out within the training data sets, so the "
-        "held-out one judges that choice too. "
-        f"'{NO_MARGIN}': the same, with the margin held at 0 (a fine-tune kept wherever it beats the probe on "
-        f"validation at all). '{UNCHECKED}' is the method used before the check: the rule's pick as it is.",
+        "validation figures; the probe's run is counted in its CPU). The rule minimises the regret plus a CPU "
+        f"penalty whose weight is the smallest that keeps the training data sets' CPU at {TARGET_CPU:.0%} of "
+        "their grid; its validation margin, tree depth and smallest leaf are chosen by leaving data sets out "
+        "within the training data sets, so the held-out one judges those choices too. "
+        f"'{NO_BUDGET}': the same without the penalty; '{NO_MARGIN}': nor a margin (a fine-tune kept "
+        f"wherever it beats the probe on validation at all). '{UNCHECKED}' is the method used before the "
+        "check: the rule's pick as it is.",
     ]
     repeat = analysis.get("repeatability") or {}
     if repeat.get("trials"):
@@ -616,9 +622,9 @@ def markdown(
         lines += [
             "## The rule `strategy: auto` follows (transferline/model/advisor_rule.json)",
             "",
-            "Fitted on every cell above; each leaf names the recipe with the least total regret on its cells "
-            "after the validation check, which keeps a fine-tuned model only if it beats the probe on "
-            "validation by more than the margin.",
+            "Fitted on every cell above; each leaf names the recipe with the least total regret plus CPU "
+            "penalty on its cells after the validation check, which keeps a fine-tuned model only if it beats "
+            "the probe on validation by more than the margin.",
             "",
             *fit_method_words(analysis["rule"].get("fit", {})),
             "",
@@ -653,6 +659,10 @@ def fit_method_words(fit: dict[str, Any]) -> list[str]:
     if not fit:
         return []
     words = f"Validation margin {fit.get('margin', 0.0):g}, depth {fit['depth']}, smallest leaf {fit['min_leaf']} cells"
+    if fit.get("cpu_target") is not None and fit["cpu_weight"] > 0:
+        words += f", CPU penalty weight {fit['cpu_weight']:.3g} (the smallest meeting {fit['cpu_target']:.0%})"
+    elif fit.get("cpu_target") is not None:
+        words += f", no CPU penalty needed (the regret alone spends at most {fit['cpu_target']:.0%} here)"
     scores = fit.get("chosen_from", {})
     if not scores:
         return [words + "."]

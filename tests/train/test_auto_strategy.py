@@ -224,8 +224,9 @@ def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_for_auto
 def test_a_budget_fitted_rule_spends_at_most_the_cpu_target_on_its_training_cells():
     """The budget penalty's weight is found on the training cells: there the rule must meet the CPU target,
     even where the accuracy alone would pick the expensive recipe everywhere."""
-    from bench.rule_variants import cpu_share, fitter
-    from bench.transfer_study import TARGET_CPU
+    from bench.rule_variants import fitter
+    from bench.transfer_analysis import TARGET_CPU, cpu_share, fit_checked_rule
+    from bench.transfer_study import RECIPES
     from transferline.model.advisor import Cell, Signals
 
     seconds = {
@@ -256,6 +257,12 @@ def test_a_budget_fitted_rule_spends_at_most_the_cpu_target_on_its_training_cell
     assert cpu_share(cells, unconstrained) > TARGET_CPU
     budgeted = fitter("misses beyond one SE", "budget", 2, 2, errors)(cells)
     assert cpu_share(cells, budgeted) <= TARGET_CPU
+    # the committed fit takes the same penalty, and records the weight it needed
+    plain = fit_checked_rule(cells, RECIPES, 2, 2)
+    assert cpu_share(cells, plain) > TARGET_CPU and plain["fit"]["cpu_weight"] == 0.0
+    penalised = fit_checked_rule(cells, RECIPES, 2, 2, cpu_target=TARGET_CPU)
+    assert cpu_share(cells, penalised) <= TARGET_CPU and penalised["fit"]["cpu_weight"] > 0
+    assert penalised["fit"]["cpu_target"] == TARGET_CPU
 
 
 def _runs(dataset: str, seeds: dict[str, list[tuple[float, float]]]) -> list[dict]:
@@ -334,12 +341,14 @@ def test_the_fit_chooses_the_validation_margin_that_serves_the_held_out_data_set
 
     grid = [cell(d, n) for d in "abc" for n in (10, 30, 300, 400)]
     errors = {c.name: 0.01 for c in grid}
-    rule = fit_auto_rule(grid, recipes, errors)
+    rule = fit_auto_rule(grid, recipes, errors, cpu_target=None)  # full costs 10x: no penalty, to see the margin
     # without a margin, either recipe misses half the cells; proposing full under a margin that drops the
     # small cells' fine-tunes misses none: the smallest margin that serves, 0.02, is chosen
     assert rule["validation_margin"] == 0.02 and rule["fit"]["margin"] == 0.02
     assert len(rule["fit"]["chosen_from"]) == 16
-    picks, rules = leave_one_dataset_out(grid, recipes, lambda train: fit_auto_rule(train, recipes, errors))
+    picks, rules = leave_one_dataset_out(
+        grid, recipes, lambda train: fit_auto_rule(train, recipes, errors, cpu_target=None)
+    )
     judged = at_rules_margin(grid, rules)
     assert all(c.checked == c.checked_at[rules[c.dataset]["validation_margin"]] for c in judged)
     assert all(c.outcome(picks[c.name], checked=True) >= 0.8 for c in judged)
@@ -360,7 +369,7 @@ def test_the_best_recipe_of_one_seed_is_judged_on_the_others():
 
 def test_the_held_out_data_set_takes_part_in_neither_the_fit_nor_the_choice_of_its_method():
     """Nested leave-one-out: changing a held-out data set's results cannot change the rule that judges it."""
-    from bench.transfer_analysis import FIT_METHODS, fit_auto_rule, leave_one_dataset_out
+    from bench.transfer_analysis import FIT_METHODS, TARGET_CPU, fit_auto_rule, leave_one_dataset_out
     from transferline.model.advisor import Cell, Signals
 
     recipes = {"feature_extraction": {"strategy": "feature_extraction"}, "full": {"strategy": "full"}}
@@ -376,12 +385,16 @@ def test_the_held_out_data_set_takes_part_in_neither_the_fit_nor_the_choice_of_i
         ]
 
     errors = {c.name: 0.01 for c in grid(0.5)}
-    rules = []
-    for held_out_full in (0.5, 0.99):
-        picks, loo_rules = leave_one_dataset_out(
-            grid(held_out_full), recipes, lambda train: fit_auto_rule(train, recipes, errors)
-        )
-        rules.append(loo_rules["d"])
-        assert (picks["d/10"], picks["d/400"]) == ("feature_extraction", "full")  # learned from a, b and c
-    assert rules[0] == rules[1]
-    assert rules[0]["validation_check"] and (rules[0]["fit"]["depth"], rules[0]["fit"]["min_leaf"]) in FIT_METHODS
+    for cpu_target in (None, TARGET_CPU):  # the CPU penalty's weight, too, is set without the held-out cells
+        rules = []
+        for held_out_full in (0.5, 0.99):
+            picks, loo_rules = leave_one_dataset_out(
+                grid(held_out_full),
+                recipes,
+                lambda train, t=cpu_target: fit_auto_rule(train, recipes, errors, cpu_target=t),
+            )
+            rules.append(loo_rules["d"])
+            if cpu_target is None:  # learned from a, b and c (the penalty would make full too dear here)
+                assert (picks["d/10"], picks["d/400"]) == ("feature_extraction", "full")
+        assert rules[0] == rules[1]
+        assert rules[0]["validation_check"] and (rules[0]["fit"]["depth"], rules[0]["fit"]["min_leaf"]) in FIT_METHODS
