@@ -520,6 +520,49 @@ def curves(state: dict[str, Any], out_dir: Path) -> list[str]:
     return written
 
 
+def policy_map(verdicts: dict[str, dict[str, Any]], out_dir: Path) -> str:
+    """One PNG: each policy's share of cells within one SE of the best against its CPU share of the grid,
+    with auto's targets drawn in: the picture of what each policy buys with its CPU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5.5))
+    axis.fill_between([0, 100 * TARGET_CPU], TARGET_SHARE, 1.0, color="tab:green", alpha=0.12, label="targets")
+    points = sorted(
+        (100 * v["cpu_share_of_grid"], v["within_one_se"], label)
+        for label, v in verdicts.items()
+        if v.get("cpu_share_of_grid") is not None and not label.startswith("auto, ")  # per-backbone rows: no
+    )
+    axis.set_xlim(0, max([35.0, *(x + 3 for x, _, _ in points)]))
+    axis.set_ylim(0, 1.05)
+    renderer = figure.canvas.get_renderer()
+    placed = []
+    for x, y, label in points:
+        is_auto = label == AUTO
+        axis.scatter([x], [y], s=60 if is_auto else 30, color="tab:red" if is_auto else "tab:blue", zorder=3)
+        for offset in (4, -11, 13, -20):  # above the point first; below, or further out, where a label is
+            text = axis.annotate(label, (x, y), fontsize=7, xytext=(4, offset), textcoords="offset points")
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or offset == -20:
+                placed.append(box)
+                break
+            text.remove()
+    axis.set_xlabel("CPU time, % of the whole grid")
+    axis.set_ylabel("cells within one SE of the best")
+    axis.set_title("Policies on the transfer study (leave one data set out)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    path = out_dir / "transfer_study_policies.png"
+    tmp = path.with_suffix(".tmp.png")
+    figure.savefig(tmp, dpi=110)
+    plt.close(figure)
+    tmp.replace(path)
+    return path.name
+
+
 def markdown(
     state: dict[str, Any], analysis: dict[str, Any], pictures: list[str], cpu: float, final: bool, grid: dict[str, Any]
 ) -> str:
@@ -746,7 +789,7 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
     state["machine"] = machine()
     analysis = analyse(state)
     cpu = sum(r["cpu_seconds"] for r in state["runs"]) + sum(s["seconds"] for s in state["signals"].values())
-    pictures = curves(state, out_dir)
+    pictures = [policy_map(analysis["verdicts"], out_dir), *curves(state, out_dir)]
     payload = {
         "protocol": PROTOCOL,
         "held_out_per_class": HELD_OUT,

@@ -56,6 +56,8 @@ def test_the_quick_study_reports_every_cell_and_fits_a_rule(study: Path):
     assert rule["validation_check"] is True and rule["fit"]["depth"] in (1, 2)
     for name in ("transfer_study.md", "transfer_study_tiny_a.png", "transfer_study_tiny_b.png"):
         assert (study / name).stat().st_size > 0
+    assert (study / "transfer_study_policies.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![transfer_study_policies.png](transfer_study_policies.png)" in (study / "transfer_study.md").read_text()
     assert (study / "transfer_study_tiny_a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "2, mobilenet_v2 on tiny_a (6); tiny_b (6)." in (study / "transfer_study.md").read_text()
 
