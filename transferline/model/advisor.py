@@ -305,17 +305,17 @@ class _TreeSearch:
     values: np.ndarray
     min_leaf: int
 
-    def leaf_loss(self, rows: np.ndarray) -> float:
-        return float(self.losses[rows].sum(axis=0)[self.leaf_recipe(rows)])
-
-    def leaf_recipe(self, rows: np.ndarray) -> int:
-        """The recipe with the least total loss; a tie (to 9 decimals) goes to the one listed first."""
-        totals = [round(float(t), 9) for t in self.losses[rows].sum(axis=0)]
-        return totals.index(min(totals))
+    def leaf(self, rows: np.ndarray) -> tuple[int, float]:
+        """The recipe with the least total loss, and that loss; a tie (to 9 decimals) goes to the one
+        listed first."""
+        totals = self.losses[rows].sum(axis=0)
+        rounded = [round(float(t), 9) for t in totals]
+        best = rounded.index(min(rounded))
+        return best, float(totals[best])
 
     def best(self, rows: np.ndarray, depth: int) -> tuple[tuple, float]:
         best_plan: tuple = ("leaf", rows)
-        best_loss = self.leaf_loss(rows)
+        _, best_loss = self.leaf(rows)
         if depth == 0 or len(rows) < 2 * self.min_leaf:
             return best_plan, best_loss
         for signal in range(self.values.shape[1]):
@@ -360,7 +360,7 @@ def _materialise(plan: tuple, cells: list[Cell], names: list[str], search: _Tree
     """A plan as the rule's JSON tree: leaves with their recipe and observed gains over the probe."""
     if plan[0] == "leaf":
         rows = plan[1]
-        best = names[search.leaf_recipe(rows)]
+        best = names[search.leaf(rows)[0]]
         return leaf(best, [cells[i].outcome(best, checked) - cells[i].signals.probe_accuracy for i in rows])
     _, signal, low, high, left, right = plan
     return {
