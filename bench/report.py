@@ -113,7 +113,7 @@ def export_figures(r: dict) -> list[Figure]:
                 f"({_range(cell).format(rounds)})",
                 cell["median"],
                 "x",
-                "ORT FP32",
+                "ORT FP32 answering logits alone, as INT8 does",
                 target,
                 met,
             )
@@ -126,7 +126,7 @@ def export_figures(r: dict) -> list[Figure]:
                 f"ORT INT8 vs ORT FP32, batch 1, {r['threads']} threads ({_range(cell).format(rounds)})",
                 cell["median"],
                 "x",
-                "ORT FP32",
+                "ORT FP32 answering logits alone, as INT8 does",
                 "",
                 None,
             )
@@ -529,12 +529,19 @@ def merge_report(previous: dict, new: dict) -> dict:
     def measured(report: dict) -> dict:
         return {"cpu": report["machine"]["cpu"], "date": report["machine"]["date"]}
 
-    kept = {name: run for name, run in previous["benchmarks"].items() if name not in new["benchmarks"]}
+    order = [*previous["benchmarks"], *(name for name in new["benchmarks"] if name not in previous["benchmarks"])]
     benchmarks = {
-        **{name: {**run, "measured": run.get("measured", measured(previous))} for name, run in kept.items()},
-        **{name: {**run, "measured": measured(new)} for name, run in new["benchmarks"].items()},
+        name: {**new["benchmarks"][name], "measured": measured(new)}
+        if name in new["benchmarks"]
+        else {
+            **previous["benchmarks"][name],
+            "measured": previous["benchmarks"][name].get("measured", measured(previous)),
+        }
+        for name in order
     }
-    figures = [f for f in previous["figures"] if f["benchmark"] in kept] + new["figures"]
+    # in the report's order, so a partial run leaves each benchmark's rows where they were
+    source = {name: new if name in new["benchmarks"] else previous for name in order}
+    figures = [f for name in order for f in source[name]["figures"] if f["benchmark"] == name]
     return {
         **new,
         "benchmarks": benchmarks,

@@ -1,8 +1,9 @@
 """Stage `export`: ONNX export with a dynamic batch axis, parity and latency report, optional INT8.
 
 Writes `export/`: model.onnx (one self-contained file, ONNX Runtime's portable optimisations
-saved), preprocess.json and classes.json (what the service needs to feed it), an INT8 variant
-only if it stays within `export.int8_max_accuracy_drop` on the validation split, and
+saved), preprocess.json and classes.json (what the service needs to feed it), an INT8 variant of the
+classifier (logits only) only if it stays within `export.int8_max_accuracy_drop` on the validation
+split, and
 export_report.json (opset, parity at batch 1 and a larger batch on real test images, size) that
 the gate reads. Latency is a measurement, different on every run, so it goes to `metrics/export.json`
 (a DVC metric, not part of `export/`): the same model exports to the same bytes and the same DVC hash.
@@ -80,10 +81,11 @@ def int8_variant(
         "max_accuracy_drop": params.int8_max_accuracy_drop,
         "bytes": target.stat().st_size,
         "quantization": config,
+        "outputs": [output.name for output in int8_session.get_outputs()],  # the classifier's (classifier_only)
     }
     if kept:
         result["summary"] = (
-            f"kept (model.int8.onnx): validation accuracy {int8_acc:.4f} vs {fp32_acc:.4f} FP32, "
+            f"kept (model.int8.onnx, logits only): validation accuracy {int8_acc:.4f} vs {fp32_acc:.4f} FP32, "
             f"{result['bytes'] / 1e6:.2f} MB"
         )
     else:

@@ -62,6 +62,7 @@ def test_a_partial_run_replaces_its_own_figures_and_keeps_the_others_with_when_t
     noop = [f for f in merged["figures"] if f["name"].startswith("no-op flow")]
     assert [f["value"] for f in noop] == [11.0]  # the new figure only, never both
     assert merged["total_seconds"] == 23.0
+    assert list(merged["benchmarks"]) == ["flow", "tune"]  # the report's order, whatever ran last
     markdown = render_markdown(merged)
     assert "| tune | 3 s | failed: RuntimeError: no prepared data | d, cpu |" in markdown
     assert "| flow | 20 s | ok | later, other cpu |" in markdown

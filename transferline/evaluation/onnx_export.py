@@ -250,12 +250,11 @@ def measure_latency(session, image_size: int, batch_size: int = 1, seconds: floa
 
 def float_ends(model) -> list[str]:
     """Names of the first convolution and of the matrix products after the last convolution (the
-    classifier, and the feature distance's projections) of an ONNX graph.
+    classifier) of an ONNX graph.
 
     They are the layers INT8 hurts most: the first sees raw pixels with per-image ranges and has few
-    weights to average the rounding out; the classifier writes the logits a top-1 decision compares, and
-    the distance squares differences that rounding would swamp. ONNX graphs are stored in topological
-    order, so first and last are by position.
+    weights to average the rounding out; the classifier writes the logits a top-1 decision compares.
+    ONNX graphs are stored in topological order, so first and last are by position.
     """
     nodes = list(model.graph.node)
     convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"]
@@ -276,10 +275,24 @@ def name_nodes(model) -> None:
             taken.add(name)
 
 
+def classifier_only(source: Path, target: Path) -> None:
+    """The graph's `logits` alone, without the feature distance: what the INT8 variant is built from.
+
+    Quantized activations move the tapped features, and so the distance: on the default model's test
+    images the INT8 graph's distance correlated 0.68 with the FP32 one's, a mean gap of 1.4 of its
+    standard deviations. The OOD threshold (export/monitoring.json) is calibrated on the FP32 distance,
+    so an INT8 file answering a distance would flag by another measure than the one calibrated."""
+    import onnx
+    from onnx.utils import Extractor
+
+    onnx.save(Extractor(onnx.load(str(source))).extract_model([INPUT_NAME], [OUTPUT_NAME]), str(target))
+
+
 def quantize_int8(
     source: Path, target: Path, calibration: np.ndarray, batch_size: int = 16, keep_float_ends: bool = True
 ) -> dict:
-    """Static INT8 (QDQ, per-channel weights), calibrated on real training images.
+    """Static INT8 (QDQ, per-channel weights) of the classifier alone (`classifier_only`), calibrated
+    on real training images.
 
     With `keep_float_ends`, the first convolution and the classifier stay FP32 (`float_ends`): they
     cost a small share of the compute and most of the accuracy loss. Returns the configuration used.
@@ -300,8 +313,9 @@ def quantize_int8(
             return next(self.batches, None)
 
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        classifier, prepared = Path(tmp) / "classifier.onnx", Path(tmp) / "prepared.onnx"
+        classifier_only(source, classifier)
+        quant_pre_process(str(classifier), str(prepared), skip_symbolic_shape=False)
         proto = onnx.load(str(prepared))
         name_nodes(proto)
         onnx.save(proto, str(prepared))
