@@ -29,6 +29,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -414,13 +415,20 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     for run in state["runs"]:
         if run["recipe"] == "fastai":
             fastai.setdefault(cell_name((run["dataset"], run["size"], run["backbone"])), []).append(run)
-    with_fastai = [c for c in cells if c.name in fastai]
-    for cell in with_fastai:
-        cell.accuracy["fastai"] = statistics.fmean(r["test_accuracy"] for r in fastai[cell.name])
-        cell.seconds["fastai"] = statistics.fmean(r["cpu_seconds"] for r in fastai[cell.name])
+    # copies: the grid's own cells must not gain a recipe that the rule below would count as a cell's best
+    with_fastai = [
+        replace(
+            c,
+            accuracy={**c.accuracy, "fastai": statistics.fmean(r["test_accuracy"] for r in fastai[c.name])},
+            seconds={**c.seconds, "fastai": statistics.fmean(r["cpu_seconds"] for r in fastai[c.name])},
+        )
+        for c in cells
+        if c.name in fastai
+    ]
     if with_fastai:
         # judged against the best of the grid's recipes, not against itself
         verdicts["fastai fine_tune"] = _judge_outside_grid(with_fastai, "fastai", errors)
+    shown = {c.name: c for c in with_fastai}
     rule = fit_auto_rule(cells, RECIPES, errors) if cells else None
     if rule is not None:
         rule["cost"] = cost_model(state["runs"])
@@ -429,8 +437,8 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
             {
                 "cell": c.name,
                 "signals": state["signals"][c.name],
-                "accuracy": c.accuracy,
-                "seconds": c.seconds,
+                "accuracy": shown.get(c.name, c).accuracy,  # fastai's too, where it ran
+                "seconds": shown.get(c.name, c).seconds,
                 "standard_error": errors[c.name],
                 "best": max((r for r in c.accuracy if r in RECIPES), key=c.accuracy.get),
                 "auto_pick": picks.get(c.name),

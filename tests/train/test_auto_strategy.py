@@ -208,12 +208,12 @@ def test_the_backbone_pick_is_judged_against_the_best_backbone_and_recipe_of_eac
     assert verdicts["always e"]["within_one_se"] == 0.0
 
 
-def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_for_auto():
+def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_and_rule_for_auto():
     """bench/rule_variants.py judges other fitting methods the way the study judges the committed one: its
     committed row, refitted from the committed study's cells, gives the study's own auto verdict."""
     from bench.rule_variants import COMMITTED, fitter
-    from bench.transfer_analysis import at_rules_margin, judge_policy, leave_one_dataset_out
-    from bench.transfer_study import AUTO, RECIPES, study_cells
+    from bench.transfer_analysis import at_rules_margin, fit_auto_rule, judge_policy, leave_one_dataset_out
+    from bench.transfer_study import AUTO, RECIPES, RULE_FILE, study_cells
 
     study = json.loads((Path(__file__).resolve().parents[2] / "bench/results/transfer_study.json").read_text())
     cells, errors = study_cells(study)
@@ -221,6 +221,11 @@ def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_for_auto
     picks, rules = leave_one_dataset_out(cells, RECIPES, fitter(*COMMITTED, errors))
     verdict = judge_policy(at_rules_margin(cells, rules), picks, errors, signal_seconds, checked=True)
     assert verdict == pytest.approx(study["verdicts"][AUTO])
+    # and the rule `strategy: auto` runs is that method fitted on every one of those cells
+    committed = json.loads(RULE_FILE.read_text())
+    refitted = fit_auto_rule(cells, RECIPES, errors)
+    assert refitted["tree"] == committed["tree"]
+    assert refitted["validation_margin"] == committed["validation_margin"]
 
 
 def test_a_budget_fitted_rule_spends_at_most_the_cpu_target_on_its_training_cells():
