@@ -22,6 +22,7 @@ from transferline.model.advisor import (
     Cell,
     Loss,
     Signals,
+    check_margin,
     fit_rule,
     keep_fine_tuned,
     walk,
@@ -60,14 +61,16 @@ def build_cells(
     return cells
 
 
-# how far (in validation accuracy) a fine-tuned model must beat the probe to be kept; the fit chooses one
-VALIDATION_MARGINS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03)
+# how far a fine-tuned model must beat the probe on validation to be kept, in standard errors of that
+# difference on the cell's validation split (check_margin); the fit chooses one
+VALIDATION_MARGINS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 
-def checked_accuracy(by_recipe: dict[str, list[dict[str, Any]]], margin: float = 0.0) -> dict[str, float]:
+def checked_accuracy(by_recipe: dict[str, list[dict[str, Any]]], margin_se: float = 0.0) -> dict[str, float]:
     """Per recipe, the mean test accuracy `auto` gets when it proposes that recipe: in each seed's run, the
     feature-extraction run's test accuracy where the fine-tuned model did not beat it on validation by more
-    than `margin` (`keep_fine_tuned`), else its own. Empty without feature-extraction runs or validation records."""
+    than `margin_se` standard errors (`check_margin` of the run's validation images; `keep_fine_tuned`),
+    else its own. Empty without feature-extraction runs or validation records."""
     probes = {r["seed"]: r for r in by_recipe.get(FEATURE_EXTRACTION, []) if "val_accuracy" in r}
     if not probes:
         return {}
@@ -79,7 +82,9 @@ def checked_accuracy(by_recipe: dict[str, list[dict[str, Any]]], margin: float =
             own = (
                 recipe == FEATURE_EXTRACTION
                 or "val_accuracy" not in run
-                or keep_fine_tuned(run["val_accuracy"], probe["val_accuracy"], margin)
+                or keep_fine_tuned(
+                    run["val_accuracy"], probe["val_accuracy"], check_margin(margin_se, run.get("val_images", 0))
+                )
             )
             outcomes.append(run["test_accuracy"] if own else probe["test_accuracy"])
         checked[recipe] = statistics.fmean(outcomes)
@@ -350,14 +355,14 @@ def _fit_checked_rule(
         rule, weight = fit_rule(at_margin, recipes, depth, min_leaf, checked=True), 0.0
     else:
         rule, weight = fit_within_cpu(at_margin, recipes, depth, min_leaf, Cell.checked_regret, cpu_target)
-    fit = {"depth": depth, "min_leaf": min_leaf, "margin": margin, "cpu_target": cpu_target, "cpu_weight": weight}
-    return {**rule, "validation_check": True, "validation_margin": margin, "fit": fit}
+    fit = {"depth": depth, "min_leaf": min_leaf, "margin_se": margin, "cpu_target": cpu_target, "cpu_weight": weight}
+    return {**rule, "validation_check": True, "validation_margin_se": margin, "fit": fit}
 
 
 def at_rules_margin(cells: list[Cell], rules: dict[str, dict[str, Any]]) -> list[Cell]:
     """Each cell as its data set's rule's validation check sees it (margin 0 for a rule without one): the
     cells to judge leave-one-data-set-out picks on."""
-    return [c.at_margin(rules[c.dataset].get("validation_margin", 0.0)) if c.dataset in rules else c for c in cells]
+    return [c.at_margin(rules[c.dataset].get("validation_margin_se", 0.0)) if c.dataset in rules else c for c in cells]
 
 
 def choose_fit_method(

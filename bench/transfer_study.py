@@ -288,6 +288,7 @@ def train_and_test(
         "cpu_seconds": cpu,  # all threads: what the grid's cost is compared in (a busy machine inflates wall time)
         "threads": torch.get_num_threads(),
         "train_images": int(dataset["splits"]["train"]),
+        "val_images": int(dataset["splits"]["val"]),  # what the validation check's margin is scaled by
     }
 
 
@@ -615,7 +616,8 @@ def markdown(
         "",
         "`auto` is judged as it runs: the rule, fitted without the cell's data set, proposes a recipe; where "
         "that is fine-tuning, the fine-tuned model is kept only if its validation accuracy beats the linear "
-        "probe's by more than the rule's margin, else the probe's head is (per seed, from the runs' own "
+        "probe's by more than the rule's margin (in standard errors of that difference on the cell's "
+        "validation split: sqrt(0.5 / n) each), else the probe's head is (per seed, from the runs' own "
         "validation figures; the probe's run is counted in its CPU). The rule minimises the regret plus a CPU "
         f"penalty whose weight is the smallest that keeps the training data sets' CPU at {TARGET_CPU:.0%} of "
         "their grid; its validation margin, tree depth and smallest leaf are chosen by leaving data sets out "
@@ -709,7 +711,8 @@ def fit_method_words(fit: dict[str, Any]) -> list[str]:
     scored when data sets were left out."""
     if not fit:
         return []
-    words = f"Validation margin {fit.get('margin', 0.0):g}, depth {fit['depth']}, smallest leaf {fit['min_leaf']} cells"
+    margin = fit.get("margin_se", 0.0)
+    words = f"Validation margin {margin:g} SE, depth {fit['depth']}, smallest leaf {fit['min_leaf']} cells"
     if fit.get("cpu_target") is not None and fit["cpu_weight"] > 0:
         words += f", CPU penalty weight {fit['cpu_weight']:.3g} (the smallest meeting {fit['cpu_target']:.0%})"
     elif fit.get("cpu_target") is not None:
@@ -723,7 +726,7 @@ def fit_method_words(fit: dict[str, Any]) -> list[str]:
     lines = [
         words + ", chosen leaving one data set out: within one SE of the best (mean regret) of each candidate,",
         "",
-        "| validation margin | " + " | ".join(f"depth {d}, leaf {leaf}" for d, leaf in methods) + " |",
+        "| validation margin (SE) | " + " | ".join(f"depth {d}, leaf {leaf}" for d, leaf in methods) + " |",
         "|---" * (1 + len(methods)) + "|",
     ]
     for margin in margins:

@@ -126,9 +126,10 @@ def validation_check(
     key: dict,
 ) -> tuple[TrainParams, Advice, TransferModel, FitResult]:
     """`auto`'s check after fine-tuning: keep the fine-tuned model only if it beats the linear probe on the
-    validation split; otherwise train the feature-extraction head (seconds, from the cached features) on a
-    freshly built pretrained model. Returns the params, advice, model and result that were kept."""
-    checked = advice.checked(fine_tuned.best_val_accuracy)
+    validation split by more than the rule's margin (Advice.checked); otherwise train the feature-extraction
+    head (seconds, from the cached features) on a freshly built pretrained model. Returns the params, advice,
+    model and result that were kept."""
+    checked = advice.checked(fine_tuned.best_val_accuracy, len(val))
     log.info("%s", checked.notes[-1])  # the check's figures and verdict, as advice.json words them
     if checked.recipe == advice.recipe:
         return params, checked, fine_tuned_model, fine_tuned

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from transferline.errors import ParamsError
-from transferline.model.advisor import Cell, Signals, decide, fit_rule, walk
+from transferline.model.advisor import Cell, Signals, check_margin, decide, fit_rule, walk
 
 RECIPES = {
     "feature_extraction": {"strategy": "feature_extraction"},
@@ -95,18 +95,20 @@ def test_the_validation_check_keeps_fine_tuning_only_where_it_beats_the_probe():
     rule = {**fit_rule(cells(), RECIPES), "validation_check": True}
     advice = decide(signals(500, probe=0.7, gain=0.5), rule, 20, 5000, COST, None)
     assert advice.recipe == "partial" and advice.validation_check
-    kept = advice.checked(0.75)
+    kept = advice.checked(0.75, 200)
     assert kept.recipe == "partial" and kept.params == advice.params
     assert kept.notes[-1] == "validation check: partial reached 0.7500 on val, the probe 0.7000: partial kept"
     assert kept.validation == {
         "fine_tuned_val_accuracy": 0.75,
         "probe_val_accuracy": 0.7,
+        "val_images": 200,
+        "margin_se": 0.0,
         "margin": 0.0,
         "proposed": "partial",
         "kept": "partial",
     }
     for worse_or_tied in (0.65, 0.7):  # a tie keeps the probe: it is the cheaper, less fitted model
-        fallback = advice.checked(worse_or_tied)
+        fallback = advice.checked(worse_or_tied, 200)
         assert fallback.recipe == "feature_extraction"
         assert fallback.params == {"strategy": "feature_extraction", "lr": pytest.approx(2e-3)}
         assert fallback.validation["proposed"] == "partial" and fallback.validation["kept"] == "feature_extraction"
@@ -114,17 +116,27 @@ def test_the_validation_check_keeps_fine_tuning_only_where_it_beats_the_probe():
         assert "validation check: partial reached" in fallback.summary()
 
 
-def test_a_rule_with_a_validation_margin_keeps_fine_tuning_only_beyond_it():
-    rule = {**fit_rule(cells(), RECIPES), "validation_check": True, "validation_margin": 0.02}
+def test_a_rule_with_a_validation_margin_keeps_fine_tuning_only_beyond_it_in_standard_errors():
+    """The margin is in standard errors of the difference on the validation split, sqrt(0.5 / n) each: one
+    SE is 0.05 on 200 images and 0.25 on 8, where a fine-tune's lead is mostly luck."""
+    rule = {**fit_rule(cells(), RECIPES), "validation_check": True, "validation_margin_se": 1.0}
     advice = decide(signals(500, probe=0.7, gain=0.5), rule, 20, 5000, COST, None)
-    assert advice.validation_margin == 0.02
-    assert advice.checked(0.715).recipe == "feature_extraction"  # better, but by less than the margin
-    assert advice.checked(0.72).recipe == "feature_extraction"  # by exactly the margin: still the probe
-    kept = advice.checked(0.73)
-    assert kept.recipe == "partial" and kept.validation["margin"] == 0.02
+    assert advice.validation_margin_se == 1.0
+    assert check_margin(1.0, 200) == pytest.approx(0.05) and check_margin(1.0, 8) == pytest.approx(0.25)
+    assert check_margin(0.0, 0) == 0.0
+    with pytest.raises(ValueError, match="needs validation images"):
+        check_margin(1.0, 0)
+    assert advice.checked(0.74, 200).recipe == "feature_extraction"  # better, but by less than the margin
+    assert advice.checked(0.75, 200).recipe == "feature_extraction"  # by exactly the margin: still the probe
+    kept = advice.checked(0.76, 200)
+    assert kept.recipe == "partial" and kept.validation["margin"] == pytest.approx(0.05)
+    assert kept.validation["margin_se"] == 1.0 and kept.validation["val_images"] == 200
     assert kept.notes[-1] == (
-        "validation check: partial reached 0.7300 on val, the probe 0.7000 (margin 0.02): partial kept"
+        "validation check: partial reached 0.7600 on val, the probe 0.7000 (margin 0.0500: 1 SE on 200 images): "
+        "partial kept"
     )
+    # the same lead on 8 validation images is well within one SE: the probe stays
+    assert advice.checked(0.875, 8).recipe == "feature_extraction"
 
 
 def test_a_rule_without_the_check_and_a_feature_extraction_pick_ask_for_none():

@@ -225,7 +225,7 @@ def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_and_rule
     committed = json.loads(RULE_FILE.read_text())
     refitted = fit_auto_rule(cells, RECIPES, errors)
     assert refitted["tree"] == committed["tree"]
-    assert refitted["validation_margin"] == committed["validation_margin"]
+    assert refitted["validation_margin_se"] == committed["validation_margin_se"]
 
 
 def test_a_budget_fitted_rule_spends_at_most_the_cpu_target_on_its_training_cells():
@@ -282,6 +282,7 @@ def _runs(dataset: str, seeds: dict[str, list[tuple[float, float]]]) -> list[dic
             "recipe": recipe,
             "seed": seed,
             "val_accuracy": val,
+            "val_images": 50,  # one SE of the validation difference: 0.1
             "test_accuracy": test,
             "cpu_seconds": 1.0 if recipe == "feature_extraction" else 10.0,
         }
@@ -306,19 +307,21 @@ def test_the_checked_outcome_takes_the_probe_in_the_seeds_where_fine_tuning_lost
     assert cell.checked["full"] == pytest.approx((0.90 + 0.70 + 0.70) / 3)
     assert cell.checked["feature_extraction"] == pytest.approx(0.70)
     assert cell.checked_seconds("full") == 11.0 and cell.checked_seconds("feature_extraction") == 1.0
-    # a margin of 0.1 drops seed 0's fine-tune too (0.90 is not more than 0.10 above 0.80)
+    # margins are in standard errors of the validation difference, 0.1 on 50 images: half of one keeps seed
+    # 0's fine-tune (0.90 is more than 0.05 above 0.80), one drops it too (not more than 0.10 above)
     assert cell.checked_at[0.0] == cell.checked and cell.at_margin(0.0).checked == cell.checked
-    assert cell.at_margin(0.03).checked["full"] == pytest.approx((0.90 + 0.70 + 0.70) / 3)
-    assert checked_accuracy_at(records, 0.1)["full"] == pytest.approx(0.70)
+    assert cell.at_margin(0.5).checked["full"] == pytest.approx((0.90 + 0.70 + 0.70) / 3)
+    assert cell.at_margin(1.0).checked["full"] == pytest.approx(0.70)
+    assert checked_accuracy_at(records, 1.0)["full"] == pytest.approx(0.70)
 
 
-def checked_accuracy_at(records: list[dict], margin: float) -> dict[str, float]:
+def checked_accuracy_at(records: list[dict], margin_se: float) -> dict[str, float]:
     from bench.transfer_analysis import checked_accuracy
 
     by_recipe: dict[str, list[dict]] = {}
     for record in records:
         by_recipe.setdefault(record["recipe"], []).append(record)
-    return checked_accuracy(by_recipe, margin)
+    return checked_accuracy(by_recipe, margin_se)
 
 
 def test_the_fit_chooses_the_validation_margin_that_serves_the_held_out_data_sets():
@@ -333,8 +336,8 @@ def test_the_fit_chooses_the_validation_margin_that_serves_the_held_out_data_set
     def cell(dataset: str, per_class: int) -> Cell:
         large = per_class >= 100
         accuracy = {"feature_extraction": 0.8, "full": 0.9 if large else 0.6}
-        # small cells: the fine-tune edges past the probe on val, so only a margin of 0.02 or more drops it
-        small_checked = {0.0: 0.6, 0.01: 0.6, 0.02: 0.8, 0.03: 0.8}
+        # small cells: the fine-tune edges past the probe on val, so only a margin of one SE or more drops it
+        small_checked = {0.0: 0.6, 0.5: 0.6, 1.0: 0.8, 1.5: 0.8, 2.0: 0.8}
         checked_at = {m: {"feature_extraction": 0.8, "full": 0.9 if large else small_checked[m]} for m in small_checked}
         return Cell(
             dataset,
@@ -350,14 +353,14 @@ def test_the_fit_chooses_the_validation_margin_that_serves_the_held_out_data_set
     errors = {c.name: 0.01 for c in grid}
     rule = fit_auto_rule(grid, recipes, errors, cpu_target=None)  # full costs 10x: no penalty, to see the margin
     # without a margin, either recipe misses half the cells; proposing full under a margin that drops the
-    # small cells' fine-tunes misses none: the smallest margin that serves, 0.02, is chosen
-    assert rule["validation_margin"] == 0.02 and rule["fit"]["margin"] == 0.02
-    assert len(rule["fit"]["chosen_from"]) == 16
+    # small cells' fine-tunes misses none: the smallest margin that serves, one SE, is chosen
+    assert rule["validation_margin_se"] == 1.0 and rule["fit"]["margin_se"] == 1.0
+    assert len(rule["fit"]["chosen_from"]) == 20
     picks, rules = leave_one_dataset_out(
         grid, recipes, lambda train: fit_auto_rule(train, recipes, errors, cpu_target=None)
     )
     judged = at_rules_margin(grid, rules)
-    assert all(c.checked == c.checked_at[rules[c.dataset]["validation_margin"]] for c in judged)
+    assert all(c.checked == c.checked_at[rules[c.dataset]["validation_margin_se"]] for c in judged)
     assert all(c.outcome(picks[c.name], checked=True) >= 0.8 for c in judged)
 
 

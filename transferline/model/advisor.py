@@ -8,9 +8,10 @@ which branch fired and why, and turns the recipe into train params that fit the 
 
 The rule proposes; validation checks. Where it proposes fine-tuning, the fine-tuned model is kept only if
 its validation accuracy beats the linear probe's, measured anyway as a signal on the same split, by more
-than the rule's `validation_margin` (`keep_fine_tuned`); otherwise the feature-extraction head, which
-costs seconds, is trained instead. A rule with `validation_check` was fitted to the regret after that
-check, so its leaves may propose fine-tuning where it only sometimes pays.
+than the rule's `validation_margin_se` standard errors of that difference (`check_margin`: a fixed
+margin of 0.03 is an eighth of an image on 4 validation images and 18 images on 600); otherwise the
+feature-extraction head, which costs seconds, is trained instead. A rule with `validation_check` was
+fitted to the regret after that check, so its leaves may propose fine-tuning where it only sometimes pays.
 
 Everything here is pure: signals and rule in, advice out. Measuring the signals is
 `transferline.model.advice_signals`; the study that fits the rule is `bench/transfer_study.py`.
@@ -81,7 +82,7 @@ class Advice:
     notes: list[str] = field(default_factory=list)
     signals: dict[str, float] = field(default_factory=dict)
     validation_check: bool = False  # the rule asks for the check after fine-tuning (see the module's doc)
-    validation_margin: float = 0.0  # how far the fine-tuned model must beat the probe on val to be kept
+    validation_margin_se: float = 0.0  # by how many standard errors (check_margin) a fine-tune must beat the probe
     validation: dict[str, Any] | None = None  # the validation check's figures and verdict, once it has run
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,23 +96,30 @@ class Advice:
             f"~{self.estimated_seconds:.0f} s" + (f"; {'; '.join(self.notes)}" if self.notes else "")
         )
 
-    def checked(self, fine_tuned_val_accuracy: float) -> Advice:
-        """This advice once the fine-tuned model's validation accuracy is known: the same, with the check's
-        figures, and feature extraction as the recipe where the fine-tuned model did not beat the probe by
-        more than the margin."""
+    def checked(self, fine_tuned_val_accuracy: float, val_images: int) -> Advice:
+        """This advice once the fine-tuned model's validation accuracy (on `val_images` images) is known: the
+        same, with the check's figures, and feature extraction as the recipe where the fine-tuned model did
+        not beat the probe by more than the margin."""
         probe = self.signals["probe_accuracy"]
-        kept = keep_fine_tuned(fine_tuned_val_accuracy, probe, self.validation_margin)
+        margin = check_margin(self.validation_margin_se, val_images)
+        kept = keep_fine_tuned(fine_tuned_val_accuracy, probe, margin)
         verdict = {
             "fine_tuned_val_accuracy": fine_tuned_val_accuracy,
             "probe_val_accuracy": probe,
-            "margin": self.validation_margin,
+            "val_images": val_images,
+            "margin_se": self.validation_margin_se,
+            "margin": margin,
             "proposed": self.recipe,
             "kept": self.recipe if kept else FEATURE_EXTRACTION,
         }
         note = (
             f"validation check: {self.recipe} reached {fine_tuned_val_accuracy:.4f} on val, the probe "
             f"{probe:.4f}"
-            + (f" (margin {self.validation_margin:.2f})" if self.validation_margin else "")
+            + (
+                f" (margin {margin:.4f}: {self.validation_margin_se:g} SE on {val_images} images)"
+                if self.validation_margin_se
+                else ""
+            )
             + f": {f'{self.recipe} kept' if kept else 'feature extraction kept'}"
         )
         if kept:
@@ -124,6 +132,14 @@ class Advice:
             notes=[*self.notes, note],
             validation=verdict,
         )
+
+
+def check_margin(margin_se: float, val_images: int) -> float:
+    """The validation check's margin in accuracy: `margin_se` standard errors of the difference between two
+    accuracies measured on `val_images` images each, at its widest (both near 0.5: sqrt(0.5 / n))."""
+    if margin_se and val_images < 1:
+        raise ValueError(f"a validation margin needs validation images, got {val_images}")
+    return margin_se * math.sqrt(0.5 / val_images) if margin_se else 0.0
 
 
 def keep_fine_tuned(fine_tuned_val_accuracy: float, probe_val_accuracy: float, margin: float = 0.0) -> bool:
@@ -200,7 +216,7 @@ def decide(
         notes=notes,
         signals={k: signals.value(k) for k in SIGNALS},
         validation_check=bool(rule.get("validation_check", False)) and chosen.strategy != FEATURE_EXTRACTION,
-        validation_margin=float(rule.get("validation_margin", 0.0)),
+        validation_margin_se=float(rule.get("validation_margin_se", 0.0)),
     )
 
 
@@ -236,12 +252,13 @@ class Cell:
     # recipe -> mean test accuracy once the validation check has run (per seed: the probe's head where the
     # fine-tuned model did not beat it on val); empty where the study did not record validation accuracy
     checked: dict[str, float] = field(default_factory=dict)
-    # validation margin -> `checked` under a check that demands that margin (the study fits the margin too)
+    # validation margin (in standard errors, check_margin) -> `checked` under a check that demands it (the
+    # study fits the margin too)
     checked_at: dict[float, dict[str, float]] = field(default_factory=dict)
 
-    def at_margin(self, margin: float) -> Cell:
-        """This cell as a check with `margin` sees it (unchanged where no figures for it were recorded)."""
-        return replace(self, checked=self.checked_at.get(margin, self.checked))
+    def at_margin(self, margin_se: float) -> Cell:
+        """This cell as a check with `margin_se` sees it (unchanged where no figures for it were recorded)."""
+        return replace(self, checked=self.checked_at.get(margin_se, self.checked))
 
     def regret(self, recipe: str) -> float:
         return max(self.accuracy.values()) - self.accuracy[recipe]
