@@ -529,19 +529,21 @@ def merge_report(previous: dict, new: dict) -> dict:
     def measured(report: dict) -> dict:
         return {"cpu": report["machine"]["cpu"], "date": report["machine"]["date"]}
 
-    order = [*previous["benchmarks"], *(name for name in new["benchmarks"] if name not in previous["benchmarks"])]
-    benchmarks = {
-        name: {**new["benchmarks"][name], "measured": measured(new)}
-        if name in new["benchmarks"]
-        else {
-            **previous["benchmarks"][name],
-            "measured": previous["benchmarks"][name].get("measured", measured(previous)),
-        }
-        for name in order
-    }
+    def entry(name: str) -> dict:
+        if name in new["benchmarks"]:
+            return {**new["benchmarks"][name], "measured": measured(new)}
+        run = previous["benchmarks"][name]
+        return {**run, "measured": run.get("measured", measured(previous))}
+
     # in the report's order, so a partial run leaves each benchmark's rows where they were
-    source = {name: new if name in new["benchmarks"] else previous for name in order}
-    figures = [f for name in order for f in source[name]["figures"] if f["benchmark"] == name]
+    order = [*previous["benchmarks"], *(name for name in new["benchmarks"] if name not in previous["benchmarks"])]
+    benchmarks = {name: entry(name) for name in order}
+    figures = [
+        f
+        for name in order
+        for f in (new if name in new["benchmarks"] else previous)["figures"]
+        if f["benchmark"] == name
+    ]
     return {
         **new,
         "benchmarks": benchmarks,

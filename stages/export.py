@@ -3,9 +3,8 @@
 Writes `export/`: model.onnx (one self-contained file, ONNX Runtime's portable optimisations
 saved), preprocess.json and classes.json (what the service needs to feed it), an INT8 variant of the
 classifier (logits only) only if it stays within `export.int8_max_accuracy_drop` on the validation
-split, and
-export_report.json (opset, parity at batch 1 and a larger batch on real test images, size) that
-the gate reads. Latency is a measurement, different on every run, so it goes to `metrics/export.json`
+split, and export_report.json (opset, parity at batch 1 and a larger batch on real test images, size)
+that the gate reads. Latency is a measurement, different on every run, so it goes to `metrics/export.json`
 (a DVC metric, not part of `export/`): the same model exports to the same bytes and the same DVC hash.
 The gate, not this stage, decides whether the figures are good enough.
 """
