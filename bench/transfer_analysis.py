@@ -34,11 +34,15 @@ def cell_id(record: dict[str, Any]) -> tuple[str, int | str, str]:
 
 
 def build_cells(
-    records: list[dict[str, Any]], signals: dict[str, dict[str, float]], required: set[str] | None = None
+    records: list[dict[str, Any]],
+    signals: dict[str, dict[str, float]],
+    required: set[str] | None = None,
+    grid: set[str] | None = None,
 ) -> list[Cell]:
     """One Cell per (data set, size, backbone) with signals: mean test accuracy and seconds per recipe.
     With `required`, a cell still missing one of those recipes (a study stopped mid-cell) is left out:
-    judging a policy on it would compare against a best that was never run."""
+    judging a policy on it would compare against a best that was never run. With `grid`, CPU shares are
+    shares of those recipes' seconds (default: of every recipe's)."""
     grouped: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         grouped[cell_id(record)][record["recipe"]].append(record)
@@ -47,12 +51,14 @@ def build_cells(
         name = cell_name(key)
         if name not in signals or (required and not required <= set(by_recipe)):
             continue
+        seconds = {r: statistics.fmean(x["cpu_seconds"] for x in runs) for r, runs in by_recipe.items()}
         cells.append(
             Cell(
                 dataset=key[0],
                 signals=Signals(**{k: signals[name][k] for k in SIGNALS}),
                 accuracy={r: statistics.fmean(x["test_accuracy"] for x in runs) for r, runs in by_recipe.items()},
-                seconds={r: statistics.fmean(x["cpu_seconds"] for x in runs) for r, runs in by_recipe.items()},
+                seconds=seconds,
+                grid_seconds=sum(v for r, v in seconds.items() if grid is None or r in grid),
                 name=name,
                 checked=checked_accuracy(by_recipe),
                 checked_at={margin: checked_accuracy(by_recipe, margin) for margin in VALIDATION_MARGINS},
@@ -149,7 +155,7 @@ def judge_policy(
         regrets.append(regret)
         cost = cell.checked_seconds(chosen) if checked else cell.seconds[chosen]
         spent.append(cost + signal_seconds.get(name, 0.0))
-        grid.append(sum(cell.seconds.values()))
+        grid.append(cell.grid_cost())
     return {
         "cells": len(cells),
         "within_one_se": sum(within) / len(within) if within else None,
@@ -157,6 +163,68 @@ def judge_policy(
         "max_regret": max(regrets) if regrets else None,
         "cpu_share_of_grid": sum(spent) / sum(grid) if grid and sum(grid) > 0 else None,
     }
+
+
+def compare_recipes(
+    cells: list[Cell], errors: dict[str, float], recipe: str, reference: str, picks: dict[str, str]
+) -> dict[str, Any]:
+    """`recipe` against `reference` cell by cell: the mean test accuracy difference (and its range), the cells
+    where it is within one standard error of the reference, where it is the cell's best recipe, where the
+    policy `picks` proposed it, and its CPU time as a share of the reference's."""
+    pairs = [c for c in cells if recipe in c.accuracy and reference in c.accuracy]
+    if not pairs:
+        return {"cells": 0}
+    differences = [c.accuracy[recipe] - c.accuracy[reference] for c in pairs]
+    return {
+        "recipe": recipe,
+        "reference": reference,
+        "cells": len(pairs),
+        "mean_difference": statistics.fmean(differences),
+        "min_difference": min(differences),
+        "max_difference": max(differences),
+        "within_one_se": sum(-d <= errors[c.name] + 1e-12 for c, d in zip(pairs, differences, strict=True)),
+        "best": sum(max(c.accuracy, key=c.accuracy.get) == recipe for c in pairs),
+        "picked": sum(picks.get(c.name) == recipe for c in pairs),
+        "cpu_ratio": sum(c.seconds[recipe] for c in pairs) / sum(c.seconds[reference] for c in pairs),
+    }
+
+
+def auto_cpu_parts(
+    records: list[dict[str, Any]],
+    signals: dict[str, dict[str, Any]],
+    cells: list[Cell],
+    picks: dict[str, str],
+    rules: dict[str, dict[str, Any]],
+) -> dict[str, float]:
+    """Where `auto`'s CPU goes on `cells` (seconds, per-cell means over seeds as its CPU share counts them),
+    beside the grid's: measuring the signals, of which the random-init forward pass that the pretrained gain
+    needs (its share of the measurement's wall time), and the fine-tunes the validation check then threw
+    away. Each part is the most that a cheaper version of it could save."""
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        runs[cell_name(cell_id(record)), record["recipe"]].append(record)
+    parts = {"grid": 0.0, "spent": 0.0, "signals": 0.0, "random_features": 0.0, "rejected_fine_tunes": 0.0}
+    for cell in cells:
+        measured = signals.get(cell.name, {})
+        timings = measured.get("timings", {})
+        wall = measured.get("wall_seconds") or 0.0
+        parts["grid"] += cell.grid_cost()
+        parts["signals"] += measured.get("seconds", 0.0)
+        if wall:
+            parts["random_features"] += measured["seconds"] * timings.get("random_features", 0.0) / wall
+        pick = picks[cell.name]
+        parts["spent"] += cell.checked_seconds(pick) + measured.get("seconds", 0.0)
+        if pick == FEATURE_EXTRACTION:
+            continue
+        margin_se = rules[cell.dataset].get("validation_margin_se", 0.0)
+        probes = {r["seed"]: r for r in runs[cell.name, FEATURE_EXTRACTION]}
+        proposed = runs[cell.name, pick]
+        for run in proposed:
+            probe = probes[run["seed"]]
+            margin = check_margin(margin_se, run.get("val_images", 0))
+            if not keep_fine_tuned(run["val_accuracy"], probe["val_accuracy"], margin):
+                parts["rejected_fine_tunes"] += run["cpu_seconds"] / len(proposed)
+    return parts
 
 
 def cheapest_within_one_se(cells: list[Cell], errors: dict[str, float]) -> dict[str, str]:
@@ -264,7 +332,7 @@ BISECTION_STEPS = 16  # to a ratio of about 1.0002 between the last two weights 
 def cpu_share(cells: list[Cell], rule: dict[str, Any]) -> float:
     """What a rule's proposals cost under the validation check, as a share of these cells' whole grid."""
     spent = sum(c.checked_seconds(walk(rule["tree"], c.signals)[0]["recipe"]) for c in cells)
-    return spent / sum(sum(c.seconds.values()) for c in cells)
+    return spent / sum(c.grid_cost() for c in cells)
 
 
 def fit_within_cpu(
@@ -279,7 +347,7 @@ def fit_within_cpu(
     share of these cells' grid), with the smallest weight, found by bisection, whose rule spends at most
     `cpu_target` of the grid on these cells; and that weight (0 where the loss alone already does).
     Fitted on training cells only, so a held-out data set's CPU share is a prediction, not a constraint."""
-    grid = sum(sum(c.seconds.values()) for c in cells)
+    grid = sum(c.grid_cost() for c in cells)
 
     def fitted(weight: float) -> dict[str, Any]:
         def loss(cell: Cell, recipe: str) -> float:
@@ -336,6 +404,7 @@ def _fingerprint(cells: list[Cell], margin: float) -> tuple:
             tuple(c.signals.value(s) for s in SIGNALS),
             tuple(sorted(c.accuracy.items())),
             tuple(sorted(c.seconds.items())),
+            c.grid_seconds,
             tuple(sorted(c.at_margin(margin).checked.items())),
         )
         for c in cells

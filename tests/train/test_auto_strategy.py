@@ -315,6 +315,73 @@ def test_the_checked_outcome_takes_the_probe_in_the_seeds_where_fine_tuning_lost
     assert checked_accuracy_at(records, 1.0)["full"] == pytest.approx(0.70)
 
 
+def test_a_recipe_outside_the_grid_counts_for_the_best_but_not_in_the_cpu_shares():
+    """A recipe added for auto to choose from must not make every policy's CPU share smaller."""
+    from bench.transfer_analysis import build_cells, judge_policy
+
+    records = _runs(
+        "a",
+        {
+            "feature_extraction": [(0.80, 0.70)],
+            "full": [(0.90, 0.80)],
+            "full_short": [(0.90, 0.85)],
+        },
+    )
+    signals = {"a/10/m": {"seconds": 1.0, **dict.fromkeys(_signal_names(), 0.5)}}
+    (whole,) = build_cells(records, signals)
+    (gridded,) = build_cells(records, signals, grid={"feature_extraction", "full"})
+    assert whole.grid_cost() == 21.0 and gridded.grid_cost() == 11.0
+    errors = {"a/10/m": 0.01}
+    verdict = judge_policy([gridded], {"a/10/m": "full"}, errors, {})
+    assert verdict["cpu_share_of_grid"] == pytest.approx(10.0 / 11.0)
+    assert verdict["max_regret"] == pytest.approx(0.05)  # the best is the recipe outside the grid
+
+
+def test_two_recipes_are_compared_cell_by_cell():
+    from bench.transfer_analysis import compare_recipes
+    from transferline.model.advisor import Cell, Signals
+
+    def cell(name: str, long: float, short: float) -> Cell:
+        accuracy = {"long": long, "short": short}
+        return Cell("a", Signals(10, 2, 0.5, 0.5, 0.0, 0.1), accuracy, {"long": 10.0, "short": 6.0}, name)
+
+    cells = [cell("a/1", 0.90, 0.80), cell("a/2", 0.70, 0.75), cell("a/3", 0.60, 0.595)]
+    errors = {"a/1": 0.01, "a/2": 0.01, "a/3": 0.01}
+    result = compare_recipes(cells, errors, "short", "long", {"a/1": "short", "a/2": "long"})
+    assert result["mean_difference"] == pytest.approx((-0.10 + 0.05 - 0.005) / 3)
+    assert (result["min_difference"], result["max_difference"]) == pytest.approx((-0.10, 0.05))
+    # within one SE of the longer schedule in a/2 (better) and a/3 (0.005 behind); best in a/2 alone
+    assert result["within_one_se"] == 2 and result["best"] == 1 and result["picked"] == 1
+    assert result["cpu_ratio"] == pytest.approx(0.6)
+
+
+def test_autos_cpu_is_split_into_the_signals_and_the_fine_tunes_the_check_threw_away():
+    from bench.transfer_analysis import auto_cpu_parts, build_cells, judge_policy
+
+    records = _runs(
+        "a",
+        {
+            "feature_extraction": [(0.80, 0.70)] * 2,
+            "full": [(0.90, 0.90), (0.70, 0.50)],  # seed 1 loses to the probe on val: thrown away
+        },
+    )
+    measured = {
+        "seconds": 4.0,
+        "wall_seconds": 2.0,
+        "timings": {"features": 0.5, "random_features": 1.0, "scores": 0.5},
+        **dict.fromkeys(_signal_names(), 0.5),
+    }
+    signals = {"a/10/m": measured}
+    cells = build_cells(records, signals)
+    picks, rules = {"a/10/m": "full"}, {"a": {"validation_margin_se": 0.0}}
+    parts = auto_cpu_parts(records, signals, cells, picks, rules)
+    assert parts["signals"] == 4.0 and parts["random_features"] == pytest.approx(2.0)  # half the wall time
+    assert parts["rejected_fine_tunes"] == pytest.approx(5.0)  # one of two 10 s seeds, as a per-cell mean
+    assert parts["spent"] == pytest.approx(10.0 + 1.0 + 4.0) and parts["grid"] == 11.0
+    verdict = judge_policy(cells, picks, {"a/10/m": 0.01}, {"a/10/m": 4.0}, checked=True)
+    assert verdict["cpu_share_of_grid"] == pytest.approx(parts["spent"] / parts["grid"])
+
+
 def checked_accuracy_at(records: list[dict], margin_se: float) -> dict[str, float]:
     from bench.transfer_analysis import checked_accuracy
 

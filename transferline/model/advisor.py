@@ -255,6 +255,9 @@ class Cell:
     # validation margin (in standard errors, check_margin) -> `checked` under a check that demands it (the
     # study fits the margin too)
     checked_at: dict[float, dict[str, float]] = field(default_factory=dict)
+    # CPU seconds of the cell's grid, what a policy's CPU share is a share of; 0: every recipe in `seconds`.
+    # A recipe measured beside the grid (a choice, or a peer's recipe) then leaves the denominator alone.
+    grid_seconds: float = 0.0
 
     def at_margin(self, margin_se: float) -> Cell:
         """This cell as a check with `margin_se` sees it (unchanged where no figures for it were recorded)."""
@@ -270,6 +273,9 @@ class Cell:
 
     def checked_regret(self, recipe: str) -> float:
         return max(self.accuracy.values()) - self.outcome(recipe, checked=True)
+
+    def grid_cost(self) -> float:
+        return self.grid_seconds or sum(self.seconds.values())
 
     def checked_seconds(self, recipe: str) -> float:
         """CPU seconds of proposing `recipe` under the check: a fine-tuning recipe also pays for the probe."""
