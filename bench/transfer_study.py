@@ -254,6 +254,9 @@ def measure_cell(prepared: Path, backbone: str, quick: bool) -> dict[str, float]
     return result
 
 
+EPOCH_PARTS = ("train_seconds", "eval_seconds", "feature_seconds", "head_fit_seconds")  # an epoch's timed parts
+
+
 def train_and_test(
     prepared: Path, test_prepared: Path, backbone: str, overrides: dict[str, Any], seed: int, quick: bool
 ) -> dict:
@@ -268,6 +271,7 @@ def train_and_test(
 
     params = base_params(backbone, quick, seed=seed, **overrides)
     scratch = prepared.parent / "scratch"
+    (scratch / "train_run.json").unlink(missing_ok=True)  # read back below: never a previous run's
     start = time.perf_counter()
     cpu_start = time.process_time()
     metrics = train.run(
@@ -281,6 +285,7 @@ def train_and_test(
     )
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
+    history = json.loads((scratch / "train_run.json").read_text()).get("history", [])
     dataset = read_dataset(prepared)
     spec = PreprocessSpec.from_dict(dataset["preprocess"])
     test = held_out_test(test_prepared, dataset["classes"], spec.image_size)
@@ -298,6 +303,9 @@ def train_and_test(
         "threads": torch.get_num_threads(),
         "train_images": int(dataset["splits"]["train"]),
         "val_images": int(dataset["splits"]["val"]),  # what the validation check's margin is scaled by
+        # per epoch, for judging an earlier stop from the records: validation accuracy and wall seconds
+        "val_history": [epoch["val_accuracy"] for epoch in history],
+        "epoch_seconds": [sum(epoch.get(part, 0.0) for part in EPOCH_PARTS) for epoch in history],
     }
 
 

@@ -3,7 +3,7 @@
 Reads `data/prepared` (dataset.json and the cached uint8 pixels of train and val; never test)
 and the `train` params section; the input preprocessing comes from dataset.json, i.e. what
 the pixels were actually made with. Writes `models/` (model.pt + model.json), `metrics/train.json`,
-the run record `metrics/train_run.json` (machine, caps, libraries, timings), DVCLive curves in
+the run record `metrics/train_run.json` (machine, caps, libraries, timings, each epoch's figures), DVCLive curves in
 `dvclive/train`, and two directories that persist across runs: the feature cache `data/features`
 (feature_extraction) and the per-epoch checkpoint `checkpoints/train`, which a re-run with the
 same params and data resumes from after a crash or a kill.
@@ -517,6 +517,9 @@ def run_record(
             else {}
         ),
         **({"head_fit_seconds": probe["seconds"]} if "seconds" in probe else {}),
+        # per epoch: losses, accuracies, learning rate, seconds (what a study needs to judge a shorter schedule
+        # or an earlier stop without training again)
+        "history": result.history,
     }
 
 

@@ -51,6 +51,10 @@ def test_the_quick_study_reports_every_cell_and_fits_a_rule(study: Path):
         "logme",
         "pretrained_gain",
     }
+    for run in report["runs"]:  # each epoch's validation accuracy and seconds, for judging an earlier stop
+        assert len(run["val_history"]) == len(run["epoch_seconds"]) == run["epochs_run"] >= 1
+        assert max(run["val_history"]) == pytest.approx(run["val_accuracy"])
+        assert all(seconds > 0 for seconds in run["epoch_seconds"])
     rule = json.loads((study / "advisor_rule.json").read_text())
     assert "tree" in rule and rule["cost"]["mobilenet_v2"]["partial"] > 0
     assert rule["validation_check"] is True and rule["fit"]["depth"] in (1, 2)

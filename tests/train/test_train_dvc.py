@@ -104,6 +104,9 @@ def test_dvc_repro_after_a_kill_resumes_the_persisted_checkpoint(tiny_repo):
     meta = json.loads((repo / "models" / "model.json").read_text())
     run_record = json.loads((repo / "metrics" / "train_run.json").read_text())
     assert run_record["resumed_from_epoch"] >= killed_at and meta["training"]["epochs_run"] == 12
+    # the history spans the epochs before the kill (from the checkpoint) and after it
+    assert [epoch["epoch"] for epoch in run_record["history"]] == list(range(1, 13))
+    assert all(0.0 <= epoch["val_accuracy"] <= 1.0 for epoch in run_record["history"])
 
 
 def test_dvc_lock_records_the_same_models_hash_when_another_cpu_retrains(tiny_repo):
