@@ -189,6 +189,13 @@ def compare_recipes(
     }
 
 
+def runs_by_cell_and_recipe(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        runs[cell_name(cell_id(record)), record["recipe"]].append(record)
+    return runs
+
+
 def auto_cpu_parts(
     records: list[dict[str, Any]],
     signals: dict[str, dict[str, Any]],
@@ -200,9 +207,7 @@ def auto_cpu_parts(
     beside the grid's: measuring the signals, of which the random-init forward pass that the pretrained gain
     needs (its share of the measurement's wall time), and the fine-tunes the validation check then threw
     away. Each part is the most that a cheaper version of it could save."""
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for record in records:
-        runs[cell_name(cell_id(record)), record["recipe"]].append(record)
+    runs = runs_by_cell_and_recipe(records)
     parts = {"grid": 0.0, "spent": 0.0, "signals": 0.0, "random_features": 0.0, "rejected_fine_tunes": 0.0}
     for cell in cells:
         measured = signals.get(cell.name, {})
@@ -225,6 +230,75 @@ def auto_cpu_parts(
             if not keep_fine_tuned(run["val_accuracy"], probe["val_accuracy"], margin):
                 parts["rejected_fine_tunes"] += run["cpu_seconds"] / len(proposed)
     return parts
+
+
+def early_stops(
+    records: list[dict[str, Any]],
+    signals: dict[str, dict[str, Any]],
+    cells: list[Cell],
+    picks: dict[str, str],
+    rules: dict[str, dict[str, Any]],
+    errors: dict[str, float],
+    after_epochs: tuple[int, ...] = (3, 5, 7),
+    gaps_se: tuple[float, ...] = (0.0, 1.0, 2.0),
+) -> list[dict[str, Any]]:
+    """`auto` had it stopped a proposed fine-tune early: from epoch `after` on, once the fine-tune's best
+    validation accuracy so far trails the probe's by more than `gap_se` standard errors (`check_margin`),
+    the probe's head ships and the remaining epochs are not paid for (CPU scaled from the run's per-epoch
+    wall seconds). Replayed from the runs' own per-epoch records; fine-tunes without them are left as run.
+    Each row: within one SE, CPU share, and how many fine-tunes the end-of-training check kept were stopped."""
+    runs = runs_by_cell_and_recipe(records)
+    rows = []
+    for after in after_epochs:
+        for gap_se in gaps_se:
+            within, spent, grid, lost = [], 0.0, 0.0, 0
+            for cell in cells:
+                pick = picks[cell.name]
+                margin_se = rules[cell.dataset].get("validation_margin_se", 0.0)
+                accuracy, seconds = cell.outcome(pick, checked=True), cell.checked_seconds(pick)
+                if pick != FEATURE_EXTRACTION:
+                    probes = {r["seed"]: r for r in runs[cell.name, FEATURE_EXTRACTION]}
+                    outcomes = [
+                        _stopped_outcome(run, probes[run["seed"]], after, gap_se, margin_se)
+                        for run in runs[cell.name, pick]
+                    ]
+                    accuracy = statistics.fmean(o[0] for o in outcomes)
+                    seconds = statistics.fmean(o[1] for o in outcomes)
+                    lost += sum(o[2] for o in outcomes)
+                within.append(max(cell.accuracy.values()) - accuracy <= errors[cell.name] + 1e-12)
+                spent += seconds + signals.get(cell.name, {}).get("seconds", 0.0)
+                grid += cell.grid_cost()
+            rows.append(
+                {
+                    "after_epoch": after,
+                    "gap_se": gap_se,
+                    "within_one_se": sum(within) / len(within) if within else None,
+                    "cpu_share_of_grid": spent / grid if grid else None,
+                    "kept_fine_tunes_stopped": lost,
+                }
+            )
+    return rows
+
+
+def _stopped_outcome(
+    run: dict[str, Any], probe: dict[str, Any], after: int, gap_se: float, margin_se: float
+) -> tuple[float, float, bool]:
+    """(test accuracy, CPU seconds, whether a fine-tune the final check kept was stopped) of one seed."""
+    kept = keep_fine_tuned(run["val_accuracy"], probe["val_accuracy"], check_margin(margin_se, run["val_images"]))
+    finished = (
+        run["test_accuracy"] if kept else probe["test_accuracy"],
+        run["cpu_seconds"] + probe["cpu_seconds"],
+        False,
+    )
+    history, epoch_seconds = run.get("val_history"), run.get("epoch_seconds")
+    if not history or not epoch_seconds:
+        return finished
+    floor = probe["val_accuracy"] - check_margin(gap_se, run["val_images"])
+    for epoch in range(after, len(history)):  # a stop after the last epoch saves nothing
+        if max(history[:epoch]) < floor:
+            share = sum(epoch_seconds[:epoch]) / sum(epoch_seconds)
+            return probe["test_accuracy"], run["cpu_seconds"] * share + probe["cpu_seconds"], kept
+    return finished
 
 
 def cheapest_within_one_se(cells: list[Cell], errors: dict[str, float]) -> dict[str, str]:

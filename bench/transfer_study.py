@@ -48,6 +48,7 @@ from bench.transfer_analysis import (
     cheapest_at_share,
     cheapest_within_one_se,
     compare_recipes,
+    early_stops,
     fit_auto_rule,
     judge_policy,
     kendall_taus,
@@ -482,6 +483,11 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         "repeatability": best_on_one_seed(records_of(state), cells, errors),
         "schedule": compare_recipes(cells, errors, "partial_half_5ep", "partial_half", picks),
         "auto_cpu": auto_cpu_parts(records_of(state), state["signals"], judged, picks, loo_rules),
+        "early_stops": early_stops(records_of(state), state["signals"], judged, picks, loo_rules, errors),
+        "reruns": {
+            "runs": sum("rerun" in r for r in state["runs"]),
+            "reproduced": sum(r.get("rerun", {}).get("reproduced", False) for r in state["runs"]),
+        },
         "verdicts": verdicts,
         "rule": rule,
         "leave_one_out_rules": loo_rules,
@@ -630,6 +636,7 @@ def markdown(
         f"Machine: {state['machine']['cpu']}, {state['machine']['cores']} cores. Grid CPU time "
         f"(every run and signal measurement, summed over threads): {cpu / 3600:.2f} h.",
         "",
+        *rerun_words(analysis.get("reruns") or {}),
         f"Test sets: per data set, up to {HELD_OUT} images per class (a quarter of a smaller class) held out of "
         "every subset, so every size is scored on the same images; each subset's own validation split picks "
         "the epoch and the probe's L2.",
@@ -665,7 +672,8 @@ def markdown(
         f"wherever it beats the probe on validation at all). '{UNCHECKED}' is the method used before the "
         "check: the rule's pick as it is.",
     ]
-    lines += cpu_words(analysis.get("auto_cpu") or {}) + schedule_words(analysis.get("schedule") or {})
+    lines += cpu_words(analysis.get("auto_cpu") or {}) + early_stop_words(analysis.get("early_stops") or [])
+    lines += schedule_words(analysis.get("schedule") or {})
     repeat = analysis.get("repeatability") or {}
     if repeat.get("trials"):
         lines += [
@@ -765,6 +773,39 @@ def cpu_words(parts: dict[str, float]) -> list[str]:
         f"leave auto at {without('random_features')} of the grid, the second at "
         f"{without('rejected_fine_tunes')} (stopping those fine-tunes early could save at most that).",
     ]
+
+
+def rerun_words(reruns: dict[str, int]) -> list[str]:
+    """How many runs were trained a second time (to record what the first run did not) and gave the same."""
+    if not reruns.get("runs"):
+        return []
+    return [
+        f"{reruns['runs']} runs were trained again to record their per-epoch figures; {reruns['reproduced']} of "
+        "them reproduced their recorded test and validation accuracy exactly.",
+        "",
+    ]
+
+
+def early_stop_words(rows: list[dict[str, Any]]) -> list[str]:
+    """auto with an earlier stop of the fine-tunes it proposed, replayed from the runs' per-epoch records."""
+    rows = [row for row in rows if row["within_one_se"] is not None]  # none before a cell is judged
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Stopping a proposed fine-tune early, replayed from each run's per-epoch validation accuracy: from the "
+        "epoch given on, once its best validation accuracy so far trails the probe's by more than the gap, the "
+        "probe's head ships and the remaining epochs are not paid for.",
+        "",
+        "| from epoch | gap (SE) | within one SE | CPU share | fine-tunes the final check kept, stopped |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['after_epoch']} | {row['gap_se']:g} | {row['within_one_se']:.0%} | "
+            f"{row['cpu_share_of_grid']:.1%} | {row['kept_fine_tunes_stopped']} |"
+        )
+    return lines
 
 
 def schedule_words(schedule: dict[str, Any]) -> list[str]:

@@ -55,6 +55,8 @@ def test_the_quick_study_reports_every_cell_and_fits_a_rule(study: Path):
         assert len(run["val_history"]) == len(run["epoch_seconds"]) == run["epochs_run"] >= 1
         assert max(run["val_history"]) == pytest.approx(run["val_accuracy"])
         assert all(seconds > 0 for seconds in run["epoch_seconds"])
+    assert len(report["early_stops"]) == 9
+    assert "Stopping a proposed fine-tune early" in (study / "transfer_study.md").read_text()
     rule = json.loads((study / "advisor_rule.json").read_text())
     assert "tree" in rule and rule["cost"]["mobilenet_v2"]["partial"] > 0
     assert rule["validation_check"] is True and rule["fit"]["depth"] in (1, 2)
@@ -384,6 +386,30 @@ def test_autos_cpu_is_split_into_the_signals_and_the_fine_tunes_the_check_threw_
     assert parts["spent"] == pytest.approx(10.0 + 1.0 + 4.0) and parts["grid"] == 11.0
     verdict = judge_policy(cells, picks, {"a/10/m": 0.01}, {"a/10/m": 4.0}, checked=True)
     assert verdict["cpu_share_of_grid"] == pytest.approx(parts["spent"] / parts["grid"])
+
+
+def test_an_early_stop_is_replayed_from_each_runs_per_epoch_validation_accuracy():
+    from bench.transfer_analysis import build_cells, early_stops
+
+    records = _runs("a", {"feature_extraction": [(0.80, 0.70)] * 2, "full": [(0.90, 0.95), (0.70, 0.50)]})
+    for record in records:
+        if record["recipe"] == "full":
+            # seed 0 trails the probe until its fourth epoch, then wins; seed 1 trails throughout
+            record["val_history"] = [0.5, 0.6, 0.7, 0.9] if record["seed"] == 0 else [0.5, 0.6, 0.7, 0.7]
+            record["epoch_seconds"] = [1.0] * 4  # a quarter of the run's 10 CPU seconds each
+    signals = {"a/10/m": {"seconds": 0.0, **dict.fromkeys(_signal_names(), 0.5)}}
+    cells = build_cells(records, signals)
+    errors = {"a/10/m": 0.01}
+    rules = {"a": {"validation_margin_se": 0.0}}
+    late, early = early_stops(records, signals, cells, {"a/10/m": "full"}, rules, errors, (3, 2), (0.0,))
+    # from epoch 3: both stop after 3 epochs (7.5 of 10 s), seed 0's winning fine-tune is lost
+    assert late["kept_fine_tunes_stopped"] == 1 and late["within_one_se"] == 0.0
+    assert late["cpu_share_of_grid"] == pytest.approx((7.5 + 1.0) / 11.0)
+    # a gap of 3 SE (0.3 on 50 images) stops neither, since neither trails by that much: as run
+    (unstopped,) = early_stops(records, signals, cells, {"a/10/m": "full"}, rules, errors, (2,), (3.0,))
+    assert unstopped["kept_fine_tunes_stopped"] == 0 and unstopped["within_one_se"] == 1.0
+    assert unstopped["cpu_share_of_grid"] == pytest.approx(11.0 / 11.0)
+    assert early["cpu_share_of_grid"] == pytest.approx((5.0 + 1.0) / 11.0)
 
 
 def checked_accuracy_at(records: list[dict], margin_se: float) -> dict[str, float]:
