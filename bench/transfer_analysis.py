@@ -85,16 +85,16 @@ def checked_accuracy(by_recipe: dict[str, list[dict[str, Any]]], margin_se: floa
         outcomes = []
         for run in runs:
             probe = probes.get(run.get("seed"), next(iter(probes.values())))
-            own = (
-                recipe == FEATURE_EXTRACTION
-                or "val_accuracy" not in run
-                or keep_fine_tuned(
-                    run["val_accuracy"], probe["val_accuracy"], check_margin(margin_se, run.get("val_images", 0))
-                )
-            )
+            own = recipe == FEATURE_EXTRACTION or "val_accuracy" not in run or fine_tune_kept(run, probe, margin_se)
             outcomes.append(run["test_accuracy"] if own else probe["test_accuracy"])
         checked[recipe] = statistics.fmean(outcomes)
     return checked
+
+
+def fine_tune_kept(run: dict[str, Any], probe: dict[str, Any], margin_se: float) -> bool:
+    """The validation check's verdict on one seed's fine-tune against the same seed's probe run."""
+    margin = check_margin(margin_se, run.get("val_images", 0))
+    return keep_fine_tuned(run["val_accuracy"], probe["val_accuracy"], margin)
 
 
 def cell_name(key: tuple) -> str:
@@ -225,9 +225,7 @@ def auto_cpu_parts(
         probes = {r["seed"]: r for r in runs[cell.name, FEATURE_EXTRACTION]}
         proposed = runs[cell.name, pick]
         for run in proposed:
-            probe = probes[run["seed"]]
-            margin = check_margin(margin_se, run.get("val_images", 0))
-            if not keep_fine_tuned(run["val_accuracy"], probe["val_accuracy"], margin):
+            if not fine_tune_kept(run, probes[run["seed"]], margin_se):
                 parts["rejected_fine_tunes"] += run["cpu_seconds"] / len(proposed)
     return parts
 
@@ -284,7 +282,7 @@ def _stopped_outcome(
     run: dict[str, Any], probe: dict[str, Any], after: int, gap_se: float, margin_se: float
 ) -> tuple[float, float, bool]:
     """(test accuracy, CPU seconds, whether a fine-tune the final check kept was stopped) of one seed."""
-    kept = keep_fine_tuned(run["val_accuracy"], probe["val_accuracy"], check_margin(margin_se, run["val_images"]))
+    kept = fine_tune_kept(run, probe, margin_se)
     finished = (
         run["test_accuracy"] if kept else probe["test_accuracy"],
         run["cpu_seconds"] + probe["cpu_seconds"],
