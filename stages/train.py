@@ -57,7 +57,7 @@ from transferline.model.distributed import (
     start_process_group,
     stop_process_group,
 )
-from transferline.model.features import KEY_FILE, cache_key, cached_features, fit_probe, install_head
+from transferline.model.features import KEY_FILE, ProbeResult, cache_key, cached_features, fit_probe, install_head
 from transferline.model.global_batch import to_global_batch
 from transferline.model.launch import LaunchInterrupted, ProcessesFailed, launch, process_env
 from transferline.model.reproducibility import Pinning, is_pinned, pinning, reexec_pinned
@@ -141,7 +141,7 @@ def validation_check(
     return params, checked, model, result
 
 
-def fit_feature_extraction(
+def fit_probe_head(
     model: TransferModel,
     train: SplitData,
     val: SplitData,
@@ -150,9 +150,10 @@ def fit_feature_extraction(
     runtime: Runtime,
     features_dir: Path,
     key: dict,
-    sink: EpochSink | None,
-) -> FitResult:
-    """Frozen body: cached features -> logistic-regression head, installed into the model."""
+) -> tuple[ProbeResult, bool, float]:
+    """The linear probe on the pretrained body's cached features, installed as the model's head: the whole of
+    feature_extraction, and the start of a fine-tune with `head_init: probe`. Returns the probe, whether the
+    features came from the cache, and the seconds the features took."""
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -173,6 +174,52 @@ def fit_feature_extraction(
         label_smoothing=params.probe_label_smoothing,
     )
     install_head(model, probe)
+    return probe, from_cache, feature_seconds
+
+
+def start_from_probe(
+    model: TransferModel,
+    train: SplitData,
+    val: SplitData,
+    spec: PreprocessSpec,
+    params: TrainParams,
+    runtime: Runtime,
+    features_dir: Path,
+    key: dict,
+    ranks: Ranks,
+) -> None:
+    """`head_init: probe`: the fine-tune starts from the feature_extraction head, so its first steps adapt the
+    body to a head that already fits rather than to a random one. Rank 0 fits it, every process installs it."""
+    head = None
+    if ranks.primary:
+        probe, _, seconds = fit_probe_head(model, train, val, spec, params, runtime, features_dir, key)
+        log.info(
+            "head_init: probe (l2=%g, val acc %.4f; features %.1f s, head %.2f s)",
+            probe.l2,
+            probe.val_accuracy,
+            seconds,
+            probe.seconds,
+        )
+        head = (model.head.weight.detach().cpu().clone(), model.head.bias.detach().cpu().clone())
+    weight, bias = ranks.broadcast(head)
+    with torch.no_grad():
+        model.head.weight.copy_(weight)
+        model.head.bias.copy_(bias)
+
+
+def fit_feature_extraction(
+    model: TransferModel,
+    train: SplitData,
+    val: SplitData,
+    spec: PreprocessSpec,
+    params: TrainParams,
+    runtime: Runtime,
+    features_dir: Path,
+    key: dict,
+    sink: EpochSink | None,
+) -> FitResult:
+    """Frozen body: cached features -> logistic-regression head, installed into the model."""
+    probe, from_cache, feature_seconds = fit_probe_head(model, train, val, spec, params, runtime, features_dir, key)
     log.info("head fitted in %.2f s (l2=%g, val acc %.4f)", probe.seconds, probe.l2, probe.val_accuracy)
     # the assembled model, scored end to end: it must agree with the probe's own val score
     val_loss, val_accuracy = evaluate(
@@ -386,6 +433,8 @@ def train_and_write(
     else:
         if ranks.primary:
             ensure_features_dir(out.features_dir)
+        if params.head_init == "probe":
+            start_from_probe(model, train, val, spec, params, runtime, out.features_dir, key, ranks)
         result = fit(model, plan, train, val, spec, params, runtime, store, sink, stop_after_epoch, ranks)
     if sink is not None:
         sink.end()

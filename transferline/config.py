@@ -258,6 +258,9 @@ class TrainParams(Section):
     layer_groups: int = Field(default=4, ge=1)  # discriminative: backbone blocks split into this many groups
     lr_decay: float = Field(default=0.5, gt=0, le=1)  # discriminative: LR factor per group toward the input
     gradual_unfreeze: bool = False  # head first, then one more layer group every epoch
+    # the fine-tune's starting head: random (seeded) | probe: the feature_extraction head fitted on cached
+    # features first (linear probing, then fine-tuning: the body adapts to a head that already fits)
+    head_init: Literal["random", "probe"] = "random"
     lr: float = Field(default=2e-3, gt=0)
     head_lr: float | None = Field(default=None, gt=0)  # null: same as lr
     weight_decay: float = Field(default=0.05, ge=0)

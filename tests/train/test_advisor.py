@@ -7,7 +7,7 @@ import json
 import pytest
 
 from transferline.errors import ParamsError
-from transferline.model.advisor import Cell, Signals, check_margin, decide, fit_rule, walk
+from transferline.model.advisor import Cell, Recipe, Signals, check_margin, decide, fit_rule, walk
 
 RECIPES = {
     "feature_extraction": {"strategy": "feature_extraction"},
@@ -162,3 +162,11 @@ def test_a_checked_fit_scores_each_proposal_by_what_the_check_leaves():
     checked = fit_rule(large, RECIPES, checked=True)
     assert checked["tree"]["recipe"] == "full"
     assert checked["tree"]["gain_over_probe"] == pytest.approx([0.05, 0.05])
+
+
+def test_recipe_overrides_resolve_the_frozen_share_and_carry_the_head_init():
+    plain = Recipe("partial", frozen_fraction=0.5, epochs=10).overrides(19, 10)
+    assert plain == {"strategy": "partial", "lr": 2e-3, "frozen_blocks": 10, "epochs": 10, "warmup_epochs": 1.0}
+    from_probe = Recipe("partial", frozen_fraction=0.5, head_init="probe").overrides(19, 10)
+    assert from_probe == {**plain, "head_init": "probe"}
+    assert Recipe("feature_extraction").overrides(19, 10) == {"strategy": "feature_extraction", "lr": 2e-3}

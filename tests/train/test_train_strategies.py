@@ -12,6 +12,7 @@ from transferline.config import TrainParams
 from transferline.data.preprocessing import PreprocessSpec
 from transferline.model.backbones import build_model
 from transferline.model.checkpoints import CheckpointStore
+from transferline.model.distributed import SINGLE
 from transferline.model.strategies import make_plan, optimizer_param_groups
 from transferline.model.training import build_optimizer, fit, resolve_runtime
 
@@ -165,3 +166,50 @@ def test_gradual_unfreezing_trains_the_head_first_then_one_group_per_epoch(prepa
     after_two = snapshot(model)
     assert all(changed_keys(after_one, after_two, owner, upper).values())
     assert not any(changed_keys(after_one, after_two, owner, lower, "").values())
+
+
+def test_head_init_probe_starts_the_fine_tune_where_feature_extraction_ends(prepared, tmp_path, tiny_params):
+    """`head_init: probe`: before any step the assembled model scores the probe's validation accuracy, and the
+    features it was fitted on are cached for a later feature_extraction run."""
+    from transferline.model.features import cache_key
+    from transferline.model.training import BatchSource, evaluate
+
+    params = tiny_params(strategy="partial", frozen_blocks=10, head_init="probe")
+    dataset = json.loads((prepared / "dataset.json").read_text())
+    spec = PreprocessSpec.from_dict(dataset["preprocess"])
+    torch.manual_seed(params.seed)
+    model, weights = build_model(params.backbone, 3, params.pretrained)
+    random_head = model.head.weight.detach().clone()
+    train = train_stage.load_split(prepared, "train", 3, spec.image_size)
+    val = train_stage.load_split(prepared, "val", 3, spec.image_size)
+    runtime = resolve_runtime(params)
+    key = cache_key(params.backbone, weights, dataset["data_version"], dataset["preprocess"], 1280)
+    train_stage.start_from_probe(model, train, val, spec, params, runtime, tmp_path / "features", key, SINGLE)
+    assert not torch.equal(model.head.weight, random_head)
+    probe, from_cache, _ = train_stage.fit_probe_head(
+        build_model(params.backbone, 3, params.pretrained)[0],
+        train,
+        val,
+        spec,
+        params,
+        runtime,
+        tmp_path / "features",
+        key,
+    )
+    assert from_cache  # start_from_probe left the features cached
+    torch.testing.assert_close(model.head.weight.detach(), torch.from_numpy(probe.weight), rtol=0, atol=0)
+    _, accuracy = evaluate(model, BatchSource(val, runtime.device), spec, runtime, 16)
+    assert accuracy == pytest.approx(probe.val_accuracy, abs=1e-6)
+
+
+def test_head_init_probe_is_recorded_and_changes_the_run(run_train, tmp_path, tiny_params, caplog):
+    caplog.set_level("INFO", logger="transferline")
+    from transferline.model.trained_model import load_trained_model
+
+    run_train(tiny_params(strategy="partial", frozen_blocks=10), out="random")
+    run_train(tiny_params(strategy="partial", frozen_blocks=10, head_init="probe"), out="probe")
+    random_model, _ = load_trained_model(tmp_path / "random" / "models")
+    probe_model, meta = load_trained_model(tmp_path / "probe" / "models")
+    assert meta["params"]["head_init"] == "probe" and "head_init: probe" in caplog.text
+    assert not torch.equal(random_model.head.weight, probe_model.head.weight)
+    assert (tmp_path / "probe" / "features" / "train.npy").is_file()

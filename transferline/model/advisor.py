@@ -56,9 +56,12 @@ class Recipe:
     frozen_fraction: float = 0.0
     epochs: int = 10
     lr: float = 2e-3
+    head_init: str = "random"  # probe: fine-tune from the feature_extraction head
 
     def overrides(self, num_blocks: int, epochs: int) -> dict[str, Any]:
         values: dict[str, Any] = {"strategy": self.strategy, "lr": self.lr}
+        if self.head_init != "random":
+            values["head_init"] = self.head_init
         if self.strategy in ("partial", "discriminative"):
             values["frozen_blocks"] = min(num_blocks - 1, round(self.frozen_fraction * num_blocks))
         elif self.strategy == "full":
