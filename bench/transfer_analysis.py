@@ -189,6 +189,36 @@ def compare_recipes(
     }
 
 
+REFERENCES = ("partial_half", "feature_extraction")  # what an experimental recipe is compared with
+
+
+def compare_experiment(cells: list[Cell], errors: dict[str, float], recipe: str, grid: set[str]) -> dict[str, Any]:
+    """A recipe run beside the grid, in the cells where it ran: against half frozen and against feature
+    extraction (compare_recipes, no picks), and how often it is within one SE of, or above, the best of the
+    `grid` recipes."""
+    ran = [c for c in cells if recipe in c.accuracy]
+    if not ran:
+        return {"recipe": recipe, "cells": 0}
+    best = {c.name: max(v for k, v in c.accuracy.items() if k in grid) for c in ran}
+    return {
+        "recipe": recipe,
+        "cells": len(ran),
+        "against": {ref: compare_recipes(ran, errors, recipe, ref, {}) for ref in REFERENCES},
+        "within_one_se_of_best": sum(c.accuracy[recipe] >= best[c.name] - errors[c.name] - 1e-12 for c in ran),
+        "above_best": sum(c.accuracy[recipe] > best[c.name] for c in ran),
+    }
+
+
+def cpu_per_wall(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Per recipe, the median of its runs' CPU seconds over wall seconds: how busy the run's threads were.
+    Recipes run in different sittings may differ here; CPU shares compare recipes' CPU seconds as measured."""
+    ratios: dict[str, list[float]] = defaultdict(list)
+    for run in records:
+        if run["wall_seconds"] > 0:
+            ratios[run["recipe"]].append(run["cpu_seconds"] / run["wall_seconds"])
+    return {recipe: statistics.median(values) for recipe, values in sorted(ratios.items())}
+
+
 def runs_by_cell_and_recipe(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in records:

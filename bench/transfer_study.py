@@ -47,7 +47,9 @@ from bench.transfer_analysis import (
     cell_name,
     cheapest_at_share,
     cheapest_within_one_se,
+    compare_experiment,
     compare_recipes,
+    cpu_per_wall,
     early_stops,
     fit_auto_rule,
     judge_policy,
@@ -95,19 +97,35 @@ RECIPES: dict[str, dict[str, Any]] = {
     **GRID,
     "partial_half_5ep": {"strategy": "partial", "frozen_fraction": 0.5, "epochs": 5, "lr": 2e-3},
 }
+# Recipes run in every cell and compared with the grid's, not (yet) among auto's choices: half the blocks
+# frozen as partial_half, fine-tuned from the linear probe's head instead of a random one (linear probing then
+# fine-tuning, Kumar et al., ICLR 2022: a random head's first gradients distort the pretrained features).
+EXPERIMENTS: dict[str, dict[str, Any]] = {
+    "partial_half_from_probe": {**RECIPES["partial_half"], "head_init": "probe"},
+    # the same, the starting head fitted with the fine-tune's own label smoothing (0.1): a head at the optimum
+    # of the loss the fine-tune minimises, less confident than the plain probe, so the first steps pull less
+    # on the body
+    "partial_half_from_smoothed_probe": {**RECIPES["partial_half"], "head_init": "probe", "probe_label_smoothing": 0.1},
+}
+EXPERIMENT_NOTES = {
+    "partial_half_from_probe": "half the blocks frozen, 10 epochs, from the linear probe's head",
+    "partial_half_from_smoothed_probe": "the same, from a probe fitted with the fine-tune's label smoothing, 0.1",
+}
 # Fixed policies judged beside auto; fastai's `fine_tune`: the head alone for one epoch, then everything.
 FASTAI = {"strategy": "discriminative", "frozen_blocks": 0, "gradual_unfreeze": True, "layer_groups": 1}
 SEEDS_SMALL, SEEDS_LARGE, SMALL = 3, 1, 100  # seeds per cell: 3 up to 100 images per class, 1 above
 
 
 def train_overrides(recipe: dict[str, Any], num_blocks: int) -> dict[str, Any]:
-    """TrainParams values for a study recipe (frozen_fraction resolved for the backbone)."""
+    """TrainParams values for a study recipe: the advisor's Recipe fields resolved for the backbone
+    (frozen_fraction), any other key passed on as a train param."""
+    from dataclasses import fields
+
     from transferline.model.advisor import Recipe
 
-    if set(recipe) <= {"strategy", "frozen_fraction", "epochs", "lr"}:
-        base = Recipe(**recipe)
-        return base.overrides(num_blocks, base.epochs)
-    return dict(recipe)
+    names = {f.name for f in fields(Recipe)}
+    base = Recipe(**{k: v for k, v in recipe.items() if k in names})
+    return {**base.overrides(num_blocks, base.epochs), **{k: v for k, v in recipe.items() if k not in names}}
 
 
 def seeds_for(size: int | None, quick: bool) -> list[int]:
@@ -225,11 +243,11 @@ def base_params(backbone: str, quick: bool, **overrides):
     return TrainParams(**values)
 
 
-def measure_cell(prepared: Path, backbone: str, quick: bool) -> dict[str, float]:
-    """The advisor's signals for this cell, and how long measuring them took."""
+def cell_context(prepared: Path, backbone: str, quick: bool) -> dict[str, Any]:
+    """What measuring or caching a cell's features takes: params, runtime, splits, the pretrained model, the
+    cell's feature cache and its key."""
     from transferline.data.pixel_cache import load_split, read_dataset
     from transferline.data.preprocessing import PreprocessSpec
-    from transferline.model.advice_signals import measure_signals
     from transferline.model.backbones import build_model, feature_dim
     from transferline.model.features import cache_key
     from transferline.model.training import configure_threads, resolve_runtime
@@ -240,19 +258,49 @@ def measure_cell(prepared: Path, backbone: str, quick: bool) -> dict[str, float]
     dataset = read_dataset(prepared)
     spec = PreprocessSpec.from_dict(dataset["preprocess"])
     classes = dataset["classes"]
-    train = load_split(prepared, "train", len(classes), spec.image_size)
-    val = load_split(prepared, "val", len(classes), spec.image_size)
     model, weights = build_model(backbone, len(classes), True)
-    key = cache_key(backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model))
     features_dir = prepared.parent / f"features-{backbone}"
     features_dir.mkdir(exist_ok=True)
+    return {
+        "model": model,
+        "train": load_split(prepared, "train", len(classes), spec.image_size),
+        "val": load_split(prepared, "val", len(classes), spec.image_size),
+        "spec": spec,
+        "params": params,
+        "runtime": runtime,
+        "features_dir": features_dir,
+        "key": cache_key(backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model)),
+    }
+
+
+def measure_cell(prepared: Path, backbone: str, quick: bool) -> dict[str, float]:
+    """The advisor's signals for this cell, and how long measuring them took."""
+    from transferline.model.advice_signals import measure_signals
+
+    context = cell_context(prepared, backbone, quick)
     start, cpu_start = time.perf_counter(), time.process_time()
-    signals, timings = measure_signals(model, train, val, spec, params, runtime, features_dir, key)
+    signals, timings = measure_signals(**context)
     result = {k: signals.value(k) for k in signals.__dataclass_fields__}
     result["wall_seconds"] = time.perf_counter() - start
     result["seconds"] = time.process_time() - cpu_start  # CPU seconds, comparable with the runs' cpu_seconds
     result["timings"] = timings
     return result
+
+
+def cache_features(prepared: Path, backbone: str, quick: bool) -> None:
+    """The cell's pretrained features, as measuring its signals leaves them cached: a run that starts from the
+    probe (head_init: probe) then pays for its head, not for the forward pass auto has already paid."""
+    import torch
+
+    from transferline.model.features import cached_features
+
+    c = cell_context(prepared, backbone, quick)
+    c["model"].to(c["runtime"].device)
+    if c["runtime"].channels_last:  # as measuring the signals runs it
+        c["model"].to(memory_format=torch.channels_last)
+    splits = {"train": c["train"], "val": c["val"]}
+    batch = max(2 * c["params"].batch_size, 64)
+    cached_features(c["model"], splits, c["spec"], c["runtime"], c["features_dir"], c["key"], batch)
 
 
 EPOCH_PARTS = ("train_seconds", "eval_seconds", "feature_seconds", "head_fit_seconds")  # an epoch's timed parts
@@ -335,7 +383,16 @@ def run_grid(args: argparse.Namespace, checkpoint: Callable[[dict[str, Any]], No
                     state["signals"][name] = measure_cell(prepared, backbone, args.quick)
                     atomic.write_json(state_file, state)
                 num_blocks = len(BACKBONES[backbone].blocks)
-                runs = {**{k: train_overrides(v, num_blocks) for k, v in RECIPES.items()}, "fastai": FASTAI}
+                recipes = {**RECIPES, **EXPERIMENTS}
+                runs = {**{k: train_overrides(v, num_blocks) for k, v in recipes.items()}, "fastai": FASTAI}
+                pending = [
+                    recipe
+                    for recipe in runs
+                    for seed in seeds_for(size, args.quick)
+                    if (dataset, size, backbone, recipe, seed) not in done
+                ]
+                if any(runs[recipe].get("head_init") == "probe" for recipe in pending):
+                    cache_features(prepared, backbone, args.quick)
                 ran = False
                 for recipe, overrides in runs.items():
                     for seed in seeds_for(size, args.quick):
@@ -464,7 +521,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     shown = {c.name: c for c in with_fastai}
     rule = fit_auto_rule(cells, RECIPES, errors) if cells else None
     if rule is not None:
-        rule["cost"] = cost_model(state["runs"])
+        rule["cost"] = cost_model([r for r in state["runs"] if r["recipe"] not in EXPERIMENTS])
     return {
         "cells": [
             {
@@ -482,6 +539,9 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         "backbone_pick": pick_backbones(judged, picks, loo_rules, errors, checked=True),
         "repeatability": best_on_one_seed(records_of(state), cells, errors),
         "schedule": compare_recipes(cells, errors, "partial_half_5ep", "partial_half", picks),
+        "experiments": experiments(state, cells, errors),
+        "experiment_cpu_seconds": sum(r["cpu_seconds"] for r in state["runs"] if r["recipe"] in EXPERIMENTS),
+        "cpu_per_wall": cpu_per_wall(state["runs"]),
         "auto_cpu": auto_cpu_parts(records_of(state), state["signals"], judged, picks, loo_rules),
         "early_stops": early_stops(records_of(state), state["signals"], judged, picks, loo_rules, errors),
         "reruns": {
@@ -492,6 +552,29 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         "rule": rule,
         "leave_one_out_rules": loo_rules,
     }
+
+
+def experiments(state: dict[str, Any], cells: list[Cell], errors: dict[str, float]) -> list[dict[str, Any]]:
+    """Each experimental recipe against the grid, in the study's cells where it ran as many seeds as the grid."""
+    seeds: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in state["runs"]:
+        seeds.setdefault((cell_name((run["dataset"], run["size"], run["backbone"])), run["recipe"]), []).append(run)
+    results = []
+    for recipe in EXPERIMENTS:
+        complete = {
+            c.name for c in cells if len(seeds.get((c.name, recipe), [])) == len(seeds[c.name, "feature_extraction"])
+        }
+        with_it = [
+            replace(
+                c,
+                accuracy={**c.accuracy, recipe: statistics.fmean(r["test_accuracy"] for r in seeds[c.name, recipe])},
+                seconds={**c.seconds, recipe: statistics.fmean(r["cpu_seconds"] for r in seeds[c.name, recipe])},
+            )
+            for c in cells
+            if c.name in complete
+        ]
+        results.append(compare_experiment(with_it, errors, recipe, set(RECIPES)))
+    return results
 
 
 def _judge_outside_grid(cells, recipe: str, errors: dict[str, float]) -> dict[str, Any]:
@@ -634,7 +717,12 @@ def markdown(
     ]
     lines += [
         f"Machine: {state['machine']['cpu']}, {state['machine']['cores']} cores. Grid CPU time "
-        f"(every run and signal measurement, summed over threads): {cpu / 3600:.2f} h.",
+        f"(every run and signal measurement, summed over threads): {cpu / 3600:.2f} h"
+        + (
+            f"; the experiments below took {analysis['experiment_cpu_seconds'] / 3600:.2f} h more."
+            if analysis.get("experiment_cpu_seconds")
+            else "."
+        ),
         "",
         *rerun_words(analysis.get("reruns") or {}),
         f"Test sets: per data set, up to {HELD_OUT} images per class (a quarter of a smaller class) held out of "
@@ -674,6 +762,9 @@ def markdown(
     ]
     lines += cpu_words(analysis.get("auto_cpu") or {}) + early_stop_words(analysis.get("early_stops") or [])
     lines += schedule_words(analysis.get("schedule") or {})
+    for experiment in analysis.get("experiments") or []:
+        lines += experiment_words(experiment)
+    lines += cpu_per_wall_words(analysis.get("cpu_per_wall") or {})
     repeat = analysis.get("repeatability") or {}
     if repeat.get("trials"):
         lines += [
@@ -808,6 +899,39 @@ def early_stop_words(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def experiment_words(result: dict[str, Any]) -> list[str]:
+    """An experimental recipe against the grid's, in the cells where it ran."""
+    if not result.get("cells"):
+        return []
+    words = []
+    for reference, versus in result["against"].items():
+        words.append(
+            f"against `{reference}` {versus['mean_difference']:+.3f} of test accuracy on average "
+            f"({versus['min_difference']:+.3f} to {versus['max_difference']:+.3f}; within one SE of it in "
+            f"{versus['within_one_se']} cells) at {versus['cpu_ratio']:.0%} of its CPU"
+        )
+    return [
+        "",
+        f"Experiment, not among auto's choices: `{result['recipe']}` ({EXPERIMENT_NOTES.get(result['recipe'], '')}), "
+        f"in the {result['cells']} cells where every seed of it ran: {'; '.join(words)}. It is within one SE of "
+        f"the best of auto's recipes in {result['within_one_se_of_best']} of {result['cells']} cells, and above "
+        f"it in {result['above_best']}.",
+    ]
+
+
+def cpu_per_wall_words(ratios: dict[str, float]) -> list[str]:
+    """How busy each recipe's threads were, as measured: recipes run in different sittings differ."""
+    if not ratios:
+        return []
+    listed = ", ".join(f"{recipe} {ratio:.2f}" for recipe, ratio in ratios.items())
+    return [
+        "",
+        f"CPU seconds over wall seconds, median per recipe (2 threads: at most 2): {listed}. The recipes were run "
+        "in several sittings, and how busy their threads were differs between them; the CPU shares compare "
+        "the CPU seconds as measured, so a share carries that spread too.",
+    ]
+
+
 def schedule_words(schedule: dict[str, Any]) -> list[str]:
     """The shorter schedule against the grid's, cell by cell."""
     if not schedule.get("cells"):
@@ -915,7 +1039,8 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
     rule to whichever cells happened to finish)."""
     state["machine"] = machine()
     analysis = analyse(state)
-    cpu = sum(r["cpu_seconds"] for r in state["runs"]) + sum(s["seconds"] for s in state["signals"].values())
+    grid_runs = [r for r in state["runs"] if r["recipe"] not in EXPERIMENTS]
+    cpu = sum(r["cpu_seconds"] for r in grid_runs) + sum(s["seconds"] for s in state["signals"].values())
     pictures = [policy_map(analysis["verdicts"], out_dir), *curves(state, out_dir)]
     payload = {
         "protocol": PROTOCOL,

@@ -56,6 +56,17 @@ def test_the_quick_study_reports_every_cell_and_fits_a_rule(study: Path):
         assert max(run["val_history"]) == pytest.approx(run["val_accuracy"])
         assert all(seconds > 0 for seconds in run["epoch_seconds"])
     assert len(report["early_stops"]) == 9
+    # the experimental recipe ran in both cells, started from the probe's head, and is judged beside the grid
+    experiments = ["partial_half_from_probe", "partial_half_from_smoothed_probe"]
+    assert [(e["recipe"], e["cells"]) for e in report["experiments"]] == [(name, 2) for name in experiments]
+    for run in report["runs"]:
+        assert run["overrides"].get("head_init", "random") == ("probe" if run["recipe"] in experiments else "random")
+        smoothing = run["overrides"].get("probe_label_smoothing")
+        assert smoothing == (0.1 if run["recipe"] == "partial_half_from_smoothed_probe" else None)
+    assert (
+        "Experiment, not among auto's choices: `partial_half_from_probe`" in (study / "transfer_study.md").read_text()
+    )
+    assert set(report["cpu_per_wall"]) >= {"feature_extraction", "partial_half_from_probe"}
     assert "Stopping a proposed fine-tune early" in (study / "transfer_study.md").read_text()
     rule = json.loads((study / "advisor_rule.json").read_text())
     assert "tree" in rule and rule["cost"]["mobilenet_v2"]["partial"] > 0
@@ -359,6 +370,45 @@ def test_two_recipes_are_compared_cell_by_cell():
     # within one SE of the longer schedule in a/2 (better) and a/3 (0.005 behind); best in a/2 alone
     assert result["within_one_se"] == 2 and result["best"] == 1 and result["picked"] == 1
     assert result["cpu_ratio"] == pytest.approx(0.6)
+
+
+def test_an_experimental_recipe_is_judged_against_the_grids_best_where_it_ran():
+    from bench.transfer_analysis import compare_experiment
+    from transferline.model.advisor import Cell, Signals
+
+    def cell(name: str, accuracy: dict[str, float]) -> Cell:
+        seconds = dict.fromkeys(accuracy, 10.0) | {"feature_extraction": 1.0, "probe_start": 12.0}
+        return Cell("a", Signals(10, 2, 0.5, 0.5, 0.0, 0.1), accuracy, seconds, name)
+
+    cells = [
+        cell("a/1", {"feature_extraction": 0.80, "partial_half": 0.90, "probe_start": 0.895}),
+        cell("a/2", {"feature_extraction": 0.70, "partial_half": 0.60, "probe_start": 0.75}),
+        cell("a/3", {"feature_extraction": 0.70, "partial_half": 0.72}),  # the experiment did not run here
+    ]
+    errors = dict.fromkeys(("a/1", "a/2", "a/3"), 0.01)
+    result = compare_experiment(cells, errors, "probe_start", {"feature_extraction", "partial_half"})
+    assert result["cells"] == 2 and result["within_one_se_of_best"] == 2 and result["above_best"] == 1
+    versus_half = result["against"]["partial_half"]
+    assert versus_half["mean_difference"] == pytest.approx((-0.005 + 0.15) / 2) and versus_half["within_one_se"] == 2
+    assert versus_half["cpu_ratio"] == pytest.approx(1.2)
+    assert result["against"]["feature_extraction"]["cpu_ratio"] == pytest.approx(12.0)
+    assert compare_experiment(cells[2:], errors, "probe_start", {"partial_half"}) == {
+        "recipe": "probe_start",
+        "cells": 0,
+    }
+
+
+def test_cpu_per_wall_is_the_median_per_recipe():
+    from bench.transfer_analysis import cpu_per_wall
+
+    runs = [
+        {"recipe": "full", "cpu_seconds": 2.0, "wall_seconds": 1.0},
+        {"recipe": "full", "cpu_seconds": 3.0, "wall_seconds": 2.0},
+        {"recipe": "full", "cpu_seconds": 1.0, "wall_seconds": 1.0},
+        {"recipe": "feature_extraction", "cpu_seconds": 0.5, "wall_seconds": 0.0},  # no wall time: left out
+        {"recipe": "feature_extraction", "cpu_seconds": 0.6, "wall_seconds": 0.5},
+    ]
+    assert cpu_per_wall(runs) == pytest.approx({"feature_extraction": 1.2, "full": 1.5})
 
 
 def test_autos_cpu_is_split_into_the_signals_and_the_fine_tunes_the_check_threw_away():
