@@ -56,6 +56,7 @@ from bench.transfer_analysis import (
     kendall_taus,
     leave_one_dataset_out,
     pick_backbones,
+    runs_by_cell_and_recipe,
     standard_error,
 )
 from transferline import atomic
@@ -556,9 +557,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
 
 def experiments(state: dict[str, Any], cells: list[Cell], errors: dict[str, float]) -> list[dict[str, Any]]:
     """Each experimental recipe against the grid, in the study's cells where it ran as many seeds as the grid."""
-    seeds: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for run in state["runs"]:
-        seeds.setdefault((cell_name((run["dataset"], run["size"], run["backbone"])), run["recipe"]), []).append(run)
+    seeds = runs_by_cell_and_recipe(state["runs"])
     results = []
     for recipe in EXPERIMENTS:
         complete = {
