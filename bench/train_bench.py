@@ -39,6 +39,8 @@ ACCURACY_RUNS = {
     "discriminative": {"strategy": "discriminative", "frozen_blocks": 0},
     "discriminative + gradual unfreezing": {"strategy": "discriminative", "frozen_blocks": 0, "gradual_unfreeze": True},
     "full, random init (baseline)": {"strategy": "full", "frozen_blocks": 0, "pretrained": False},
+    # the advisor's pick from the data (transferline/model/advisor_rule.json), its signals and check included
+    "auto": {"strategy": "auto"},
     # DESIGN.md's plain script, on this data: AdamW 3e-4, one-cycle, label smoothing 0.1, 3 epochs, no augmentation
     "plain-script recipe": {
         "strategy": "full",
@@ -239,23 +241,32 @@ def run_row(overrides: dict, metrics: dict, wall: float, base: Path, splits) -> 
     }
 
 
+def measured_now() -> dict[str, str]:
+    """When and on which CPU a row added to an existing table was measured."""
+    host = machine()
+    return {"date": host["date"], "cpu": host["cpu"]}
+
+
 def bench_accuracy(quick: bool, only: list[str] | None = None) -> dict:
     """Every run in ACCURACY_RUNS, or only the named ones, merged into the previous results."""
 
     _, _, splits = load_default_data()
-    previous = results_dir() / "train_accuracy.json"
-    rows = json.loads(previous.read_text())["runs"] if only and previous.is_file() else {}
+    previous_file = results_dir() / "train_accuracy.json"
+    previous = json.loads(previous_file.read_text()) if only and previous_file.is_file() else {}
+    rows = previous.get("runs", {})
     for name, overrides in ACCURACY_RUNS.items():
         if only and name not in only:
             continue
         base = WORK / "accuracy" / folder_name(name)
         metrics, wall = train_in(run_params(overrides, quick), PREPARED, base)
         rows[name] = run_row(overrides, metrics, wall, base, splits)
+        if previous:  # a row run alone says when and where; the table's date stays the full run's
+            rows[name]["measured"] = measured_now()
         logging.getLogger("bench").info("%s: %s", name, rows[name])
     # ACCURACY_RUNS in their order, then rows other benchmarks added (bench/seed_spread.py's)
     rows = {name: rows[name] for name in [*ACCURACY_RUNS, *rows] if name in rows}
     return {
-        "machine": machine(),
+        "machine": previous.get("machine") or machine(),
         "recipe": default_params().model_dump(mode="json"),
         "runs": rows,
         "test_images": len(splits["test"]),
@@ -392,6 +403,7 @@ def _rate(value: float | None) -> str:
 
 def accuracy_markdown(result: dict) -> str:
     recipe = result["recipe"]
+    runs = result["runs"]
     lines = [
         "# Transfer strategies on the default data (CPU)",
         "",
@@ -413,11 +425,16 @@ def accuracy_markdown(result: dict) -> str:
             f"{_rate(row.get('train_images_per_s'))} |"
         )
     n = result["test_images"]
-    runs = result["runs"]
     host = result.get("machine") or machine()
     lines += [
         "",
-        f"Measured {host['date']} on {host['cpu']}, {host['cores']} cores.",
+        f"Measured {host['date']} on {host['cpu']}, {host['cores']} cores"
+        + "".join(
+            f"; {name} alone on {row['measured']['date']} ({row['measured']['cpu']})"
+            for name, row in runs.items()
+            if "measured" in row
+        )
+        + ".",
         "",
         f"How to read it: with {n} test images one standard error is about "
         f"{100 * (0.88 * 0.12 / n) ** 0.5:.1f} points, so rows within ~2.5 points are not distinguishable; the "
