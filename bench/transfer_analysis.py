@@ -114,6 +114,28 @@ def hindsight_checked(records: list[dict[str, Any]], cells: list[Cell]) -> list[
     return perfect
 
 
+def policy_misses(cells: list[Cell], picks: dict[str, str], errors: dict[str, float]) -> list[dict[str, Any]]:
+    """The cells where a checked policy's outcome is more than one SE below the best: what it proposed, what
+    that gave after the check, and the recipe that did best (the report's list of where `auto` misses)."""
+    missed = []
+    for cell in cells:
+        proposed = picks[cell.name]
+        outcome = cell.outcome(proposed, checked=True)
+        best = max(cell.accuracy, key=cell.accuracy.get)
+        if cell.accuracy[best] - outcome > errors[cell.name] + 1e-12:
+            missed.append(
+                {
+                    "cell": cell.name,
+                    "proposed": proposed,
+                    "outcome": outcome,
+                    "best": best,
+                    "best_accuracy": cell.accuracy[best],
+                    "standard_error": errors[cell.name],
+                }
+            )
+    return missed
+
+
 def fine_tune_kept(run: dict[str, Any], probe: dict[str, Any], margin_se: float) -> bool:
     """The validation check's verdict on one seed's fine-tune against the same seed's probe run."""
     margin = check_margin(margin_se, run.get("val_images", 0))

@@ -57,6 +57,7 @@ from bench.transfer_analysis import (
     kendall_taus,
     leave_one_dataset_out,
     pick_backbones,
+    policy_misses,
     runs_by_cell_and_recipe,
     standard_error,
 )
@@ -541,6 +542,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
             }
             for c in cells
         ],
+        "auto_misses": policy_misses(judged, picks, errors),
         "kendall_tau": kendall_taus(cells, fine_tuned),
         "backbone_pick": pick_backbones(judged, picks, loo_rules, errors, checked=True),
         "repeatability": best_on_one_seed(records_of(state), cells, errors),
@@ -765,7 +767,7 @@ def markdown(
         f"wherever it beats the probe on validation at all). '{UNCHECKED}' is the method used before the "
         "check: the rule's pick as it is.",
     ]
-    lines += perfect_check_words(analysis["verdicts"])
+    lines += perfect_check_words(analysis["verdicts"]) + miss_words(analysis.get("auto_misses") or [])
     lines += cpu_words(analysis.get("auto_cpu") or {}) + early_stop_words(analysis.get("early_stops") or [])
     lines += schedule_words(analysis.get("schedule") or {})
     for experiment in analysis.get("experiments") or []:
@@ -866,6 +868,28 @@ def perfect_check_words(verdicts: dict[str, dict[str, Any]]) -> list[str]:
         f"(a larger validation split, another margin) could recover {recovered} of auto's cells"
         + ("; every miss is in the rule's proposal." if recovered == 0 else "."),
     ]
+
+
+def miss_words(misses: list[dict[str, Any]]) -> list[str]:
+    """Where auto misses: each cell's proposal, its outcome after the check, and the recipe that did best."""
+    if not misses:
+        return []
+    to_probe = sum(m["proposed"] == "feature_extraction" for m in misses)
+    lines = [
+        "",
+        f"Where auto misses ({len(misses)} cells; in {to_probe} it proposed feature extraction where a fine-tune "
+        f"won, in {len(misses) - to_probe} another fine-tune than the best):",
+        "",
+        "| cell | proposed | outcome after the check | best recipe | its accuracy | behind by (SE) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in misses:
+        behind = (m["best_accuracy"] - m["outcome"]) / m["standard_error"]
+        lines.append(
+            f"| {m['cell']} | {m['proposed']} | {m['outcome']:.3f} | {m['best']} | {m['best_accuracy']:.3f} | "
+            f"{behind:.1f} |"
+        )
+    return lines
 
 
 def cpu_words(parts: dict[str, float]) -> list[str]:

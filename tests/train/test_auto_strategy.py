@@ -359,6 +359,22 @@ def test_a_perfect_check_keeps_per_seed_the_better_test_accuracy_of_fine_tune_an
     assert perfect.accuracy == cell.accuracy and perfect.seconds == cell.seconds  # only the check differs
 
 
+def test_the_misses_list_the_cells_beyond_one_standard_error_with_the_proposal_after_the_check():
+    from bench.transfer_analysis import build_cells, policy_misses
+
+    records = _runs("a", {"feature_extraction": [(0.80, 0.70)] * 2, "full": [(0.90, 0.90), (0.70, 0.86)]})
+    records += [{**r, "dataset": "b"} for r in _runs("b", {"feature_extraction": [(0.8, 0.8)], "full": [(0.9, 0.81)]})]
+    signals = {name: {"seconds": 1.0, **dict.fromkeys(_signal_names(), 0.5)} for name in ("a/10/m", "b/10/m")}
+    cells = build_cells(records, signals)
+    errors = {"a/10/m": 0.05, "b/10/m": 0.05}
+    # a: full proposed, the check keeps seed 0 (0.90) and gives seed 1 the probe (0.70): 0.80, 0.08 behind
+    # full's 0.88; b: the probe proposed, 0.01 behind full, within one SE
+    (miss,) = policy_misses(cells, {"a/10/m": "full", "b/10/m": "feature_extraction"}, errors)
+    assert miss["cell"] == "a/10/m" and miss["proposed"] == "full" and miss["best"] == "full"
+    assert miss["outcome"] == pytest.approx(0.80) and miss["best_accuracy"] == pytest.approx(0.88)
+    assert policy_misses(cells, {"a/10/m": "full", "b/10/m": "feature_extraction"}, {**errors, "a/10/m": 0.1}) == []
+
+
 def test_a_recipe_outside_the_grid_counts_for_the_best_but_not_in_the_cpu_shares():
     """A recipe added for auto to choose from must not make every policy's CPU share smaller."""
     from bench.transfer_analysis import build_cells, judge_policy
