@@ -191,22 +191,71 @@ def judge_policy(
     """How a policy's picks compare with each cell's best: share within one standard error, mean regret,
     and its CPU time as a share of running the whole grid of that cell. `checked`: the picks are proposals
     under `auto`'s validation check (its outcome's accuracy; the probe's run paid for too)."""
-    within, regrets, spent, grid = [], [], [], []
-    for cell in cells:
-        name = cell.name
-        chosen = pick[name]
-        regret = max(cell.accuracy.values()) - cell.outcome(chosen, checked)
-        within.append(regret <= errors[name] + 1e-12)
-        regrets.append(regret)
-        cost = cell.checked_seconds(chosen) if checked else cell.seconds[chosen]
-        spent.append(cost + signal_seconds.get(name, 0.0))
-        grid.append(cell.grid_cost())
+    judged = [_judge_cell(cell, pick[cell.name], errors, signal_seconds, checked) for cell in cells]
+    within = [j["within"] for j in judged]
+    regrets = [j["regret"] for j in judged]
+    grid = sum(j["grid"] for j in judged)
     return {
         "cells": len(cells),
         "within_one_se": sum(within) / len(within) if within else None,
         "mean_regret": statistics.fmean(regrets) if regrets else None,
         "max_regret": max(regrets) if regrets else None,
-        "cpu_share_of_grid": sum(spent) / sum(grid) if grid and sum(grid) > 0 else None,
+        "cpu_share_of_grid": sum(j["spent"] for j in judged) / grid if judged and grid > 0 else None,
+    }
+
+
+def _judge_cell(
+    cell: Cell, chosen: str, errors: dict[str, float], signal_seconds: dict[str, float], checked: bool
+) -> dict[str, Any]:
+    regret = max(cell.accuracy.values()) - cell.outcome(chosen, checked)
+    cost = cell.checked_seconds(chosen) if checked else cell.seconds[chosen]
+    return {
+        "within": regret <= errors[cell.name] + 1e-12,
+        "regret": regret,
+        "spent": cost + signal_seconds.get(cell.name, 0.0),
+        "grid": cell.grid_cost(),
+    }
+
+
+def dataset_bootstrap(
+    cells: list[Cell],
+    pick: dict[str, str],
+    errors: dict[str, float],
+    signal_seconds: dict[str, float],
+    checked: bool = False,
+    draws: int = 10_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How precisely the grid pins a policy's two figures: the data sets drawn again with replacement,
+    each bringing all its cells (cells of one data set are not independent trials), and the 95% interval of
+    the share within one SE and of the CPU share over the draws; with the share of draws meeting both targets."""
+    import numpy as np
+
+    by_dataset: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for cell in cells:
+        by_dataset[cell.dataset].append(_judge_cell(cell, pick[cell.name], errors, signal_seconds, checked))
+    if len(by_dataset) < 2:
+        return {}
+    sums = np.array(
+        [
+            [sum(j["within"] for j in js), len(js), sum(j["spent"] for j in js), sum(j["grid"] for j in js)]
+            for js in by_dataset.values()
+        ],
+        dtype=float,
+    )
+    drawn = sums[np.random.default_rng(seed).integers(0, len(sums), size=(draws, len(sums)))].sum(axis=1)
+    share, cpu = drawn[:, 0] / drawn[:, 1], drawn[:, 2] / drawn[:, 3]
+    per_dataset = {
+        name: {"cells": int(row[1]), "within_one_se": row[0] / row[1], "cpu_share_of_grid": row[2] / row[3]}
+        for name, row in zip(by_dataset, sums, strict=True)
+    }
+    return {
+        "per_dataset": dict(sorted(per_dataset.items())),
+        "datasets": len(sums),
+        "draws": draws,
+        "within_one_se": [float(np.percentile(share, 2.5)), float(np.percentile(share, 97.5))],
+        "cpu_share_of_grid": [float(np.percentile(cpu, 2.5)), float(np.percentile(cpu, 97.5))],
+        "both_targets_met": float(np.mean((share >= TARGET_SHARE - 1e-12) & (cpu <= TARGET_CPU + 1e-12))),
     }
 
 
@@ -399,6 +448,9 @@ def cheapest_at_share(cells: list[Cell], errors: dict[str, float], share: float)
     return picks
 
 
+BACKBONE_HINDSIGHT = "hindsight: the backbone whose auto outcome was better"
+
+
 def backbone_of(cell: Cell) -> str:
     return cell.name.rsplit("/", 1)[-1]
 
@@ -414,7 +466,8 @@ def pick_backbones(
     the backbone whose expected accuracy is highest (probe accuracy plus the midpoint of the reached leaf's
     gains, as `transferline/model/backbone_choice.py` compares them, under the rule fitted without that
     data set), trained with its auto recipe, against the best (backbone, recipe) of all. Beside it, each
-    single backbone with its auto recipe, and the backbone with the better linear probe."""
+    single backbone with its auto recipe, the backbone with the better linear probe, k-NN or LogME (the
+    score made to rank pretrained models), and the hindsight bound: the backbone whose auto outcome was better."""
     groups: dict[tuple[str, str], list[Cell]] = defaultdict(list)
     for cell in cells:
         if cell.name in picks:
@@ -429,7 +482,11 @@ def pick_backbones(
     policies: dict[str, Any] = {
         "auto: expected accuracy": expected,
         "the better linear probe": lambda c: c.signals.probe_accuracy,
+        "the better k-NN accuracy": lambda c: c.signals.knn_accuracy,
+        "the higher LogME": lambda c: c.signals.logme,
         **{f"always {b}": (lambda c, b=b: float(backbone_of(c) == b)) for b in sorted({backbone_of(c) for c in cells})},
+        # a bound, not a policy: the backbone whose auto outcome turned out better
+        BACKBONE_HINDSIGHT: lambda c: c.outcome(picks[c.name], checked),
     }
     verdicts = {}
     for label, score in policies.items():

@@ -36,6 +36,7 @@ from typing import Any
 from bench import study_sources
 from bench.common import machine, results_dir, write_results
 from bench.transfer_analysis import (
+    BACKBONE_HINDSIGHT,
     TARGET_CPU,
     TARGET_SHARE,
     VALIDATION_MARGINS,
@@ -50,6 +51,7 @@ from bench.transfer_analysis import (
     compare_experiment,
     compare_recipes,
     cpu_per_wall,
+    dataset_bootstrap,
     early_stops,
     fit_auto_rule,
     hindsight_checked,
@@ -543,6 +545,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
             for c in cells
         ],
         "auto_misses": policy_misses(judged, picks, errors),
+        "auto_bootstrap": dataset_bootstrap(judged, picks, errors, signal_seconds, checked=True),
         "kendall_tau": kendall_taus(cells, fine_tuned),
         "backbone_pick": pick_backbones(judged, picks, loo_rules, errors, checked=True),
         "repeatability": best_on_one_seed(records_of(state), cells, errors),
@@ -767,6 +770,7 @@ def markdown(
         f"wherever it beats the probe on validation at all). '{UNCHECKED}' is the method used before the "
         "check: the rule's pick as it is.",
     ]
+    lines += bootstrap_words(analysis.get("auto_bootstrap") or {})
     lines += perfect_check_words(analysis["verdicts"]) + miss_words(analysis.get("auto_misses") or [])
     lines += cpu_words(analysis.get("auto_cpu") or {}) + early_stop_words(analysis.get("early_stops") or [])
     lines += schedule_words(analysis.get("schedule") or {})
@@ -816,6 +820,7 @@ def markdown(
                 f"| {name} | {v['groups']} | {v['within_one_se']:.0%} | {v['mean_regret']:.4f} | "
                 f"{v['max_regret']:.4f} |"
             )
+        lines += backbone_bound_words(backbone_verdicts)
         lines.append("")
     lines.append("")
     if final and analysis["rule"] is not None:
@@ -851,6 +856,65 @@ def markdown(
         lines.append(f"| {c['cell']} | {accs} | {c['best']} | {c['auto_pick'] or '-'} | {c['standard_error']:.3f} |")
     lines += ["", *[f"![{p}]({p})" for p in pictures], ""]
     return "\n".join(lines)
+
+
+def backbone_bound_words(verdicts: dict[str, Any]) -> list[str]:
+    """What the backbone choice could gain, against what its signals gain."""
+    bound = verdicts.get(BACKBONE_HINDSIGHT) or {}
+    scored = {name: v for name, v in verdicts.items() if name != BACKBONE_HINDSIGHT and v.get("groups")}
+    if not bound.get("groups") or not scored:
+        return []
+    best_name = max(scored, key=lambda name: (scored[name]["within_one_se"], -scored[name]["mean_regret"]))
+    return [
+        "",
+        f"'{BACKBONE_HINDSIGHT}' is a bound, not a policy: it reaches {bound['within_one_se']:.0%}, the best "
+        f"policy here ({best_name}) {scored[best_name]['within_one_se']:.0%}. The signals measured before "
+        "training rank the two backbones no better than a fixed choice on these data sets: what decides is how "
+        "each one's fine-tune turns out, which they do not foresee.",
+    ]
+
+
+def bootstrap_words(bootstrap: dict[str, Any]) -> list[str]:
+    """How precisely the grid measures auto's two figures, whether it can tell them from the targets, and
+    how they move together from one data set to the next."""
+    if not bootstrap:
+        return []
+    share_low, share_high = bootstrap["within_one_se"]
+    cpu_low, cpu_high = bootstrap["cpu_share_of_grid"]
+    each_inside = share_low <= TARGET_SHARE <= share_high and cpu_low <= TARGET_CPU <= cpu_high
+    verdict = (
+        "each target lies inside its interval, so on this grid neither figure can be told from its target"
+        if each_inside
+        else "a target outside its interval is missed or met beyond this grid's noise"
+    )
+    per_dataset = bootstrap.get("per_dataset") or {}
+    lines = [
+        "",
+        f"How precisely {bootstrap['datasets']} data sets pin auto's figures: drawing the data sets again with "
+        f"replacement ({bootstrap['draws']:,} draws, each bringing all its cells, since cells of one data set "
+        f"are not independent trials), the share within one SE spans {share_low:.0%} to {share_high:.0%} and "
+        f"the CPU share {cpu_low:.1%} to {cpu_high:.1%} (95%): {verdict}. Both at once hold in "
+        f"{bootstrap['both_targets_met']:.0%} of the draws. Per data set (held out):",
+        "",
+        "| data set | cells | within one SE | CPU share of its grid |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {v['cells']} | {v['within_one_se']:.0%} | {v['cpu_share_of_grid']:.1%} |"
+        for name, v in per_dataset.items()
+    ]
+    if len(per_dataset) > 2:
+        shares = [v["within_one_se"] for v in per_dataset.values()]
+        cpus = [v["cpu_share_of_grid"] for v in per_dataset.values()]
+        if len(set(shares)) > 1 and len(set(cpus)) > 1:
+            r = statistics.correlation(shares, cpus)
+            lines += [
+                "",
+                f"Across data sets the two figures move {'together' if r > 0 else 'apart'} (Pearson r "
+                f"{r:+.2f}), so whether a target holds depends on the grid's mix of data sets as well as "
+                "on the rule.",
+            ]
+    return lines
 
 
 def perfect_check_words(verdicts: dict[str, dict[str, Any]]) -> list[str]:

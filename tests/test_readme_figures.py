@@ -55,3 +55,22 @@ def test_the_table_is_replaced_between_the_markers_and_nothing_else_changes():
 def test_a_readme_without_markers_is_refused_with_the_fix():
     with pytest.raises(ReadmeMarkersMissing, match="bench:begin"):
         with_readme_table("# no markers\n", sample_report(25.0))
+
+
+def test_readme_quotes_the_transfer_studys_verdict_for_auto_as_committed():
+    """The README's prose on `strategy: auto` quotes bench/results/transfer_study.json: its held-out share and
+    CPU share, and the data-set bootstrap's intervals around them (rerun the study's report, then the README)."""
+    study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    auto = study["verdicts"]["auto (leave one data set out)"]
+    assert f"| auto | {auto['within_one_se']:.0%} (target 80%) |" in readme
+    assert f"| {auto['cpu_share_of_grid']:.1%} (target 15%) |" in readme
+    bootstrap = study["auto_bootstrap"]
+    share_low, share_high = bootstrap["within_one_se"]
+    cpu_low, cpu_high = bootstrap["cpu_share_of_grid"]
+    prose = " ".join(readme.split())  # the README wraps its lines anywhere
+    assert f"spans {share_low:.0%} to {share_high:.0%}" in prose
+    assert f"share {cpu_low:.1%} to {cpu_high:.1%} (95%)" in prose
+    assert f"only {bootstrap['both_targets_met']:.0%} of the draws" in prose
+    backbone = study["backbone_pick"]["hindsight: the backbone whose auto outcome was better"]
+    assert f"turns out better would reach {backbone['within_one_se']:.0%}" in prose

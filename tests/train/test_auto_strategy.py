@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -204,7 +205,7 @@ def test_the_hindsight_bound_at_a_share_gives_up_the_cells_where_being_right_cos
 def test_the_backbone_pick_is_judged_against_the_best_backbone_and_recipe_of_each_data_set_and_size():
     """Two backbones on one data set and size: auto takes the one with the higher expected accuracy (probe
     plus the leaf's gain), trains it with its own pick, and is judged against the best of both cells."""
-    from bench.transfer_analysis import pick_backbones
+    from bench.transfer_analysis import BACKBONE_HINDSIGHT, pick_backbones
     from transferline.model.advisor import Cell, Signals
 
     def cell(backbone: str, probe: float, accuracy: dict[str, float]) -> Cell:
@@ -223,6 +224,42 @@ def test_the_backbone_pick_is_judged_against_the_best_backbone_and_recipe_of_eac
     assert verdicts["auto: expected accuracy"]["mean_regret"] == pytest.approx(0.16)
     assert verdicts["always m"]["mean_regret"] == pytest.approx(0.10)
     assert verdicts["always e"]["within_one_se"] == 0.0
+    # the bound knows each backbone's outcome under its own pick: m (0.80) beats e (0.74)
+    bound = verdicts[BACKBONE_HINDSIGHT]
+    assert bound["mean_regret"] == pytest.approx(0.10)
+    assert all(bound["mean_regret"] <= v["mean_regret"] + 1e-12 for v in verdicts.values())
+    assert {"the better k-NN accuracy", "the higher LogME"} <= set(verdicts)
+
+
+def test_the_data_set_bootstrap_moves_each_data_sets_cells_together():
+    """Data set a's two cells are right, b's two wrong: a draw holds a twice, once or not at all, so the
+    share spans 0 to 1 and about a quarter of the draws (a twice) meet both targets; one data set, no interval."""
+    from bench.transfer_analysis import dataset_bootstrap
+    from bench.transfer_study import bootstrap_words
+    from transferline.model.advisor import Cell, Signals
+
+    def cell(dataset: str, size: int, right: bool) -> Cell:
+        accuracy = {"head": 0.9, "full": 0.9 if right else 0.5}
+        return Cell(
+            dataset, Signals(size, 2, 0.5, 0.5, 0.0, 0.1), accuracy, {"head": 1.0, "full": 1.0}, f"{dataset}/{size}/m"
+        )
+
+    cells = [cell("a", 10, True), cell("a", 30, True), cell("b", 10, False), cell("b", 30, False)]
+    picks = {c.name: "full" for c in cells}
+    errors = dict.fromkeys(picks, 0.01)
+    # 0.1 s of the grid's 2 s a cell: 5% of the CPU in every draw
+    grid = [replace(c, seconds={"head": 1.0, "full": 0.1}, grid_seconds=2.0) for c in cells]
+    result = dataset_bootstrap(grid, picks, errors, {}, draws=4000)
+    assert result["datasets"] == 2
+    assert result["within_one_se"] == [0.0, 1.0]
+    assert result["cpu_share_of_grid"] == pytest.approx([0.05, 0.05])
+    assert result["both_targets_met"] == pytest.approx(0.25, abs=0.03)
+    assert result["per_dataset"]["a"] == {"cells": 2, "within_one_se": 1.0, "cpu_share_of_grid": 0.05}
+    assert result["per_dataset"]["b"]["within_one_se"] == 0.0
+    words = " ".join(bootstrap_words(result))
+    assert "neither figure can be told from its target" not in words  # 15% lies outside [5%, 5%]
+    assert "| b | 2 | 0% | 5.0% |" in words
+    assert dataset_bootstrap(grid[:2], picks, errors, {}) == {}
 
 
 def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_and_rule_for_auto():
