@@ -635,3 +635,45 @@ def test_the_held_out_data_set_takes_part_in_neither_the_fit_nor_the_choice_of_i
                 assert (picks["d/10"], picks["d/400"]) == ("feature_extraction", "full")
         assert rules[0] == rules[1]
         assert rules[0]["validation_check"] and (rules[0]["fit"]["depth"], rules[0]["fit"]["min_leaf"]) in FIT_METHODS
+
+
+def test_pooled_pixels_average_square_patches_per_channel():
+    """The pixel probe's input: 4x4 images to a 2x2 grid are the means of their four 2x2 patches, per channel;
+    a grid finer than the image is refused."""
+    import numpy as np
+
+    from bench.signal_variants import pooled_pixels
+
+    images = np.zeros((1, 4, 4, 3), dtype=np.uint8)
+    images[0, :2, :2, 0] = 8  # the top-left patch of the first channel
+    images[0, 3, 3, 2] = 40  # one pixel of the bottom-right patch of the third channel
+    pooled = pooled_pixels(images, 2).reshape(2, 2, 3)
+    assert pooled[0, 0, 0] == 8 and pooled[1, 1, 2] == 10
+    assert pooled.sum() == 18
+    with pytest.raises(ValueError, match="cannot pool 4-pixel images to a 8 x 8 grid"):
+        pooled_pixels(images, 8)
+
+
+def test_a_stand_in_replaces_the_random_init_probe_in_the_gain_and_in_the_signals_cpu():
+    """The stand-in's accuracy replaces the random-init probe's in pretrained_gain; its CPU replaces the
+    random-init pass's share of the signals' CPU (that pass's share of their wall time); the study's state
+    itself is left as it was."""
+    from bench.signal_variants import with_stand_in
+
+    measured = {"probe_accuracy": 0.9, "pretrained_gain": 0.5, "seconds": 10.0, "wall_seconds": 8.0}
+    state = {"signals": {"a/10/m": {**measured, "timings": {"features": 4.0, "random_features": 4.0}}}}
+    changed = with_stand_in(state, {"a/10/m": {"val_accuracy": 0.85, "cpu_seconds": 0.5}})
+    signals = changed["signals"]["a/10/m"]
+    assert signals["pretrained_gain"] == pytest.approx(0.05)
+    assert signals["seconds"] == pytest.approx(10.0 - 5.0 + 0.5)
+    assert state["signals"]["a/10/m"]["pretrained_gain"] == 0.5
+
+
+def test_the_stand_in_report_says_whether_the_random_init_pass_earns_its_cost():
+    from bench.signal_variants import RANDOM_INIT, markdown
+
+    row = {"mean_regret": 0.01, "cpu_share_of_grid": 0.15, "signals_cpu_seconds": 200.0, "rule_signal": "x"}
+    worse = {RANDOM_INIT: {**row, "within_one_se": 0.79}, "pixels": {**row, "within_one_se": 0.69}}
+    assert "the random-init pass earns its cost" in markdown("cpu", worse)
+    as_good = {RANDOM_INIT: {**row, "within_one_se": 0.79}, "pixels": {**row, "within_one_se": 0.79}}
+    assert "it could replace the random-init pass" in markdown("cpu", as_good)
