@@ -39,6 +39,7 @@ from bench.transfer_analysis import (
     fit_auto_rule,
     judge_policy,
     leave_one_dataset_out,
+    random_pass_cpu,
 )
 from bench.transfer_study import (
     BACKBONES,
@@ -83,10 +84,8 @@ def with_gains(state: dict[str, Any], gains: dict[str, dict[str, float]]) -> dic
     changed = copy.deepcopy(state)
     for name, replacement in gains.items():
         signals = changed["signals"][name]
-        wall = signals.get("wall_seconds") or 0.0
-        random_pass = signals["seconds"] * signals["timings"]["random_features"] / wall if wall else 0.0
+        signals["seconds"] = signals["seconds"] - random_pass_cpu(signals) + replacement["cpu_seconds"]
         signals["pretrained_gain"] = replacement["pretrained_gain"]
-        signals["seconds"] = signals["seconds"] - random_pass + replacement["cpu_seconds"]
     return changed
 
 

@@ -320,6 +320,14 @@ def runs_by_cell_and_recipe(records: list[dict[str, Any]]) -> dict[tuple[str, st
     return runs
 
 
+def random_pass_cpu(measured: dict[str, Any]) -> float:
+    """CPU seconds of a cell's random-init forward pass: its share of the signals' wall time, applied to
+    their CPU time (the measurement records CPU only as a whole)."""
+    wall = measured.get("wall_seconds") or 0.0
+    random_wall = measured.get("timings", {}).get("random_features", 0.0)
+    return measured.get("seconds", 0.0) * random_wall / wall if wall else 0.0
+
+
 def auto_cpu_parts(
     records: list[dict[str, Any]],
     signals: dict[str, dict[str, Any]],
@@ -335,12 +343,9 @@ def auto_cpu_parts(
     parts = {"grid": 0.0, "spent": 0.0, "signals": 0.0, "random_features": 0.0, "rejected_fine_tunes": 0.0}
     for cell in cells:
         measured = signals.get(cell.name, {})
-        timings = measured.get("timings", {})
-        wall = measured.get("wall_seconds") or 0.0
         parts["grid"] += cell.grid_cost()
         parts["signals"] += measured.get("seconds", 0.0)
-        if wall:
-            parts["random_features"] += measured["seconds"] * timings.get("random_features", 0.0) / wall
+        parts["random_features"] += random_pass_cpu(measured)
         pick = picks[cell.name]
         parts["spent"] += cell.checked_seconds(pick) + measured.get("seconds", 0.0)
         if pick == FEATURE_EXTRACTION:
