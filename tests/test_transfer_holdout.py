@@ -1,0 +1,96 @@
+"""The committed `auto` rule judged on data sets it was not fitted on: it proposes from each new cell's
+signals, the validation check keeps the fine-tune or the probe, and a cell it was fitted on is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.transfer_holdout import COMMITTED, judge_rule, markdown
+from bench.transfer_study import RECIPES
+from transferline.model.advisor import SIGNALS
+
+RULE = {
+    "tree": {
+        "signal": "pretrained_gain",
+        "threshold": 0.2,
+        "le": {"recipe": "feature_extraction"},
+        "gt": {"recipe": "partial_half"},
+    },
+    "validation_check": True,
+    "validation_margin_se": 0.0,
+    "fitted_on": ["old/10/m"],
+}
+
+
+def cell_runs(dataset: str, tests: dict[str, tuple[float, float]]) -> list[dict]:
+    """Two seeds of every recipe auto chooses from in one cell: recipe -> (val, test), 0.5 where not given."""
+    return [
+        {
+            "dataset": dataset,
+            "size": 10,
+            "backbone": "m",
+            "recipe": recipe,
+            "seed": seed,
+            "val_accuracy": tests.get(recipe, (0.5, 0.5))[0],
+            "val_images": 50,
+            "test_accuracy": tests.get(recipe, (0.5, 0.5))[1],
+            "test_images": 10_000,  # one SE of an accuracy near 0.9: 0.003
+            "cpu_seconds": 1.0 if recipe == "feature_extraction" else 10.0,
+        }
+        for recipe in [*RECIPES, "fastai"]
+        for seed in (0, 1)
+    ]
+
+
+def state_of(gains: dict[str, float], tests: dict[str, dict[str, tuple[float, float]]]) -> dict:
+    runs = [run for dataset in gains for run in cell_runs(dataset, tests[dataset])]
+    signals = {
+        f"{dataset}/10/m": {**dict.fromkeys(SIGNALS, 0.5), "pretrained_gain": gain, "seconds": 1.0}
+        for dataset, gain in gains.items()
+    }
+    return {"protocol": "held-out test set v1", "runs": runs, "signals": signals}
+
+
+def test_the_committed_rule_proposes_from_each_new_cells_signals_under_its_validation_check():
+    state = state_of(
+        {"near": 0.6, "far": 0.1},
+        {
+            # near: a large gain, so half frozen is proposed; it beats the probe on val and is the best
+            "near": {"feature_extraction": (0.80, 0.80), "partial_half": (0.95, 0.92), "full": (0.90, 0.91)},
+            # far: a small gain, so the probe is proposed, but a quarter frozen was far better
+            "far": {"feature_extraction": (0.80, 0.70), "partial_quarter": (0.90, 0.90)},
+        },
+    )
+    judged = judge_rule(state, RULE)
+    by_cell = {c["cell"]: c for c in judged["cells"]}
+    assert by_cell["near/10/m"]["proposed"] == "partial_half" and by_cell["near/10/m"]["outcome"] == pytest.approx(0.92)
+    assert by_cell["far/10/m"]["proposed"] == "feature_extraction" and by_cell["far/10/m"]["best"] == "partial_quarter"
+    assert [m["cell"] for m in judged["misses"]] == ["far/10/m"]
+    auto = judged["verdicts"][COMMITTED]
+    assert auto["cells"] == 2 and auto["within_one_se"] == pytest.approx(0.5)
+    # CPU: near pays the signals (1), the fine-tune (10) and the probe (1); far the signals and the probe
+    grid = 2 * (1.0 + 4 * 10.0)  # the grid's five recipes, without the 5-epoch one
+    assert auto["cpu_share_of_grid"] == pytest.approx((12.0 + 2.0) / grid)
+    assert judged["verdicts"]["always partial_quarter"]["within_one_se"] == pytest.approx(0.5)
+    assert set(judged["per_dataset"]) == {"near", "far"}
+
+
+def test_a_fine_tune_that_loses_to_the_probe_on_validation_ships_the_probe():
+    state = state_of({"near": 0.6}, {"near": {"feature_extraction": (0.90, 0.85), "partial_half": (0.80, 0.93)}})
+    (cell,) = judge_rule(state, RULE)["cells"]
+    assert cell["proposed"] == "partial_half" and cell["outcome"] == pytest.approx(0.85)
+
+
+def test_a_cell_the_rule_was_fitted_on_is_refused():
+    state = state_of({"old": 0.6}, {"old": {}})
+    with pytest.raises(ValueError, match="fitted on old/10/m"):
+        judge_rule(state, RULE)
+
+
+def test_the_report_lists_every_held_out_cell_and_each_policy():
+    state = state_of({"near": 0.6}, {"near": {"partial_half": (0.95, 0.92)}})
+    judged = judge_rule(state, RULE)
+    meta = {"datasets": ["near"], "machine": {"cpu": "x", "cores": 2}, "grid_cpu_seconds": 82.0, "pictures": []}
+    text = markdown(judged, RULE, None, meta)
+    assert "| near/10/m | 0.60 | partial_half | 0.920 | partial_half | 0.920 | 0.0 |" in text
+    assert f"| {COMMITTED} | 1 | 100% |" in text and "| fastai fine_tune | 1 |" in text
