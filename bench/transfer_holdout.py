@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     args.quick, args.image_size = False, json.loads(args.rule.read_text()).get("image_size", 96)
     args.sources = {name: resolve_source(name, args.work, HOLDOUT_DATASETS) for name in args.datasets}
     args.work.mkdir(parents=True, exist_ok=True)
-    state = run_grid(args, lambda partial: None, results_name=RESULTS)
+    # the study's experiments (LP-FT) are its own questions, not the rule's: they are not run here
+    state = run_grid(args, lambda partial: None, results_name=RESULTS, experiments=False)
     log.info("report written to %s", report(state, args))
 
 

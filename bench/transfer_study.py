@@ -367,10 +367,13 @@ def train_and_test(
 
 
 def run_grid(
-    args: argparse.Namespace, checkpoint: Callable[[dict[str, Any]], None], results_name: str = "transfer_study"
+    args: argparse.Namespace,
+    checkpoint: Callable[[dict[str, Any]], None],
+    results_name: str = "transfer_study",
+    experiments: bool = True,
 ) -> dict[str, Any]:
     """Run every missing (backbone, data set, size, recipe, seed), resuming from the work folder's runs.json
-    or else from the committed `results_name` results."""
+    or else from the committed `results_name` results; the study's experimental recipes too with `experiments`."""
     from transferline.model.backbones import BACKBONES, get_spec, imagenet_normalization
 
     state_file = args.work / "runs.json"
@@ -392,7 +395,7 @@ def run_grid(
                     state["signals"][name] = measure_cell(prepared, backbone, args.quick)
                     atomic.write_json(state_file, state)
                 num_blocks = len(BACKBONES[backbone].blocks)
-                recipes = {**RECIPES, **EXPERIMENTS}
+                recipes = {**RECIPES, **(EXPERIMENTS if experiments else {})}
                 runs = {**{k: train_overrides(v, num_blocks) for k, v in recipes.items()}, "fastai": FASTAI}
                 pending = [
                     recipe

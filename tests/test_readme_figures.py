@@ -74,3 +74,19 @@ def test_readme_quotes_the_transfer_studys_verdict_for_auto_as_committed():
     assert f"only {bootstrap['both_targets_met']:.0%} of the draws" in prose
     backbone = study["backbone_pick"]["hindsight: the backbone whose auto outcome was better"]
     assert f"turns out better would reach {backbone['within_one_se']:.0%}" in prose
+
+
+def test_readme_quotes_the_committed_rules_verdict_on_data_it_never_saw():
+    """The README's figures for `auto` on the held-out data sets are bench/results/transfer_holdout.json's
+    (rerun `python -m bench.transfer_holdout`, then the README)."""
+    holdout = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_holdout.json").read_text())
+    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    auto = holdout["verdicts"]["auto (the committed rule)"]
+    assert f"its {auto['cells']} cells auto is within one SE in {auto['within_one_se']:.0%}" in prose
+    assert f"at {auto['cpu_share_of_grid']:.1%} of its grid's CPU" in prose
+    for label in ("always feature_extraction", "always full"):
+        verdict = holdout["verdicts"][label]
+        assert (
+            f"{label.removeprefix('always ')} {verdict['within_one_se']:.0%} at {verdict['cpu_share_of_grid']:.1%}"
+            in prose
+        )
