@@ -18,7 +18,9 @@ from typing import Any
 from scipy.stats import kendalltau
 
 from transferline.model.advisor import (
+    BEST_EPOCH,
     FEATURE_EXTRACTION,
+    LAST_EPOCH,
     SIGNALS,
     Cell,
     Loss,
@@ -39,11 +41,13 @@ def build_cells(
     signals: dict[str, dict[str, float]],
     required: set[str] | None = None,
     grid: set[str] | None = None,
+    figure: str = BEST_EPOCH,
 ) -> list[Cell]:
     """One Cell per (data set, size, backbone) with signals: mean test accuracy and seconds per recipe.
     With `required`, a cell still missing one of those recipes (a study stopped mid-cell) is left out:
     judging a policy on it would compare against a best that was never run. With `grid`, CPU shares are
-    shares of those recipes' seconds (default: of every recipe's)."""
+    shares of those recipes' seconds (default: of every recipe's). `figure`: the fine-tune's validation
+    figure the check compares (`check_figure_of`)."""
     grouped: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         grouped[cell_id(record)][record["recipe"]].append(record)
@@ -61,8 +65,9 @@ def build_cells(
                 seconds=seconds,
                 grid_seconds=sum(v for r, v in seconds.items() if grid is None or r in grid),
                 name=name,
-                checked=checked_accuracy(by_recipe),
-                checked_at={margin: checked_accuracy(by_recipe, margin) for margin in VALIDATION_MARGINS},
+                checked=checked_accuracy(by_recipe, figure=figure),
+                checked_at={margin: checked_accuracy(by_recipe, margin, figure) for margin in VALIDATION_MARGINS},
+                validation_figure=figure,
             )
         )
     return cells
@@ -73,11 +78,13 @@ def build_cells(
 VALIDATION_MARGINS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 
-def checked_accuracy(by_recipe: dict[str, list[dict[str, Any]]], margin_se: float = 0.0) -> dict[str, float]:
+def checked_accuracy(
+    by_recipe: dict[str, list[dict[str, Any]]], margin_se: float = 0.0, figure: str = BEST_EPOCH
+) -> dict[str, float]:
     """Per recipe, the mean test accuracy `auto` gets when it proposes that recipe: in each seed's run, the
-    feature-extraction run's test accuracy where the fine-tuned model did not beat it on validation by more
-    than `margin_se` standard errors (`check_margin` of the run's validation images; `keep_fine_tuned`),
-    else its own. Empty without feature-extraction runs or validation records."""
+    feature-extraction run's test accuracy where the fine-tuned model (its `figure`, `check_figure_of`) did
+    not beat it on validation by more than `margin_se` standard errors (`check_margin` of the run's
+    validation images; `keep_fine_tuned`), else its own. Empty without feature-extraction runs or validation records."""
     probes = {r["seed"]: r for r in by_recipe.get(FEATURE_EXTRACTION, []) if "val_accuracy" in r}
     if not probes:
         return {}
@@ -86,7 +93,8 @@ def checked_accuracy(by_recipe: dict[str, list[dict[str, Any]]], margin_se: floa
         outcomes = []
         for run in runs:
             probe = probes.get(run.get("seed"), next(iter(probes.values())))
-            own = recipe == FEATURE_EXTRACTION or "val_accuracy" not in run or fine_tune_kept(run, probe, margin_se)
+            fine_tuned = recipe != FEATURE_EXTRACTION and "val_accuracy" in run
+            own = not fine_tuned or fine_tune_kept(run, probe, margin_se, figure)
             outcomes.append(run["test_accuracy"] if own else probe["test_accuracy"])
         checked[recipe] = statistics.fmean(outcomes)
     return checked
@@ -136,10 +144,21 @@ def policy_misses(cells: list[Cell], picks: dict[str, str], errors: dict[str, fl
     return missed
 
 
-def fine_tune_kept(run: dict[str, Any], probe: dict[str, Any], margin_se: float) -> bool:
+def fine_tune_kept(run: dict[str, Any], probe: dict[str, Any], margin_se: float, figure: str = BEST_EPOCH) -> bool:
     """The validation check's verdict on one seed's fine-tune against the same seed's probe run."""
     margin = check_margin(margin_se, run.get("val_images", 0))
-    return keep_fine_tuned(run["val_accuracy"], probe["val_accuracy"], margin)
+    return keep_fine_tuned(check_figure_of(run, figure), probe["val_accuracy"], margin)
+
+
+def check_figure_of(run: dict[str, Any], figure: str) -> float:
+    """A run's validation accuracy as a check comparing `figure` reads it: the best epoch's (`val_accuracy`,
+    the epoch restored), or the last epoch's from its per-epoch record. A run that recorded only its best
+    epoch gives that: the study's half-frozen 10-epoch runs, the recipe auto proposes, record every epoch;
+    the other fine-tunes do not (a best epoch that was also the last reads the same either way)."""
+    history = run.get("val_history")
+    if figure == LAST_EPOCH and history:
+        return history[-1]
+    return run["val_accuracy"]
 
 
 def cell_name(key: tuple) -> str:
@@ -351,10 +370,11 @@ def auto_cpu_parts(
         if pick == FEATURE_EXTRACTION:
             continue
         margin_se = rules[cell.dataset].get("validation_margin_se", 0.0)
+        figure = rules[cell.dataset].get("validation_figure", BEST_EPOCH)
         probes = {r["seed"]: r for r in runs[cell.name, FEATURE_EXTRACTION]}
         proposed = runs[cell.name, pick]
         for run in proposed:
-            if not fine_tune_kept(run, probes[run["seed"]], margin_se):
+            if not fine_tune_kept(run, probes[run["seed"]], margin_se, figure):
                 parts["rejected_fine_tunes"] += run["cpu_seconds"] / len(proposed)
     return parts
 
@@ -382,11 +402,12 @@ def early_stops(
             for cell in cells:
                 pick = picks[cell.name]
                 margin_se = rules[cell.dataset].get("validation_margin_se", 0.0)
+                figure = rules[cell.dataset].get("validation_figure", BEST_EPOCH)
                 accuracy, seconds = cell.outcome(pick, checked=True), cell.checked_seconds(pick)
                 if pick != FEATURE_EXTRACTION:
                     probes = {r["seed"]: r for r in runs[cell.name, FEATURE_EXTRACTION]}
                     outcomes = [
-                        _stopped_outcome(run, probes[run["seed"]], after, gap_se, margin_se)
+                        _stopped_outcome(run, probes[run["seed"]], after, gap_se, margin_se, figure)
                         for run in runs[cell.name, pick]
                     ]
                     accuracy = statistics.fmean(o[0] for o in outcomes)
@@ -408,10 +429,10 @@ def early_stops(
 
 
 def _stopped_outcome(
-    run: dict[str, Any], probe: dict[str, Any], after: int, gap_se: float, margin_se: float
+    run: dict[str, Any], probe: dict[str, Any], after: int, gap_se: float, margin_se: float, figure: str
 ) -> tuple[float, float, bool]:
     """(test accuracy, CPU seconds, whether a fine-tune the final check kept was stopped) of one seed."""
-    kept = fine_tune_kept(run, probe, margin_se)
+    kept = fine_tune_kept(run, probe, margin_se, figure)
     finished = (
         run["test_accuracy"] if kept else probe["test_accuracy"],
         run["cpu_seconds"] + probe["cpu_seconds"],
@@ -614,6 +635,7 @@ def _fingerprint(cells: list[Cell], margin: float) -> tuple:
             tuple(sorted(c.accuracy.items())),
             tuple(sorted(c.seconds.items())),
             c.grid_seconds,
+            c.validation_figure,
             tuple(sorted(c.at_margin(margin).checked.items())),
         )
         for c in cells
@@ -634,7 +656,11 @@ def _fit_checked_rule(
     else:
         rule, weight = fit_within_cpu(at_margin, recipes, depth, min_leaf, Cell.checked_regret, cpu_target)
     fit = {"depth": depth, "min_leaf": min_leaf, "margin_se": margin, "cpu_target": cpu_target, "cpu_weight": weight}
-    return {**rule, "validation_check": True, "validation_margin_se": margin, "fit": fit}
+    figures = {c.validation_figure for c in cells} or {BEST_EPOCH}
+    if len(figures) > 1:
+        raise ValueError(f"cells checked with different validation figures: {sorted(figures)}")
+    checked = {"validation_check": True, "validation_margin_se": margin, "validation_figure": figures.pop()}
+    return {**rule, **checked, "fit": fit}
 
 
 def at_rules_margin(cells: list[Cell], rules: dict[str, dict[str, Any]]) -> list[Cell]:

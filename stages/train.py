@@ -129,7 +129,8 @@ def validation_check(
     validation split by more than the rule's margin (Advice.checked); otherwise train the feature-extraction
     head (seconds, from the cached features) on a freshly built pretrained model. Returns the params, advice,
     model and result that were kept."""
-    checked = advice.checked(fine_tuned.best_val_accuracy, len(val))
+    last = fine_tuned.history[-1]["val_accuracy"] if fine_tuned.history else None
+    checked = advice.checked(fine_tuned.best_val_accuracy, len(val), last)
     log.info("%s", checked.notes[-1])  # the check's figures and verdict, as advice.json words them
     if checked.recipe == advice.recipe:
         return params, checked, fine_tuned_model, fine_tuned

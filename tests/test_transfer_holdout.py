@@ -3,6 +3,8 @@ signals, the validation check keeps the fine-tune or the probe, and a cell it wa
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench.transfer_holdout import COMMITTED, judge_rule, markdown
@@ -94,3 +96,29 @@ def test_the_report_lists_every_held_out_cell_and_each_policy():
     text = markdown(judged, RULE, None, meta)
     assert "| near/10/m | 0.60 | partial_half | 0.920 | partial_half | 0.920 | 0.0 |" in text
     assert f"| {COMMITTED} | 1 | 100% |" in text and "| fastai fine_tune | 1 |" in text
+
+
+def test_a_report_gives_back_the_rule_it_judged_and_anything_else_is_refused(tmp_path):
+    from bench.transfer_holdout import load_rule
+
+    report = tmp_path / "transfer_holdout.json"
+    report.write_text(json.dumps({"verdicts": {}, "rule": RULE}))
+    assert load_rule(report) == RULE
+    rule_file = tmp_path / "advisor_rule.json"
+    rule_file.write_text(json.dumps(RULE))
+    assert load_rule(rule_file) == RULE
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"verdicts": {}}))
+    with pytest.raises(ValueError, match="neither a rule nor"):
+        load_rule(other)
+
+
+def test_the_command_refuses_data_sets_the_rule_was_fitted_on_before_running_anything(tmp_path, capsys):
+    from bench.transfer_holdout import main
+
+    rule_file = tmp_path / "rule.json"
+    rule_file.write_text(json.dumps({**RULE, "fitted_on": ["cifar10/10/mobilenet_v2"]}))
+    with pytest.raises(SystemExit):
+        main(["--rule", str(rule_file), "--work", str(tmp_path / "work")])
+    assert "fitted on 1 cells of cifar10: not held out" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()

@@ -100,6 +100,8 @@ def test_the_validation_check_keeps_fine_tuning_only_where_it_beats_the_probe():
     assert kept.notes[-1] == "validation check: partial reached 0.7500 on val, the probe 0.7000: partial kept"
     assert kept.validation == {
         "fine_tuned_val_accuracy": 0.75,
+        "figure": "best_epoch",
+        "best_epoch_val_accuracy": 0.75,
         "probe_val_accuracy": 0.7,
         "val_images": 200,
         "margin_se": 0.0,
@@ -170,3 +172,31 @@ def test_recipe_overrides_resolve_the_frozen_share_and_carry_the_head_init():
     from_probe = Recipe("partial", frozen_fraction=0.5, head_init="probe").overrides(19, 10)
     assert from_probe == {**plain, "head_init": "probe"}
     assert Recipe("feature_extraction").overrides(19, 10) == {"strategy": "feature_extraction", "lr": 2e-3}
+
+
+def test_a_rule_comparing_the_last_epoch_judges_the_fine_tune_by_it_not_by_its_best_epoch():
+    """The best epoch's validation accuracy is the highest of several noisy figures on the same images, so a
+    fine-tune that peaked once by luck beats the probe on it; its last epoch was not selected."""
+    rule = {**fit_rule(cells(), RECIPES), "validation_check": True, "validation_figure": "last_epoch"}
+    advice = decide(signals(500, probe=0.7, gain=0.5), rule, 20, 5000, COST, None)
+    assert advice.validation_figure == "last_epoch"
+    lucky = advice.checked(0.75, 20, last_val_accuracy=0.55)
+    assert lucky.recipe == "feature_extraction"
+    assert lucky.validation["figure"] == "last_epoch" and lucky.validation["fine_tuned_val_accuracy"] == 0.55
+    assert lucky.validation["best_epoch_val_accuracy"] == 0.75
+    assert lucky.notes[-1] == (
+        "validation check: partial reached 0.5500 on val at its last epoch (best epoch 0.7500), the probe 0.7000: "
+        "feature extraction kept"
+    )
+    assert advice.checked(0.80, 20, last_val_accuracy=0.75).recipe == "partial"
+    with pytest.raises(ValueError, match="compares the last epoch"):
+        advice.checked(0.80, 20)
+
+
+def test_a_rule_without_a_validation_figure_compares_the_best_epoch_and_an_unknown_one_is_refused():
+    rule = {**fit_rule(cells(), RECIPES), "validation_check": True}
+    advice = decide(signals(500, probe=0.7, gain=0.5), rule, 20, 5000, COST, None)
+    assert advice.validation_figure == "best_epoch"
+    assert advice.checked(0.75, 20, last_val_accuracy=0.55).recipe == "partial"
+    with pytest.raises(ParamsError, match="validation_figure 'median' is none of best_epoch, last_epoch"):
+        decide(signals(500, probe=0.7, gain=0.5), {**rule, "validation_figure": "median"}, 20, 5000, COST, None)

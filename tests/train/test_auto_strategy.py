@@ -126,6 +126,8 @@ def test_a_fine_tuned_model_that_does_not_beat_the_probe_on_val_gives_way_to_it(
     check = advice["validation"]
     assert check["proposed"] == "full" and check["kept"] == "feature_extraction"
     assert check["fine_tuned_val_accuracy"] <= check["probe_val_accuracy"]
+    # the study's rule compares the fine-tune's last epoch, which the stage hands the check beside its best
+    assert check["figure"] == "last_epoch" and 0 <= check["best_epoch_val_accuracy"] <= 1
     assert advice["recipe"] == "feature_extraction" and any("validation check" in n for n in advice["notes"])
     assert metrics["strategy"] == "feature_extraction"
     assert metrics["val_accuracy"] == pytest.approx(check["probe_val_accuracy"], abs=1 / 6)
@@ -280,6 +282,7 @@ def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_and_rule
     refitted = fit_auto_rule(cells, RECIPES, errors)
     assert refitted["tree"] == committed["tree"]
     assert refitted["validation_margin_se"] == committed["validation_margin_se"]
+    assert refitted["validation_figure"] == committed["validation_figure"] == "last_epoch"
 
 
 def test_a_budget_fitted_rule_spends_at_most_the_cpu_target_on_its_training_cells():
@@ -372,6 +375,29 @@ def test_the_checked_outcome_takes_the_probe_in_the_seeds_where_fine_tuning_lost
     assert cell.at_margin(0.5).checked["full"] == pytest.approx((0.90 + 0.70 + 0.70) / 3)
     assert cell.at_margin(1.0).checked["full"] == pytest.approx(0.70)
     assert checked_accuracy_at(records, 1.0)["full"] == pytest.approx(0.70)
+
+
+def test_a_check_on_the_last_epoch_reads_each_runs_last_validation_figure_and_the_rule_records_it():
+    """A fine-tune's best epoch beat the probe on val while its last did not: the best-epoch check keeps it,
+    the last-epoch check ships the probe; a run without per-epoch records is read at its best epoch."""
+    from bench.transfer_analysis import build_cells, check_figure_of, fit_checked_rule
+    from bench.transfer_study import RECIPES
+
+    records = _runs("a", {"feature_extraction": [(0.80, 0.70)] * 3, "full": [(0.90, 0.90)] * 3})
+    for run, history in zip([r for r in records if r["recipe"] == "full"], ([0.6, 0.9, 0.7], [0.9], None), strict=True):
+        if history:
+            run["val_history"] = history
+    signals = {"a/10/m": {"seconds": 1.0, **dict.fromkeys(_signal_names(), 0.5)}}
+    (best,) = build_cells(records, signals)
+    (last,) = build_cells(records, signals, figure="last_epoch")
+    assert best.checked["full"] == pytest.approx(0.90)
+    assert last.checked["full"] == pytest.approx((0.70 + 0.90 + 0.90) / 3)
+    assert check_figure_of({"val_accuracy": 0.9, "val_history": [0.9, 0.7]}, "last_epoch") == 0.7
+    assert check_figure_of({"val_accuracy": 0.9, "val_history": [0.9, 0.7]}, "best_epoch") == 0.9
+    assert fit_checked_rule([last], RECIPES, 1, 1)["validation_figure"] == "last_epoch"
+    assert fit_checked_rule([best], RECIPES, 1, 1)["validation_figure"] == "best_epoch"
+    with pytest.raises(ValueError, match="different validation figures"):
+        fit_checked_rule([best, replace(last, name="b/10/m", dataset="b")], RECIPES, 1, 1)
 
 
 def test_a_perfect_check_keeps_per_seed_the_better_test_accuracy_of_fine_tune_and_probe():

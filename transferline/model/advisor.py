@@ -12,6 +12,10 @@ than the rule's `validation_margin_se` standard errors of that difference (`chec
 margin of 0.03 is an eighth of an image on 4 validation images and 18 images on 600); otherwise the
 feature-extraction head, which costs seconds, is trained instead. A rule with `validation_check` was
 fitted to the regret after that check, so its leaves may propose fine-tuning where it only sometimes pays.
+The rule also names the fine-tune's figure the check compares (`validation_figure`): its best epoch's
+validation accuracy is the highest of up to 10 noisy measurements on the same few images, so it flatters
+the fine-tune against the probe's single one; its last epoch's was not selected (bench/results/transfer_study.md
+measures both).
 
 Everything here is pure: signals and rule in, advice out. Measuring the signals is
 `transferline.model.advice_signals`; the study that fits the rule is `bench/transfer_study.py`.
@@ -31,6 +35,10 @@ from transferline.errors import ParamsError
 SIGNALS = ("images_per_class", "num_classes", "probe_accuracy", "knn_accuracy", "logme", "pretrained_gain")
 FEATURE_EXTRACTION = "feature_extraction"
 MIN_EPOCHS = 3  # fewer epochs than this cannot anneal a fine-tuning schedule: pick a cheaper recipe instead
+# the fine-tune's validation accuracy the check compares with the probe's: the best epoch's (restored and
+# shipped) or the last epoch's (not the maximum over epochs, so not biased up by that selection)
+BEST_EPOCH, LAST_EPOCH = "best_epoch", "last_epoch"
+VALIDATION_FIGURES = (BEST_EPOCH, LAST_EPOCH)
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class Advice:
     signals: dict[str, float] = field(default_factory=dict)
     validation_check: bool = False  # the rule asks for the check after fine-tuning (see the module's doc)
     validation_margin_se: float = 0.0  # by how many standard errors (check_margin) a fine-tune must beat the probe
+    validation_figure: str = BEST_EPOCH  # which of the fine-tune's validation accuracies the check compares
     validation: dict[str, Any] | None = None  # the validation check's figures and verdict, once it has run
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,15 +108,18 @@ class Advice:
             f"~{self.estimated_seconds:.0f} s" + (f"; {'; '.join(self.notes)}" if self.notes else "")
         )
 
-    def checked(self, fine_tuned_val_accuracy: float, val_images: int) -> Advice:
-        """This advice once the fine-tuned model's validation accuracy (on `val_images` images) is known: the
-        same, with the check's figures, and feature extraction as the recipe where the fine-tuned model did
-        not beat the probe by more than the margin."""
+    def checked(self, best_val_accuracy: float, val_images: int, last_val_accuracy: float | None = None) -> Advice:
+        """This advice once the fine-tuned model's validation accuracy (on `val_images` images; at its best
+        and at its last epoch) is known: the same, with the check's figures, and feature extraction as the
+        recipe where the rule's figure of the fine-tune did not beat the probe by more than the margin."""
         probe = self.signals["probe_accuracy"]
+        figure = check_figure(self.validation_figure, best_val_accuracy, last_val_accuracy)
         margin = check_margin(self.validation_margin_se, val_images)
-        kept = keep_fine_tuned(fine_tuned_val_accuracy, probe, margin)
+        kept = keep_fine_tuned(figure, probe, margin)
         verdict = {
-            "fine_tuned_val_accuracy": fine_tuned_val_accuracy,
+            "fine_tuned_val_accuracy": figure,
+            "figure": self.validation_figure,
+            "best_epoch_val_accuracy": best_val_accuracy,
             "probe_val_accuracy": probe,
             "val_images": val_images,
             "margin_se": self.validation_margin_se,
@@ -115,8 +127,9 @@ class Advice:
             "proposed": self.recipe,
             "kept": self.recipe if kept else FEATURE_EXTRACTION,
         }
+        at = f" at its last epoch (best epoch {best_val_accuracy:.4f})" if self.validation_figure == LAST_EPOCH else ""
         note = (
-            f"validation check: {self.recipe} reached {fine_tuned_val_accuracy:.4f} on val, the probe "
+            f"validation check: {self.recipe} reached {figure:.4f} on val{at}, the probe "
             f"{probe:.4f}"
             + (
                 f" (margin {margin:.4f}: {self.validation_margin_se:g} SE on {val_images} images)"
@@ -135,6 +148,17 @@ class Advice:
             notes=[*self.notes, note],
             validation=verdict,
         )
+
+
+def check_figure(figure: str, best_val_accuracy: float, last_val_accuracy: float | None) -> float:
+    """The fine-tune's validation accuracy that the check compares with the probe's, as the rule names it."""
+    if figure == BEST_EPOCH:
+        return best_val_accuracy
+    if figure == LAST_EPOCH:
+        if last_val_accuracy is None:
+            raise ValueError("the rule's validation check compares the last epoch, and none was given")
+        return last_val_accuracy
+    raise ParamsError(f"advisor rule: validation_figure {figure!r} is none of {', '.join(VALIDATION_FIGURES)}")
 
 
 def check_margin(margin_se: float, val_images: int) -> float:
@@ -220,7 +244,16 @@ def decide(
         signals={k: signals.value(k) for k in SIGNALS},
         validation_check=bool(rule.get("validation_check", False)) and chosen.strategy != FEATURE_EXTRACTION,
         validation_margin_se=float(rule.get("validation_margin_se", 0.0)),
+        validation_figure=validation_figure_of(rule),
     )
+
+
+def validation_figure_of(rule: dict[str, Any]) -> str:
+    """The rule's `validation_figure` (a rule written before it existed compared the best epoch)."""
+    figure = rule.get("validation_figure", BEST_EPOCH)
+    if figure not in VALIDATION_FIGURES:
+        raise ParamsError(f"advisor rule: validation_figure {figure!r} is none of {', '.join(VALIDATION_FIGURES)}")
+    return figure
 
 
 def _cheapest(recipes: dict[str, Recipe]) -> tuple[str, Recipe]:
@@ -261,6 +294,7 @@ class Cell:
     # CPU seconds of the cell's grid, what a policy's CPU share is a share of; 0: every recipe in `seconds`.
     # A recipe measured beside the grid (a choice, or a peer's recipe) then leaves the denominator alone.
     grid_seconds: float = 0.0
+    validation_figure: str = BEST_EPOCH  # the fine-tune's figure the check behind `checked` compared
 
     def at_margin(self, margin_se: float) -> Cell:
         """This cell as a check with `margin_se` sees it (unchanged where no figures for it were recorded)."""
