@@ -20,14 +20,15 @@ from scipy.stats import kendalltau
 from transferline.model.advisor import (
     BEST_EPOCH,
     FEATURE_EXTRACTION,
-    LAST_EPOCH,
     SIGNALS,
     Cell,
     Loss,
     Signals,
+    check_figure,
     check_margin,
     fit_rule,
     keep_fine_tuned,
+    validation_figure_of,
     walk,
 )
 
@@ -155,10 +156,7 @@ def check_figure_of(run: dict[str, Any], figure: str) -> float:
     the epoch restored), or the last epoch's from its per-epoch record. A run that recorded only its best
     epoch gives that: the study's half-frozen 10-epoch runs, the recipe auto proposes, record every epoch;
     the other fine-tunes do not (a best epoch that was also the last reads the same either way)."""
-    history = run.get("val_history")
-    if figure == LAST_EPOCH and history:
-        return history[-1]
-    return run["val_accuracy"]
+    return check_figure(figure, run["val_accuracy"], (run.get("val_history") or [run["val_accuracy"]])[-1])
 
 
 def cell_name(key: tuple) -> str:
@@ -370,7 +368,7 @@ def auto_cpu_parts(
         if pick == FEATURE_EXTRACTION:
             continue
         margin_se = rules[cell.dataset].get("validation_margin_se", 0.0)
-        figure = rules[cell.dataset].get("validation_figure", BEST_EPOCH)
+        figure = validation_figure_of(rules[cell.dataset])
         probes = {r["seed"]: r for r in runs[cell.name, FEATURE_EXTRACTION]}
         proposed = runs[cell.name, pick]
         for run in proposed:
@@ -402,7 +400,7 @@ def early_stops(
             for cell in cells:
                 pick = picks[cell.name]
                 margin_se = rules[cell.dataset].get("validation_margin_se", 0.0)
-                figure = rules[cell.dataset].get("validation_figure", BEST_EPOCH)
+                figure = validation_figure_of(rules[cell.dataset])
                 accuracy, seconds = cell.outcome(pick, checked=True), cell.checked_seconds(pick)
                 if pick != FEATURE_EXTRACTION:
                     probes = {r["seed"]: r for r in runs[cell.name, FEATURE_EXTRACTION]}
