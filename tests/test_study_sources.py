@@ -113,3 +113,69 @@ def test_a_cifar10_sheet_of_the_wrong_shape_is_refused(tmp_path: Path, monkeypat
     monkeypatch.setattr(study_sources, "CIFAR10_MEMBERS", digests)
     with pytest.raises(ValueError, match="unexpected sheet"):
         study_sources.read_cifar10(tarball)
+
+
+def fake_emoji_tarball(path: Path, design: str, entries: list[dict], drawings: dict[str, Image.Image]) -> Path:
+    """A tarball laid out like an emoji-datasource design package: emoji.json and img/<design>/64/*.png."""
+    payloads = {"package/emoji.json": json.dumps(entries).encode()}
+    for name, drawing in drawings.items():
+        buffer = io.BytesIO()
+        drawing.save(buffer, format="PNG")
+        payloads[f"package/img/{design}/64/{name}"] = buffer.getvalue()
+    with tarfile.open(path, "w:gz") as archive:
+        for member, payload in sorted(payloads.items(), reverse=True):  # images before the index, as packed
+            info = tarfile.TarInfo(member)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def emoji_entry(image: str, category: str, design: str = "google", drawn: bool = True) -> dict:
+    return {
+        "image": image,
+        "unified": image.removesuffix(".png").upper(),
+        "category": category,
+        f"has_img_{design}": drawn,
+    }
+
+
+def test_emoji_are_classed_by_category_on_white_without_the_skin_tone_swatches(tmp_path: Path, monkeypatch):
+    tarballs = tmp_path / "tarballs"
+    tarballs.mkdir()
+    half_clear = Image.new("RGBA", (64, 64), (200, 0, 0, 255))
+    half_clear.paste((0, 0, 0, 0), (0, 0, 32, 64))  # transparent, its hidden colour black
+    entries = [
+        emoji_entry("1f600.png", "Smileys & Emotion"),
+        emoji_entry("1f436.png", "Animals & Nature"),
+        emoji_entry("1f3fb.png", "Component"),
+        emoji_entry("1fae8.png", "Smileys & Emotion", drawn=False),
+    ]
+    drawings = {name: half_clear for name in ("1f600.png", "1f436.png", "1f3fb.png")}
+    digests = {}
+    for design in ("google", "twitter"):
+        design_entries = [{**e, f"has_img_{design}": e.get("has_img_google", True)} for e in entries]
+        tarball = fake_emoji_tarball(
+            tarballs / f"emoji-datasource-{design}-16.0.0.tgz", design, design_entries, drawings
+        )
+        digests[design] = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    monkeypatch.setattr(study_sources, "EMOJI_DESIGNS", digests)
+    folder = study_sources.emoji_folder(tmp_path / "emoji", tarballs)
+    assert sorted(p.name for p in folder.iterdir()) == ["animals_and_nature", "smileys_and_emotion"]
+    assert sorted(p.name for p in (folder / "smileys_and_emotion").iterdir()) == [
+        "google_1f600.png",
+        "twitter_1f600.png",
+    ]
+    with Image.open(folder / "animals_and_nature" / "twitter_1f436.png") as image:
+        pixels = np.asarray(image)
+        assert (image.mode, image.size) == ("RGB", (64, 64))
+    assert pixels[0, 0].tolist() == [255, 255, 255] and pixels[0, 40].tolist() == [200, 0, 0]
+
+
+def test_an_emoji_tarball_with_another_hash_or_a_missing_drawing_is_refused(tmp_path: Path, monkeypatch):
+    entries = [emoji_entry("1f600.png", "Smileys & Emotion")]
+    tarball = fake_emoji_tarball(tmp_path / "emoji-datasource-google-16.0.0.tgz", "google", entries, {})
+    with pytest.raises(ValueError, match="expected SHA-256"):
+        list(study_sources.read_emoji(tarball, "google"))
+    monkeypatch.setattr(study_sources, "EMOJI_DESIGNS", {"google": hashlib.sha256(tarball.read_bytes()).hexdigest()})
+    with pytest.raises(ValueError, match=r"no image 1f600\.png"):
+        list(study_sources.read_emoji(tarball, "google"))

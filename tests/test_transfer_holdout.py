@@ -92,7 +92,13 @@ def test_a_cell_the_rule_was_fitted_on_is_refused():
 def test_the_report_lists_every_held_out_cell_and_each_policy():
     state = state_of({"near": 0.6}, {"near": {"partial_half": (0.95, 0.92)}})
     judged = judge_rule(state, RULE)
-    meta = {"datasets": ["near"], "machine": {"cpu": "x", "cores": 2}, "grid_cpu_seconds": 82.0, "pictures": []}
+    meta = {
+        "datasets": ["near"],
+        "machine": {"cpu": "x", "cores": 2},
+        "grid_cpu_seconds": 82.0,
+        "pictures": [],
+        "results": "transfer_holdout_near",
+    }
     text = markdown(judged, RULE, None, meta)
     assert "| near/10/m | 0.60 | partial_half | 0.920 | partial_half | 0.920 | 0.0 |" in text
     assert f"| {COMMITTED} | 1 | 100% |" in text and "| fastai fine_tune | 1 |" in text
@@ -119,6 +125,36 @@ def test_the_command_refuses_data_sets_the_rule_was_fitted_on_before_running_any
     rule_file = tmp_path / "rule.json"
     rule_file.write_text(json.dumps({**RULE, "fitted_on": ["cifar10/10/mobilenet_v2"]}))
     with pytest.raises(SystemExit):
-        main(["--rule", str(rule_file), "--work", str(tmp_path / "work")])
+        main(["--datasets", "cifar10", "--rule", str(rule_file), "--work", str(tmp_path / "work")])
     assert "fitted on 1 cells of cifar10: not held out" in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
+
+
+def test_by_default_the_command_runs_the_data_sets_the_rule_was_not_fitted_on(tmp_path, capsys):
+    from bench.transfer_holdout import HOLDOUT_DATASETS, held_out_of, main
+
+    rule = {**RULE, "fitted_on": ["cifar10/10/mobilenet_v2", "cifar10/400/efficientnet_lite0"]}
+    assert held_out_of(rule, ["cifar10", "emoji"]) == ["emoji"]
+    every = {**RULE, "fitted_on": [f"{name}/10/m" for name in HOLDOUT_DATASETS]}
+    rule_file = tmp_path / "rule.json"
+    rule_file.write_text(json.dumps(every))
+    with pytest.raises(SystemExit):
+        main(["--rule", str(rule_file), "--work", str(tmp_path / "work")])
+    assert "fitted on every data set here" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
+def test_each_round_of_held_out_data_sets_is_judged_and_reported_on_its_own():
+    from bench.transfer_holdout import only_datasets, results_name
+
+    assert results_name(["emoji"]) == "transfer_holdout_emoji"
+    assert results_name(["emoji", "cifar10"]) == "transfer_holdout_cifar10_emoji"
+    state = state_of({"near": 0.6, "far": 0.1}, {"near": {}, "far": {}})
+    near = only_datasets(state, ["near"])
+    assert {r["dataset"] for r in near["runs"]} == {"near"} and list(near["signals"]) == ["near/10/m"]
+    assert len(state["runs"]) == 2 * len(near["runs"])
+    # a round's rule fitted on an earlier round's data set still judges its own round
+    rule = {**RULE, "fitted_on": ["far/10/m"]}
+    assert [c["cell"] for c in judge_rule(near, rule)["cells"]] == ["near/10/m"]
+    with pytest.raises(ValueError, match="fitted on far"):
+        judge_rule(state, rule)
