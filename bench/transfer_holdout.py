@@ -189,14 +189,15 @@ def markdown(judged: dict[str, Any], rule: dict[str, Any], study: dict[str, Any]
         "",
         "## Each cell",
         "",
-        "| cell | pretrained gain | proposed | outcome after the check | best recipe | its accuracy | behind by (SE) |",
-        "|---|---|---|---|---|---|---|",
+        "| cell | pretrained gain | probe accuracy (val) | proposed | outcome after the check | best recipe | "
+        "its accuracy | behind by (SE) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in judged["cells"]:
         behind = (c["best_accuracy"] - c["outcome"]) / c["standard_error"] if c["standard_error"] else 0.0
         lines.append(
-            f"| {c['cell']} | {c['pretrained_gain']:.2f} | {c['proposed']} | {c['outcome']:.3f} | {c['best']} | "
-            f"{c['best_accuracy']:.3f} | {behind:.1f} |"
+            f"| {c['cell']} | {c['pretrained_gain']:.2f} | {c['probe_accuracy']:.2f} | {c['proposed']} | "
+            f"{c['outcome']:.3f} | {c['best']} | {c['best_accuracy']:.3f} | {behind:.1f} |"
         )
     if judged["backbone_pick"]:
         lines += [

@@ -91,3 +91,21 @@ def test_readme_quotes_the_committed_rules_verdict_on_data_it_never_saw():
             f"{label.removeprefix('always ')} {verdict['within_one_se']:.0%} at {verdict['cpu_share_of_grid']:.1%}"
             in prose
         )
+
+
+def test_readme_quotes_the_seven_set_rules_verdict_on_the_emoji_round():
+    """The README's figures for the second held-out round are bench/results/transfer_holdout_emoji.json's
+    (rerun `python -m bench.transfer_holdout --datasets emoji --rule bench/results/transfer_holdout_emoji.json`,
+    then the README)."""
+    holdout = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_holdout_emoji.json").read_text())
+    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    assert holdout["rule_fitted_on"] == 50 and holdout["datasets"] == ["emoji"]
+    auto = holdout["verdicts"]["auto (the committed rule)"]
+    assert (
+        f"On its {auto['cells']} cells the rule fitted on seven is within one SE in {auto['within_one_se']:.0%}"
+        in prose
+    )
+    assert f"at {auto['cpu_share_of_grid']:.1%} of the grid's CPU ({holdout['grid_cpu_seconds'] / 3600:.2f} h" in prose
+    for label in ("always partial_quarter", "always feature_extraction", "always full", "fastai fine_tune"):
+        verdict = holdout["verdicts"][label]
+        assert f"{label} {verdict['within_one_se']:.0%} at {verdict['cpu_share_of_grid']:.1%}" in prose
