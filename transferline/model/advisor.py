@@ -152,13 +152,11 @@ class Advice:
 
 def check_figure(figure: str, best_val_accuracy: float, last_val_accuracy: float | None) -> float:
     """The fine-tune's validation accuracy that the check compares with the probe's, as the rule names it."""
-    if figure == BEST_EPOCH:
-        return best_val_accuracy
-    if figure == LAST_EPOCH:
+    if known_figure(figure) == LAST_EPOCH:
         if last_val_accuracy is None:
             raise ValueError("the rule's validation check compares the last epoch, and none was given")
         return last_val_accuracy
-    raise ParamsError(f"advisor rule: validation_figure {figure!r} is none of {', '.join(VALIDATION_FIGURES)}")
+    return best_val_accuracy
 
 
 def check_margin(margin_se: float, val_images: int) -> float:
@@ -250,7 +248,11 @@ def decide(
 
 def validation_figure_of(rule: dict[str, Any]) -> str:
     """The rule's `validation_figure` (a rule written before it existed compared the best epoch)."""
-    figure = rule.get("validation_figure", BEST_EPOCH)
+    return known_figure(rule.get("validation_figure", BEST_EPOCH))
+
+
+def known_figure(figure: str) -> str:
+    """`figure` itself when it is one of VALIDATION_FIGURES; a rule naming another is refused."""
     if figure not in VALIDATION_FIGURES:
         raise ParamsError(f"advisor rule: validation_figure {figure!r} is none of {', '.join(VALIDATION_FIGURES)}")
     return figure
