@@ -230,13 +230,13 @@ def read_emoji(tarball: Path, design: str):
     import numpy as np
     from PIL import Image
 
-    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
-    if digest != EMOJI_DESIGNS[design]:
+    payload = tarball.read_bytes()
+    if hashlib.sha256(payload).hexdigest() != EMOJI_DESIGNS[design]:
         raise ValueError(f"{tarball}: does not have the expected SHA-256 {EMOJI_DESIGNS[design]}")
     index, drawings = b"", {}
     folder = f"package/img/{design}/{EMOJI_SIDE}/"
     # One pass in the archive's order: a gzip stream seeks backwards only by decompressing from its start.
-    with tarfile.open(tarball, "r:gz") as archive:
+    with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as archive:
         for member in archive:
             handle = archive.extractfile(member) if member.isfile() else None
             if handle is None:

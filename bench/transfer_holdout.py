@@ -12,8 +12,8 @@ report per round of held-out data sets. Runs go to bench/.work/transfer_holdout/
 (resumable, also from the committed results). The results record the rule they judged: once a held-out data
 set joins the study and the rule is refitted, `--datasets cifar10 --rule
 bench/results/transfer_holdout_cifar10.json` judges the recorded rule again, and the committed rule, now
-fitted on those cells, is refused there. By default the command runs every data set below that the rule
-judged was not fitted on.
+fitted on those cells, is refused there. By default the command runs those of the data sets below that
+the rule was fitted on no cell of.
 
 Usage: python -m bench.transfer_holdout [--datasets emoji] [--sizes ...] [--backbones ...] [--rule FILE]
 """
@@ -75,9 +75,14 @@ def results_name(datasets: list[str]) -> str:
     return "_".join([RESULTS_PREFIX, *sorted(datasets)])
 
 
+def dataset_of(cell_name: str) -> str:
+    """The data set of a cell named dataset/size/backbone."""
+    return cell_name.split("/")[0]
+
+
 def held_out_of(rule: dict[str, Any], datasets: list[str]) -> list[str]:
     """Those of `datasets` the rule was fitted on no cell of."""
-    fitted = {name.split("/")[0] for name in rule.get("fitted_on", [])}
+    fitted = {dataset_of(name) for name in rule.get("fitted_on", [])}
     return [d for d in datasets if d not in fitted]
 
 
@@ -86,7 +91,7 @@ def only_datasets(state: dict[str, Any], datasets: list[str]) -> dict[str, Any]:
     return {
         **state,
         "runs": [r for r in state["runs"] if r["dataset"] in datasets],
-        "signals": {k: v for k, v in state["signals"].items() if k.split("/")[0] in datasets},
+        "signals": {k: v for k, v in state["signals"].items() if dataset_of(k) in datasets},
     }
 
 
@@ -254,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         args.datasets = held_out_of(rule, list(HOLDOUT_DATASETS))
         if not args.datasets:
             parser.error(f"the rule was fitted on every data set here ({', '.join(HOLDOUT_DATASETS)})")
-    seen = sorted(name for name in rule.get("fitted_on", []) if name.split("/")[0] in args.datasets)
+    seen = sorted(name for name in rule.get("fitted_on", []) if dataset_of(name) in args.datasets)
     if seen:
         parser.error(f"the rule was fitted on {len(seen)} cells of {', '.join(args.datasets)}: not held out")
     args.quick, args.image_size = False, rule.get("image_size", 96)
