@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 
 from bench.common import machine, results_dir, run_tool
-from bench.report import build_report, merge_report, render_markdown, with_readme_table
+from bench.report import build_report, merge_report, render_markdown, targets_by_cpu, with_readme_table
 from transferline import atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -88,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     report = build_report(machine(), runs, args.quick)
     target = report_dir()
     previous = target / "RESULTS.json"
-    if args.names and not args.quick and previous.is_file():
-        previous_report = json.loads(previous.read_text())
-        if not previous_report.get("quick"):
-            report = merge_report(previous_report, report)
+    previous_report = json.loads(previous.read_text()) if previous.is_file() else None
+    if previous_report is not None and previous_report.get("quick"):
+        previous_report = None
+    if args.names and not args.quick and previous_report is not None:
+        report = merge_report(previous_report, report)
+    report["targets_by_cpu"] = targets_by_cpu(previous_report, report)
     atomic.write_json(target / "RESULTS.json", report)
     atomic.write_text(target / "RESULTS.md", render_markdown(report))
     if target == PROJECT_ROOT / "bench":

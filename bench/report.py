@@ -552,6 +552,58 @@ def merge_report(previous: dict, new: dict) -> dict:
     }
 
 
+def _add_targets(table: dict[str, dict], report: dict) -> dict[str, dict]:
+    """`table` with each benchmark of a full `report` filed under the CPU (and date) it was measured on."""
+    if report.get("quick"):
+        return table
+    machine = report["machine"]
+    for benchmark, run in report["benchmarks"].items():
+        where = run.get("measured", {"cpu": machine["cpu"], "date": machine["date"]})
+        targets = [
+            {key: f[key] for key in ("name", "value", "unit", "target", "met")}
+            for f in report["figures"]
+            if f["benchmark"] == benchmark and f["met"] is not None
+        ]
+        per_cpu = table.setdefault(where["cpu"], {})
+        per_cpu[benchmark] = {"date": where["date"], "status": run["status"], "targets": targets}
+    return table
+
+
+def targets_by_cpu(previous: dict | None, report: dict) -> dict[str, dict]:
+    """Every kind of CPU's latest verdicts, benchmark by benchmark: `report`'s over those `previous` kept (or,
+    for a report from before this table, its own figures), so a run on one kind of CPU never hides how
+    another kind fared. Quick runs count for nothing."""
+    if previous is None:
+        table: dict[str, dict] = {}
+    elif "targets_by_cpu" in previous:
+        table = {cpu: dict(benchmarks) for cpu, benchmarks in previous["targets_by_cpu"].items()}
+    else:
+        table = _add_targets({}, previous)
+    return _add_targets(table, report)
+
+
+def targets_by_cpu_rows(report: dict) -> list[str]:
+    """A table: per kind of CPU, how many targets its latest runs met, and which they missed."""
+    table = report.get("targets_by_cpu") or {}
+    if not table:
+        return []
+    rows = [
+        "Targets on each kind of CPU measured (each benchmark's latest full run there):",
+        "",
+        "| CPU | measured | targets met | not met |",
+        "|---|---|---|---|",
+    ]
+    for cpu, benchmarks in table.items():
+        targets = [(name, t) for name, run in benchmarks.items() for t in run["targets"]]
+        missed = [f"{name}: {t['name']}" for name, t in targets if not t["met"]]
+        failed = [f"{name} ({run['status']})" for name, run in benchmarks.items() if run["status"] != "ok"]
+        dates = sorted(run["date"][:10] for run in benchmarks.values())
+        span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+        met = sum(1 for _, t in targets if t["met"])
+        rows.append(f"| {cpu} | {span} | {met} of {len(targets)} | {'; '.join(missed + failed) or 'none'} |")
+    return rows
+
+
 def build_report(machine: dict, runs: dict[str, dict], quick: bool) -> dict:
     """`runs[name]` holds `seconds` and either `results` or `error`."""
     figures: list[Figure] = []
@@ -613,6 +665,7 @@ def render_markdown(report: dict) -> str:
         for name, run in report["benchmarks"].items()
     ]
     failing = [f for f in report["figures"] if f["met"] is False]
+    by_cpu = targets_by_cpu_rows(report)
     summary = (
         "Every target met."
         if not failing
@@ -634,6 +687,7 @@ def render_markdown(report: dict) -> str:
             "",
             summary,
             "",
+            *([*by_cpu, ""] if by_cpu else []),
             "| benchmark | wall time | status | measured | details |",
             "|---|---|---|---|---|",
             *runs,
@@ -657,6 +711,7 @@ def render_readme_table(report: dict) -> str:
         f"| {f['benchmark']} | {f['name']} | {_value(f)} | {f['target']} | {f['verdict']} |" for f in report["figures"]
     ]
     failing = [f"{f['benchmark']}: {f['name']}" for f in report["figures"] if f["met"] is False]
+    by_cpu = targets_by_cpu_rows(report)
     return "\n".join(
         [
             f"{machine_line(report)} Total {report['total_seconds'] / 60:.1f} min; baselines and details in "
@@ -667,6 +722,7 @@ def render_readme_table(report: dict) -> str:
             *rows,
             "",
             "Not met: " + "; ".join(failing) + "." if failing else "Every target met.",
+            *(["", *by_cpu] if by_cpu else []),
         ]
     )
 

@@ -109,3 +109,27 @@ def test_readme_quotes_the_seven_set_rules_verdict_on_the_emoji_round():
     for label in ("always partial_quarter", "always feature_extraction", "always full", "fastai fine_tune"):
         verdict = holdout["verdicts"][label]
         assert f"{label} {verdict['within_one_se']:.0%} at {verdict['cpu_share_of_grid']:.1%}" in prose
+
+
+def test_each_kind_of_cpu_keeps_its_latest_verdicts_when_another_kind_runs_the_benchmarks():
+    """A full run on an AMD EPYC after one on an Intel Xeon: both CPUs' targets stay in the report, each with
+    what it missed; a partial run replaces only its own benchmarks' row entries; quick runs change nothing."""
+    from bench.report import targets_by_cpu
+
+    def report(cpu: str, date: str, value: float, quick: bool = False) -> dict:
+        sample = sample_report(value)
+        sample["machine"] |= {"cpu": cpu, "date": date}
+        sample["benchmarks"] = {"tune": {"seconds": 1.0, "status": "ok"}}
+        return sample | {"quick": quick}
+
+    intel = report("Intel Xeon", "2026-12-02T10:00:00", 25.0)
+    amd = report("AMD EPYC", "2026-12-04T10:00:00", 12.9)
+    amd["targets_by_cpu"] = targets_by_cpu(intel, amd)  # intel predates the table: its own figures seed it
+    assert list(amd["targets_by_cpu"]) == ["Intel Xeon", "AMD EPYC"]
+    block = render_readme_table(amd)
+    assert "| Intel Xeon | 2026-12-02 | 1 of 1 | none |" in block
+    assert "| AMD EPYC | 2026-12-04 | 0 of 1 | tune: study |" in block
+    rerun = report("AMD EPYC", "2026-12-05T10:00:00", 30.0)
+    assert targets_by_cpu(amd, rerun)["AMD EPYC"]["tune"]["targets"][0]["met"] is True
+    assert targets_by_cpu(amd, rerun)["Intel Xeon"] == amd["targets_by_cpu"]["Intel Xeon"]
+    assert targets_by_cpu(amd, report("AMD EPYC", "2026-12-06", 1.0, quick=True)) == amd["targets_by_cpu"]
