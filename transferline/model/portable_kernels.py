@@ -1,4 +1,4 @@
-"""`train.reproducible: portable`: convolutions computed without oneDNN, so the bytes do not depend on the CPU.
+"""`train.reproducible: portable`: convolutions computed without oneDNN, whose blocking depends on the CPU.
 
 With the instruction set, MKL branch and thread count pinned (`reproducible: true`), two CPUs of one kind
 give the same model, but an AMD EPYC and an Intel Xeon did not (bench/results/repro.md): oneDNN's
@@ -18,6 +18,11 @@ off, so no other layer reaches oneDNN either (batch norm, pooling and linear lay
 paths). The cost is speed, measured in bench/results/repro.md; the numbers differ from oneDNN's only
 by summation order (tests/train/test_portable_kernels.py). Used for training and feature extraction;
 export and serving load the same state dict into the ordinary model.
+
+Measured, it is not enough on its own: the same short default training in portable mode gave different
+bytes on an AMD EPYC and an Intel Xeon (bench/results/repro.md), so some other computation of a training
+step still depends on the CPU. bench/repro_fingerprint.py hashes every piece of one training step per CPU
+and mode; the first piece whose digest differs between two CPUs is the one left to pin.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ What this pins is enough for machines with the same kind of CPU, and for any thr
 set setting on one machine; it was not enough across kinds: an AMD EPYC and an Intel Xeon, both capped at
 AVX2, gave different bytes (bench/results/repro.md), because oneDNN's convolutions block their
 reductions by the CPU's cache sizes. `reproducible: portable` adds portable_kernels.py: convolutions
-through MKL's pinned GEMM and fixed-order element-wise ops, nothing through oneDNN.
+through MKL's pinned GEMM and fixed-order element-wise ops, nothing through oneDNN; that did not give the
+two CPUs the same bytes either (bench/results/repro.md; bench/repro_fingerprint.py looks for the rest).
 
 The three library variables are read once, when each library starts, so they must be in the
 environment before the process first computes anything: the train stage re-executes itself with
