@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     cells, errors = study_cells(study)
     signal_seconds = {name: values["seconds"] for name, values in study["signals"].items()}
     rows = compare(cells, errors, signal_seconds)
-    write_results("transfer_rule_variants", {"methods": rows}, markdown(rows, len(cells), study["machine"]["cpu"]))
+    measured_on = study.get("measured_on") or study["machine"]["cpu"]
+    write_results("transfer_rule_variants", {"methods": rows}, markdown(rows, len(cells), measured_on))
 
 
 if __name__ == "__main__":

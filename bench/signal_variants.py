@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     study = results_dir() / "transfer_study.json"
     state = load_state(WORK / "runs.json", study)
-    cpu = json.loads(study.read_text())["machine"]["cpu"]
+    document = json.loads(study.read_text())
+    cpu = document.get("measured_on") or document["machine"]["cpu"]
     rows = {RANDOM_INIT: judge(state)}
     probes = {}
     for grid in args.grids:

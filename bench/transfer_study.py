@@ -87,6 +87,9 @@ DATASETS: dict[str, dict[str, Any]] = {
     # ImageNet. It joined after the rule fitted on the six above had been judged on it, held out
     # (bench/transfer_holdout.py, bench/results/transfer_holdout_cifar10.md).
     "cifar10": {"source": "folder", "path": "sources/cifar10"},
+    # Emoji artwork in two designs, classed by Unicode category (9 classes): clip art. It joined after the
+    # rule fitted on the seven above had been judged on it (bench/results/transfer_holdout_emoji.md).
+    "emoji": {"source": "folder", "path": "sources/emoji"},
 }
 SIZES: list[int | None] = [10, 30, 100, 400]
 BACKBONES = ["mobilenet_v2", "efficientnet_lite0"]
@@ -753,7 +756,7 @@ def markdown(
         "",
     ]
     lines += [
-        f"Machine: {state['machine']['cpu']}, {state['machine']['cores']} cores. Grid CPU time "
+        f"Machine: {runs_machine(state['runs'])}. Grid CPU time "
         f"(every run and signal measurement, summed over threads): {cpu / 3600:.2f} h"
         + (
             f"; the experiments below took {analysis['experiment_cpu_seconds'] / 3600:.2f} h more."
@@ -1175,6 +1178,14 @@ def main(argv: list[str] | None = None) -> None:
     report(state, args, out_dir, final=True)
 
 
+def runs_machine(runs: list[dict[str, Any]]) -> str:
+    """Where the runs ran (each run records its CPU and threads), not where the report is written: a study
+    resumed or re-reported on another machine must not pass its runs off as that machine's."""
+    cpus = sorted({str(run["cpu"]) for run in runs})
+    threads = sorted({int(run["threads"]) for run in runs})
+    return f"{' and '.join(cpus) or 'none yet'}, {' or '.join(map(str, threads)) or '-'} threads a run"
+
+
 def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final: bool) -> None:
     """Write the results so far; the rule only once the whole grid has run (a partial grid would fit a
     rule to whichever cells happened to finish)."""
@@ -1187,6 +1198,7 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
         "protocol": PROTOCOL,
         "held_out_per_class": HELD_OUT,
         "machine": state["machine"],
+        "measured_on": runs_machine(state["runs"]),
         "complete": final,
         "grid_cpu_seconds": cpu,
         **analysis,
@@ -1203,7 +1215,7 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
             **analysis["rule"],
             "image_size": args.image_size,
             "fitted_on": fitted_on,
-            "machine": state["machine"]["cpu"],
+            "machine": runs_machine(state["runs"]),
         }
         atomic.write_json(rule_file, document)
         log.info("advisor rule written to %s", rule_file)

@@ -718,3 +718,15 @@ def test_the_stand_in_report_says_whether_each_kind_keeps_autos_accuracy():
     assert "The best pixel probe (a probe on 8 x 8 pixels) is within one SE in 69%" in text
     assert "it does not keep auto's accuracy." in text
     assert "it keeps auto's accuracy for 50 s less of signals." in text
+
+
+def test_the_study_names_the_cpus_its_runs_ran_on_not_the_machine_that_wrote_the_report():
+    """A study re-reported elsewhere (here: runs from an Intel Xeon, folded together on an AMD EPYC) must
+    not pass its runs' CPU seconds off as the reporting machine's."""
+    from bench.transfer_study import RULE_FILE, runs_machine
+
+    runs = [{"cpu": "Intel Xeon", "threads": 2}, {"cpu": "AMD EPYC", "threads": 2}, {"cpu": "AMD EPYC", "threads": 1}]
+    assert runs_machine(runs) == "AMD EPYC and Intel Xeon, 1 or 2 threads a run"
+    study = json.loads((Path(__file__).resolve().parents[2] / "bench/results/transfer_study.json").read_text())
+    assert study["measured_on"] == runs_machine(study["runs"])
+    assert json.loads(RULE_FILE.read_text())["machine"] == study["measured_on"]
