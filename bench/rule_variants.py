@@ -149,8 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     cells, errors = study_cells(study)
     signal_seconds = {name: values["seconds"] for name, values in study["signals"].items()}
     rows = compare(cells, errors, signal_seconds)
-    measured_on = study.get("measured_on") or study["machine"]["cpu"]
-    write_results("transfer_rule_variants", {"methods": rows}, markdown(rows, len(cells), measured_on))
+    write_results("transfer_rule_variants", {"methods": rows}, markdown(rows, len(cells), study["measured_on"]))
 
 
 if __name__ == "__main__":

@@ -260,8 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     study = results_dir() / "transfer_study.json"
     state = load_state(WORK / "runs.json", study)
-    document = json.loads(study.read_text())
-    cpu = document.get("measured_on") or document["machine"]["cpu"]
+    cpu = json.loads(study.read_text())["measured_on"]  # where the study's runs ran
     rows = {RANDOM_INIT: judge(state)}
     probes = {}
     for grid in args.grids:
