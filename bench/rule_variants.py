@@ -33,6 +33,7 @@ from bench.transfer_analysis import (
     fit_within_cpu,
     judge_policy,
     leave_one_dataset_out,
+    usable_cores,
 )
 from bench.transfer_study import RECIPES, study_cells
 from transferline.model.advisor import Cell, Loss, fit_rule
@@ -96,7 +97,7 @@ def compare(cells: list[Cell], errors: dict[str, float], signal_seconds: dict[st
     ]
     for method, target in methods:
         kind, penalty, depth, min_leaf = method
-        picks, rules = leave_one_dataset_out(cells, RECIPES, fitter(*method, errors, cpu_target=target))
+        picks, rules = leave_one_dataset_out(cells, RECIPES, fitter(*method, errors, cpu_target=target), usable_cores())
         verdict = judge_policy(at_rules_margin(cells, rules), picks, errors, signal_seconds, checked=True)
         rows.append(
             {

@@ -40,6 +40,7 @@ from bench.transfer_analysis import (
     judge_policy,
     leave_one_dataset_out,
     random_pass_cpu,
+    usable_cores,
 )
 from bench.transfer_study import (
     BACKBONES,
@@ -105,7 +106,9 @@ def judge(state: dict[str, Any]) -> dict[str, Any]:
     rule fitted on all cells."""
     cells, errors = study_cells(state)
     signal_seconds = {name: values["seconds"] for name, values in state["signals"].items()}
-    picks, rules = leave_one_dataset_out(cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors))
+    picks, rules = leave_one_dataset_out(
+        cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors), usable_cores()
+    )
     judged = at_rules_margin([c for c in cells if c.name in picks], rules)
     verdict = judge_policy(judged, picks, errors, signal_seconds, checked=True)
     rule = fit_auto_rule(cells, RECIPES, errors)

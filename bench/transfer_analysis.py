@@ -531,23 +531,58 @@ def pick_backbones(
 
 
 def leave_one_dataset_out(
-    cells: list[Cell], recipes: dict[str, dict[str, Any]], fit: Callable[[list[Cell]], dict[str, Any]] | None = None
+    cells: list[Cell],
+    recipes: dict[str, dict[str, Any]],
+    fit: Callable[[list[Cell]], dict[str, Any]] | None = None,
+    processes: int = 1,
 ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """For each data set: the rule fitted on the others (by `fit`, default the committed method), and its
-    pick for each of this data set's cells."""
+    pick for each of this data set's cells. `processes` > 1 fits the folds side by side (each fit is
+    independent and deterministic, so the answer is the same); keep 1 inside a fit that is itself a fold."""
     fit = fit or (lambda train_cells: fit_rule(train_cells, recipes))
+    held_out = [d for d in sorted({c.dataset for c in cells}) if any(c.dataset != d for c in cells)]
+    folds = [[c for c in cells if c.dataset != dataset] for dataset in held_out]
+    fitted = _in_processes(fit, folds, processes) if processes > 1 and len(folds) > 1 else [fit(f) for f in folds]
     picks: dict[str, str] = {}
     rules: dict[str, dict[str, Any]] = {}
-    for dataset in sorted({c.dataset for c in cells}):
-        train_cells = [c for c in cells if c.dataset != dataset]
-        if not train_cells:
-            continue
-        rule = fit(train_cells)
+    for dataset, rule in zip(held_out, fitted, strict=True):
         rules[dataset] = rule
         for cell in cells:
             if cell.dataset == dataset:
                 picks[cell.name] = walk(rule["tree"], cell.signals)[0]["recipe"]
     return picks, rules
+
+
+_FOLD_FIT: Callable[[list[Cell]], dict[str, Any]] | None = None  # the fit forked workers inherit
+
+
+def usable_cores() -> int:
+    """Processes for a top-level leave-one-out: one per core this process may run on."""
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def _fit_fold(train_cells: list[Cell]) -> dict[str, Any]:
+    assert _FOLD_FIT is not None
+    return _FOLD_FIT(train_cells)
+
+
+def _in_processes(
+    fit: Callable[[list[Cell]], dict[str, Any]], folds: list[list[Cell]], processes: int
+) -> list[dict[str, Any]]:
+    """fit(fold) for every fold in forked processes: they inherit `fit` itself (a closure need not pickle)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _FOLD_FIT
+    _FOLD_FIT = fit
+    try:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(min(processes, len(folds)), mp_context=context) as pool:
+            return list(pool.map(_fit_fold, folds))
+    finally:
+        _FOLD_FIT = None
 
 
 # (tree depth, smallest leaf) the auto rule's fit chooses between; simpler first, so a tie keeps the simpler
@@ -673,6 +708,7 @@ def choose_fit_method(
     errors: dict[str, float],
     margins: tuple[float, ...] = VALIDATION_MARGINS,
     cpu_target: float | None = TARGET_CPU,
+    processes: int = 1,
 ) -> tuple[tuple[float, int, int], dict[str, dict[str, Any]]]:
     """The validation margin, depth and smallest leaf whose rules, fitted leaving one of these cells' data
     sets out at a time, are within one SE of the best in most of the held-out cells (then the lower mean
@@ -688,6 +724,7 @@ def choose_fit_method(
             cells,
             recipes,
             lambda train, d=depth, m=min_leaf, v=margin: fit_checked_rule(train, recipes, d, m, v, cpu_target),
+            processes,
         )
         verdicts[margin, depth, min_leaf] = judge_policy(at_rules_margin(cells, rules), picks, errors, {}, checked=True)
     best = min(methods, key=lambda m: (-verdicts[m]["within_one_se"], verdicts[m]["mean_regret"]))
@@ -700,12 +737,14 @@ def fit_auto_rule(
     errors: dict[str, float],
     margins: tuple[float, ...] = VALIDATION_MARGINS,
     cpu_target: float | None = TARGET_CPU,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """The committed way to fit `auto`'s rule: under the CPU penalty that meets `cpu_target` on the cells
     given, choose the validation margin (among `margins`), depth and smallest leaf by leaving data sets out
     (`choose_fit_method`), then fit with them on every cell given. Judged leaving one data set out, this is
-    nested: the held-out data set takes part in neither the choices nor the fit."""
-    (margin, depth, min_leaf), verdicts = choose_fit_method(cells, recipes, errors, margins, cpu_target)
+    nested: the held-out data set takes part in neither the choices nor the fit. `processes`: see
+    leave_one_dataset_out (1 when this fit is itself one fold of a leave-one-out)."""
+    (margin, depth, min_leaf), verdicts = choose_fit_method(cells, recipes, errors, margins, cpu_target, processes)
     rule = fit_checked_rule(cells, recipes, depth, min_leaf, margin, cpu_target)
     rule["fit"]["chosen_from"] = {
         name: {k: v[k] for k in ("within_one_se", "mean_regret")} for name, v in verdicts.items()

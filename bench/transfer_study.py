@@ -62,6 +62,7 @@ from bench.transfer_analysis import (
     policy_misses,
     runs_by_cell_and_recipe,
     standard_error,
+    usable_cores,
 )
 from transferline import atomic
 from transferline.model.advisor import BEST_EPOCH, LAST_EPOCH, Cell
@@ -497,7 +498,8 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     """Cells, signal rankings, and the verdicts of auto (leave-one-data-set-out) and the fixed policies."""
     cells, errors = study_cells(state)
     signal_seconds = {name: values["seconds"] for name, values in state["signals"].items()}
-    picks, loo_rules = leave_one_dataset_out(cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors))
+    cores = usable_cores()
+    picks, loo_rules = leave_one_dataset_out(cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors), cores)
     fine_tuned = [name for name in RECIPES if name != "feature_extraction"]
     judged = at_rules_margin([c for c in cells if c.name in picks], loo_rules)
     verdicts = {AUTO: judge_policy(judged, picks, errors, signal_seconds, checked=True)}
@@ -520,6 +522,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
             variant_cells,
             recipes,
             lambda train, r=recipes, m=margins, t=target: fit_auto_rule(train, r, errors, m, cpu_target=t),
+            cores,
         )
         verdicts[label] = judge_policy(
             at_rules_margin([c for c in variant_cells if c.name in other], other_rules),
@@ -528,7 +531,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
             signal_seconds,
             checked=True,
         )
-    unchecked, _ = leave_one_dataset_out(cells, RECIPES)
+    unchecked, _ = leave_one_dataset_out(cells, RECIPES, processes=cores)
     verdicts[UNCHECKED] = judge_policy([c for c in cells if c.name in unchecked], unchecked, errors, signal_seconds)
     for label, recipe in FIXED_POLICIES:
         verdicts[label] = judge_policy(cells, {c.name: recipe for c in cells}, errors, {})

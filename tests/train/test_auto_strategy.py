@@ -268,18 +268,25 @@ def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_and_rule
     """bench/rule_variants.py judges other fitting methods the way the study judges the committed one: its
     committed row, refitted from the committed study's cells, gives the study's own auto verdict."""
     from bench.rule_variants import COMMITTED, fitter
-    from bench.transfer_analysis import at_rules_margin, fit_auto_rule, judge_policy, leave_one_dataset_out
+    from bench.transfer_analysis import (
+        at_rules_margin,
+        fit_auto_rule,
+        judge_policy,
+        leave_one_dataset_out,
+        usable_cores,
+    )
     from bench.transfer_study import AUTO, RECIPES, RULE_FILE, study_cells
 
     study = json.loads((Path(__file__).resolve().parents[2] / "bench/results/transfer_study.json").read_text())
     cells, errors = study_cells(study)
     signal_seconds = {name: values["seconds"] for name, values in study["signals"].items()}
-    picks, rules = leave_one_dataset_out(cells, RECIPES, fitter(*COMMITTED, errors))
+    processes = usable_cores()  # the folds are independent: side by side, same answer
+    picks, rules = leave_one_dataset_out(cells, RECIPES, fitter(*COMMITTED, errors), processes)
     verdict = judge_policy(at_rules_margin(cells, rules), picks, errors, signal_seconds, checked=True)
     assert verdict == pytest.approx(study["verdicts"][AUTO])
     # and the rule `strategy: auto` runs is that method fitted on every one of those cells
     committed = json.loads(RULE_FILE.read_text())
-    refitted = fit_auto_rule(cells, RECIPES, errors)
+    refitted = fit_auto_rule(cells, RECIPES, errors, processes=processes)
     assert refitted["tree"] == committed["tree"]
     assert refitted["validation_margin_se"] == committed["validation_margin_se"]
     assert refitted["validation_figure"] == committed["validation_figure"] == "last_epoch"
