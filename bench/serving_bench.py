@@ -65,20 +65,33 @@ NOOP_SERVICE = '''
 """No model: parses the upload exactly like the real service and answers a constant (framework ceiling)."""
 import bentoml
 from starlette.requests import Request
+from starlette.responses import Response
 
-from serving.http_input import SINGLE, InputLimits, parse_image_request
+from serving.http_input import SINGLE, ApiError, InputLimits, parse_image_request
 from serving.schemas import Classification, ClassifyInput, LabelProbability
 
 LIMITS = InputLimits(32, 10_000_000, 5, 20)
 
 
-@bentoml.service(name="noop", workers=WORKERS, logging={"access": {"enabled": False}})
+@bentoml.service(
+    name="noop", workers=WORKERS, logging={"access": {"enabled": False}}, tracing={"excluded_urls": [".*"]}
+)
 class Noop:
     @bentoml.api(route="/classify", input_spec=ClassifyInput, output_spec=Classification)
-    async def classify(self, request: Request) -> Classification:
-        parsed = await parse_image_request(request, SINGLE, LIMITS)
+    async def classify(self, request: Request) -> Response:
+        try:
+            parsed = await parse_image_request(request, SINGLE, LIMITS)
+        except ApiError as exc:
+            return exc.response()
         label = LabelProbability(label="none", probability=1.0)
-        return Classification(model_tag="none", data_version="none", predictions=[label] * parsed.top_k)
+        answer = Classification(
+            model_tag="none",
+            data_version="none",
+            predictions=[label] * parsed.top_k,
+            out_of_distribution=False,
+            ood_score=0.0,
+        )
+        return Response(answer.model_dump_json(), media_type="application/json")  # as the service's json_response
 '''
 
 
@@ -278,10 +291,21 @@ def model_onnx_path(home: Path, tag: str) -> Path:
     return home / "models" / name / version / "model.onnx"
 
 
+def require_clean_ceiling(levels: dict) -> None:
+    """The no-model service is a ceiling only if it answered: one that fails every request measures its
+    error path (as it did once its answer lacked fields the schema had gained)."""
+    failed = {level: figures["errors"] for level, figures in levels["no_model"].items() if figures["errors"]}
+    if failed:
+        raise RuntimeError(
+            f"the no-model service answered errors (clients: errors) {failed}: its figures are no ceiling"
+        )
+
+
 def analyse(measured, formed, limits, tag, workers, phase_s, rounds) -> dict:
     levels = {
         name: {str(c): summarise(rounds_) for c, rounds_ in per_level.items()} for name, per_level in measured.items()
     }
+    require_clean_ceiling(levels)
     top = str(max(CONCURRENCY))
     at_top = formed[max(CONCURRENCY)]
     ceiling_batch = str(max(1, round(at_top["mean_images"])))
