@@ -60,9 +60,11 @@ test: setup bench-tools browser cluster-tools lint
 browser:
 	@bash scripts/ensure_browser.sh
 
-# The load client of the serving and load benchmarks (a test runs the load benchmark in quick mode).
+# The load client of the serving and load benchmarks (a test runs the load benchmark in quick mode), and
+# qemu-user, which runs the reproducibility fingerprint as an Intel CPU on any machine (a test does).
 bench-tools:
 	@bash scripts/ensure_wrk.sh
+	@bash scripts/ensure_qemu.sh
 
 # PostgreSQL for the local cluster (installed from Debian by the set-up when root); the cluster tests start one.
 cluster-tools:

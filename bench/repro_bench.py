@@ -172,12 +172,28 @@ def record_run(run_record: Path) -> dict:
         "versions": environment["versions"],
         "data_version": record["data_version"],
         "params_digest": record["params_digest"],
+        "code_digest": record.get("code_digest"),  # absent from records written before it was kept
         "model_sha256": record["model_sha256"],
     }
     runs = [r for r in load_runs() if (*_group(r), r["cpu"]) != (*_group(entry), entry["cpu"])]
     runs.append(entry)
     atomic.write_json(results_dir() / RUNS_FILE, {"runs": runs})
+    refresh_report()
     return entry
+
+
+def refresh_report() -> None:
+    """Rewrite repro.md's table of runs from repro_runs.json, keeping the cost figures of the last measure."""
+    from bench.common import results_dir
+    from transferline import atomic
+
+    path = results_dir() / "repro.json"
+    if not path.is_file():
+        return
+    result = json.loads(path.read_text())
+    result["runs"] = load_runs()
+    atomic.write_json(path, result)
+    atomic.write_text(path.with_suffix(".md"), markdown(result, result["machine"]))
 
 
 def probe(modes: tuple[str, ...] = ("on", "portable")) -> list[dict]:
@@ -206,7 +222,8 @@ def probe(modes: tuple[str, ...] = ("on", "portable")) -> list[dict]:
 
 
 def _group(run: dict) -> tuple:
-    return run["data_version"], run["params_digest"], str(run["mode"])
+    """Runs that must give the same bytes: same data, params, mode and training code."""
+    return run["data_version"], run["params_digest"], str(run["mode"]), run.get("code_digest")
 
 
 def runs_markdown(runs: list[dict]) -> list[str]:
@@ -216,16 +233,17 @@ def runs_markdown(runs: list[dict]) -> list[str]:
     for run in runs:
         groups.setdefault(_group(run), []).append(run)
     lines = [
-        "| data version | params digest | train.reproducible | CPU | torch | model.pt sha256 "
+        "| data version | params digest | code digest | train.reproducible | CPU | torch | model.pt sha256 "
         "| same bytes as the first CPU |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for (data, digest, mode), members in groups.items():
+    for (data, digest, mode, code), members in groups.items():
         first = members[0]["model_sha256"]
         for run in members:
             same = "(first)" if run is members[0] else ("**yes**" if run["model_sha256"] == first else "**no**")
             lines.append(
-                f"| {data} | {digest} | {mode} | {run['cpu']} | {run['versions'].get('torch')} | "
+                f"| {data} | {digest} | {code[:16] if code else 'not kept'} | {mode} | {run['cpu']} | "
+                f"{run['versions'].get('torch')} | "
                 f"`{run['model_sha256'][:16]}` | {same} |"
             )
     return lines
@@ -262,8 +280,8 @@ def markdown(result: dict, host: dict) -> str:
             "## Same bytes on another CPU?",
             "",
             "Default trainings recorded on each CPU this project has run on (bench/results/repro_runs.json). Rows "
-            "of one group had the same data, params and mode, so they must have the same model.pt to count as "
-            "reproduced.",
+            "of one group had the same data, params, mode and training code (the digest of the project modules "
+            "the run imported), so they must have the same model.pt to count as reproduced.",
             "",
             *runs_markdown(result.get("runs", [])),
             "",

@@ -18,7 +18,16 @@ bench/results/repro_ops.md shows the table (kept per CPU, as repro_runs.json kee
 
 `--sensitivity` adds, for this CPU, which probes move when one pinned variable is undone or changed.
 
-Usage: python -m bench.repro_fingerprint [--modes on portable] [--sensitivity]
+`--emulate [MODEL]` also runs every mode under qemu-user as another CPU (default: Haswell, an Intel CPU with
+AVX2, the ISA the modes pin), so one machine compares two vendors. The emulated CPU has its own vendor,
+model and cache descriptors, so code that dispatches on them takes the other vendor's branch; it computes
+IEEE-exact instructions bit for bit as hardware does, and approximate ones (reciprocal estimates, whose
+results each vendor defines its own way) exactly, as no CPU does. So a probe that differs under emulation
+rests on vendor-dependent results, and the first such probe is the computation to replace. That is how
+torch's CPU `sqrt` (MKL's vector maths) was found in the augmentation and in AdamW (transferline/model/exact_math.py).
+It needs qemu-user 8 or newer (`make bench-tools` installs it on Debian; 7.2 crashes on AVX2 gathers).
+
+Usage: python -m bench.repro_fingerprint [--modes on portable] [--sensitivity] [--emulate [MODEL]]
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,6 +46,9 @@ from typing import Any
 from bench.repro_bench import PROJECT_ROOT, REPRODUCIBLE, worker_env
 
 RESULTS_FILE = "repro_ops"
+EMULATED_CPU = "Haswell"  # qemu's model of an Intel Core with AVX2: the vendor these AMD records lacked
+QEMU = "qemu-x86_64"
+QEMU_MIN_MAJOR = 8
 MODES = ("on", "portable")
 SEED = 0
 BATCH = 16
@@ -93,6 +107,8 @@ def training_step_probes() -> Iterator[tuple[str, list[Any] | dict[str, Any]]]:
     from transferline.data.preprocessing_torch import normalize_torch
     from transferline.model.augment import augment_batch
     from transferline.model.backbones import build_model
+    from transferline.model.strategies import make_plan
+    from transferline.model.training import build_optimizer
 
     params = default_params()
     torch.manual_seed(SEED)
@@ -127,9 +143,8 @@ def training_step_probes() -> Iterator[tuple[str, list[Any] | dict[str, Any]]]:
     loss.backward()
     for name, parameter in reversed(list(model.named_parameters())):  # the order backward computes them
         yield f"gradient {name}", [parameter.grad]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    optimizer.step()
-    yield "parameters after one AdamW step", [p.detach() for p in model.parameters()]
+    build_optimizer(make_plan(model, params), params).step()  # the train stage's optimizer, groups and all
+    yield f"parameters after one {params.optimizer} step", [p.detach() for p in model.parameters()]
 
 
 def fingerprint(mode: str) -> dict[str, Any]:
@@ -150,9 +165,22 @@ def fingerprint(mode: str) -> dict[str, Any]:
     return {"mode": mode, "environment": training_environment(pin, "cpu"), "probes": probes}
 
 
-def run_worker(mode: str, changes: dict[str, str | None] | None = None) -> dict[str, Any]:
+def qemu_user() -> tuple[str, str]:
+    """(path, version) of a qemu-user able to run torch's AVX2 kernels, or SystemExit saying how to get one."""
+    path = shutil.which(QEMU)
+    if path is None:
+        raise SystemExit(f"--emulate needs {QEMU} (qemu-user {QEMU_MIN_MAJOR} or newer): run `make bench-tools`")
+    banner = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout
+    found = re.search(r"version (\d+)\.(\d+)\.(\d+)", banner)
+    if found is None or int(found.group(1)) < QEMU_MIN_MAJOR:
+        found_version = banner.strip() or "no version banner"
+        raise SystemExit(f"{path} is not qemu-user {QEMU_MIN_MAJOR} or newer ({found_version}): run `make bench-tools`")
+    return path, ".".join(found.groups())
+
+
+def run_worker(mode: str, changes: dict[str, str | None] | None = None, emulate: str | None = None) -> dict[str, Any]:
     """One mode in its own pinned process (the caps act only at library start); `changes` undo or alter
-    some of the pinned variables (None: unset)."""
+    some of the pinned variables (None: unset); `emulate`: a qemu CPU model to run the process as."""
     env = worker_env(mode, None)
     for name, value in (changes or {}).items():
         if value is None:
@@ -160,10 +188,16 @@ def run_worker(mode: str, changes: dict[str, str | None] | None = None) -> dict[
         else:
             env[name] = value
     argv = [sys.executable, "-m", "bench.repro_fingerprint", "--worker", mode]
+    if emulate:
+        qemu, version = qemu_user()
+        argv = [qemu, "-cpu", emulate, *argv]
     done = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"fingerprint worker ({mode}) failed: {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if emulate:
+        result["emulated"] = {"model": emulate, "qemu": version}
+    return result
 
 
 def moved_probes(reference: dict[str, Any], other: dict[str, Any]) -> list[str]:
@@ -207,8 +241,10 @@ def sensitivity_markdown(sensitivities: dict[str, dict[str, Any]]) -> list[str]:
 
 def record_entry(result: dict[str, Any]) -> dict[str, Any]:
     environment = result["environment"]
+    emulated = result.get("emulated")
+    host = environment["cpu"]["model"]
     return {
-        "cpu": environment["cpu"]["model"],
+        "cpu": f"{emulated['model']} emulated by qemu-user {emulated['qemu']} on {host}" if emulated else host,
         "isa": environment["cpu"]["isa"],
         "mode": result["mode"],
         "pinned": environment["pinned"],
@@ -240,7 +276,10 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         "",
         "Written by `python -m bench.repro_fingerprint` (bench/repro_fingerprint.py says what each probe is). One "
         "record per CPU, mode and library versions; within a mode every CPU must give the first CPU's digests. "
-        "Cells show the first 8 hex digits of each digest; `=` means the same digest as the first column.",
+        "Cells show the first 8 hex digits of each digest; `=` means the same digest as the first column. "
+        "A CPU named 'emulated by qemu-user' is that CPU model run under emulation on the host named (`--emulate`): "
+        "its vendor, model and caches steer every dispatch, and approximate instructions compute otherwise than on "
+        "either vendor's hardware, so a probe that agrees there depends on no vendor-specific result.",
         "",
     ]
     for mode in MODES:
@@ -279,8 +318,10 @@ def load_document(results: Path) -> dict[str, Any]:
     return {"runs": document.get("runs", []), "sensitivity": document.get("sensitivity", {})}
 
 
-def run(modes: tuple[str, ...] = MODES, with_sensitivity: bool = False) -> list[dict[str, Any]]:
-    """Fingerprint each mode on this CPU and merge the records into bench/results/repro_ops.{json,md}."""
+def run(
+    modes: tuple[str, ...] = MODES, with_sensitivity: bool = False, emulate: str | None = None
+) -> list[dict[str, Any]]:
+    """Fingerprint each mode on this CPU (and as `emulate`) and merge the records into bench/results/repro_ops.*"""
     from bench.common import results_dir
     from transferline import atomic
     from transferline.model.run_environment import cpu_description
@@ -289,6 +330,8 @@ def run(modes: tuple[str, ...] = MODES, with_sensitivity: bool = False) -> list[
     document = load_document(results)
     runs = document["runs"]
     entries = [record_entry(run_worker(mode)) for mode in modes]
+    if emulate:
+        entries += [record_entry(run_worker(mode, emulate=emulate)) for mode in modes]
     for entry in entries:
         runs = merge_runs(runs, entry)
     sensitivities = document["sensitivity"]
@@ -304,12 +347,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--sensitivity", action="store_true", help="also: which probes each pinned variable moves")
+    parser.add_argument(
+        "--emulate", nargs="?", const=EMULATED_CPU, metavar="MODEL", help=f"also as a qemu CPU (default {EMULATED_CPU})"
+    )
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(fingerprint(args.worker)), flush=True)
         return 0
-    for entry in run(tuple(args.modes), args.sensitivity):
+    if args.emulate:
+        qemu_user()  # before any work: say now if it is missing
+    for entry in run(tuple(args.modes), args.sensitivity, args.emulate):
         print(f"{entry['cpu']} ({entry['mode']}): {len(entry['probes'])} probes recorded")
     return 0
 

@@ -61,7 +61,7 @@ from transferline.model.features import KEY_FILE, ProbeResult, cache_key, cached
 from transferline.model.global_batch import to_global_batch
 from transferline.model.launch import LaunchInterrupted, ProcessesFailed, launch, process_env
 from transferline.model.reproducibility import Pinning, is_pinned, pinning, reexec_pinned
-from transferline.model.run_environment import training_environment
+from transferline.model.run_environment import loaded_code_digest, training_environment
 from transferline.model.strategies import check_params, make_plan
 from transferline.model.trained_model import MODEL_FILE, save_trained_model
 from transferline.model.training import (
@@ -557,6 +557,7 @@ def run_record(
         "model_sha256": hashlib.sha256((models_dir / MODEL_FILE).read_bytes()).hexdigest(),
         "params_digest": digest,
         "data_version": data_version,
+        "code_digest": loaded_code_digest(Path(__file__).absolute().parents[1]),
         "environment": training_environment(pin, str(runtime.device)),
         "runtime": runtime.describe(),
         "wall_seconds": wall,

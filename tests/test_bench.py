@@ -251,8 +251,8 @@ def test_repro_runs_are_grouped_by_inputs_and_say_whether_the_cpus_agree(tmp_pat
 
     monkeypatch.setenv("TRANSFERLINE_BENCH_RESULTS_DIR", str(tmp_path))
 
-    def run_record(cpu: str, sha: str, mode="portable") -> Path:
-        path = tmp_path / f"{cpu}-{sha}.json"
+    def run_record(cpu: str, sha: str, mode="portable", code="c1") -> Path:
+        path = tmp_path / f"{cpu}-{sha}-{code}.json"
         environment = {
             "cpu": {"model": cpu, "isa": ["avx2"]},
             "reproducible": mode,
@@ -260,7 +260,13 @@ def test_repro_runs_are_grouped_by_inputs_and_say_whether_the_cpus_agree(tmp_pat
             "threads": 2,
             "versions": {"torch": "2.14.1"},
         }
-        document = {"environment": environment, "data_version": "d1", "params_digest": "p1", "model_sha256": sha}
+        document = {
+            "environment": environment,
+            "data_version": "d1",
+            "params_digest": "p1",
+            "code_digest": code,
+            "model_sha256": sha,
+        }
         path.write_text(json.dumps(document))
         return path
 
@@ -268,15 +274,18 @@ def test_repro_runs_are_grouped_by_inputs_and_say_whether_the_cpus_agree(tmp_pat
     record_run(run_record("Intel Xeon", "b" * 64))
     record_run(run_record("Intel Xeon", "a" * 64))  # a re-run on the same CPU replaces its row
     record_run(run_record("Intel Xeon", "c" * 64, mode=True))
+    record_run(run_record("AMD EPYC", "d" * 64, code="c2"))  # other training code: a group of its own
     runs = load_runs()
     assert [(r["cpu"], r["model_sha256"][0], r["mode"]) for r in runs] == [
         ("AMD EPYC", "a", "portable"),
         ("Intel Xeon", "a", "portable"),
         ("Intel Xeon", "c", True),
+        ("AMD EPYC", "d", "portable"),
     ]
     table = "\n".join(runs_markdown(runs))
-    assert "| d1 | p1 | portable | Intel Xeon | 2.14.1 | `aaaaaaaaaaaaaaaa` | **yes** |" in table
-    assert "| d1 | p1 | True | Intel Xeon | 2.14.1 | `cccccccccccccccc` | (first) |" in table
+    assert "| d1 | p1 | c1 | portable | Intel Xeon | 2.14.1 | `aaaaaaaaaaaaaaaa` | **yes** |" in table
+    assert "| d1 | p1 | c1 | True | Intel Xeon | 2.14.1 | `cccccccccccccccc` | (first) |" in table
+    assert "| d1 | p1 | c2 | portable | AMD EPYC | 2.14.1 | `dddddddddddddddd` | (first) |" in table
 
 
 def test_the_scale_report_keeps_the_parts_not_run_and_says_where_each_part_was_measured(tmp_path):

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import json
 
-from bench.repro_fingerprint import MODES, first_difference, markdown, merge_runs, run, run_worker, sensitivity_markdown
+import pytest
+
+from bench.repro_fingerprint import (
+    EMULATED_CPU,
+    MODES,
+    first_difference,
+    markdown,
+    merge_runs,
+    qemu_user,
+    record_entry,
+    run,
+    run_worker,
+    sensitivity_markdown,
+)
 
 
 def _run(cpu: str, mode: str, digests: list[str], torch: str = "2.14.1") -> dict:
@@ -54,7 +67,7 @@ def test_each_mode_is_fingerprinted_pinned_and_the_digests_do_not_depend_on_the_
     on, portable = ({p["probe"]: p["sha256"] for p in entry["probes"]} for entry in entries)
     forward = [name for name in on if name.startswith("forward ")]
     assert len(forward) > 100 and "forward head (Linear)" in forward  # every leaf module of MobileNetV2
-    assert any(name.startswith("gradient ") for name in on) and "parameters after one AdamW step" in on
+    assert any(name.startswith("gradient ") for name in on) and "parameters after one adamw step" in on
     # the modes really differ: oneDNN's convolutions against the portable GEMMs sum in other orders
     assert on["forward body.features.0.0 (Conv2d)"] != portable["forward body.features.0.0 (PortableConv2d)"]
     assert on["random initialisation (seed 0)"] == portable["random initialisation (seed 0)"]
@@ -74,3 +87,30 @@ def test_the_sensitivity_table_says_how_many_probes_each_variable_moves():
     lines = sensitivity_markdown(table)
     assert lines[0] == "## Which pieces each pinned variable steers, on AMD EPYC"
     assert "| portable | MKL_CBWR=AVX2 | 2 of 3 | probe 0; probe 1 |" in lines
+
+
+def test_a_pinned_training_step_gives_the_same_bytes_on_an_emulated_intel_cpu():
+    """The default mode's training step (initialisation, augmentation, forward, loss, backward, AdamW) run as
+    another vendor's CPU, whose code paths dispatch on its own vendor, model and caches and whose approximate
+    instructions compute differently: every one of the 310 digests equals this machine's.
+    (tests/train/test_exact_math.py shows that the emulation does move a vendor-dependent computation.)"""
+    native = run_worker("on")
+    emulated = run_worker("on", emulate=EMULATED_CPU)
+    assert emulated["emulated"]["model"] == EMULATED_CPU
+    assert len(emulated["probes"]) == len(native["probes"]) > 300
+    assert first_difference(native, emulated) is None
+    record = record_entry(emulated)
+    assert record["cpu"].startswith(f"{EMULATED_CPU} emulated by qemu-user ")
+    assert record["cpu"] != record_entry(native)["cpu"]  # kept as its own record beside the native one
+
+
+def test_emulation_without_a_recent_qemu_user_says_how_to_install_it(tmp_path, monkeypatch):
+    old = tmp_path / "qemu-x86_64"
+    old.write_text("#!/bin/sh\necho 'qemu-x86_64 version 7.2.0 (Debian 1:7.2+dfsg-7)'\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SystemExit, match=r"not qemu-user 8 or newer \(qemu-x86_64 version 7\.2\.0.*make bench-tools"):
+        qemu_user()
+    old.unlink()
+    with pytest.raises(SystemExit, match="needs qemu-x86_64"):
+        qemu_user()

@@ -93,6 +93,31 @@ def test_reproducible_training_gives_the_same_bytes_under_different_cpu_caps_and
         assert environment["threads"] == DEFAULT_THREADS and environment["deterministic_algorithms"] is True
         assert run["record"]["model_sha256"] == run["file_digest"]
     assert native["record"]["environment"]["cpu"]["isa"] == other["record"]["environment"]["cpu"]["isa"]
+    # the same code trained both: the records say so (bench/results/repro_runs.json compares only such runs)
+    assert len(native["record"]["code_digest"]) == 64
+    assert native["record"]["code_digest"] == other["record"]["code_digest"]
+
+
+def test_the_code_digest_covers_the_project_modules_imported_and_changes_with_their_content(tmp_path, monkeypatch):
+    from transferline.model.run_environment import loaded_code_digest, loaded_project_files
+
+    package = tmp_path / "pkg_for_code_digest"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "step.py").write_text("RATE = 1\n")
+    (package / "unused.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__("pkg_for_code_digest.step")
+    try:
+        assert [p.name for p in loaded_project_files(tmp_path)] == ["__init__.py", "step.py"]  # not unused.py
+        before = loaded_code_digest(tmp_path)
+        (package / "unused.py").write_text("CHANGED = True\n")
+        assert loaded_code_digest(tmp_path) == before  # a module the run did not import does not count
+        (package / "step.py").write_text("RATE = 2\n")
+        assert loaded_code_digest(tmp_path) != before
+    finally:
+        for name in ("pkg_for_code_digest.step", "pkg_for_code_digest"):
+            sys.modules.pop(name, None)
 
 
 def test_without_reproducible_the_same_two_environments_give_different_bytes(prepared, tmp_path):

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from transferline.config import AugmentParams
+from transferline.model import exact_math
 
 RATIO_RANGE = (3 / 4, 4 / 3)  # aspect ratios of the crop, as torchvision's RandomResizedCrop
 
@@ -25,8 +26,8 @@ def crop_thetas(n: int, params: AugmentParams, generator: torch.Generator) -> to
     scale = torch.empty(n).uniform_(params.crop_scale_min, 1.0, generator=generator)
     log_ratio = torch.empty(n).uniform_(math.log(RATIO_RANGE[0]), math.log(RATIO_RANGE[1]), generator=generator)
     ratio = torch.exp(log_ratio)
-    width = torch.sqrt(scale * ratio).clamp(max=1.0)  # fractions of the side
-    height = torch.sqrt(scale / ratio).clamp(max=1.0)
+    width = exact_math.sqrt(scale * ratio).clamp(max=1.0)  # fractions of the side
+    height = exact_math.sqrt(scale / ratio).clamp(max=1.0)
     centre_x = (torch.rand(n, generator=generator) * 2 - 1) * (1 - width)
     centre_y = (torch.rand(n, generator=generator) * 2 - 1) * (1 - height)
     flip = torch.ones(n)

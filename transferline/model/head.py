@@ -30,6 +30,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from transferline.model import exact_math
 from transferline.model.backbones import TransferModel
 
 log = logging.getLogger("transferline.model.head")
@@ -144,7 +145,7 @@ def soft_targets(y: torch.Tensor, num_classes: int, label_smoothing: float) -> t
 def preconditioner(features: HeadFeatures, num_classes: int, l2: float) -> torch.Tensor:
     """Per-direction scale sqrt(curvature): the softmax curvature at zero, (1/k)(1 - 1/k), times the variance, + l2."""
     curvature = (1.0 / num_classes) * (1.0 - 1.0 / num_classes)
-    return torch.sqrt(curvature * features.variance + l2)
+    return exact_math.sqrt(curvature * features.variance + l2)
 
 
 def loss_and_grad(

@@ -7,8 +7,10 @@ the run record (metrics/train_run.json), never in the model files whose hash mus
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -81,3 +83,29 @@ def training_environment(pin: Pinning, device: str) -> dict:
         environment["gpu"] = torch.cuda.get_device_name(torch.device(device))
         environment["cuda"] = {"version": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
     return environment
+
+
+def loaded_code_digest(root: Path) -> str:
+    """sha256 over the project's modules this process imported (relative path and content): the code that
+    trained, so two run records compare only when it was the same (a change elsewhere does not count)."""
+    root = root.absolute()
+    digest = hashlib.sha256()
+    for path in loaded_project_files(root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def loaded_project_files(root: Path) -> list[Path]:
+    """The source files under `root` of the modules in sys.modules (not those of an environment inside it)."""
+    root = root.absolute()  # not resolved: a checkout reached through a link names its files through it too
+    files = set()
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__file__", None)
+        if not name or not name.endswith(".py") or not Path(name).is_absolute():  # torch's _ops names "_ops.py"
+            continue
+        path = Path(name)
+        relative = path.relative_to(root) if path.is_relative_to(root) else None
+        if relative is not None and not {".venv", "site-packages"} & set(relative.parts):
+            files.add(path)
+    return sorted(files)
