@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -111,6 +112,45 @@ def bench_image(target: Path) -> Path:
     return target
 
 
+def tree_cpu_seconds(root: int, proc: Path = Path("/proc")) -> float:
+    """User + system CPU seconds of a live process and all its descendants (a service and the workers it
+    started: BentoML puts its workers in sessions of their own, so the process group would miss them)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents, ticks = {}, {}
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # a process that ended meanwhile
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])  # ppid
+        ticks[pid] = int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    total, pending = 0, [root]
+    while pending:
+        pid = pending.pop()
+        total += ticks.get(pid, 0)
+        pending.extend(children.get(pid, []))
+    return total / tick
+
+
+def measured_wrk(server: LocalServer, *wrk_args) -> dict:
+    """run_wrk, plus the CPU seconds the service (its process tree) and the client spent meanwhile:
+    the ratio to the ORT ceiling is the share of the service's CPU that goes to the model."""
+    service_before, client_before = tree_cpu_seconds(server.process.pid), _children_cpu_seconds()
+    result = run_wrk(*wrk_args)
+    result["service_cpu_s"] = tree_cpu_seconds(server.process.pid) - service_before
+    result["client_cpu_s"] = _children_cpu_seconds() - client_before
+    return result
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has been waited for
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_wrk(wrk: str, script: Path, image: Path, url: str, connections: int, seconds: float) -> dict:
     command = [wrk, "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "5s", "-s", str(script), url]
     result = subprocess.run(
@@ -150,6 +190,9 @@ def summarise(rounds: list[dict]) -> dict:
         "max_ms": max(r["max_us"] for r in rounds) / 1000,
         "errors": sum(r["non_2xx"] + r["socket_errors"] for r in rounds),
         "rounds": len(rounds),
+        # CPU milliseconds a request cost the service (all its processes) and the load client
+        "service_cpu_ms_per_request": 1000 * sum(r["service_cpu_s"] for r in rounds) / max(1, requests),
+        "client_cpu_ms_per_request": 1000 * sum(r["client_cpu_s"] for r in rounds) / max(1, requests),
     }
 
 
@@ -272,8 +315,14 @@ def run(quick: bool = False) -> dict:
                 for round_index in range(rounds):
                     order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
                     for name in order:
-                        result = run_wrk(
-                            wrk, script, image, f"{servers[name].url}/classify", connections, phase_s / rounds
+                        result = measured_wrk(
+                            servers[name],
+                            wrk,
+                            script,
+                            image,
+                            f"{servers[name].url}/classify",
+                            connections,
+                            phase_s / rounds,
                         )
                         measured[name][connections].append(result)
                 formed[connections] = batches_formed(before, batch_histogram(on))
@@ -354,7 +403,8 @@ def render_markdown(results: dict) -> str:
             batch = f"{formed[str(c)]['mean_images']:.2f}" if name == "batching_on" else ""
             rows.append(
                 f"| {c} | {name} | {r['requests_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-                f"{r['p99_ms']:.1f} | {r['errors']} | {batch} |"
+                f"{r['p99_ms']:.1f} | {r['errors']} | {r['service_cpu_ms_per_request']:.2f} | "
+                f"{r['client_cpu_ms_per_request']:.2f} | {batch} |"
             )
     ort = ", ".join(f"batch {b}: {v:.0f} images/s" for b, v in limits["ort_images_per_s"].items())
     checks = "\n".join(
@@ -375,8 +425,9 @@ def render_markdown(results: dict) -> str:
             f"{setup['load_average_1min']['after']:.1f} on {os.cpu_count()} cores: other work on the machine "
             "lowers every figure, the ceilings included.",
             "",
-            "| clients | service | requests/s | p50 ms | p95 ms | p99 ms | errors | mean images per model run |",
-            "|---|---|---|---|---|---|---|---|",
+            "| clients | service | requests/s | p50 ms | p95 ms | p99 ms | errors | service CPU ms a request "
+            "| client CPU ms a request | mean images per model run |",
+            "|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"In-process ceilings ({limits['processes']} processes at once, 1 ONNX Runtime thread each): "

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import subprocess
+import sys
+import time
 import types
 
 import pytest
 from PIL import Image
 from starlette.requests import Request
 
-from bench.serving_bench import CONCURRENCY, NOOP_SERVICE, require_clean_ceiling
+from bench.serving_bench import CONCURRENCY, NOOP_SERVICE, require_clean_ceiling, tree_cpu_seconds
 from serving.schemas import Classification
 
 BOUNDARY = "----transferline-test"
@@ -51,3 +55,29 @@ def test_a_no_model_service_that_answered_errors_fails_the_benchmark():
     require_clean_ceiling({"no_model": clean})
     with pytest.raises(RuntimeError, match=r"no-model service answered errors .*'32': 14106"):
         require_clean_ceiling({"no_model": {**clean, "32": {"errors": 14106}}})
+
+
+def test_the_service_cpu_is_summed_over_its_process_tree_only(tmp_path):
+    """A service's CPU is that of `bentoml serve` and of every process under it (its workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def process(pid: int, parent: int, utime: int, stime: int, name: str = "python") -> None:
+        (tmp_path / str(pid)).mkdir()
+        fields = ["S", str(parent), str(pid), str(pid), "0", "-1", "0", "0", "0", "0", "0", str(utime), str(stime)]
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} ({name}) " + " ".join(fields) + " 0 0\n")
+
+    process(100, 1, 3 * tick, tick)  # bentoml serve
+    process(101, 100, 2 * tick, 0)  # its process manager
+    process(102, 101, 20 * tick, 2 * tick, name="python -m worker (1)")  # a worker, in a session of its own
+    process(200, 1, 50 * tick, 0)  # the load client, elsewhere
+    (tmp_path / "300").mkdir()  # a process gone before its stat was read: skipped
+    assert tree_cpu_seconds(100, tmp_path) == pytest.approx(28.0)
+    assert tree_cpu_seconds(102, tmp_path) == pytest.approx(22.0)
+    assert tree_cpu_seconds(200, tmp_path) == pytest.approx(50.0)
+    # and on this machine: a child that spins for a while shows up under this process
+    before = tree_cpu_seconds(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"])
+    time.sleep(1.2)
+    spent = tree_cpu_seconds(os.getpid()) - before
+    child.wait()
+    assert spent >= 0.5
