@@ -5,8 +5,9 @@ adaptive batching, the same service with batching off, and a no-model BentoML se
 parses the upload (the framework's ceiling). `wrk` (C, one thread, keep-alive; Debian package
 `wrk`) posts one JPEG per request at 1, 8 and 32 concurrent connections; every level runs each
 service in alternating rounds, so background load on a shared machine falls on all of them alike.
-In-process ONNX Runtime, with the service's thread budget and at the batch sizes the service
-formed, gives the model's ceiling.
+In-process ONNX Runtime, with the service's thread budget, at the batch sizes the service formed and
+running the outputs the service runs (the logits, and the feature distances its OOD flag reads), gives
+the model's ceiling.
 
 Model: the pipeline's trained model when models/ and export/ hold one, else a random-init MobileNetV2
 of the default size (bench/model_source.py; the report says which). $TRANSFERLINE_BENCH_MODEL_TAG and
@@ -209,28 +210,35 @@ def _spec(onnx_path: str):
     return PreprocessSpec.from_dict(json.loads((Path(onnx_path).parent / "preprocess.json").read_text()))
 
 
-def _ort_images_per_s(onnx_path: str, batch: int, seconds: float) -> float:
-    from transferline.evaluation.onnx_export import cpu_session, measure_latency
+def _classifier(onnx_path: str):
+    """The model as the service opens it (same session options, one thread)."""
+    from transferline.evaluation.onnx_classifier import OnnxClassifier
 
-    session = cpu_session(Path(onnx_path), threads=1)
-    return measure_latency(session, _spec(onnx_path).image_size, batch, seconds)["images_per_s"]
+    classes = json.loads((Path(onnx_path).parent / "classes.json").read_text())["classes"]
+    return OnnxClassifier.open(Path(onnx_path), classes, _spec(onnx_path), threads=1)
+
+
+def _ort_images_per_s(onnx_path: str, batch: int, seconds: float) -> float:
+    """ONNX Runtime alone, running the outputs the service runs (the logits, and the feature distances
+    that its OOD flag reads where the model has them)."""
+    from transferline.evaluation.onnx_export import measure_latency
+
+    classifier = _classifier(onnx_path)
+    timing = measure_latency(classifier.session, classifier.spec.image_size, batch, seconds, classifier.answer_outputs)
+    return timing["images_per_s"]
 
 
 def _decode_and_ort_per_s(onnx_path: str, image: str, seconds: float) -> float:
     """Requests/s of decode + preprocess + ONNX Runtime at batch 1, no HTTP: a zero-overhead server."""
     from transferline.data.imaging import ImageLimits
-    from transferline.evaluation.onnx_classifier import OnnxClassifier
     from transferline.evaluation.scoring import prepare_pixels
 
-    spec = _spec(onnx_path)
-    classes = json.loads((Path(onnx_path).parent / "classes.json").read_text())["classes"]
-    classifier = OnnxClassifier.open(Path(onnx_path), classes, spec, threads=1)
+    classifier = _classifier(onnx_path)
     data = Path(image).read_bytes()
     done, deadline = 0, time.perf_counter() + seconds
     start = time.perf_counter()
     while time.perf_counter() < deadline:
-        pixels = prepare_pixels(data, spec, ImageLimits())[None]
-        classifier.probabilities(pixels)
+        classifier.answers(prepare_pixels(data, classifier.spec, ImageLimits())[None])
         done += 1
     return done / (time.perf_counter() - start)
 
@@ -252,6 +260,7 @@ def ceilings(onnx_path: Path, image: Path, workers: int, batch_sizes: list[int],
         "ort_threads": 1,
         "ort_images_per_s": {str(batch): value for batch, value in ort.items()},
         "decode_preprocess_ort_per_s": in_parallel(workers, _decode_and_ort_per_s, str(onnx_path), str(image), seconds),
+        "outputs": list(_classifier(str(onnx_path)).answer_outputs),  # opened last: the pools fork without it
     }
 
 
@@ -430,7 +439,8 @@ def render_markdown(results: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
-            f"In-process ceilings ({limits['processes']} processes at once, 1 ONNX Runtime thread each): "
+            f"In-process ceilings ({limits['processes']} processes at once, 1 ONNX Runtime thread each, "
+            f"running the outputs the service runs: {', '.join(limits['outputs'])}): "
             f"ORT alone {ort}; "
             f"decode + preprocess + ORT at batch 1: {limits['decode_preprocess_ort_per_s']:.0f} images/s.",
             "",

@@ -41,27 +41,18 @@ class Overloaded(Exception):
         self.bound_ms = bound_ms
 
 
-# A model's answer to a batch: one array, or a tuple of row-aligned arrays (None for an output it lacks).
-Answer = np.ndarray | tuple[np.ndarray | None, ...]
+# A model's answer to a batch: one item per image, in order (an array's rows, or a list).
+Answer = np.ndarray | list
 Model = Callable[[np.ndarray], Answer]
 
 
-def rows(answer: Answer, start: int, end: int) -> Answer:
-    """Rows start:end of every array of an answer."""
-    if isinstance(answer, tuple):
-        return tuple(None if part is None else part[start:end] for part in answer)
-    return answer[start:end]
-
-
 def joined(answers: list[Answer]) -> Answer:
-    """Answers to consecutive chunks of one request, as one answer."""
+    """Answers to consecutive chunks of images, as one answer."""
     if len(answers) == 1:
         return answers[0]
-    if isinstance(answers[0], tuple):
-        return tuple(
-            None if answers[0][i] is None else np.concatenate([a[i] for a in answers]) for i in range(len(answers[0]))
-        )
-    return np.concatenate(answers)
+    if isinstance(answers[0], np.ndarray):
+        return np.concatenate(answers)
+    return [item for answer in answers for item in answer]
 
 
 @dataclass
@@ -175,5 +166,5 @@ class ImageBatcher:
             for job in batch:
                 end = start + len(job.pixels)
                 if not job.future.done():
-                    job.future.set_result(rows(outputs, start, end))
+                    job.future.set_result(outputs[start:end])
                 start = end

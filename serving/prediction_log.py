@@ -31,6 +31,7 @@ from transferline.cli import cli_parser, run_command
 
 log = logging.getLogger("transferline.serving.prediction_log")
 
+LOGGED_LABELS = 3  # top labels kept per entry
 QUEUE_SIZE = 10_000  # entries waiting to be written; beyond it new entries are dropped (and counted)
 FLUSH_INTERVAL_S = 0.2  # how often the writer wakes; entries reach the file at most this much later
 FILE_PREFIX = "predictions-"

@@ -6,6 +6,10 @@ decoding (the model's own image size), inference, the OOD flag and the `model_ta
 swap half-way through a request never mixes two models in one answer. The object is immutable once
 built; an old one lives on as long as a request still holds it.
 
+`ServedModel.answer` turns a batch of pixels into one `ImageAnswer` per image, in plain Python values,
+in the inference thread: softmax, OOD flags and ranking run once per batch there, and the request path
+(the event loop, which shares the GIL with every other request of the worker) only reads lists.
+
 `load_served_model` is the only way in: a model that cannot be served (files missing, ONNX unreadable,
 an input or output that does not match its preprocess.json and classes.json) raises `ModelUnusable`
 with the reason, before anything points at it.
@@ -17,11 +21,14 @@ import json
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from serving.champion import load_bundle, promotion_time
+from serving.prediction_log import LOGGED_LABELS
 from serving.registry import MODEL_NAME, Champion, RegistryError
 from transferline.config import ServeParams
 from transferline.errors import TransferlineError
-from transferline.evaluation.onnx_classifier import INPUT_NAME, OUTPUT_NAME, OnnxClassifier
+from transferline.evaluation.onnx_classifier import INPUT_NAME, OUTPUT_NAME, OnnxClassifier, softmax
 from transferline.monitoring.ood import OodDetector, load_detector
 
 
@@ -31,6 +38,18 @@ class ModelUnusable(TransferlineError):
     def __init__(self, message: str, status: int = 422) -> None:
         super().__init__(message)
         self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class ImageAnswer:
+    """One image's answer: `labels` and `probabilities` most probable first, as many as any request may ask
+    for (serve.top_k_max) or the prediction log keeps; `logits` rounded to 4 decimals, the drift check's sample."""
+
+    labels: list[str]
+    probabilities: list[float]
+    ood_score: float
+    out_of_distribution: bool
+    logits: list[float]
 
 
 @dataclass(frozen=True)
@@ -44,11 +63,29 @@ class ServedModel:
     data_version: str
     promoted_at: str | None
     warm_s: float
+    ranked: int  # labels ranked per answer
     loaded_at: float = field(default_factory=time.time)
 
     @property
     def tag(self) -> str:
         return self.bundle.tag
+
+    def answer(self, pixels: np.ndarray) -> list[ImageAnswer]:
+        """uint8 (N, S, S, 3) -> one answer per image, from one model run."""
+        logits, distances = self.model.answers(pixels)
+        scores, flags = self.ood.flags(logits, distances)
+        probabilities = softmax(logits)
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, : self.ranked]
+        classes = self.bundle.classes
+        rows = zip(
+            order.tolist(),
+            np.take_along_axis(probabilities, order, axis=1).tolist(),
+            scores.tolist(),
+            flags.tolist(),
+            np.round(logits, 4).tolist(),
+            strict=True,
+        )
+        return [ImageAnswer([classes[i] for i in top], p, s, f, z) for top, p, s, f, z in rows]
 
 
 def warm_up_batches(settings: ServeParams) -> tuple[int, ...]:
@@ -108,6 +145,7 @@ def load_served_model(
         data_version=str(bundle.metadata.get("data_version", "unknown")),
         promoted_at=promotion_time(bundle.tag),
         warm_s=warm_s,
+        ranked=max(settings.top_k_max, LOGGED_LABELS),
     )
 
 

@@ -56,7 +56,7 @@ from serving.http_input import (
 )
 from serving.metrics import create_metrics
 from serving.openapi import DocLimits, complete_spec
-from serving.prediction_log import PredictionLog
+from serving.prediction_log import LOGGED_LABELS, PredictionLog
 from serving.registry import bentoml_home
 from serving.schemas import (
     BatchClassification,
@@ -68,7 +68,7 @@ from serving.schemas import (
     ModelMetadata,
     NoInput,
 )
-from serving.served_model import ModelUnusable, ServedModel, load_served_model
+from serving.served_model import ImageAnswer, ModelUnusable, ServedModel, load_served_model
 from serving.settings import load_serve_params
 from serving.swap import (
     SwapBusy,
@@ -83,11 +83,10 @@ from serving.swap import (
 )
 from serving.swap import read_pointer as read_swap_pointer
 from transferline.data.imaging import ImageLimits, ImageRejected
-from transferline.evaluation.onnx_classifier import INPUT_NAME, OUTPUT_NAME, softmax
+from transferline.evaluation.onnx_classifier import INPUT_NAME, OUTPUT_NAME
 from transferline.evaluation.scoring import prepare_pixels
 
 log = logging.getLogger("transferline.serving")
-LOGGED_LABELS = 3  # top labels kept per prediction-log entry
 SWAP_WARM_UP = (1,)  # batch sizes a model swapped in is warmed with (at start: one image and a full batch)
 
 # Read when the service is defined: BentoML needs workers, host and port, and `bentoml build` the model.
@@ -135,7 +134,7 @@ class Classifier:
         self.load_thread = ThreadPoolExecutor(1, thread_name_prefix="swap-load")
         self.batcher = (
             ImageBatcher(
-                self.served.model.answers,
+                self.served.answer,
                 self.inference_thread,
                 SETTINGS.max_batch_images,
                 SETTINGS.max_latency_ms,
@@ -243,18 +242,18 @@ class Classifier:
         served = self.served  # taken once: this request is answered by this model, whatever a swap does meanwhile
         try:
             parsed = await parse_image_request(request, SINGLE, self.input_limits)
-            logits, distances = await self._answers(served, parsed.images, SINGLE)
+            answers = await self._answers(served, parsed.images, SINGLE)
         except ApiError as exc:
             return self._refuse("classify", exc)
-        probabilities, scores, flags = self._judge(served, logits, distances)
-        self._log(served, parsed.images, logits, probabilities, scores, flags)
+        self._log(served, parsed.images, answers)
+        (answer,) = answers
         return json_response(
             Classification(
                 model_tag=served.tag,
                 data_version=served.data_version,
-                predictions=self._top_k(served, probabilities[0], parsed.top_k),
-                out_of_distribution=bool(flags[0]),
-                ood_score=float(scores[0]),
+                predictions=top_k(answer, parsed.top_k),
+                out_of_distribution=answer.out_of_distribution,
+                ood_score=answer.ood_score,
             )
         )
 
@@ -264,22 +263,21 @@ class Classifier:
         served = self.served
         try:
             parsed = await parse_image_request(request, BATCH, self.input_limits)
-            logits, distances = await self._answers(served, parsed.images, BATCH)
+            answers = await self._answers(served, parsed.images, BATCH)
         except ApiError as exc:
             return self._refuse("classify_batch", exc)
-        probabilities, scores, flags = self._judge(served, logits, distances)
-        self._log(served, parsed.images, logits, probabilities, scores, flags)
+        self._log(served, parsed.images, answers)
         return json_response(
             BatchClassification(
                 model_tag=served.tag,
                 data_version=served.data_version,
                 results=[
                     ImageResult(
-                        predictions=self._top_k(served, row, parsed.top_k),
-                        out_of_distribution=bool(flag),
-                        ood_score=float(score),
+                        predictions=top_k(answer, parsed.top_k),
+                        out_of_distribution=answer.out_of_distribution,
+                        ood_score=answer.ood_score,
                     )
-                    for row, score, flag in zip(probabilities, scores, flags, strict=True)
+                    for answer in answers
                 ],
             )
         )
@@ -325,51 +323,33 @@ class Classifier:
             },
         )
 
-    def _log(
-        self,
-        served: ServedModel,
-        images: list[bytes],
-        logits: np.ndarray,
-        probabilities: np.ndarray,
-        scores: np.ndarray,
-        flags: np.ndarray,
-    ) -> None:
+    def _log(self, served: ServedModel, images: list[bytes], answers: list[ImageAnswer]) -> None:
         """One prediction-log entry per image: queued here, encoded and written by the log's own thread."""
         if self.prediction_log is None:
             return
         now = time.time()
-        for data, row_logits, row, score, flag in zip(images, logits, probabilities, scores, flags, strict=True):
-            top = np.argsort(-row, kind="stable")[:LOGGED_LABELS]
+        for data, answer in zip(images, answers, strict=True):
             entry = {
                 "time": now,
                 "model_tag": served.tag,
-                "labels": [served.bundle.classes[i] for i in top],
-                "probabilities": [round(float(row[i]), 5) for i in top],
-                "ood_score": round(float(score), 5),
-                "out_of_distribution": bool(flag),
-                "embedding": [round(float(x), 4) for x in row_logits],  # the logits: the drift check's sample
+                "labels": answer.labels[:LOGGED_LABELS],
+                "probabilities": [round(p, 5) for p in answer.probabilities[:LOGGED_LABELS]],
+                "ood_score": round(answer.ood_score, 5),
+                "out_of_distribution": answer.out_of_distribution,
+                "embedding": answer.logits,  # the drift check's sample
                 "request_bytes": len(data),
             }
             if SETTINGS.log_images:
                 entry["image_b64"] = base64.b64encode(data).decode()
             self.prediction_log.record(entry)
 
-    def _judge(
-        self, served: ServedModel, logits: np.ndarray, distances: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Probabilities, OOD scores and flags from one batch of the model's answers."""
-        scores, flags = served.ood.flags(logits, distances)
-        return softmax(logits), scores, flags
-
-    async def _answers(
-        self, served: ServedModel, images: list[bytes], fields: Fields
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    async def _answers(self, served: ServedModel, images: list[bytes], fields: Fields) -> list[ImageAnswer]:
         loop = asyncio.get_running_loop()
         pixels = await loop.run_in_executor(self.decode_threads, self._decode_all, served, images, fields)
         if self.batcher is None:
-            return await loop.run_in_executor(self.inference_thread, served.model.answers, pixels)
+            return await loop.run_in_executor(self.inference_thread, served.answer, pixels)
         try:
-            return await self.batcher.infer(pixels, served.model.answers)
+            return await self.batcher.infer(pixels, served.answer)
         except Overloaded as exc:
             raise ApiError(503, f"server busy: {exc}; retry later", headers={"Retry-After": "1"}) from None
 
@@ -398,14 +378,16 @@ class Classifier:
             problems,
         )
 
-    def _top_k(self, served: ServedModel, probabilities: np.ndarray, k: int) -> list[LabelProbability]:
-        return [
-            LabelProbability(label=p.label, probability=p.probability) for p in served.model.top_k(probabilities, k)
-        ]
-
     def _refuse(self, endpoint: str, error: ApiError) -> JSONResponse:
         self.metrics.count_rejection(endpoint, error.status)
         return error.response()
+
+
+def top_k(answer: ImageAnswer, k: int) -> list[LabelProbability]:
+    return [
+        LabelProbability(label=label, probability=p)
+        for label, p in zip(answer.labels[:k], answer.probabilities[:k], strict=True)
+    ]
 
 
 def json_response(answer: BaseModel) -> Response:

@@ -18,8 +18,8 @@ from transferline.config import EvaluateParams, ExportParams, GateParams, Prepar
 from transferline.data.manifest import split_rows
 from transferline.data.preprocessing import PreprocessSpec, normalize
 from transferline.evaluation import gallery
-from transferline.evaluation.onnx_classifier import DISTANCE_NAME, OUTPUT_NAME, softmax
-from transferline.evaluation.onnx_export import check_parity, cpu_session, has_distance, run_batches
+from transferline.evaluation.onnx_classifier import DISTANCE_NAME, OUTPUT_NAME, has_distance, softmax
+from transferline.evaluation.onnx_export import check_parity, cpu_session, run_batches
 from transferline.evaluation.scoring import torch_logits
 
 PREPROCESS = PreprocessParams(image_size=32)

@@ -11,6 +11,7 @@ onnxruntime-gpu silently falls back to CPU when CUDA cannot load, and `ort.get_d
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -82,6 +83,11 @@ def create_session(onnx_path: Path, preference: ProviderPreference = "cpu", thre
     return session
 
 
+def has_distance(session) -> bool:
+    """Whether the model answers feature_distance too (bundles exported before it did not)."""
+    return DISTANCE_NAME in {output.name for output in session.get_outputs()}
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: str
@@ -123,16 +129,19 @@ class OnnxClassifier:
         ]
         return np.concatenate(logits).astype(np.float64)
 
-    @property
+    @functools.cached_property
     def has_distance(self) -> bool:
-        """Whether the graph answers feature_distance too (models exported before it did not)."""
-        return DISTANCE_NAME in {node.name for node in self.session.get_outputs()}
+        return has_distance(self.session)
+
+    @property
+    def answer_outputs(self) -> tuple[str, ...]:
+        """The outputs `answers` runs: the logits, and the feature distances where the graph has them."""
+        return (OUTPUT_NAME, DISTANCE_NAME) if self.has_distance else (OUTPUT_NAME,)
 
     def answers(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 (N, S, S, 3) -> float64 logits (N, classes) and feature distances (N,), in one run; the
         distances are None for a model that does not compute them."""
-        names = [OUTPUT_NAME, DISTANCE_NAME] if self.has_distance else [OUTPUT_NAME]
-        outputs = self.session.run(names, {INPUT_NAME: normalize(pixels, self.spec)})
+        outputs = self.session.run(list(self.answer_outputs), {INPUT_NAME: normalize(pixels, self.spec)})
         logits = outputs[0].astype(np.float64)
         return logits, outputs[1].astype(np.float64).reshape(-1) if len(outputs) > 1 else None
 
