@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from transferline.config import ServeParams
+from transferline.source_digest import files_digest
 
 CODE_PATTERNS = (("serving", "*.py"), ("serving", "*.html"), ("transferline", "**/*.py"))
 
@@ -25,11 +26,7 @@ def code_files(root: Path) -> list[Path]:
 
 def code_digest(root: Path) -> str:
     """sha256 over the service code's relative paths and contents under `root` (the project, or a bento's src/)."""
-    digest = hashlib.sha256()
-    for path in code_files(root):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
+    return files_digest(root, code_files(root))
 
 
 def settings_digest(settings: ServeParams) -> str:

@@ -7,7 +7,6 @@ the run record (metrics/train_run.json), never in the model files whose hash mus
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -15,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from transferline.model.reproducibility import Pinning, is_pinned
+from transferline.source_digest import files_digest
 
 # The CPU flags that change which kernels oneDNN, MKL and ATen pick (prefixes of /proc/cpuinfo flags).
 ISA_FLAG_PREFIXES = ("avx2", "avx512", "amx", "fma")
@@ -89,11 +89,7 @@ def loaded_code_digest(root: Path) -> str:
     """sha256 over the project's modules this process imported (relative path and content): the code that
     trained, so two run records compare only when it was the same (a change elsewhere does not count)."""
     root = root.absolute()
-    digest = hashlib.sha256()
-    for path in loaded_project_files(root):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
+    return files_digest(root, loaded_project_files(root))
 
 
 def loaded_project_files(root: Path) -> list[Path]:
