@@ -149,7 +149,8 @@ def serving_figures(r: dict) -> list[Figure]:
         Figure(
             "serving",
             f"service at 32 clients vs in-process ORT ceiling ({on['requests_per_s']:.0f} vs "
-            f"{ceiling['images_per_s']:.0f} images/s, {r['model'].get('kind', 'synthetic')} model)",
+            f"{ceiling['images_per_s']:.0f} images/s, {r['model'].get('kind', 'synthetic')} model"
+            f"{', median of rounds each paired with its ceiling' if 'paired_rounds' in ceiling else ''})",
             checks["share_of_ceiling"]["value"],
             "x",
             f"ONNX Runtime in-process, batch {ceiling['batch']}",

@@ -81,3 +81,39 @@ def test_the_service_cpu_is_summed_over_its_process_tree_only(tmp_path):
     spent = tree_cpu_seconds(os.getpid()) - before
     child.wait()
     assert spent >= 0.5
+
+
+def _level(requests_per_s: float) -> dict:
+    return {
+        "requests": int(requests_per_s * 6),
+        "duration_us": 6_000_000,
+        "p50_us": 1000,
+        "p95_us": 2000,
+        "p99_us": 3000,
+        "max_us": 4000,
+        "non_2xx": 0,
+        "socket_errors": 0,
+        "service_cpu_s": 1.0,
+        "client_cpu_s": 0.1,
+    }
+
+
+def test_the_share_of_the_ceiling_is_the_median_of_rounds_paired_with_their_own_ceiling():
+    """A ceiling phase run minutes after the service rounds (here: on a host twice as fast) must not set
+    the share: each round counts against the ceiling measured right after it."""
+    from bench.serving_bench import analyse
+
+    measured = {
+        name: {c: [_level(rate), _level(rate)] for c in CONCURRENCY}
+        for name, rate in (("batching_on", 900.0), ("batching_off", 600.0), ("no_model", 5000.0))
+    }
+    formed = {c: {"runs": 10, "images": 40, "mean_images": 4.0, "le": {}} for c in CONCURRENCY}
+    limits = {"processes": 2, "ort_threads": 1, "ort_images_per_s": {"1": 3600.0, "4": 4000.0}}
+    paired = [
+        {"requests_per_s": 900.0, "batch": 4, "ceiling_images_per_s": 2000.0, "share": 0.45},
+        {"requests_per_s": 900.0, "batch": 4, "ceiling_images_per_s": 2250.0, "share": 0.40},
+    ]
+    results = analyse(measured, formed, limits, paired, "model:tag", 2, 12.0, 2)
+    share = results["targets_at_32_clients"]["share_of_ceiling"]
+    assert share["value"] == pytest.approx(0.425) and share["met"]
+    assert results["ceilings"]["used_for_share"]["images_per_s"] == pytest.approx(2125.0)
