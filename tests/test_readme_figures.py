@@ -111,6 +111,27 @@ def test_readme_quotes_the_seven_set_rules_verdict_on_the_emoji_round():
         assert f"{label} {verdict['within_one_se']:.0%} at {verdict['cpu_share_of_grid']:.1%}" in prose
 
 
+def test_readme_quotes_the_eight_set_rules_verdict_on_the_quickdraw_round():
+    """The README's figures for the third held-out round are bench/results/transfer_holdout_quickdraw.json's
+    (rerun `python -m bench.transfer_holdout --datasets quickdraw --rule
+    bench/results/transfer_holdout_quickdraw.json`, then the README)."""
+    holdout = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_holdout_quickdraw.json").read_text())
+    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    assert holdout["rule_fitted_on"] == 58 and holdout["datasets"] == ["quickdraw"]
+    auto = holdout["verdicts"]["auto (the committed rule)"]
+    assert (
+        f"On its {auto['cells']} cells the rule fitted on eight is within one SE in {auto['within_one_se']:.0%}"
+        in prose
+    )
+    assert f"at {auto['cpu_share_of_grid']:.1%} of the grid's CPU ({holdout['grid_cpu_seconds'] / 3600:.2f} h" in prose
+    labels = ("always feature_extraction", "always partial_quarter", "always full", "fastai fine_tune")
+    for label in labels:
+        verdict = holdout["verdicts"][label]
+        assert f"{label} {verdict['within_one_se']:.0%} at {verdict['cpu_share_of_grid']:.1%}" in prose
+    cheapest = holdout["verdicts"]["hindsight: cheapest within one SE"]
+    assert f"known only in hindsight, costs {cheapest['cpu_share_of_grid']:.1%}" in prose
+
+
 def test_each_kind_of_cpu_keeps_its_latest_verdicts_when_another_kind_runs_the_benchmarks():
     """A full run on an AMD EPYC after one on an Intel Xeon: both CPUs' targets stay in the report, each with
     what it missed; a partial run replaces only its own benchmarks' row entries; quick runs change nothing."""
