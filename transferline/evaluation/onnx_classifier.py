@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -88,12 +87,6 @@ def has_distance(session) -> bool:
     return DISTANCE_NAME in {output.name for output in session.get_outputs()}
 
 
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    probability: float
-
-
 class OnnxClassifier:
     """Images in (uint8 pixels, as `resize_for_model` makes them), class probabilities out; one session each."""
 
@@ -165,7 +158,3 @@ class OnnxClassifier:
                 raise RuntimeError(f"warm-up at batch {batch} gave feature distances of shape {distances.shape}")
         self.warm = True
         return time.perf_counter() - start
-
-    def top_k(self, probabilities: np.ndarray, k: int) -> list[Prediction]:
-        order = np.argsort(-probabilities, kind="stable")[: min(k, len(self.classes))]
-        return [Prediction(self.classes[i], float(probabilities[i])) for i in order]
