@@ -329,7 +329,8 @@ def run(quick: bool = False) -> dict:
                 for round_index in range(rounds):
                     order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
                     for name in order:
-                        round_before = batch_histogram(on)
+                        pair = name == "batching_on" and connections == max(CONCURRENCY)
+                        round_before = batch_histogram(on) if pair else None
                         result = measured_wrk(
                             servers[name],
                             wrk,
@@ -340,7 +341,7 @@ def run(quick: bool = False) -> dict:
                             phase_s / rounds,
                         )
                         measured[name][connections].append(result)
-                        if name == "batching_on" and connections == max(CONCURRENCY):
+                        if pair:
                             round_formed = batches_formed(round_before, batch_histogram(on))
                             paired.append(paired_share(result, round_formed, onnx_path, workers, pair_s))
                 formed[connections] = batches_formed(before, batch_histogram(on))

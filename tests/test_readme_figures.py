@@ -93,42 +93,37 @@ def test_readme_quotes_the_committed_rules_verdict_on_data_it_never_saw():
         )
 
 
+def assert_holdout_round_quoted(dataset: str, fitted_on: int, rule_words: str, labels: tuple[str, ...]) -> dict:
+    """The README quotes bench/results/transfer_holdout_<dataset>.json's verdicts for auto and `labels`;
+    returns the verdicts for further checks."""
+    holdout = json.loads((PROJECT_ROOT / "bench" / "results" / f"transfer_holdout_{dataset}.json").read_text())
+    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    assert holdout["rule_fitted_on"] == fitted_on and holdout["datasets"] == [dataset]
+    auto = holdout["verdicts"]["auto (the committed rule)"]
+    assert f"On its {auto['cells']} cells the {rule_words} is within one SE in {auto['within_one_se']:.0%}" in prose
+    assert f"at {auto['cpu_share_of_grid']:.1%} of the grid's CPU ({holdout['grid_cpu_seconds'] / 3600:.2f} h" in prose
+    for label in labels:
+        verdict = holdout["verdicts"][label]
+        assert f"{label} {verdict['within_one_se']:.0%} at {verdict['cpu_share_of_grid']:.1%}" in prose
+    return holdout["verdicts"]
+
+
 def test_readme_quotes_the_seven_set_rules_verdict_on_the_emoji_round():
     """The README's figures for the second held-out round are bench/results/transfer_holdout_emoji.json's
     (rerun `python -m bench.transfer_holdout --datasets emoji --rule bench/results/transfer_holdout_emoji.json`,
     then the README)."""
-    holdout = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_holdout_emoji.json").read_text())
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
-    assert holdout["rule_fitted_on"] == 50 and holdout["datasets"] == ["emoji"]
-    auto = holdout["verdicts"]["auto (the committed rule)"]
-    assert (
-        f"On its {auto['cells']} cells the rule fitted on seven is within one SE in {auto['within_one_se']:.0%}"
-        in prose
-    )
-    assert f"at {auto['cpu_share_of_grid']:.1%} of the grid's CPU ({holdout['grid_cpu_seconds'] / 3600:.2f} h" in prose
-    for label in ("always partial_quarter", "always feature_extraction", "always full", "fastai fine_tune"):
-        verdict = holdout["verdicts"][label]
-        assert f"{label} {verdict['within_one_se']:.0%} at {verdict['cpu_share_of_grid']:.1%}" in prose
+    labels = ("always partial_quarter", "always feature_extraction", "always full", "fastai fine_tune")
+    assert_holdout_round_quoted("emoji", 50, "rule fitted on seven", labels)
 
 
 def test_readme_quotes_the_eight_set_rules_verdict_on_the_quickdraw_round():
     """The README's figures for the third held-out round are bench/results/transfer_holdout_quickdraw.json's
     (rerun `python -m bench.transfer_holdout --datasets quickdraw --rule
     bench/results/transfer_holdout_quickdraw.json`, then the README)."""
-    holdout = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_holdout_quickdraw.json").read_text())
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
-    assert holdout["rule_fitted_on"] == 58 and holdout["datasets"] == ["quickdraw"]
-    auto = holdout["verdicts"]["auto (the committed rule)"]
-    assert (
-        f"On its {auto['cells']} cells the rule fitted on eight is within one SE in {auto['within_one_se']:.0%}"
-        in prose
-    )
-    assert f"at {auto['cpu_share_of_grid']:.1%} of the grid's CPU ({holdout['grid_cpu_seconds'] / 3600:.2f} h" in prose
     labels = ("always feature_extraction", "always partial_quarter", "always full", "fastai fine_tune")
-    for label in labels:
-        verdict = holdout["verdicts"][label]
-        assert f"{label} {verdict['within_one_se']:.0%} at {verdict['cpu_share_of_grid']:.1%}" in prose
-    cheapest = holdout["verdicts"]["hindsight: cheapest within one SE"]
+    verdicts = assert_holdout_round_quoted("quickdraw", 58, "rule fitted on eight", labels)
+    cheapest = verdicts["hindsight: cheapest within one SE"]
+    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
     assert f"known only in hindsight, costs {cheapest['cpu_share_of_grid']:.1%}" in prose
 
 
