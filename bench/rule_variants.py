@@ -29,6 +29,7 @@ from bench.transfer_analysis import (
     TARGET_CPU,
     TARGET_SHARE,
     at_rules_margin,
+    auto_signal_seconds,
     fit_auto_rule,
     fit_within_cpu,
     judge_policy,
@@ -86,8 +87,9 @@ def fitter(
     return fit
 
 
-def compare(cells: list[Cell], errors: dict[str, float], signal_seconds: dict[str, float]) -> list[dict[str, Any]]:
-    """Every fitting method's leave-one-data-set-out verdict, best share within one SE first."""
+def compare(cells: list[Cell], errors: dict[str, float], signals: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every fitting method's leave-one-data-set-out verdict, best share within one SE first. Each method's
+    rules decide which signals auto pays for (`auto_signal_seconds`)."""
     rows = []
     methods = [
         (COMMITTED, TARGET_CPU),
@@ -98,7 +100,8 @@ def compare(cells: list[Cell], errors: dict[str, float], signal_seconds: dict[st
     for method, target in methods:
         kind, penalty, depth, min_leaf = method
         picks, rules = leave_one_dataset_out(cells, RECIPES, fitter(*method, errors, cpu_target=target), usable_cores())
-        verdict = judge_policy(at_rules_margin(cells, rules), picks, errors, signal_seconds, checked=True)
+        judged = at_rules_margin(cells, rules)
+        verdict = judge_policy(judged, picks, errors, auto_signal_seconds(signals, judged, rules), checked=True)
         rows.append(
             {
                 "loss": kind,
@@ -148,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     study = json.loads((results_dir() / "transfer_study.json").read_text())
     cells, errors = study_cells(study)
-    signal_seconds = {name: values["seconds"] for name, values in study["signals"].items()}
-    rows = compare(cells, errors, signal_seconds)
+    rows = compare(cells, errors, study["signals"])
     write_results("transfer_rule_variants", {"methods": rows}, markdown(rows, len(cells), study["measured_on"]))
 
 

@@ -28,6 +28,7 @@ from transferline.model.advisor import (
     check_margin,
     fit_rule,
     keep_fine_tuned,
+    reads_gain,
     validation_figure_of,
     walk,
 )
@@ -345,6 +346,21 @@ def random_pass_cpu(measured: dict[str, Any]) -> float:
     return measured.get("seconds", 0.0) * random_wall / wall if wall else 0.0
 
 
+def auto_signal_seconds(
+    signals: dict[str, dict[str, Any]], cells: list[Cell], rules: dict[str, dict[str, Any]]
+) -> dict[str, float]:
+    """Per cell, the CPU `auto` spends measuring signals under its data set's rule: everything the study
+    measured, less the random-init pass where that rule does not split on `pretrained_gain` (auto then
+    skips the pass: transferline/model/advice_signals.py). A cell without a rule pays for everything."""
+    seconds = {}
+    for cell in cells:
+        measured = signals.get(cell.name, {})
+        rule = rules.get(cell.dataset)
+        skipped = rule is not None and not reads_gain(rule)
+        seconds[cell.name] = measured.get("seconds", 0.0) - (random_pass_cpu(measured) if skipped else 0.0)
+    return seconds
+
+
 def auto_cpu_parts(
     records: list[dict[str, Any]],
     signals: dict[str, dict[str, Any]],
@@ -354,17 +370,29 @@ def auto_cpu_parts(
 ) -> dict[str, float]:
     """Where `auto`'s CPU goes on `cells` (seconds, per-cell means over seeds as its CPU share counts them),
     beside the grid's: measuring the signals, of which the random-init forward pass that the pretrained gain
-    needs (its share of the measurement's wall time), and the fine-tunes the validation check then threw
-    away. Each part is the most that a cheaper version of it could save."""
+    needs (its share of the measurement's wall time; paid only where the rule reads that signal, the rest
+    counted as skipped), and the fine-tunes the validation check then threw away. Each paid part is the
+    most that a cheaper version of it could save."""
     runs = runs_by_cell_and_recipe(records)
-    parts = {"grid": 0.0, "spent": 0.0, "signals": 0.0, "random_features": 0.0, "rejected_fine_tunes": 0.0}
+    charged = auto_signal_seconds(signals, cells, rules)
+    parts = {
+        "grid": 0.0,
+        "spent": 0.0,
+        "signals": 0.0,
+        "random_features": 0.0,
+        "random_features_skipped": 0.0,
+        "rejected_fine_tunes": 0.0,
+    }
     for cell in cells:
         measured = signals.get(cell.name, {})
+        random_pass = random_pass_cpu(measured)
+        skipped = measured.get("seconds", 0.0) - charged[cell.name]
         parts["grid"] += cell.grid_cost()
-        parts["signals"] += measured.get("seconds", 0.0)
-        parts["random_features"] += random_pass_cpu(measured)
+        parts["signals"] += charged[cell.name]
+        parts["random_features"] += random_pass - skipped
+        parts["random_features_skipped"] += skipped
         pick = picks[cell.name]
-        parts["spent"] += cell.checked_seconds(pick) + measured.get("seconds", 0.0)
+        parts["spent"] += cell.checked_seconds(pick) + charged[cell.name]
         if pick == FEATURE_EXTRACTION:
             continue
         margin_se = rules[cell.dataset].get("validation_margin_se", 0.0)
@@ -393,6 +421,7 @@ def early_stops(
     wall seconds). Replayed from the runs' own per-epoch records; fine-tunes without them are left as run.
     Each row: within one SE, CPU share, and how many fine-tunes the end-of-training check kept were stopped."""
     runs = runs_by_cell_and_recipe(records)
+    signal_seconds = auto_signal_seconds(signals, cells, rules)
     rows = []
     for after in after_epochs:
         for gap_se in gaps_se:
@@ -412,7 +441,7 @@ def early_stops(
                     seconds = statistics.fmean(o[1] for o in outcomes)
                     lost += sum(o[2] for o in outcomes)
                 within.append(max(cell.accuracy.values()) - accuracy <= errors[cell.name] + 1e-12)
-                spent += seconds + signals.get(cell.name, {}).get("seconds", 0.0)
+                spent += seconds + signal_seconds[cell.name]
                 grid += cell.grid_cost()
             rows.append(
                 {

@@ -30,6 +30,7 @@ from bench.common import machine, results_dir, write_results
 from bench.transfer_analysis import (
     TARGET_CPU,
     TARGET_SHARE,
+    auto_signal_seconds,
     backbone_of,
     cheapest_within_one_se,
     judge_policy,
@@ -47,8 +48,10 @@ from bench.transfer_study import (
     curves,
     fastai_cells,
     judge_outside_grid,
+    load_state,
     resolve_source,
     run_grid,
+    runs_machine,
     study_cells,
 )
 from transferline.model.advisor import validation_figure_of, walk
@@ -98,6 +101,17 @@ def only_datasets(state: dict[str, Any], datasets: list[str]) -> dict[str, Any]:
     }
 
 
+def recorded_runs(paths: tuple[Path, ...], datasets: list[str]) -> dict[str, Any]:
+    """The first of these files that holds runs of `datasets`, cut to them: the work folder may hold only a
+    later round's runs, the committed report of an earlier round those of its own."""
+    state = {}
+    for path in paths:
+        state = only_datasets(load_state(path, path), datasets)
+        if state["runs"]:
+            break
+    return state
+
+
 def load_rule(path: Path) -> dict[str, Any]:
     """A rule file (`transferline/model/advisor_rule.json`), or the rule a holdout report recorded."""
     document = json.loads(path.read_text())
@@ -119,7 +133,8 @@ def judge_rule(state: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any]:
         return {"cells": [], "verdicts": {}, "misses": [], "backbone_pick": {}, "per_dataset": {}}
     checked = [c.at_margin(rule.get("validation_margin_se", 0.0)) for c in cells]
     picks = {c.name: walk(rule["tree"], c.signals)[0]["recipe"] for c in cells}
-    signal_seconds = {name: values["seconds"] for name, values in state["signals"].items()}
+    rules = {c.dataset: rule for c in cells}
+    signal_seconds = auto_signal_seconds(state["signals"], cells, rules)
     verdicts = {COMMITTED: judge_policy(checked, picks, errors, signal_seconds, checked=True)}
     for backbone in sorted({backbone_of(c) for c in checked}):
         verdicts[f"{COMMITTED}, {backbone} cells"] = judge_policy(
@@ -135,7 +150,6 @@ def judge_rule(state: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any]:
         dataset: judge_policy([c for c in checked if c.dataset == dataset], picks, errors, signal_seconds, True)
         for dataset in sorted({c.dataset for c in cells})
     }
-    rules = {c.dataset: rule for c in cells}
     return {
         "cells": [
             {
@@ -168,8 +182,8 @@ def markdown(judged: dict[str, Any], rule: dict[str, Any], study: dict[str, Any]
         "held-out test images and the standard errors are the transfer study's "
         f"({', '.join(GRID)}, half frozen for 5 epochs, fastai's `fine_tune`).",
         "",
-        f"Data sets: {', '.join(meta['datasets'])}; cells: {len(judged['cells'])}. Machine: {meta['machine']['cpu']}, "
-        f"{meta['machine']['cores']} cores. Grid CPU time (runs and signals, summed over threads): "
+        f"Data sets: {', '.join(meta['datasets'])}; cells: {len(judged['cells'])}. Runs: {meta['measured_on']}. "
+        "Grid CPU time (runs and signals, summed over threads): "
         f"{meta['grid_cpu_seconds'] / 3600:.2f} h.",
         "",
         "| policy | cells | within one SE of the best | mean regret | max regret | CPU share of the grid |",
@@ -234,6 +248,7 @@ def report(state: dict[str, Any], args: argparse.Namespace) -> Path:
     meta = {
         "datasets": sorted({r["dataset"] for r in state["runs"]}),
         "machine": machine(),
+        "measured_on": runs_machine(state["runs"]),
         "grid_cpu_seconds": cpu,
         "pictures": curves(state, out_dir),
         "results": results_name(args.datasets),
@@ -255,6 +270,11 @@ def main(argv: list[str] | None = None) -> None:
         "--rule", type=Path, default=RULE_FILE, help="the rule to judge, or a holdout report that recorded one"
     )
     parser.add_argument("--work", type=Path, default=WORK, help="where data and runs.json live (resumable)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: judge the runs recorded so far again (with --rule, the rule a report recorded)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     rule = load_rule(args.rule)
@@ -266,6 +286,13 @@ def main(argv: list[str] | None = None) -> None:
     if seen:
         parser.error(f"the rule was fitted on {len(seen)} cells of {', '.join(args.datasets)}: not held out")
     args.quick, args.image_size = False, rule.get("image_size", 96)
+    if args.report_only:
+        committed = results_dir() / f"{results_name(args.datasets)}.json"
+        state = recorded_runs((args.work / "runs.json", committed), args.datasets)
+        if not state["runs"]:
+            parser.error(f"no recorded runs to judge: neither {args.work / 'runs.json'} nor {committed} holds any")
+        log.info("report written to %s", report(state, args))
+        return
     args.sources = {name: resolve_source(name, args.work, HOLDOUT_DATASETS) for name in args.datasets}
     args.work.mkdir(parents=True, exist_ok=True)
     # the study's experiments (LP-FT) are its own questions, not the rule's: they are not run here

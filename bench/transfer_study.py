@@ -42,6 +42,7 @@ from bench.transfer_analysis import (
     VALIDATION_MARGINS,
     at_rules_margin,
     auto_cpu_parts,
+    auto_signal_seconds,
     backbone_of,
     best_on_one_seed,
     build_cells,
@@ -497,11 +498,11 @@ def study_cells(state: dict[str, Any], figure: str = CHECK_FIGURE) -> tuple[list
 def analyse(state: dict[str, Any]) -> dict[str, Any]:
     """Cells, signal rankings, and the verdicts of auto (leave-one-data-set-out) and the fixed policies."""
     cells, errors = study_cells(state)
-    signal_seconds = {name: values["seconds"] for name, values in state["signals"].items()}
     cores = usable_cores()
     picks, loo_rules = leave_one_dataset_out(cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors), cores)
     fine_tuned = [name for name in RECIPES if name != "feature_extraction"]
     judged = at_rules_margin([c for c in cells if c.name in picks], loo_rules)
+    signal_seconds = auto_signal_seconds(state["signals"], judged, loo_rules)
     verdicts = {AUTO: judge_policy(judged, picks, errors, signal_seconds, checked=True)}
     for backbone in sorted({backbone_of(c) for c in cells}):
         verdicts[f"auto, {backbone} cells"] = judge_policy(
@@ -524,15 +525,19 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
             lambda train, r=recipes, m=margins, t=target: fit_auto_rule(train, r, errors, m, cpu_target=t),
             cores,
         )
+        variant_judged = at_rules_margin([c for c in variant_cells if c.name in other], other_rules)
         verdicts[label] = judge_policy(
-            at_rules_margin([c for c in variant_cells if c.name in other], other_rules),
+            variant_judged,
             other,
             errors,
-            signal_seconds,
+            auto_signal_seconds(state["signals"], variant_judged, other_rules),
             checked=True,
         )
-    unchecked, _ = leave_one_dataset_out(cells, RECIPES, processes=cores)
-    verdicts[UNCHECKED] = judge_policy([c for c in cells if c.name in unchecked], unchecked, errors, signal_seconds)
+    unchecked, unchecked_rules = leave_one_dataset_out(cells, RECIPES, processes=cores)
+    unchecked_cells = [c for c in cells if c.name in unchecked]
+    verdicts[UNCHECKED] = judge_policy(
+        unchecked_cells, unchecked, errors, auto_signal_seconds(state["signals"], unchecked_cells, unchecked_rules)
+    )
     for label, recipe in FIXED_POLICIES:
         verdicts[label] = judge_policy(cells, {c.name: recipe for c in cells}, errors, {})
     verdicts[HINDSIGHT] = judge_policy(cells, cheapest_within_one_se(cells, errors), errors, {})
@@ -1002,14 +1007,22 @@ def cpu_words(parts: dict[str, float]) -> list[str]:
         left = parts["spent"] - parts[part]
         return f"{left:.0f} s ({left / parts['grid']:.2%})"
 
+    skipped = parts.get("random_features_skipped", 0.0)
+    random_pass = f"the random-init forward pass behind the pretrained gain {parts['random_features']:.0f} s" + (
+        f" (auto skips it wherever its rule does not split on that signal: {skipped:.0f} s not spent)"
+        if skipped
+        else ""
+    )
+    freed = [f"the first would leave auto at {without('random_features')} of the grid, the second at "]
+    if not parts["random_features"]:
+        freed = ["the random pass being skipped already, the second would leave auto at "]
     return [
         "",
         f"Where auto's CPU goes: {parts['spent']:.0f} s of the grid's {parts['grid']:.0f} s (the target: "
-        f"{target:.0f} s). Measuring the signals takes {parts['signals']:.0f} s, of which the random-init "
-        f"forward pass behind the pretrained gain {parts['random_features']:.0f} s; the fine-tunes that the "
-        f"validation check threw away cost {parts['rejected_fine_tunes']:.0f} s. Even free, the first would "
-        f"leave auto at {without('random_features')} of the grid, the second at "
-        f"{without('rejected_fine_tunes')} (stopping those fine-tunes early could save at most that).",
+        f"{target:.0f} s). Measuring the signals takes {parts['signals']:.0f} s, of which {random_pass}; the "
+        f"fine-tunes that the validation check threw away cost {parts['rejected_fine_tunes']:.0f} s. Even free, "
+        + freed[0]
+        + f"{without('rejected_fine_tunes')} (stopping those fine-tunes early could save at most that).",
     ]
 
 
@@ -1162,6 +1175,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbones", nargs="+", default=BACKBONES)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--work", type=Path, default=None, help="where data and runs.json live (resumable)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: analyse the runs recorded so far again and rewrite the report and the rule",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.sizes = [None if s == "all" else int(s) for s in args.sizes]
@@ -1169,8 +1187,12 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = results_dir()
     if args.quick:
         args.work = args.work if args.work != WORK else WORK.parent / "transfer_study_quick"
-        args.sources, args.datasets, args.sizes = quick_sources(args.work), ["tiny_a", "tiny_b"], [6]
-        args.backbones, args.image_size = ["mobilenet_v2"], 32
+        args.datasets, args.sizes, args.backbones, args.image_size = ["tiny_a", "tiny_b"], [6], ["mobilenet_v2"], 32
+    if args.report_only:
+        report_again(args, out_dir)
+        return
+    if args.quick:
+        args.sources = quick_sources(args.work)
     else:
         unknown = sorted(set(args.datasets) - set(DATASETS))
         if unknown:
@@ -1179,6 +1201,19 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     state = run_grid(args, lambda partial: report(partial, args, out_dir, final=False))
     report(state, args, out_dir, final=True)
+
+
+def report_again(args: argparse.Namespace, out_dir: Path) -> None:
+    """The report and rule rewritten from the runs recorded so far (the work folder's, else the committed
+    results), with the grid those results describe: for a change in the analysis, not in the runs."""
+    committed = out_dir / "transfer_study.json"
+    state = load_state(args.work / "runs.json", committed)
+    if not state["runs"]:
+        raise SystemExit(f"no recorded runs to report: neither {args.work / 'runs.json'} nor {committed} holds any")
+    grid = json.loads(committed.read_text()).get("grid", {}) if committed.is_file() else {}
+    for key in ("backbones", "datasets", "sizes"):
+        setattr(args, key, grid.get(key, getattr(args, key)))
+    report(state, args, out_dir, final=bool(grid.get("complete", True)))
 
 
 def runs_machine(runs: list[dict[str, Any]]) -> str:

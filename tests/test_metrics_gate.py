@@ -245,7 +245,7 @@ def test_model_card_and_run_report_say_why_auto_chose_the_recipe():
         },
         "recipes": {"feature_extraction": {"strategy": "feature_extraction"}, "full": {"strategy": "full"}},
     }
-    signals = Signals(400, 10, 0.81, 0.78, 1.2, 0.3)
+    signals = Signals(400, 10, 0.81, 0.78, 1.2)  # no pretrained gain: this rule does not read it
     advice = decide(signals, rule, 18, 4000, {"full": 0.01, "feature_extraction": 0.001}, None).to_dict()
     decision = evaluate_gate(metrics(), EXPORT_REPORT, GateParams(), None)
     card = render_model_card({"strategy": "full", "advice": advice}, metrics(), EXPORT_REPORT, decision, {}, None)
@@ -253,6 +253,7 @@ def test_model_card_and_run_report_say_why_auto_chose_the_recipe():
     assert "chose **full**: images_per_class 400 > 50" in section
     assert "expected test accuracy 0.83-0.89" in section and "estimated 400 s" in section
     assert "probe_accuracy 0.81" in section and "strategy=full" in section
+    assert "pretrained_gain not measured (the rule does not read it)" in section
     assert "(chosen by `strategy: auto`, see below)" in card
     plain = render_model_card({"strategy": "full"}, metrics(), EXPORT_REPORT, decision, {}, None)
     assert "How the recipe was chosen" not in plain and "chosen by" not in plain

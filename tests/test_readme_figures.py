@@ -59,7 +59,8 @@ def test_a_readme_without_markers_is_refused_with_the_fix():
 
 def test_readme_quotes_the_transfer_studys_verdict_for_auto_as_committed():
     """The README's prose on `strategy: auto` quotes bench/results/transfer_study.json: its held-out share and
-    CPU share, and the data-set bootstrap's intervals around them (rerun the study's report, then the README)."""
+    CPU share, and the data-set bootstrap's intervals around them (rerun `python -m bench.transfer_study --report-only`,
+    then the README)."""
     study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
     readme = (PROJECT_ROOT / "README.md").read_text()
     auto = study["verdicts"]["auto (leave one data set out)"]
@@ -78,8 +79,8 @@ def test_readme_quotes_the_transfer_studys_verdict_for_auto_as_committed():
 
 def test_readme_quotes_the_committed_rules_verdict_on_data_it_never_saw():
     """The README's figures for `auto` on the first held-out data set are
-    bench/results/transfer_holdout_cifar10.json's (rerun `python -m bench.transfer_holdout --datasets cifar10
-    --rule bench/results/transfer_holdout_cifar10.json`, then the README)."""
+    bench/results/transfer_holdout_cifar10.json's (rerun `python -m bench.transfer_holdout --report-only --datasets
+    cifar10 --rule bench/results/transfer_holdout_cifar10.json`, then the README)."""
     holdout = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_holdout_cifar10.json").read_text())
     prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
     auto = holdout["verdicts"]["auto (the committed rule)"]
@@ -110,16 +111,16 @@ def assert_holdout_round_quoted(dataset: str, fitted_on: int, rule_words: str, l
 
 def test_readme_quotes_the_seven_set_rules_verdict_on_the_emoji_round():
     """The README's figures for the second held-out round are bench/results/transfer_holdout_emoji.json's
-    (rerun `python -m bench.transfer_holdout --datasets emoji --rule bench/results/transfer_holdout_emoji.json`,
-    then the README)."""
+    (rerun `python -m bench.transfer_holdout --report-only --datasets emoji --rule
+    bench/results/transfer_holdout_emoji.json`, then the README)."""
     labels = ("always partial_quarter", "always feature_extraction", "always full", "fastai fine_tune")
     assert_holdout_round_quoted("emoji", 50, "rule fitted on seven", labels)
 
 
 def test_readme_quotes_the_eight_set_rules_verdict_on_the_quickdraw_round():
     """The README's figures for the third held-out round are bench/results/transfer_holdout_quickdraw.json's
-    (rerun `python -m bench.transfer_holdout --datasets quickdraw --rule
-    bench/results/transfer_holdout_quickdraw.json`, then the README)."""
+    (rerun `python -m bench.transfer_holdout --report-only --datasets quickdraw
+    --rule bench/results/transfer_holdout_quickdraw.json`, then the README)."""
     labels = ("always feature_extraction", "always partial_quarter", "always full", "fastai fine_tune")
     verdicts = assert_holdout_round_quoted("quickdraw", 58, "rule fitted on eight", labels)
     cheapest = verdicts["hindsight: cheapest within one SE"]

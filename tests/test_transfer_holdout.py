@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bench.transfer_holdout import COMMITTED, judge_rule, markdown
-from bench.transfer_study import RECIPES
+from bench.transfer_study import GRID, RECIPES
 from transferline.model.advisor import SIGNALS
 
 RULE = {
@@ -95,6 +95,7 @@ def test_the_report_lists_every_held_out_cell_and_each_policy():
     meta = {
         "datasets": ["near"],
         "machine": {"cpu": "x", "cores": 2},
+        "measured_on": "x, 2 threads a run",
         "grid_cpu_seconds": 82.0,
         "pictures": [],
         "results": "transfer_holdout_near",
@@ -102,6 +103,7 @@ def test_the_report_lists_every_held_out_cell_and_each_policy():
     text = markdown(judged, RULE, None, meta)
     assert "| near/10/m | 0.60 | 0.50 | partial_half | 0.920 | partial_half | 0.920 | 0.0 |" in text
     assert f"| {COMMITTED} | 1 | 100% |" in text and "| fastai fine_tune | 1 |" in text
+    assert "Runs: x, 2 threads a run." in text
 
 
 def test_a_report_gives_back_the_rule_it_judged_and_anything_else_is_refused(tmp_path):
@@ -158,3 +160,28 @@ def test_each_round_of_held_out_data_sets_is_judged_and_reported_on_its_own():
     assert [c["cell"] for c in judge_rule(near, rule)["cells"]] == ["near/10/m"]
     with pytest.raises(ValueError, match="fitted on far"):
         judge_rule(state, rule)
+
+
+def test_the_rule_pays_for_the_random_init_pass_only_if_it_splits_on_the_pretrained_gain():
+    state = state_of({"near": 0.6}, {"near": {"partial_half": (0.95, 0.92)}})
+    # half of the 1 s of signals' CPU went to the random-init pass (its share of their wall time)
+    state["signals"]["near/10/m"] |= {"wall_seconds": 2.0, "timings": {"features": 1.0, "random_features": 1.0}}
+    grid = sum(1.0 if recipe == "feature_extraction" else 10.0 for recipe in GRID)
+    on_gain = judge_rule(state, RULE)["verdicts"][COMMITTED]["cpu_share_of_grid"]
+    assert on_gain == pytest.approx((10.0 + 1.0 + 1.0) / grid)
+    on_probe = {**RULE, "tree": {**RULE["tree"], "signal": "probe_accuracy", "threshold": 0.4}}
+    assert judge_rule(state, on_probe)["verdicts"][COMMITTED]["cpu_share_of_grid"] == pytest.approx(
+        (10.0 + 1.0 + 0.5) / grid
+    )
+
+
+def test_a_report_is_judged_again_from_the_runs_recorded_for_its_own_data_sets(tmp_path):
+    from bench.transfer_holdout import recorded_runs
+
+    later_round = tmp_path / "runs.json"
+    later_round.write_text(json.dumps(state_of({"far": 0.1}, {"far": {}})))
+    committed = tmp_path / "transfer_holdout_near.json"
+    committed.write_text(json.dumps(state_of({"near": 0.6}, {"near": {}})))
+    state = recorded_runs((later_round, committed), ["near"])
+    assert {r["dataset"] for r in state["runs"]} == {"near"} and list(state["signals"]) == ["near/10/m"]
+    assert recorded_runs((later_round, committed), ["other"])["runs"] == []

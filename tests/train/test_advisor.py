@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from transferline.errors import ParamsError
-from transferline.model.advisor import Cell, Recipe, Signals, check_margin, decide, fit_rule, walk
+from transferline.model.advisor import (
+    Cell,
+    Recipe,
+    Signals,
+    check_margin,
+    decide,
+    fit_rule,
+    reads_gain,
+    signals_read,
+    walk,
+)
 
 RECIPES = {
     "feature_extraction": {"strategy": "feature_extraction"},
@@ -89,6 +100,29 @@ def test_a_rule_naming_an_unknown_signal_is_refused():
     rule = {"tree": {"signal": "vibes", "threshold": 1, "le": {"recipe": "full"}, "gt": {"recipe": "full"}}}
     with pytest.raises(ParamsError, match="unknown signal 'vibes'"):
         walk(rule["tree"], signals(10))
+
+
+def test_a_rule_names_the_signals_it_reads_and_an_unmeasured_gain_is_shown_as_such():
+    """auto measures the pretrained gain (a second forward pass) only for a rule that splits on it: such a
+    rule walked without it is refused by name; any other decides, and the advice shows the gain as None."""
+    fitted = fit_rule(cells(), RECIPES)
+    assert signals_read(fitted["tree"]) == {"images_per_class", "pretrained_gain"} and reads_gain(fitted)
+    without_gain = replace(signals(800), pretrained_gain=None)
+    with pytest.raises(ParamsError, match="reads pretrained_gain, which was not measured"):
+        decide(without_gain, fitted, 17, 8000, COST, None)
+    probe_only = {
+        "tree": {
+            "signal": "probe_accuracy",
+            "threshold": 0.5,
+            "le": {"recipe": "feature_extraction", "gain_over_probe": [0.0, 0.0], "cells": 2},
+            "gt": {"recipe": "partial", "gain_over_probe": [0.0, 0.1], "cells": 2},
+        },
+        "recipes": RECIPES,
+    }
+    assert signals_read(probe_only["tree"]) == {"probe_accuracy"} and not reads_gain(probe_only)
+    advice = decide(without_gain, probe_only, 17, 8000, COST, None)
+    assert advice.recipe == "partial" and advice.signals["pretrained_gain"] is None
+    assert json.loads(json.dumps(advice.to_dict()))["signals"]["pretrained_gain"] is None
 
 
 def test_the_validation_check_keeps_fine_tuning_only_where_it_beats_the_probe():

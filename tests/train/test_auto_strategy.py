@@ -22,9 +22,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 def study(tmp_path_factory) -> Path:
     """The study's quick mode, run for real: tiny generated data sets, every recipe, one epoch each."""
     out = tmp_path_factory.mktemp("study")
+    run_quick_study(out)
+    return out
+
+
+def run_quick_study(out: Path, *options: str) -> None:
+    """`python -m bench.transfer_study --quick` with its results and work folder in `out`."""
     env = {**os.environ, "TRANSFERLINE_BENCH_RESULTS_DIR": str(out), "OMP_WAIT_POLICY": "PASSIVE"}
     result = subprocess.run(
-        [sys.executable, "-m", "bench.transfer_study", "--quick", "--work", str(out / "work")],
+        [sys.executable, "-m", "bench.transfer_study", "--quick", *options, "--work", str(out / "work")],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -32,7 +38,6 @@ def study(tmp_path_factory) -> Path:
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return out
 
 
 @pytest.mark.slow
@@ -81,15 +86,37 @@ def test_the_quick_study_reports_every_cell_and_fits_a_rule(study: Path):
 
 
 @pytest.mark.slow
+def test_the_report_is_written_again_from_the_recorded_runs_without_training(study: Path, tmp_path: Path):
+    """`--report-only` analyses the runs recorded so far again (a change in the analysis, not in the runs):
+    the same verdicts and rule from the same runs, and not one run trained."""
+    import shutil
+
+    again = tmp_path / "again"
+    shutil.copytree(study, again)
+    shutil.rmtree(again / "work")  # no work folder: the committed results are what is recorded
+    run_quick_study(again, "--report-only")
+    first, second = (json.loads((d / "transfer_study.json").read_text()) for d in (study, again))
+    assert second["runs"] == first["runs"] and second["verdicts"] == first["verdicts"]
+    assert second["grid"] == first["grid"] and not (again / "work").exists()
+    assert json.loads((again / "advisor_rule.json").read_text())["tree"] == first["rule"]["tree"]
+
+
+@pytest.mark.slow
 def test_auto_follows_the_rule_and_records_its_advice(study: Path, run_train, tmp_path: Path):
     rule = json.loads((study / "advisor_rule.json").read_text())
     rule["validation_check"] = False  # the rule's pick as it is (the check has its own test)
-    # a rule whose root splits on the probe: every tiny data set scores above 0, so the "gt" branch fires
+    # a rule whose root splits on the probe: every tiny data set scores above 0, so the "gt" branch fires;
+    # there it splits on the pretrained gain (never below -1), which auto must then measure
     rule["tree"] = {
         "signal": "probe_accuracy",
         "threshold": 0.0,
         "le": {"recipe": "feature_extraction", "gain_over_probe": [0, 0], "cells": 1},
-        "gt": {"recipe": "partial_half", "gain_over_probe": [-0.1, 0.05], "cells": 2},
+        "gt": {
+            "signal": "pretrained_gain",
+            "threshold": -1.5,
+            "le": {"recipe": "full", "gain_over_probe": [0, 0], "cells": 1},
+            "gt": {"recipe": "partial_half", "gain_over_probe": [-0.1, 0.05], "cells": 2},
+        },
     }
     rule_file = tmp_path / "rule.json"
     rule_file.write_text(json.dumps(rule))
@@ -98,6 +125,8 @@ def test_auto_follows_the_rule_and_records_its_advice(study: Path, run_train, tm
     advice = json.loads((tmp_path / "out" / "models" / "advice.json").read_text())
     assert advice["recipe"] == "partial_half"
     assert advice["path"][0].startswith("probe_accuracy ") and "> 0" in advice["path"][0]
+    assert advice["path"][1].startswith("pretrained_gain ") and "> -1.5" in advice["path"][1]
+    assert -1 <= advice["signals"]["pretrained_gain"] <= 1
     assert advice["params"]["strategy"] == "partial" and advice["params"]["frozen_blocks"] > 0
     low, high = advice["expected_accuracy"]
     assert low <= high and 0 <= low <= 1
@@ -125,6 +154,8 @@ def test_a_fine_tuned_model_that_does_not_beat_the_probe_on_val_gives_way_to_it(
     advice = json.loads((tmp_path / "out" / "models" / "advice.json").read_text())
     check = advice["validation"]
     assert check["proposed"] == "full" and check["kept"] == "feature_extraction"
+    # a rule that reads no pretrained gain does not pay for the random-init pass behind it
+    assert advice["signals"]["pretrained_gain"] is None and 0 <= advice["signals"]["probe_accuracy"] <= 1
     assert check["fine_tuned_val_accuracy"] <= check["probe_val_accuracy"]
     # the study's rule compares the fine-tune's last epoch, which the stage hands the check beside its best
     assert check["figure"] == "last_epoch" and 0 <= check["best_epoch_val_accuracy"] <= 1
@@ -270,6 +301,7 @@ def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_and_rule
     from bench.rule_variants import COMMITTED, fitter
     from bench.transfer_analysis import (
         at_rules_margin,
+        auto_signal_seconds,
         fit_auto_rule,
         judge_policy,
         leave_one_dataset_out,
@@ -279,10 +311,10 @@ def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_and_rule
 
     study = json.loads((Path(__file__).resolve().parents[2] / "bench/results/transfer_study.json").read_text())
     cells, errors = study_cells(study)
-    signal_seconds = {name: values["seconds"] for name, values in study["signals"].items()}
     processes = usable_cores()  # the folds are independent: side by side, same answer
     picks, rules = leave_one_dataset_out(cells, RECIPES, fitter(*COMMITTED, errors), processes)
-    verdict = judge_policy(at_rules_margin(cells, rules), picks, errors, signal_seconds, checked=True)
+    judged = at_rules_margin(cells, rules)
+    verdict = judge_policy(judged, picks, errors, auto_signal_seconds(study["signals"], judged, rules), checked=True)
     assert verdict == pytest.approx(study["verdicts"][AUTO])
     # and the rule `strategy: auto` runs is that method fitted on every one of those cells
     committed = json.loads(RULE_FILE.read_text())
@@ -542,13 +574,44 @@ def test_autos_cpu_is_split_into_the_signals_and_the_fine_tunes_the_check_threw_
     }
     signals = {"a/10/m": measured}
     cells = build_cells(records, signals)
-    picks, rules = {"a/10/m": "full"}, {"a": {"validation_margin_se": 0.0}}
+    picks, rules = {"a/10/m": "full"}, {"a": {"validation_margin_se": 0.0, "tree": GAIN_TREE}}
     parts = auto_cpu_parts(records, signals, cells, picks, rules)
     assert parts["signals"] == 4.0 and parts["random_features"] == pytest.approx(2.0)  # half the wall time
+    assert parts["random_features_skipped"] == 0.0
     assert parts["rejected_fine_tunes"] == pytest.approx(5.0)  # one of two 10 s seeds, as a per-cell mean
     assert parts["spent"] == pytest.approx(10.0 + 1.0 + 4.0) and parts["grid"] == 11.0
     verdict = judge_policy(cells, picks, {"a/10/m": 0.01}, {"a/10/m": 4.0}, checked=True)
     assert verdict["cpu_share_of_grid"] == pytest.approx(parts["spent"] / parts["grid"])
+
+
+GAIN_TREE = {
+    "signal": "pretrained_gain",
+    "threshold": 0.1,
+    "le": {"recipe": "full", "gain_over_probe": [0, 0], "cells": 1},
+    "gt": {"recipe": "feature_extraction", "gain_over_probe": [0, 0], "cells": 1},
+}
+PROBE_TREE = {**GAIN_TREE, "signal": "probe_accuracy"}
+
+
+def test_auto_pays_for_the_random_init_pass_only_where_its_rule_reads_the_pretrained_gain():
+    from bench.transfer_analysis import auto_cpu_parts, auto_signal_seconds, build_cells
+
+    records = _runs("a", {"feature_extraction": [(0.80, 0.70)], "full": [(0.90, 0.90)]})
+    records += _runs("b", {"feature_extraction": [(0.80, 0.70)], "full": [(0.90, 0.90)]})
+    measured = {
+        "seconds": 4.0,
+        "wall_seconds": 2.0,
+        "timings": {"features": 0.5, "random_features": 1.0, "scores": 0.5},
+        **dict.fromkeys(_signal_names(), 0.5),
+    }
+    signals = {"a/10/m": measured, "b/10/m": measured}
+    cells = build_cells(records, signals)
+    rules = {"a": {"tree": GAIN_TREE}, "b": {"tree": PROBE_TREE}}
+    assert auto_signal_seconds(signals, cells, rules) == {"a/10/m": 4.0, "b/10/m": pytest.approx(2.0)}
+    assert auto_signal_seconds(signals, cells, {}) == {"a/10/m": 4.0, "b/10/m": 4.0}  # no rule: all of it
+    parts = auto_cpu_parts(records, signals, cells, {"a/10/m": "full", "b/10/m": "full"}, rules)
+    assert parts["signals"] == pytest.approx(6.0)
+    assert parts["random_features"] == pytest.approx(2.0) and parts["random_features_skipped"] == pytest.approx(2.0)
 
 
 def test_an_early_stop_is_replayed_from_each_runs_per_epoch_validation_accuracy():
@@ -563,7 +626,7 @@ def test_an_early_stop_is_replayed_from_each_runs_per_epoch_validation_accuracy(
     signals = {"a/10/m": {"seconds": 0.0, **dict.fromkeys(_signal_names(), 0.5)}}
     cells = build_cells(records, signals)
     errors = {"a/10/m": 0.01}
-    rules = {"a": {"validation_margin_se": 0.0}}
+    rules = {"a": {"validation_margin_se": 0.0, "tree": GAIN_TREE}}
     late, early = early_stops(records, signals, cells, {"a/10/m": "full"}, rules, errors, (3, 2), (0.0,))
     # from epoch 3: both stop after 3 epochs (7.5 of 10 s), seed 0's winning fine-tune is lost
     assert late["kept_fine_tunes_stopped"] == 1 and late["within_one_se"] == 0.0

@@ -61,6 +61,8 @@ def test_backbone_auto_measures_each_candidate_and_records_the_choice(run_train,
     best = max(choice["candidates"], key=lambda c: round(c["expected_accuracy"], 3))
     assert choice["chosen"] == best["backbone"] == metrics["auto_backbone"] == metrics["backbone"]
     assert all(c["expected_accuracy"] == c["signals"]["probe_accuracy"] for c in choice["candidates"])
+    # compared on the probe alone, no candidate pays for the random-init pass behind the pretrained gain
+    assert all(c["signals"]["pretrained_gain"] is None for c in choice["candidates"])
     meta = json.loads((tmp_path / "out" / "models" / "model.json").read_text())
     assert meta["backbone"] == choice["chosen"] and meta["params"]["backbone"] == choice["chosen"]
     assert meta["advice"]["backbone_choice"] == choice and "recipe" not in advice  # the strategy was the user's

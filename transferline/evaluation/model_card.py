@@ -94,7 +94,11 @@ def advice_lines(advice: dict | None) -> list[str]:
             + (f" within a {advice['budget_seconds']:.0f} s budget" if advice.get("budget_seconds") else "")
             + ".",
             "",
-            "- signals: " + ", ".join(f"{name} {fmt(value)}" for name, value in advice.get("signals", {}).items()),
+            "- signals: "
+            + ", ".join(
+                f"{name} {'not measured (the rule does not read it)' if value is None else fmt(value)}"
+                for name, value in advice.get("signals", {}).items()
+            ),
             "- resolved params: " + ", ".join(f"{key}={value}" for key, value in advice.get("params", {}).items()),
             *(f"- {note}" for note in advice.get("notes", [])),
             "",

@@ -1,10 +1,11 @@
 """Measure the advisor's signals on a data set: one pass of pretrained features (the feature_extraction
-cache, so a later feature_extraction run or trial reuses it), one pass of random-init features, then
-probes, k-NN and LogME on those arrays (seconds).
+cache, so a later feature_extraction run or trial reuses it), then probes, k-NN and LogME on those arrays
+(seconds), and where asked one pass of random-init features.
 
 The random-init pass is what makes `pretrained_gain` honest: how much of the probe's accuracy comes
-from ImageNet rather than from the architecture and the data alone. Data far from ImageNet shows a
-small gain, which is when fine-tuning more of the network pays off.
+from ImageNet rather than from the architecture and the data alone. It costs as much as the pretrained
+pass, so `auto` pays for it only when its rule splits on that signal (`advisor.signals_read`); the
+transfer study measures it everywhere, since it ranks every signal and fits the rule over all of them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from transferline.config import TrainParams
 from transferline.data.pixel_cache import SplitData
 from transferline.data.preprocessing import PreprocessSpec
 from transferline.errors import ParamsError
-from transferline.model.advisor import Advice, Signals, decide
+from transferline.model.advisor import Advice, Signals, decide, reads_gain
 from transferline.model.backbones import TransferModel, build_model
 from transferline.model.features import cached_features, compute_features
 from transferline.model.head import fit_probe
@@ -42,8 +43,10 @@ def measure_signals(
     runtime: Runtime,
     features_dir: Path,
     key: dict,
+    pretrained_gain: bool = True,
 ) -> tuple[Signals, dict[str, float]]:
-    """The signals, and the seconds each part took (features, random features, probes and scores)."""
+    """The signals, and the seconds each part took (features, random features, probes and scores).
+    Without `pretrained_gain`, the random-init pass is skipped and that signal left unmeasured (None)."""
     batch = max(2 * params.batch_size, 64)
     num_classes = model.head.out_features
     model.to(runtime.device)
@@ -55,13 +58,15 @@ def measure_signals(
     features, _ = cached_features(model, {"train": train, "val": val}, spec, runtime, features_dir, key, batch)
     timings["features"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    random_features = random_init_features(params, num_classes, train, val, spec, runtime, batch)
-    timings["random_features"] = time.perf_counter() - start
+    random_probe = None
+    if pretrained_gain:
+        start = time.perf_counter()
+        random_features = random_init_features(params, num_classes, train, val, spec, runtime, batch)
+        random_probe = _probe(random_features, train, val, num_classes, params)
+        timings["random_features"] = time.perf_counter() - start
 
     start = time.perf_counter()
     probe = _probe(features, train, val, num_classes, params)
-    random_probe = _probe(random_features, train, val, num_classes, params)
     knn = knn_accuracy(features["train"], train.labels, features["val"], val.labels, k=KNN_NEIGHBOURS)
     evidence = logme(features["train"], np.asarray(train.labels), num_classes)
     timings["scores"] = time.perf_counter() - start
@@ -72,14 +77,14 @@ def measure_signals(
         probe_accuracy=probe,
         knn_accuracy=knn,
         logme=evidence,
-        pretrained_gain=probe - random_probe,
+        pretrained_gain=None if random_probe is None else probe - random_probe,
     )
     log.info(
-        "signals: %.0f images/class, %d classes, probe %.3f (random init %.3f), k-NN %.3f, LogME %.3f",
+        "signals: %.0f images/class, %d classes, probe %.3f (random init %s), k-NN %.3f, LogME %.3f",
         signals.images_per_class,
         num_classes,
         probe,
-        random_probe,
+        "not measured: the rule does not read it" if random_probe is None else f"{random_probe:.3f}",
         knn,
         evidence,
     )
@@ -165,7 +170,9 @@ def advise(
     """Measure, decide, and return the train params the advice resolves to (strategy no longer auto), the
     advice, and how long measuring took."""
     rule = load_rule(rule_path)
-    signals, timings = measure_signals(model, train, val, spec, params, runtime, features_dir, key)
+    signals, timings = measure_signals(
+        model, train, val, spec, params, runtime, features_dir, key, pretrained_gain=reads_gain(rule)
+    )
     costs = seconds_per_image_epoch(rule, params.backbone, spec.image_size)
     advice = decide(signals, rule, num_blocks, len(train), costs, params.time_budget_s)
     resolved = TrainParams(**{**params.model_dump(), **advice.params})

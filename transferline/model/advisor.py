@@ -50,10 +50,31 @@ class Signals:
     probe_accuracy: float  # the linear probe's val accuracy on pretrained features
     knn_accuracy: float  # cosine k-NN val accuracy on pretrained features
     logme: float  # LogME evidence per example, pretrained features
-    pretrained_gain: float  # probe val accuracy on pretrained minus on random-init features
+    # probe val accuracy on pretrained minus on random-init features; None where it was not measured (it
+    # takes a second forward pass, paid only when the rule reads it: `signals_read`)
+    pretrained_gain: float | None = None
 
     def value(self, name: str) -> float:
-        return float(getattr(self, name))
+        value = getattr(self, name)
+        if value is None:
+            raise ParamsError(f"advisor rule reads {name}, which was not measured")
+        return float(value)
+
+    def measured(self) -> dict[str, float | None]:
+        """Every signal by name, None where it was not measured: what advice.json shows."""
+        return {name: getattr(self, name) for name in SIGNALS}
+
+
+def signals_read(tree: dict[str, Any]) -> set[str]:
+    """The signals a rule's tree splits on: the only ones `auto` must measure to walk it."""
+    if "recipe" in tree:
+        return set()
+    return {tree["signal"]} | signals_read(tree["le"]) | signals_read(tree["gt"])
+
+
+def reads_gain(rule: dict[str, Any]) -> bool:
+    """Whether the rule splits on `pretrained_gain`, the one signal that needs a forward pass of its own."""
+    return "pretrained_gain" in signals_read(rule["tree"])
 
 
 @dataclass(frozen=True)
@@ -91,7 +112,7 @@ class Advice:
     estimated_seconds: float
     budget_seconds: float | None
     notes: list[str] = field(default_factory=list)
-    signals: dict[str, float] = field(default_factory=dict)
+    signals: dict[str, float | None] = field(default_factory=dict)  # None: not measured (the rule does not read it)
     validation_check: bool = False  # the rule asks for the check after fine-tuning (see the module's doc)
     validation_margin_se: float = 0.0  # by how many standard errors (check_margin) a fine-tune must beat the probe
     validation_figure: str = BEST_EPOCH  # which of the fine-tune's validation accuracies the check compares
@@ -239,7 +260,7 @@ def decide(
         estimated_seconds=cost,
         budget_seconds=budget_seconds,
         notes=notes,
-        signals={k: signals.value(k) for k in SIGNALS},
+        signals=signals.measured(),
         validation_check=bool(rule.get("validation_check", False)) and chosen.strategy != FEATURE_EXTRACTION,
         validation_margin_se=float(rule.get("validation_margin_se", 0.0)),
         validation_figure=validation_figure_of(rule),

@@ -26,7 +26,7 @@ from transferline.data.pixel_cache import SplitData
 from transferline.data.preprocessing import PreprocessSpec
 from transferline.errors import ParamsError
 from transferline.model.advice_signals import load_rule, measure_signals, seconds_per_image_epoch
-from transferline.model.advisor import SIGNALS, Advice, Signals, decide
+from transferline.model.advisor import Advice, Signals, decide, reads_gain
 from transferline.model.backbones import BACKBONES, build_model, checkpoint_file, feature_dim
 from transferline.model.features import cache_key
 from transferline.model.training import Runtime
@@ -131,7 +131,11 @@ def choose_backbone(
         with torch.random.fork_rng(devices=[]):  # the chosen model is rebuilt from params.seed afterwards
             model, weights = build_model(name, num_classes, pretrained=True)
         key = cache_key(name, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model))
-        signals, _ = measure_signals(model, train, val, spec, candidate_params, runtime, features_dir, key)
+        # without a rule, backbones are compared on the probe alone: no signal needs the random-init pass
+        gain = rule is not None and reads_gain(rule)
+        signals, _ = measure_signals(
+            model, train, val, spec, candidate_params, runtime, features_dir, key, pretrained_gain=gain
+        )
         advice = None
         if rule is not None:
             costs = seconds_per_image_epoch(rule, name, spec.image_size)
@@ -151,7 +155,7 @@ def choose_backbone(
                 "expected_accuracy": c.expected_accuracy,
                 "recipe": None if c.advice is None else c.advice.recipe,
                 "estimated_seconds": c.estimated_seconds,
-                "signals": {k: c.signals.value(k) for k in SIGNALS},
+                "signals": c.signals.measured(),
             }
             for c in candidates
         ],
