@@ -1013,15 +1013,17 @@ def cpu_words(parts: dict[str, float]) -> list[str]:
         if skipped
         else ""
     )
-    freed = [f"the first would leave auto at {without('random_features')} of the grid, the second at "]
-    if not parts["random_features"]:
-        freed = ["the random pass being skipped already, the second would leave auto at "]
+    freed = (
+        f"the first would leave auto at {without('random_features')} of the grid, the second at "
+        if parts["random_features"]
+        else "the random pass being skipped already, the second would leave auto at "
+    )
     return [
         "",
         f"Where auto's CPU goes: {parts['spent']:.0f} s of the grid's {parts['grid']:.0f} s (the target: "
         f"{target:.0f} s). Measuring the signals takes {parts['signals']:.0f} s, of which {random_pass}; the "
         f"fine-tunes that the validation check threw away cost {parts['rejected_fine_tunes']:.0f} s. Even free, "
-        + freed[0]
+        + freed
         + f"{without('rejected_fine_tunes')} (stopping those fine-tunes early could save at most that).",
     ]
 
