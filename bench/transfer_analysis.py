@@ -781,29 +781,86 @@ def fit_auto_rule(
     return rule
 
 
-def best_on_one_seed(records: list[dict[str, Any]], cells: list[Cell], errors: dict[str, float]) -> dict[str, Any]:
-    """How repeatable "the best recipe" is: in each cell with three or more seeds of every recipe, the
-    recipe best on one seed, judged within one SE of the best on the mean of the other seeds. Even a policy
-    that knew a whole replicate of the grid is bound by this share; it measures the noise in the target."""
-    by_cell: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
-    for record in records:
-        by_cell[cell_name(cell_id(record))][record["recipe"]][record["seed"]] = record["test_accuracy"]
-    hits, counted = [], 0
+# How far from one seed's best a replicate policy may pick a cheaper recipe, in standard errors of that
+# seed's test split: 0 is the recipe best on the seed (ties go to the cheaper)
+REPLICATE_TOLERANCES: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+def replicate_frontier(
+    records: list[dict[str, Any]],
+    cells: list[Cell],
+    errors: dict[str, float],
+    grid: set[str],
+    tolerances: tuple[float, ...] = REPLICATE_TOLERANCES,
+    auto: tuple[dict[str, str], dict[str, dict[str, Any]], dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """What a policy that knew a whole replicate of the grid could do, judged on the other replicates.
+
+    In each cell with three or more seeds of every recipe, each seed in turn is the replicate: its results
+    pick the cheapest recipe within `tolerance` standard errors (the binomial error of its test split) of
+    its own best. The pick is judged like every policy here, on the other seeds: within one SE of the best
+    of their means, and its CPU (its mean over them) a share of the grid's recipes' (`grid`) over them.
+    Tolerance 0, the recipe best on one seed, measures how repeatable "the best recipe" is: the noise in
+    the target itself. A replicate is everything a cell's training could tell a policy short of running the
+    grid again, so a target pair that no tolerance meets here is beyond what signals can be shown to reach.
+    `auto` (its picks, its held-out folds' rules, its signal seconds per cell) is judged on the same trials:
+    its proposal under its fold's check, per seed of the other seeds, plus the probe's run and its signals."""
+    runs = runs_by_cell_and_recipe(records)
+    trials: list[tuple[Cell, int, set[int], dict[str, dict[int, dict[str, Any]]]]] = []
     for cell in cells:
-        by_recipe = by_cell.get(cell.name, {})
-        if not by_recipe:
-            continue
-        seeds = set.intersection(*(set(runs) for runs in by_recipe.values()))
-        if len(seeds) < 3:
-            continue
-        counted += 1
-        for seed in sorted(seeds):
-            others = seeds - {seed}
-            pick = max(by_recipe, key=lambda r: by_recipe[r][seed])
-            mean = {r: statistics.fmean(runs[s] for s in others) for r, runs in by_recipe.items()}
-            hits.append(max(mean.values()) - mean[pick] <= errors[cell.name] + 1e-12)
-    return {
-        "cells": counted,
-        "trials": len(hits),
-        "within_one_se": sum(hits) / len(hits) if hits else None,
+        by_recipe = {r: {x["seed"]: x for x in runs[cell.name, r]} for r in cell.accuracy}
+        seeds = set.intersection(*(set(by_seed) for by_seed in by_recipe.values()))
+        if len(seeds) >= 3:
+            trials += [(cell, seed, seeds - {seed}, by_recipe) for seed in sorted(seeds)]
+
+    def mean_over(by_seed: dict[int, dict[str, Any]], seeds: set[int], key: str) -> float:
+        return statistics.fmean(by_seed[s][key] for s in seeds)
+
+    def judged(outcomes: list[tuple[bool, float, float]]) -> dict[str, Any]:
+        spent, grid_cost = sum(o[1] for o in outcomes), sum(o[2] for o in outcomes)
+        return {
+            "within_one_se": sum(o[0] for o in outcomes) / len(outcomes) if outcomes else None,
+            "cpu_share_of_grid": spent / grid_cost if grid_cost > 0 else None,
+        }
+
+    def best_and_grid(cell: Cell, others: set[int], by_recipe: dict) -> tuple[float, float]:
+        best = max(mean_over(by_seed, others, "test_accuracy") for by_seed in by_recipe.values())
+        cost = sum(mean_over(by_seed, others, "cpu_seconds") for r, by_seed in by_recipe.items() if r in grid)
+        return best, cost
+
+    rows = []
+    for tolerance in tolerances:
+        outcomes = []
+        for cell, seed, others, by_recipe in trials:
+            own = {r: by_seed[seed]["test_accuracy"] for r, by_seed in by_recipe.items()}
+            top = max(own.values())
+            n = by_recipe[max(own, key=own.get)][seed]["test_images"]
+            p = min(max(top, 0.5 / n), 1 - 0.5 / n)
+            near = [r for r, a in own.items() if top - a <= tolerance * math.sqrt(p * (1 - p) / n) + 1e-12]
+            pick = min(near, key=lambda r: by_recipe[r][seed]["cpu_seconds"])
+            best, grid_cost = best_and_grid(cell, others, by_recipe)
+            accuracy = mean_over(by_recipe[pick], others, "test_accuracy")
+            spent = mean_over(by_recipe[pick], others, "cpu_seconds")
+            outcomes.append((best - accuracy <= errors[cell.name] + 1e-12, spent, grid_cost))
+        rows.append({"tolerance_se": tolerance, **judged(outcomes)})
+    result: dict[str, Any] = {
+        "cells": len({t[0].name for t in trials}),
+        "trials": len(trials),
+        "within_one_se": rows[0]["within_one_se"] if rows and rows[0]["tolerance_se"] == 0 else None,
+        "frontier": rows,
     }
+    if auto is not None:
+        picks, rules, signal_seconds = auto
+        outcomes = []
+        for cell, _, others, by_recipe in trials:
+            rule = rules[cell.dataset]
+            pick = picks[cell.name]
+            kept = {r: [by_seed[s] for s in others] for r, by_seed in by_recipe.items()}
+            checked = checked_accuracy(kept, rule.get("validation_margin_se", 0.0), validation_figure_of(rule))
+            best, grid_cost = best_and_grid(cell, others, by_recipe)
+            spent = mean_over(by_recipe[pick], others, "cpu_seconds") + signal_seconds.get(cell.name, 0.0)
+            if pick != FEATURE_EXTRACTION:
+                spent += mean_over(by_recipe[FEATURE_EXTRACTION], others, "cpu_seconds")
+            outcomes.append((best - checked[pick] <= errors[cell.name] + 1e-12, spent, grid_cost))
+        result["auto"] = judged(outcomes)
+    return result

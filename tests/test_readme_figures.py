@@ -59,8 +59,8 @@ def test_a_readme_without_markers_is_refused_with_the_fix():
 
 def test_readme_quotes_the_transfer_studys_verdict_for_auto_as_committed():
     """The README's prose on `strategy: auto` quotes bench/results/transfer_study.json: its held-out share and
-    CPU share, and the data-set bootstrap's intervals around them (rerun `python -m bench.transfer_study --report-only`,
-    then the README)."""
+    CPU share, the data-set bootstrap's intervals around them, and what knowing a replicate of the grid buys
+    (rerun `python -m bench.transfer_study --report-only`, then the README)."""
     study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
     readme = (PROJECT_ROOT / "README.md").read_text()
     auto = study["verdicts"]["auto (leave one data set out)"]
@@ -75,6 +75,24 @@ def test_readme_quotes_the_transfer_studys_verdict_for_auto_as_committed():
     assert f"only {bootstrap['both_targets_met']:.0%} of the draws" in prose
     backbone = study["backbone_pick"]["hindsight: the backbone whose auto outcome was better"]
     assert f"turns out better would reach {backbone['within_one_se']:.0%}" in prose
+    repeat = study["repeatability"]
+    frontier = {row["tolerance_se"]: row for row in repeat["frontier"]}
+    assert f"in only {repeat['within_one_se']:.1%} of {repeat['trials']} trials" in prose
+    assert f"replicate's best costs {frontier[0.0]['cpu_share_of_grid']:.1%}" in prose
+    tolerant = frontier[1.0]
+    assert f"saves CPU ({tolerant['cpu_share_of_grid']:.1%}) only by falling below the share" in prose
+    assert f"below the share ({tolerant['within_one_se']:.1%})" in prose
+    by_seeds = [study["verdicts"][f"auto, cells with {n} seed{s}"] for n, s in (("three", "s"), ("one", ""))]
+    assert f"| {by_seeds[0]['within_one_se']:.0%} / {by_seeds[1]['within_one_se']:.0%} |" in readme
+    assert f"| {by_seeds[0]['cpu_share_of_grid']:.1%} / {by_seeds[1]['cpu_share_of_grid']:.1%} |" in readme
+    assert f"within one SE in {by_seeds[0]['within_one_se']:.0%} of those {by_seeds[0]['cells']} cells" in prose
+    assert f"The {by_seeds[1]['cells']} cells at 400 images a class ran one seed each" in prose
+    misses = study["auto_misses"]
+    theirs = [m for m in misses if "/400/" in m["cell"]]
+    near = sum(m["best_accuracy"] - m["outcome"] <= 2 * m["standard_error"] for m in theirs)
+    assert f"{len(theirs)} of its {len(misses)} misses are theirs, {near} of them within 2 SE" in prose
+    on_trials = repeat["auto"]
+    assert f"auto is within one SE in {on_trials['within_one_se']:.1%} at {on_trials['cpu_share_of_grid']:.1%}" in prose
 
 
 def test_readme_quotes_the_committed_rules_verdict_on_data_it_never_saw():

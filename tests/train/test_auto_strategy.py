@@ -49,6 +49,10 @@ def test_the_quick_study_reports_every_cell_and_fits_a_rule(study: Path):
         assert set(cell["accuracy"]) >= {"feature_extraction", "partial_quarter", "partial_half", "full"}
         assert cell["auto_pick"] in cell["accuracy"]
     assert set(report["verdicts"]) >= {"auto (leave one data set out)", "always full", "fastai fine_tune"}
+    # quick mode runs one seed a cell: auto is judged on one-seed cells only, and no replicate exists
+    assert report["verdicts"]["auto, cells with one seed"]["cells"] == 2
+    assert "auto, cells with three seeds" not in report["verdicts"]
+    assert report["repeatability"]["trials"] == 0
     assert set(report["kendall_tau"]) == {
         "images_per_class",
         "num_classes",
@@ -385,6 +389,7 @@ def _runs(dataset: str, seeds: dict[str, list[tuple[float, float]]]) -> list[dic
             "val_accuracy": val,
             "val_images": 50,  # one SE of the validation difference: 0.1
             "test_accuracy": test,
+            "test_images": 400,
             "cpu_seconds": 1.0 if recipe == "feature_extraction" else 10.0,
         }
         for recipe, pairs in seeds.items()
@@ -688,16 +693,54 @@ def test_the_fit_chooses_the_validation_margin_that_serves_the_held_out_data_set
 
 
 def test_the_best_recipe_of_one_seed_is_judged_on_the_others():
-    from bench.transfer_analysis import best_on_one_seed, build_cells
+    from bench.transfer_analysis import build_cells, replicate_frontier
 
     steady = _runs("a", {"feature_extraction": [(0.5, 0.70)] * 3, "full": [(0.5, 0.90), (0.5, 0.91), (0.5, 0.89)]})
     noisy = _runs("b", {"feature_extraction": [(0.5, 0.80)] * 3, "full": [(0.5, 0.95), (0.5, 0.70), (0.5, 0.70)]})
     signals = {f"{d}/10/m": {"seconds": 1.0, **dict.fromkeys(_signal_names(), 0.5)} for d in "ab"}
     cells = build_cells(steady + noisy, signals)
-    result = best_on_one_seed(steady + noisy, cells, {"a/10/m": 0.01, "b/10/m": 0.01})
+    grid = {"feature_extraction", "full"}
+    result = replicate_frontier(steady + noisy, cells, {"a/10/m": 0.01, "b/10/m": 0.01}, grid, tolerances=(0.0,))
     # a: full is best on every seed and on the others' mean; b: seed 0 says full (others' mean 0.70 vs
     # 0.80: a miss), seeds 1 and 2 say the probe (others' mean 0.825 vs 0.80: a miss too)
-    assert result == {"cells": 2, "trials": 6, "within_one_se": pytest.approx(3 / 6)}
+    assert result["cells"] == 2 and result["trials"] == 6
+    assert result["within_one_se"] == pytest.approx(3 / 6)
+    # CPU: full (10 s) in a's three trials and b's first, the probe (1 s) in b's other two, of 11 s a trial
+    assert result["frontier"] == [
+        {"tolerance_se": 0.0, "within_one_se": pytest.approx(3 / 6), "cpu_share_of_grid": pytest.approx(42 / 66)}
+    ]
+
+
+def test_a_replicate_policy_with_a_tolerance_buys_the_cheaper_recipe_within_it():
+    from bench.transfer_analysis import build_cells, replicate_frontier
+
+    # the probe trails full fine-tuning by 0.01 on every seed: 0.5 of a standard error of 400 test images
+    close = _runs("c", {"feature_extraction": [(0.5, 0.79)] * 3, "full": [(0.5, 0.80)] * 3})
+    signals = {"c/10/m": {"seconds": 1.0, **dict.fromkeys(_signal_names(), 0.5)}}
+    cells = build_cells(close, signals)
+    result = replicate_frontier(close, cells, {"c/10/m": 0.02}, {"feature_extraction", "full"}, tolerances=(0.0, 1.0))
+    strict, tolerant = result["frontier"]
+    assert strict == {"tolerance_se": 0.0, "within_one_se": 1.0, "cpu_share_of_grid": pytest.approx(10 / 11)}
+    assert tolerant == {"tolerance_se": 1.0, "within_one_se": 1.0, "cpu_share_of_grid": pytest.approx(1 / 11)}
+    # judged on a tighter error, the probe misses: a tolerance buys CPU with share
+    tight = replicate_frontier(close, cells, {"c/10/m": 0.005}, {"feature_extraction", "full"}, tolerances=(1.0,))
+    assert tight["frontier"][0]["within_one_se"] == 0.0
+
+
+def test_auto_is_judged_on_the_replicates_trials_with_its_check_its_probe_and_its_signals():
+    from bench.transfer_analysis import build_cells, replicate_frontier
+
+    # full wins on test in every seed; on validation it beats the probe in seeds 0 and 1 only
+    records = _runs("a", {"feature_extraction": [(0.80, 0.70)] * 3, "full": [(0.90, 0.90), (0.90, 0.90), (0.70, 0.90)]})
+    signals = {"a/10/m": {"seconds": 1.0, **dict.fromkeys(_signal_names(), 0.5)}}
+    cells = build_cells(records, signals)
+    auto = ({"a/10/m": "full"}, {"a": {"validation_margin_se": 0.0}}, {"a/10/m": 2.0})
+    result = replicate_frontier(records, cells, {"a/10/m": 0.01}, {"feature_extraction", "full"}, auto=auto)
+    # replicate 0 judges seeds 1 and 2: kept 0.90 and probe 0.70, mean 0.80 against 0.90: a miss; so does
+    # replicate 1 (seeds 0 and 2); replicate 2 judges seeds 0 and 1, both kept: within
+    assert result["auto"]["within_one_se"] == pytest.approx(1 / 3)
+    # full (10 s) + the probe's run (1 s) + its signals (2 s) of the grid's 11 s, in every trial
+    assert result["auto"]["cpu_share_of_grid"] == pytest.approx(13 / 11)
 
 
 def test_the_held_out_data_set_takes_part_in_neither_the_fit_nor_the_choice_of_its_method():
