@@ -33,6 +33,7 @@ from bench.transfer_analysis import (
     auto_signal_seconds,
     backbone_of,
     cheapest_within_one_se,
+    expected_range_coverage,
     judge_policy,
     pick_backbones,
     policy_misses,
@@ -46,6 +47,7 @@ from bench.transfer_study import (
     RULE_FILE,
     SIZES,
     curves,
+    expected_range_words,
     fastai_cells,
     judge_outside_grid,
     load_state,
@@ -130,7 +132,7 @@ def judge_rule(state: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any]:
     if seen:
         raise ValueError(f"the rule was fitted on {', '.join(seen)}: those cells are not held out")
     if not cells:
-        return {"cells": [], "verdicts": {}, "misses": [], "backbone_pick": {}, "per_dataset": {}}
+        return {"cells": [], "verdicts": {}, "misses": [], "expected_range": {}, "backbone_pick": {}, "per_dataset": {}}
     checked = [c.at_margin(rule.get("validation_margin_se", 0.0)) for c in cells]
     picks = {c.name: walk(rule["tree"], c.signals)[0]["recipe"] for c in cells}
     rules = {c.dataset: rule for c in cells}
@@ -166,6 +168,7 @@ def judge_rule(state: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any]:
         ],
         "verdicts": verdicts,
         "misses": policy_misses(checked, picks, errors),
+        "expected_range": expected_range_coverage(checked, picks, rules),
         "backbone_pick": pick_backbones(checked, picks, rules, errors, checked=True),
         "per_dataset": per_dataset,
     }
@@ -207,6 +210,7 @@ def markdown(judged: dict[str, Any], rule: dict[str, Any], study: dict[str, Any]
                 f"{seen['within_one_se']:.0%} of {seen['cells']} cells at {seen['cpu_share_of_grid']:.1%} of the "
                 "CPU (bench/results/transfer_study.md).",
             ]
+    lines += expected_range_words(judged.get("expected_range") or {}, "the committed rule's leaf")
     lines += [
         "",
         "## Each cell",

@@ -54,6 +54,7 @@ from bench.transfer_analysis import (
     cpu_per_wall,
     dataset_bootstrap,
     early_stops,
+    expected_range_coverage,
     fit_auto_rule,
     hindsight_checked,
     judge_policy,
@@ -593,6 +594,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         "experiment_cpu_seconds": sum(r["cpu_seconds"] for r in state["runs"] if r["recipe"] in EXPERIMENTS),
         "cpu_per_wall": cpu_per_wall(state["runs"]),
         "auto_cpu": auto_cpu_parts(records_of(state), state["signals"], judged, picks, loo_rules),
+        "expected_range": expected_range_coverage(judged, picks, loo_rules),
         "early_stops": early_stops(records_of(state), state["signals"], judged, picks, loo_rules, errors),
         "reruns": {
             "runs": sum("rerun" in r for r in state["runs"]),
@@ -762,6 +764,21 @@ def policy_map(verdicts: dict[str, dict[str, Any]], out_dir: Path) -> str:
     return path.name
 
 
+def expected_range_words(coverage: dict[str, Any], leaf: str = "its held-out fold's leaf") -> list[str]:
+    """The report's sentence on how the advice's expected accuracy range fares on held-out data sets."""
+    if not coverage.get("cells"):
+        return []
+    return [
+        "",
+        f"The expected accuracy range the advice states before training ({leaf}: the probe's "
+        "accuracy plus the lowest to highest gain over it among that leaf's fitting cells) holds the test "
+        f"accuracy auto then got in {coverage['inside']} of {coverage['cells']} cells ({coverage['below']} "
+        f"below it, {coverage['above']} above), but it is wide: {coverage['median_width']:.2f} of accuracy at "
+        f"the median ({coverage['narrowest']:.2f} to {coverage['widest']:.2f}). The leaf chooses the recipe; "
+        "as a forecast of its accuracy on a new data set, the range is only that precise.",
+    ]
+
+
 def replicate_words(repeat: dict[str, Any]) -> list[str]:
     """The report's paragraph and table on what knowing a whole replicate of the grid buys, beside auto."""
     if not repeat.get("trials"):
@@ -891,6 +908,7 @@ def markdown(
         "run once has no seeds' spread in it and sets the stricter bar.",
     ]
     lines += bootstrap_words(analysis.get("auto_bootstrap") or {})
+    lines += expected_range_words(analysis.get("expected_range") or {})
     lines += perfect_check_words(analysis["verdicts"]) + miss_words(analysis.get("auto_misses") or [])
     lines += cpu_words(analysis.get("auto_cpu") or {}) + early_stop_words(analysis.get("early_stops") or [])
     lines += schedule_words(analysis.get("schedule") or {})

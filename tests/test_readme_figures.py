@@ -75,6 +75,9 @@ def test_readme_quotes_the_transfer_studys_verdict_for_auto_as_committed():
     assert f"only {bootstrap['both_targets_met']:.0%} of the draws" in prose
     backbone = study["backbone_pick"]["hindsight: the backbone whose auto outcome was better"]
     assert f"turns out better would reach {backbone['within_one_se']:.0%}" in prose
+    coverage = study["expected_range"]
+    assert f"held the test accuracy auto got in {coverage['inside']} of {coverage['cells']} cells" in prose
+    assert f"at a median width of {coverage['median_width']:.2f}" in prose
     repeat = study["repeatability"]
     frontier = {row["tolerance_se"]: row for row in repeat["frontier"]}
     assert f"in only {repeat['within_one_se']:.1%} of {repeat['trials']} trials" in prose

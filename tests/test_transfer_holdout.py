@@ -15,8 +15,9 @@ RULE = {
     "tree": {
         "signal": "pretrained_gain",
         "threshold": 0.2,
-        "le": {"recipe": "feature_extraction"},
-        "gt": {"recipe": "partial_half"},
+        # each leaf's expected gain over the probe (0.5 in every cell below)
+        "le": {"recipe": "feature_extraction", "gain_over_probe": [0.1, 0.3]},
+        "gt": {"recipe": "partial_half", "gain_over_probe": [0.3, 0.45]},
     },
     "validation_check": True,
     "validation_margin_se": 0.0,
@@ -75,6 +76,16 @@ def test_the_committed_rule_proposes_from_each_new_cells_signals_under_its_valid
     assert auto["cpu_share_of_grid"] == pytest.approx((12.0 + 2.0) / grid)
     assert judged["verdicts"]["always partial_quarter"]["within_one_se"] == pytest.approx(0.5)
     assert set(judged["per_dataset"]) == {"near", "far"}
+    # the ranges the advice states, 0.8-0.95 and 0.6-0.8, hold the outcomes 0.92 and 0.70
+    assert judged["expected_range"] == {
+        "cells": 2,
+        "inside": 2,
+        "below": 0,
+        "above": 0,
+        "median_width": pytest.approx(0.175),
+        "narrowest": pytest.approx(0.15),
+        "widest": pytest.approx(0.2),
+    }
 
 
 def test_a_fine_tune_that_loses_to_the_probe_on_validation_ships_the_probe():

@@ -53,6 +53,7 @@ def test_the_quick_study_reports_every_cell_and_fits_a_rule(study: Path):
     assert report["verdicts"]["auto, cells with one seed"]["cells"] == 2
     assert "auto, cells with three seeds" not in report["verdicts"]
     assert report["repeatability"]["trials"] == 0
+    assert report["expected_range"]["cells"] == 2
     assert set(report["kendall_tau"]) == {
         "images_per_class",
         "num_classes",
@@ -741,6 +742,23 @@ def test_auto_is_judged_on_the_replicates_trials_with_its_check_its_probe_and_it
     assert result["auto"]["within_one_se"] == pytest.approx(1 / 3)
     # full (10 s) + the probe's run (1 s) + its signals (2 s) of the grid's 11 s, in every trial
     assert result["auto"]["cpu_share_of_grid"] == pytest.approx(13 / 11)
+
+
+def test_the_advices_expected_range_is_judged_against_the_outcome_on_held_out_data():
+    from bench.transfer_analysis import expected_range_coverage
+    from transferline.model.advisor import Cell, Signals
+
+    def cell(dataset: str, probe: float, full: float) -> Cell:
+        accuracy = {"feature_extraction": probe, "full": full}
+        return Cell(dataset, Signals(10, 2, probe, 0.5, 0.0, 0.1), accuracy, {}, f"{dataset}/10")
+
+    # the leaf promises 0 to 0.1 over the probe: a inside, b above, c below, d's range clipped at 1
+    cells = [cell("a", 0.6, 0.65), cell("b", 0.6, 0.8), cell("c", 0.6, 0.5), cell("d", 0.95, 0.97)]
+    rule = {"tree": {"recipe": "full", "gain_over_probe": [0.0, 0.1], "cells": 4}}
+    coverage = expected_range_coverage(cells, {c.name: "full" for c in cells}, {d: rule for d in "abcd"})
+    assert (coverage["cells"], coverage["inside"], coverage["below"], coverage["above"]) == (4, 2, 1, 1)
+    assert coverage["narrowest"] == pytest.approx(0.05) and coverage["widest"] == pytest.approx(0.1)
+    assert coverage["median_width"] == pytest.approx(0.1)
 
 
 def test_the_held_out_data_set_takes_part_in_neither_the_fit_nor_the_choice_of_its_method():
