@@ -36,7 +36,8 @@ from bench.transfer_analysis import (
     leave_one_dataset_out,
     usable_cores,
 )
-from bench.transfer_study import RECIPES, study_cells
+from bench.transfer_design import RECIPES
+from bench.transfer_study import study_cells
 from transferline.model.advisor import Cell, Loss, fit_rule
 
 LOSSES = ("regret", "misses beyond one SE", "regret beyond one SE")

@@ -43,19 +43,8 @@ from bench.transfer_analysis import (
     random_pass_cpu,
     usable_cores,
 )
-from bench.transfer_study import (
-    BACKBONES,
-    DATASETS,
-    RECIPES,
-    RULE_FILE,
-    SIZES,
-    WORK,
-    cell_context,
-    load_state,
-    prepared_data,
-    resolve_source,
-    study_cells,
-)
+from bench.transfer_design import BACKBONES, DATASETS, RECIPES, SIZES
+from bench.transfer_study import RULE_FILE, WORK, cell_context, load_state, prepared_data, resolve_source, study_cells
 from transferline.data.pixel_cache import SplitData
 from transferline.model.advice_signals import random_init_features
 from transferline.model.features import cached_features

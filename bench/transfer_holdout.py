@@ -38,22 +38,16 @@ from bench.transfer_analysis import (
     pick_backbones,
     policy_misses,
 )
+from bench.transfer_design import BACKBONES, FIXED_POLICIES, GRID, HINDSIGHT, SIZES
+from bench.transfer_report import curves, expected_range_words, runs_machine
 from bench.transfer_study import (
-    BACKBONES,
-    FIXED_POLICIES,
-    GRID,
-    HINDSIGHT,
     PROJECT_ROOT,
     RULE_FILE,
-    SIZES,
-    curves,
-    expected_range_words,
     fastai_cells,
     judge_outside_grid,
     load_state,
     resolve_source,
     run_grid,
-    runs_machine,
     study_cells,
 )
 from transferline.model.advisor import validation_figure_of, walk

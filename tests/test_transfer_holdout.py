@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from bench.transfer_design import GRID, RECIPES
 from bench.transfer_holdout import COMMITTED, judge_rule, markdown
-from bench.transfer_study import GRID, RECIPES
 from transferline.model.advisor import SIGNALS
 
 RULE = {

@@ -273,7 +273,7 @@ def test_the_data_set_bootstrap_moves_each_data_sets_cells_together():
     """Data set a's two cells are right, b's two wrong: a draw holds a twice, once or not at all, so the
     share spans 0 to 1 and about a quarter of the draws (a twice) meet both targets; one data set, no interval."""
     from bench.transfer_analysis import dataset_bootstrap
-    from bench.transfer_study import bootstrap_words
+    from bench.transfer_report import bootstrap_words
     from transferline.model.advisor import Cell, Signals
 
     def cell(dataset: str, size: int, right: bool) -> Cell:
@@ -312,7 +312,8 @@ def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_and_rule
         leave_one_dataset_out,
         usable_cores,
     )
-    from bench.transfer_study import AUTO, RECIPES, RULE_FILE, study_cells
+    from bench.transfer_design import AUTO, RECIPES
+    from bench.transfer_study import RULE_FILE, study_cells
 
     study = json.loads((Path(__file__).resolve().parents[2] / "bench/results/transfer_study.json").read_text())
     cells, errors = study_cells(study)
@@ -334,7 +335,7 @@ def test_a_budget_fitted_rule_spends_at_most_the_cpu_target_on_its_training_cell
     even where the accuracy alone would pick the expensive recipe everywhere."""
     from bench.rule_variants import fitter
     from bench.transfer_analysis import TARGET_CPU, cpu_share, fit_checked_rule
-    from bench.transfer_study import RECIPES
+    from bench.transfer_design import RECIPES
     from transferline.model.advisor import Cell, Signals
 
     seconds = {
@@ -426,7 +427,7 @@ def test_a_check_on_the_last_epoch_reads_each_runs_last_validation_figure_and_th
     """A fine-tune's best epoch beat the probe on val while its last did not: the best-epoch check keeps it,
     the last-epoch check ships the probe; a run without per-epoch records is read at its best epoch."""
     from bench.transfer_analysis import build_cells, check_figure_of, fit_checked_rule
-    from bench.transfer_study import RECIPES
+    from bench.transfer_design import RECIPES
 
     records = _runs("a", {"feature_extraction": [(0.80, 0.70)] * 3, "full": [(0.90, 0.90)] * 3})
     for run, history in zip([r for r in records if r["recipe"] == "full"], ([0.6, 0.9, 0.7], [0.9], None), strict=True):
@@ -854,7 +855,8 @@ def test_the_stand_in_report_says_whether_each_kind_keeps_autos_accuracy():
 def test_the_study_names_the_cpus_its_runs_ran_on_not_the_machine_that_wrote_the_report():
     """A study re-reported elsewhere (here: runs from an Intel Xeon, folded together on an AMD EPYC) must
     not pass its runs' CPU seconds off as the reporting machine's."""
-    from bench.transfer_study import RULE_FILE, runs_machine
+    from bench.transfer_report import runs_machine
+    from bench.transfer_study import RULE_FILE
 
     runs = [{"cpu": "Intel Xeon", "threads": 2}, {"cpu": "AMD EPYC", "threads": 2}, {"cpu": "AMD EPYC", "threads": 1}]
     assert runs_machine(runs) == "AMD EPYC and Intel Xeon, 1 or 2 threads a run"
