@@ -169,12 +169,15 @@ def standard_error(records: list[dict[str, Any]], key: tuple, recipe: str) -> fl
     """One standard error of a recipe's mean test accuracy in a cell: the binomial error of the test split,
     or the seeds' spread when that is larger (seeds vary the split's sampling noise and the training)."""
     runs = [r for r in records if cell_id(r) == key and r["recipe"] == recipe]
-    accuracy = statistics.fmean(r["test_accuracy"] for r in runs)
-    n = runs[0]["test_images"]
-    p = min(max(accuracy, 0.5 / n), 1 - 0.5 / n)  # a perfect score on n images is not certainty
-    binomial = math.sqrt(p * (1 - p) / n)
+    binomial = binomial_error(statistics.fmean(r["test_accuracy"] for r in runs), runs[0]["test_images"])
     seeds = statistics.stdev(r["test_accuracy"] for r in runs) / math.sqrt(len(runs)) if len(runs) > 1 else 0.0
     return max(binomial, seeds)
+
+
+def binomial_error(accuracy: float, n: int) -> float:
+    """One standard error of an accuracy measured on `n` test images (a perfect score is not certainty)."""
+    p = min(max(accuracy, 0.5 / n), 1 - 0.5 / n)
+    return math.sqrt(p * (1 - p) / n)
 
 
 def kendall_taus(cells: list[Cell], target_recipes: list[str]) -> dict[str, dict[str, float | None]]:
@@ -837,15 +840,23 @@ def replicate_frontier(
     `auto` (its picks, its held-out folds' rules, its signal seconds per cell) is judged on the same trials:
     its proposal under its fold's check, per seed of the other seeds, plus the probe's run and its signals."""
     runs = runs_by_cell_and_recipe(records)
-    trials: list[tuple[Cell, int, set[int], dict[str, dict[int, dict[str, Any]]]]] = []
-    for cell in cells:
-        by_recipe = {r: {x["seed"]: x for x in runs[cell.name, r]} for r in cell.accuracy}
-        seeds = set.intersection(*(set(by_seed) for by_seed in by_recipe.values()))
-        if len(seeds) >= 3:
-            trials += [(cell, seed, seeds - {seed}, by_recipe) for seed in sorted(seeds)]
 
     def mean_over(by_seed: dict[int, dict[str, Any]], seeds: set[int], key: str) -> float:
         return statistics.fmean(by_seed[s][key] for s in seeds)
+
+    # per trial: the cell, the replicate's seed, the other seeds, recipe -> seed -> run, and on the other
+    # seeds the best mean accuracy and the grid's CPU (what every pick of the trial is judged against)
+    trials: list[tuple[Cell, int, set[int], dict[str, dict[int, dict[str, Any]]], float, float]] = []
+    for cell in cells:
+        by_recipe = {r: {x["seed"]: x for x in runs[cell.name, r]} for r in cell.accuracy}
+        seeds = set.intersection(*(set(by_seed) for by_seed in by_recipe.values()))
+        if len(seeds) < 3:
+            continue
+        for seed in sorted(seeds):
+            others = seeds - {seed}
+            best = max(mean_over(by_seed, others, "test_accuracy") for by_seed in by_recipe.values())
+            cost = sum(mean_over(by_seed, others, "cpu_seconds") for r, by_seed in by_recipe.items() if r in grid)
+            trials.append((cell, seed, others, by_recipe, best, cost))
 
     def judged(outcomes: list[tuple[bool, float, float]]) -> dict[str, Any]:
         spent, grid_cost = sum(o[1] for o in outcomes), sum(o[2] for o in outcomes)
@@ -854,22 +865,15 @@ def replicate_frontier(
             "cpu_share_of_grid": spent / grid_cost if grid_cost > 0 else None,
         }
 
-    def best_and_grid(cell: Cell, others: set[int], by_recipe: dict) -> tuple[float, float]:
-        best = max(mean_over(by_seed, others, "test_accuracy") for by_seed in by_recipe.values())
-        cost = sum(mean_over(by_seed, others, "cpu_seconds") for r, by_seed in by_recipe.items() if r in grid)
-        return best, cost
-
     rows = []
     for tolerance in tolerances:
         outcomes = []
-        for cell, seed, others, by_recipe in trials:
+        for cell, seed, others, by_recipe, best, grid_cost in trials:
             own = {r: by_seed[seed]["test_accuracy"] for r, by_seed in by_recipe.items()}
             top = max(own.values())
-            n = by_recipe[max(own, key=own.get)][seed]["test_images"]
-            p = min(max(top, 0.5 / n), 1 - 0.5 / n)
-            near = [r for r, a in own.items() if top - a <= tolerance * math.sqrt(p * (1 - p) / n) + 1e-12]
+            error = binomial_error(top, by_recipe[max(own, key=own.get)][seed]["test_images"])
+            near = [r for r, a in own.items() if top - a <= tolerance * error + 1e-12]
             pick = min(near, key=lambda r: by_recipe[r][seed]["cpu_seconds"])
-            best, grid_cost = best_and_grid(cell, others, by_recipe)
             accuracy = mean_over(by_recipe[pick], others, "test_accuracy")
             spent = mean_over(by_recipe[pick], others, "cpu_seconds")
             outcomes.append((best - accuracy <= errors[cell.name] + 1e-12, spent, grid_cost))
@@ -883,12 +887,11 @@ def replicate_frontier(
     if auto is not None:
         picks, rules, signal_seconds = auto
         outcomes = []
-        for cell, _, others, by_recipe in trials:
+        for cell, _, others, by_recipe, best, grid_cost in trials:
             rule = rules[cell.dataset]
             pick = picks[cell.name]
             kept = {r: [by_seed[s] for s in others] for r, by_seed in by_recipe.items()}
             checked = checked_accuracy(kept, rule.get("validation_margin_se", 0.0), validation_figure_of(rule))
-            best, grid_cost = best_and_grid(cell, others, by_recipe)
             spent = mean_over(by_recipe[pick], others, "cpu_seconds") + signal_seconds.get(cell.name, 0.0)
             if pick != FEATURE_EXTRACTION:
                 spent += mean_over(by_recipe[FEATURE_EXTRACTION], others, "cpu_seconds")
