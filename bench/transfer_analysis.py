@@ -334,6 +334,49 @@ def cpu_per_wall(records: list[dict[str, Any]]) -> dict[str, float]:
     return {recipe: statistics.median(values) for recipe, values in sorted(ratios.items())}
 
 
+def grid_cpu(records: list[dict[str, Any]]) -> str:
+    """The kind of CPU that measured most of the runs: the one every CPU share is counted on."""
+    counts: dict[str, int] = defaultdict(int)
+    for run in records:
+        counts[str(run["cpu"])] += 1
+    return max(sorted(counts), key=counts.get)
+
+
+def whole_seeds(records: list[dict[str, Any]], required: set[str]) -> list[dict[str, Any]]:
+    """The runs of the seeds that every `required` recipe of their cell ran: a cell whose extra seeds
+    stopped part way is judged on its whole seeds only, never on means over different seeds per recipe."""
+    seeds: dict[tuple, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+    for run in records:
+        seeds[cell_id(run)][run["recipe"]].add(run["seed"])
+    whole = {
+        cell: set.intersection(*(ran for recipe, ran in by_recipe.items() if recipe in required))
+        for cell, by_recipe in seeds.items()
+        if required & set(by_recipe)
+    }
+    return [run for run in records if cell_id(run) not in whole or run["seed"] in whole[cell_id(run)]]
+
+
+def costed_on(records: list[dict[str, Any]], cpu: str) -> list[dict[str, Any]]:
+    """The runs with every CPU cost as `cpu` measured it. CPU seconds differ between kinds of CPU by more
+    than the shares the study compares, so they are never mixed: a run from another kind keeps its accuracy
+    and is costed at its cell and recipe's mean CPU seconds per epoch on `cpu`, times the epochs it ran (its
+    own figure kept as `measured_cpu_seconds`)."""
+    per_epoch: dict[tuple, list[float]] = defaultdict(list)
+    for run in records:
+        if run["cpu"] == cpu:
+            per_epoch[cell_id(run), run["recipe"]].append(run["cpu_seconds"] / max(1, run["epochs_run"]))
+    costed = []
+    for run in records:
+        if run["cpu"] != cpu:
+            reference = per_epoch.get((cell_id(run), run["recipe"]))
+            if not reference:
+                raise ValueError(f"{cell_name(cell_id(run))} {run['recipe']}: no run on {cpu} to cost it by")
+            cost = statistics.fmean(reference) * max(1, run["epochs_run"])
+            run = {**run, "cpu_seconds": cost, "measured_cpu_seconds": run["cpu_seconds"]}
+        costed.append(run)
+    return costed
+
+
 def runs_by_cell_and_recipe(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in records:

@@ -181,7 +181,13 @@ def replicate_words(repeat: dict[str, Any]) -> list[str]:
 
 
 def markdown(
-    state: dict[str, Any], analysis: dict[str, Any], pictures: list[str], cpu: float, final: bool, grid: dict[str, Any]
+    state: dict[str, Any],
+    analysis: dict[str, Any],
+    pictures: list[str],
+    cpu: float,
+    final: bool,
+    grid: dict[str, Any],
+    elsewhere: dict[str, float] | None = None,
 ) -> str:
     lines = ["# Transfer study", ""]
     if not final:
@@ -210,6 +216,7 @@ def markdown(
             else "."
         ),
         "",
+        *elsewhere_words(state["runs"], elsewhere or {}),
         *rerun_words(analysis.get("reruns") or {}),
         f"Test sets: per data set, up to {HELD_OUT} images per class (a quarter of a smaller class) held out of "
         "every subset, so every size is scored on the same images; each subset's own validation split picks "
@@ -601,6 +608,23 @@ def rule_lines(node: dict[str, Any], indent: str = "") -> list[str]:
         *rule_lines(node["le"], indent + "    "),
         f"{indent}else:",
         *rule_lines(node["gt"], indent + "    "),
+    ]
+
+
+def elsewhere_words(runs: list[dict[str, Any]], elsewhere: dict[str, float]) -> list[str]:
+    """What ran on another kind of CPU than the grid's: more seeds, counted for accuracy only."""
+    if not elsewhere:
+        return []
+    on = {run["cpu"] for run in runs} - set(elsewhere)
+    parts = [
+        f"{sum(run['cpu'] == cpu for run in runs)} runs on {cpu} ({seconds / 3600:.2f} h)"
+        for cpu, seconds in sorted(elsewhere.items())
+    ]
+    return [
+        f"More seeds: {', '.join(parts)}, not in the grid's CPU time. They add test accuracies; every CPU "
+        f"share counts their recipes at the CPU seconds per epoch that {', '.join(sorted(on))} measured in the "
+        "same cell, times the epochs each ran, so no share mixes two kinds of CPU.",
+        "",
     ]
 
 

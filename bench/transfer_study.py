@@ -50,11 +50,13 @@ from bench.transfer_analysis import (
     cheapest_within_one_se,
     compare_experiment,
     compare_recipes,
+    costed_on,
     cpu_per_wall,
     dataset_bootstrap,
     early_stops,
     expected_range_coverage,
     fit_auto_rule,
+    grid_cpu,
     hindsight_checked,
     judge_policy,
     kendall_taus,
@@ -65,6 +67,7 @@ from bench.transfer_analysis import (
     runs_by_cell_and_recipe,
     standard_error,
     usable_cores,
+    whole_seeds,
 )
 from bench.transfer_design import (
     AUTO,
@@ -115,7 +118,11 @@ def train_overrides(recipe: dict[str, Any], num_blocks: int) -> dict[str, Any]:
     return {**base.overrides(num_blocks, base.epochs), **{k: v for k, v in recipe.items() if k not in names}}
 
 
-def seeds_for(size: int | None, quick: bool) -> list[int]:
+def seeds_for(size: int | None, quick: bool, chosen: list[int] | None = None) -> list[int]:
+    """The seeds a cell runs: `chosen` when given (more seeds for cells the grid ran once), else three up to
+    SMALL images a class and one above."""
+    if chosen is not None:
+        return chosen
     if quick:
         return [0]
     return list(range(SEEDS_SMALL if size is not None and size <= SMALL else SEEDS_LARGE))
@@ -379,14 +386,14 @@ def run_grid(
                 pending = [
                     recipe
                     for recipe in runs
-                    for seed in seeds_for(size, args.quick)
+                    for seed in seeds_for(size, args.quick, getattr(args, "seeds", None))
                     if (dataset, size, backbone, recipe, seed) not in done
                 ]
                 if any(runs[recipe].get("head_init") == "probe" for recipe in pending):
                     cache_features(prepared, backbone, args.quick)
                 ran = False
                 for recipe, overrides in runs.items():
-                    for seed in seeds_for(size, args.quick):
+                    for seed in seeds_for(size, args.quick, getattr(args, "seeds", None)):
                         if (dataset, size, backbone, recipe, seed) in done:
                             continue
                         ran = True
@@ -453,7 +460,10 @@ def study_cells(state: dict[str, Any], figure: str = CHECK_FIGURE) -> tuple[list
 
 
 def analyse(state: dict[str, Any]) -> dict[str, Any]:
-    """Cells, signal rankings, and the verdicts of auto (leave-one-data-set-out) and the fixed policies."""
+    """Cells, signal rankings, and the verdicts of auto (leave-one-data-set-out) and the fixed policies.
+    Judged on each cell's whole seeds, with every CPU cost as the grid's kind of CPU measured it."""
+    measured, on = state["runs"], grid_cpu(state["runs"])
+    state = {**state, "runs": costed_on(whole_seeds(measured, {*RECIPES, "fastai"}), on)}
     cells, errors = study_cells(state)
     cores = usable_cores()
     picks, loo_rules = leave_one_dataset_out(cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors), cores)
@@ -511,7 +521,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     shown = {c.name: c for c in with_fastai}
     rule = fit_auto_rule(cells, RECIPES, errors) if cells else None
     if rule is not None:
-        rule["cost"] = cost_model([r for r in state["runs"] if r["recipe"] not in EXPERIMENTS])
+        rule["cost"] = cost_model([r for r in measured if r["recipe"] not in EXPERIMENTS and r["cpu"] == on])
     return {
         "cells": [
             {
@@ -535,7 +545,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         "schedule": compare_recipes(cells, errors, "partial_half_5ep", "partial_half", picks),
         "experiments": experiments(state, cells, errors),
         "experiment_cpu_seconds": sum(r["cpu_seconds"] for r in state["runs"] if r["recipe"] in EXPERIMENTS),
-        "cpu_per_wall": cpu_per_wall(state["runs"]),
+        "cpu_per_wall": cpu_per_wall([r for r in measured if r["cpu"] == on]),
         "auto_cpu": auto_cpu_parts(records_of(state), state["signals"], judged, picks, loo_rules),
         "expected_range": expected_range_coverage(judged, picks, loo_rules),
         "early_stops": early_stops(records_of(state), state["signals"], judged, picks, loo_rules, errors),
@@ -632,6 +642,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--sizes", nargs="+", default=[str(s) for s in SIZES], help="images per class; 'all'")
     parser.add_argument("--backbones", nargs="+", default=BACKBONES)
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="run these seeds in every cell of the chosen grid (default: 3 up to 100 images a class, 1 above)",
+    )
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--work", type=Path, default=None, help="where data and runs.json live (resumable)")
     parser.add_argument(
@@ -658,6 +675,10 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"unknown data sets {unknown}; the study knows {sorted(DATASETS)}")
         args.sources = {name: resolve_source(name, args.work) for name in args.datasets}
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.seeds is not None:  # more seeds for part of a grid: recorded, then analysed whole by --report-only
+        run_grid(args, lambda partial: None, experiments=False)
+        log.info("runs recorded in %s; `--report-only` analyses them with the whole grid", args.work / "runs.json")
+        return
     state = run_grid(args, lambda partial: report(partial, args, out_dir, final=False))
     report(state, args, out_dir, final=True)
 
@@ -680,8 +701,14 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
     rule to whichever cells happened to finish)."""
     state["machine"] = machine()
     analysis = analyse(state)
+    on = grid_cpu(state["runs"]) if state["runs"] else ""
     grid_runs = [r for r in state["runs"] if r["recipe"] not in EXPERIMENTS]
-    cpu = sum(r["cpu_seconds"] for r in grid_runs) + sum(s["seconds"] for s in state["signals"].values())
+    signal_cpu = sum(s["seconds"] for s in state["signals"].values())
+    cpu = sum(r["cpu_seconds"] for r in grid_runs if r["cpu"] == on) + signal_cpu
+    elsewhere: dict[str, float] = {}  # more seeds run on another kind of CPU: their seconds, never added to the grid's
+    for run in grid_runs:
+        if run["cpu"] != on:
+            elsewhere[run["cpu"]] = elsewhere.get(run["cpu"], 0.0) + run["cpu_seconds"]
     pictures = [policy_map(analysis["verdicts"], out_dir), *curves(state, out_dir)]
     payload = {
         "protocol": PROTOCOL,
@@ -690,13 +717,14 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
         "measured_on": runs_machine(state["runs"]),
         "complete": final,
         "grid_cpu_seconds": cpu,
+        **({"cpu_seconds_elsewhere": elsewhere} if elsewhere else {}),
         **analysis,
         "runs": state["runs"],
         "signals": state["signals"],
     }
     grid = {"backbones": args.backbones, "datasets": args.datasets, "sizes": args.sizes, "complete": final}
     payload["grid"] = grid
-    write_results("transfer_study", payload, markdown(state, analysis, pictures, cpu, final, grid))
+    write_results("transfer_study", payload, markdown(state, analysis, pictures, cpu, final, grid, elsewhere))
     if final and analysis["rule"] is not None:
         rule_file = RULE_FILE if not args.quick else out_dir / "advisor_rule.json"
         fitted_on = sorted({c["cell"] for c in analysis["cells"]})

@@ -863,3 +863,74 @@ def test_the_study_names_the_cpus_its_runs_ran_on_not_the_machine_that_wrote_the
     study = json.loads((Path(__file__).resolve().parents[2] / "bench/results/transfer_study.json").read_text())
     assert study["measured_on"] == runs_machine(study["runs"])
     assert json.loads(RULE_FILE.read_text())["machine"] == study["measured_on"]
+
+
+def _run(seed: int, recipe: str, cpu: str, cpu_seconds: float, epochs_run: int, dataset: str = "a") -> dict:
+    return {
+        "dataset": dataset,
+        "size": 400,
+        "backbone": "m",
+        "recipe": recipe,
+        "seed": seed,
+        "cpu": cpu,
+        "cpu_seconds": cpu_seconds,
+        "epochs_run": epochs_run,
+        "test_accuracy": 0.5 + seed / 100,
+    }
+
+
+def test_more_seeds_from_another_cpu_add_accuracy_but_are_costed_as_the_grids_cpu_measured_them():
+    """CPU seconds from two kinds of CPU are never summed into one share: a seed run elsewhere is costed at
+    the grid CPU's seconds per epoch for its cell and recipe, times the epochs it ran."""
+    from bench.transfer_analysis import costed_on, grid_cpu
+
+    runs = [
+        _run(0, "full", "Intel", 100.0, 10),
+        _run(0, "head", "Intel", 4.0, 1),
+        _run(1, "full", "AMD", 300.0, 5),  # stopped early after 5 epochs, on a slower CPU
+        _run(1, "head", "AMD", 9.0, 1),
+    ]
+    assert grid_cpu([*runs, _run(0, "full", "Intel", 1.0, 1, "b")]) == "Intel"
+    costed = costed_on(runs, "Intel")
+    assert [r["cpu_seconds"] for r in costed] == [100.0, 4.0, 50.0, 4.0]
+    assert [r.get("measured_cpu_seconds") for r in costed] == [None, None, 300.0, 9.0]
+    assert [r["test_accuracy"] for r in costed] == [r["test_accuracy"] for r in runs]
+    with pytest.raises(ValueError, match="a/400/m full: no run on Intel"):
+        costed_on([_run(1, "full", "AMD", 300.0, 5)], "Intel")
+
+
+def test_a_cell_whose_extra_seeds_stopped_part_way_is_judged_on_its_whole_seeds():
+    """Seed 2 ran for one recipe only: averaging it in would compare recipes over different seeds."""
+    from bench.transfer_analysis import whole_seeds
+
+    runs = [_run(s, r, "Intel", 1.0, 1) for r in ("full", "head") for s in (0, 1)] + [
+        _run(2, "full", "Intel", 1.0, 1),
+        _run(2, "experiment", "Intel", 1.0, 1),
+        _run(0, "full", "Intel", 1.0, 1, "b"),  # a cell where the required recipes never all ran: kept as is
+    ]
+    kept = whole_seeds(runs, {"full", "head"})
+    assert sorted((r["dataset"], r["recipe"], r["seed"]) for r in kept) == [
+        ("a", "full", 0),
+        ("a", "full", 1),
+        ("a", "head", 0),
+        ("a", "head", 1),
+        ("b", "full", 0),
+    ]
+
+
+def test_chosen_seeds_replace_the_size_rule_for_every_cell():
+    from bench.transfer_study import seeds_for
+
+    assert seeds_for(400, False) == [0]
+    assert seeds_for(100, False) == [0, 1, 2]
+    assert seeds_for(400, False, [1, 2]) == [1, 2]
+
+
+def test_the_report_names_the_runs_made_on_another_cpu_and_keeps_their_seconds_apart():
+    from bench.transfer_report import elsewhere_words
+
+    runs = [{"cpu": "Intel"}, {"cpu": "Intel"}, {"cpu": "AMD"}]
+    assert elsewhere_words(runs, {}) == []
+    words = elsewhere_words(runs, {"AMD": 7200.0})[0]
+    assert "1 runs on AMD (2.00 h), not in the grid's CPU time" in words
+    assert "that Intel measured" in words
