@@ -334,11 +334,16 @@ def cpu_per_wall(records: list[dict[str, Any]]) -> dict[str, float]:
     return {recipe: statistics.median(values) for recipe, values in sorted(ratios.items())}
 
 
+def cpu_of(run: dict[str, Any]) -> str:
+    """The kind of CPU a run recorded (runs from before the study recorded it: one unnamed kind)."""
+    return str(run.get("cpu", ""))
+
+
 def grid_cpu(records: list[dict[str, Any]]) -> str:
     """The kind of CPU that measured most of the runs: the one every CPU share is counted on."""
     counts: dict[str, int] = defaultdict(int)
     for run in records:
-        counts[str(run["cpu"])] += 1
+        counts[cpu_of(run)] += 1
     return max(sorted(counts), key=counts.get)
 
 
@@ -361,13 +366,15 @@ def costed_on(records: list[dict[str, Any]], cpu: str) -> list[dict[str, Any]]:
     than the shares the study compares, so they are never mixed: a run from another kind keeps its accuracy
     and is costed at its cell and recipe's mean CPU seconds per epoch on `cpu`, times the epochs it ran (its
     own figure kept as `measured_cpu_seconds`)."""
+    if all(cpu_of(run) == cpu for run in records):
+        return records
     per_epoch: dict[tuple, list[float]] = defaultdict(list)
     for run in records:
-        if run["cpu"] == cpu:
+        if cpu_of(run) == cpu:
             per_epoch[cell_id(run), run["recipe"]].append(run["cpu_seconds"] / max(1, run["epochs_run"]))
     costed = []
     for run in records:
-        if run["cpu"] != cpu:
+        if cpu_of(run) != cpu:
             reference = per_epoch.get((cell_id(run), run["recipe"]))
             if not reference:
                 raise ValueError(f"{cell_name(cell_id(run))} {run['recipe']}: no run on {cpu} to cost it by")

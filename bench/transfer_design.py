@@ -89,9 +89,14 @@ UNCHECKED = "the rule alone: regret, depth 2, no validation check"
 
 NO_BUDGET = "auto without the CPU penalty"
 
-# auto on the cells that ran three seeds (up to SMALL images a class) and on those that ran one: one SE of a
-# cell's best includes the seeds' spread only where there are seeds to spread
-AUTO_BY_SEEDS = {SEEDS_SMALL: "auto, cells with three seeds", SEEDS_LARGE: "auto, cells with one seed"}
+# auto on the cells that ran three seeds (every cell up to SMALL images a class, and larger ones given more
+# seeds with --seeds), two, or one: one SE of a cell's best includes the seeds' spread only where there are
+# seeds to spread
+AUTO_BY_SEEDS = {
+    SEEDS_SMALL: "auto, cells with three seeds",
+    2: "auto, cells with two seeds",
+    SEEDS_LARGE: "auto, cells with one seed",
+}
 
 GRID_ONLY = "auto choosing among the grid's recipes only (no 5-epoch recipe)"
 

@@ -255,10 +255,10 @@ def markdown(
         "rule fitted under that check (only the half-frozen 10-epoch runs record every epoch; another "
         f"fine-tune reads its best epoch under both). '{UNCHECKED}' is the method used before the "
         "check: the rule's pick as it is. "
-        f"'{AUTO_BY_SEEDS[SEEDS_SMALL]}' and '{AUTO_BY_SEEDS[SEEDS_LARGE]}': auto on the cells up to {SMALL} "
-        f"images a class, which ran {SEEDS_SMALL} seeds, and on the larger ones, which ran {SEEDS_LARGE}; a "
-        "cell's one SE is its test split's binomial error or its seeds' spread, whichever is larger, so a cell "
-        "run once has no seeds' spread in it and sets the stricter bar.",
+        f"'{AUTO_BY_SEEDS[SEEDS_SMALL]}' and '{AUTO_BY_SEEDS[SEEDS_LARGE]}': auto on the cells that ran "
+        f"{SEEDS_SMALL} seeds (every cell up to {SMALL} images a class, and larger cells given more seeds) and on "
+        f"those that ran {SEEDS_LARGE}; a cell's one SE is its test split's binomial error or its seeds' spread, "
+        "whichever is larger, so a cell run once has no seeds' spread in it and sets the stricter bar.",
     ]
     lines += bootstrap_words(analysis.get("auto_bootstrap") or {})
     lines += expected_range_words(analysis.get("expected_range") or {})

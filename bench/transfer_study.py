@@ -51,6 +51,7 @@ from bench.transfer_analysis import (
     compare_experiment,
     compare_recipes,
     costed_on,
+    cpu_of,
     cpu_per_wall,
     dataset_bootstrap,
     early_stops,
@@ -432,9 +433,15 @@ def load_state(state_file: Path, results_file: Path) -> dict[str, Any]:
     return {"protocol": PROTOCOL, "runs": [], "signals": {}}
 
 
+def judged_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs as every verdict reads them: each cell's whole seeds, every CPU cost as the grid's kind of
+    CPU measured it (runs from another kind add accuracy only)."""
+    return costed_on(whole_seeds(runs, {*RECIPES, "fastai"}), grid_cpu(runs)) if runs else []
+
+
 def records_of(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """The runs of the recipes auto chooses from (not fastai's, judged beside them)."""
-    return [r for r in state["runs"] if r["recipe"] in RECIPES]
+    """The judged runs of the recipes auto chooses from (not fastai's, judged beside them)."""
+    return [r for r in judged_runs(state["runs"]) if r["recipe"] in RECIPES]
 
 
 def seeds_per_cell(records: list[dict[str, Any]]) -> dict[str, int]:
@@ -463,7 +470,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     """Cells, signal rankings, and the verdicts of auto (leave-one-data-set-out) and the fixed policies.
     Judged on each cell's whole seeds, with every CPU cost as the grid's kind of CPU measured it."""
     measured, on = state["runs"], grid_cpu(state["runs"])
-    state = {**state, "runs": costed_on(whole_seeds(measured, {*RECIPES, "fastai"}), on)}
+    state = {**state, "runs": judged_runs(measured)}
     cells, errors = study_cells(state)
     cores = usable_cores()
     picks, loo_rules = leave_one_dataset_out(cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors), cores)
@@ -521,7 +528,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     shown = {c.name: c for c in with_fastai}
     rule = fit_auto_rule(cells, RECIPES, errors) if cells else None
     if rule is not None:
-        rule["cost"] = cost_model([r for r in measured if r["recipe"] not in EXPERIMENTS and r["cpu"] == on])
+        rule["cost"] = cost_model([r for r in measured if r["recipe"] not in EXPERIMENTS and cpu_of(r) == on])
     return {
         "cells": [
             {
@@ -545,7 +552,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         "schedule": compare_recipes(cells, errors, "partial_half_5ep", "partial_half", picks),
         "experiments": experiments(state, cells, errors),
         "experiment_cpu_seconds": sum(r["cpu_seconds"] for r in state["runs"] if r["recipe"] in EXPERIMENTS),
-        "cpu_per_wall": cpu_per_wall([r for r in measured if r["cpu"] == on]),
+        "cpu_per_wall": cpu_per_wall([r for r in measured if cpu_of(r) == on]),
         "auto_cpu": auto_cpu_parts(records_of(state), state["signals"], judged, picks, loo_rules),
         "expected_range": expected_range_coverage(judged, picks, loo_rules),
         "early_stops": early_stops(records_of(state), state["signals"], judged, picks, loo_rules, errors),
@@ -704,11 +711,11 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
     on = grid_cpu(state["runs"]) if state["runs"] else ""
     grid_runs = [r for r in state["runs"] if r["recipe"] not in EXPERIMENTS]
     signal_cpu = sum(s["seconds"] for s in state["signals"].values())
-    cpu = sum(r["cpu_seconds"] for r in grid_runs if r["cpu"] == on) + signal_cpu
+    cpu = sum(r["cpu_seconds"] for r in grid_runs if cpu_of(r) == on) + signal_cpu
     elsewhere: dict[str, float] = {}  # more seeds run on another kind of CPU: their seconds, never added to the grid's
     for run in grid_runs:
-        if run["cpu"] != on:
-            elsewhere[run["cpu"]] = elsewhere.get(run["cpu"], 0.0) + run["cpu_seconds"]
+        if cpu_of(run) != on:
+            elsewhere[cpu_of(run)] = elsewhere.get(cpu_of(run), 0.0) + run["cpu_seconds"]
     pictures = [policy_map(analysis["verdicts"], out_dir), *curves(state, out_dir)]
     payload = {
         "protocol": PROTOCOL,
