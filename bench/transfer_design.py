@@ -72,7 +72,7 @@ EXPERIMENT_NOTES = {
 # Fixed policies judged beside auto; fastai's `fine_tune`: the head alone for one epoch, then everything.
 FASTAI = {"strategy": "discriminative", "frozen_blocks": 0, "gradual_unfreeze": True, "layer_groups": 1}
 
-SEEDS_SMALL, SEEDS_LARGE, SMALL = 3, 1, 100  # seeds per cell: 3 up to 100 images per class, 1 above
+SEEDS_SMALL, SEEDS_LARGE, SMALL = 3, 1, 100  # seeds per cell: 3 up to 100 images per class, 1 above (more: --seeds)
 
 # Runs made under another protocol (test set, subsets) are never mixed into a resumed study.
 PROTOCOL = "held-out test set v1"

@@ -173,8 +173,9 @@ def replicate_words(repeat: dict[str, Any]) -> list[str]:
         (
             f"Knowing a replicate meets both targets at {len(meets)} of {len(frontier)} tolerances"
             + (f" (at best {max(r['within_one_se'] for r in meets):.1%} of trials)" if meets else "")
-            + ": the pair asks a policy that sees signals measured in seconds to pick about as well as one "
-            "that had trained every recipe on the cell once."
+            + ": the pair asks a policy that sees signals measured in seconds to pick "
+            + ("about as well as" if meets else "better than")
+            + " one that had trained every recipe on the cell once."
         ),
     ]
     return lines

@@ -934,3 +934,17 @@ def test_the_report_names_the_runs_made_on_another_cpu_and_keeps_their_seconds_a
     words = elsewhere_words(runs, {"AMD": 7200.0})[0]
     assert "1 runs on AMD (2.00 h), not in the grid's CPU time" in words
     assert "that Intel measured" in words
+
+
+def test_the_report_says_whether_knowing_a_replicate_meets_both_targets():
+    from bench.transfer_report import replicate_words
+
+    def verdict(share: float, cpu: float) -> str:
+        frontier = [{"tolerance_se": 0.0, "within_one_se": share, "cpu_share_of_grid": cpu}]
+        repeat = {"cells": 1, "trials": 3, "within_one_se": share, "frontier": frontier}
+        return next(line for line in replicate_words(repeat) if line.startswith("Knowing a replicate"))
+
+    assert "at 1 of 1 tolerances (at best 81.0% of trials)" in verdict(0.81, 0.14)
+    assert "to pick about as well as one that had trained" in verdict(0.81, 0.14)
+    assert "at 0 of 1 tolerances: " in verdict(0.79, 0.14)
+    assert "to pick better than one that had trained" in verdict(0.81, 0.16)
