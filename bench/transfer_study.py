@@ -384,17 +384,15 @@ def run_grid(
                 num_blocks = len(BACKBONES[backbone].blocks)
                 recipes = {**RECIPES, **(EXPERIMENTS if experiments else {})}
                 runs = {**{k: train_overrides(v, num_blocks) for k, v in recipes.items()}, "fastai": FASTAI}
+                seeds = seeds_for(size, args.quick, getattr(args, "seeds", None))
                 pending = [
-                    recipe
-                    for recipe in runs
-                    for seed in seeds_for(size, args.quick, getattr(args, "seeds", None))
-                    if (dataset, size, backbone, recipe, seed) not in done
+                    recipe for recipe in runs for seed in seeds if (dataset, size, backbone, recipe, seed) not in done
                 ]
                 if any(runs[recipe].get("head_init") == "probe" for recipe in pending):
                     cache_features(prepared, backbone, args.quick)
                 ran = False
                 for recipe, overrides in runs.items():
-                    for seed in seeds_for(size, args.quick, getattr(args, "seeds", None)):
+                    for seed in seeds:
                         if (dataset, size, backbone, recipe, seed) in done:
                             continue
                         ran = True
@@ -470,8 +468,9 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     """Cells, signal rankings, and the verdicts of auto (leave-one-data-set-out) and the fixed policies.
     Judged on each cell's whole seeds, with every CPU cost as the grid's kind of CPU measured it."""
     measured, on = state["runs"], grid_cpu(state["runs"])
-    state = {**state, "runs": judged_runs(measured)}
     cells, errors = study_cells(state)
+    judged_state = {**state, "runs": judged_runs(measured)}  # judged once, for the readers below
+    records = [r for r in judged_state["runs"] if r["recipe"] in RECIPES]
     cores = usable_cores()
     picks, loo_rules = leave_one_dataset_out(cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors), cores)
     fine_tuned = [name for name in RECIPES if name != "feature_extraction"]
@@ -482,13 +481,13 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         verdicts[f"auto, {backbone} cells"] = judge_policy(
             [c for c in judged if backbone_of(c) == backbone], picks, errors, signal_seconds, checked=True
         )
-    seeds = seeds_per_cell(records_of(state))
+    seeds = seeds_per_cell(records)
     for count, label in AUTO_BY_SEEDS.items():
         subset = [c for c in judged if seeds.get(c.name) == count]
         if subset:
             verdicts[label] = judge_policy(subset, picks, errors, signal_seconds, checked=True)
     verdicts[PERFECT_CHECK] = judge_policy(
-        hindsight_checked(records_of(state), judged), picks, errors, signal_seconds, checked=True
+        hindsight_checked(records, judged), picks, errors, signal_seconds, checked=True
     )
     best_epoch_cells, _ = study_cells(state, BEST_EPOCH)
     variants = (
@@ -521,7 +520,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         verdicts[label] = judge_policy(cells, {c.name: recipe for c in cells}, errors, {})
     verdicts[HINDSIGHT] = judge_policy(cells, cheapest_within_one_se(cells, errors), errors, {})
     verdicts[HINDSIGHT_AT_TARGET] = judge_policy(cells, cheapest_at_share(cells, errors, TARGET_SHARE), errors, {})
-    with_fastai = fastai_cells(state, cells)
+    with_fastai = fastai_cells(judged_state, cells)
     if with_fastai:
         # judged against the best of the grid's recipes, not against itself
         verdicts["fastai fine_tune"] = judge_outside_grid(with_fastai, "fastai", errors)
@@ -547,15 +546,15 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         "kendall_tau": kendall_taus(cells, fine_tuned),
         "backbone_pick": pick_backbones(judged, picks, loo_rules, errors, checked=True),
         "repeatability": replicate_frontier(
-            records_of(state), judged, errors, set(GRID), auto=(picks, loo_rules, signal_seconds)
+            records, judged, errors, set(GRID), auto=(picks, loo_rules, signal_seconds)
         ),
         "schedule": compare_recipes(cells, errors, "partial_half_5ep", "partial_half", picks),
-        "experiments": experiments(state, cells, errors),
+        "experiments": experiments(judged_state, cells, errors),
         "experiment_cpu_seconds": sum(r["cpu_seconds"] for r in state["runs"] if r["recipe"] in EXPERIMENTS),
         "cpu_per_wall": cpu_per_wall([r for r in measured if cpu_of(r) == on]),
-        "auto_cpu": auto_cpu_parts(records_of(state), state["signals"], judged, picks, loo_rules),
+        "auto_cpu": auto_cpu_parts(records, state["signals"], judged, picks, loo_rules),
         "expected_range": expected_range_coverage(judged, picks, loo_rules),
-        "early_stops": early_stops(records_of(state), state["signals"], judged, picks, loo_rules, errors),
+        "early_stops": early_stops(records, state["signals"], judged, picks, loo_rules, errors),
         "reruns": {
             "runs": sum("rerun" in r for r in state["runs"]),
             "reproduced": sum(r.get("rerun", {}).get("reproduced", False) for r in state["runs"]),
