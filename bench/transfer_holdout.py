@@ -248,7 +248,7 @@ def report(state: dict[str, Any], args: argparse.Namespace) -> Path:
         "machine": machine(),
         "measured_on": runs_machine(state["runs"]),
         "grid_cpu_seconds": cpu,
-        "pictures": curves(state, out_dir),
+        "pictures": curves(state, out_dir, "transfer_holdout"),
         "results": results_name(args.datasets),
     }
     payload = {**judged, **meta, "rule_fitted_on": len(rule.get("fitted_on", [])), "rule": rule, "runs": state["runs"]}

@@ -29,8 +29,10 @@ from bench.transfer_design import (
 )
 
 
-def curves(state: dict[str, Any], out_dir: Path) -> list[str]:
-    """One PNG per data set: test accuracy against images per class, a line per recipe, a panel per backbone."""
+def curves(state: dict[str, Any], out_dir: Path, report: str = "transfer_study") -> list[str]:
+    """One PNG per data set, `<report>_<data set>.png`: test accuracy against images per class, a line per
+    recipe, a panel per backbone. Each report names its own files, so a held-out round's curves (seed 0 of
+    its data sets) never overwrite the study's curves of the same data set, which may hold more seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,7 +59,7 @@ def curves(state: dict[str, Any], out_dir: Path) -> list[str]:
             axis.grid(alpha=0.3)
             axis.legend(fontsize=7)
         figure.tight_layout()
-        path = out_dir / f"transfer_study_{dataset}.png"
+        path = out_dir / f"{report}_{dataset}.png"
         tmp = path.with_suffix(".tmp.png")
         figure.savefig(tmp, dpi=110)
         plt.close(figure)

@@ -3,6 +3,7 @@ signals, the validation check keeps the fine-tune or the probe, and a cell it wa
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -39,6 +40,8 @@ def cell_runs(dataset: str, tests: dict[str, tuple[float, float]]) -> list[dict]
             "test_accuracy": tests.get(recipe, (0.5, 0.5))[1],
             "test_images": 10_000,  # one SE of an accuracy near 0.9: 0.003
             "cpu_seconds": 1.0 if recipe == "feature_extraction" else 10.0,
+            "cpu": "a test CPU",
+            "threads": 2,
         }
         for recipe in [*RECIPES, "fastai"]
         for seed in (0, 1)
@@ -196,3 +199,19 @@ def test_a_report_is_judged_again_from_the_runs_recorded_for_its_own_data_sets(t
     state = recorded_runs((later_round, committed), ["near"])
     assert {r["dataset"] for r in state["runs"]} == {"near"} and list(state["signals"]) == ["near/10/m"]
     assert recorded_runs((later_round, committed), ["other"])["runs"] == []
+
+
+def test_a_rounds_curves_are_its_own_files_and_leave_the_studys_curves_alone(tmp_path, monkeypatch):
+    """A held-out data set later joins the study with more seeds: the round's seed-0 curves must not
+    overwrite the study's picture of the same data set."""
+    from bench.transfer_holdout import report
+
+    monkeypatch.setenv("TRANSFERLINE_BENCH_RESULTS_DIR", str(tmp_path))
+    study_curve = tmp_path / "transfer_study_near.png"
+    study_curve.write_bytes(b"the study's curves")
+    rule_file = tmp_path / "rule.json"
+    rule_file.write_text(json.dumps(RULE))
+    written = report(state_of({"near": 0.6}, {"near": {}}), argparse.Namespace(rule=rule_file, datasets=["near"]))
+    assert study_curve.read_bytes() == b"the study's curves"
+    assert (tmp_path / "transfer_holdout_near.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![transfer_holdout_near.png](transfer_holdout_near.png)" in written.read_text()
