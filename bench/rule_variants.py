@@ -34,6 +34,7 @@ from bench.transfer_analysis import (
     fit_within_cpu,
     judge_policy,
     leave_one_dataset_out,
+    meets_targets,
     usable_cores,
 )
 from bench.transfer_design import RECIPES
@@ -137,7 +138,7 @@ def markdown(rows: list[dict[str, Any]], cells: int, machine: str) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        meets = r["within_one_se"] >= TARGET_SHARE and r["cpu_share_of_grid"] <= TARGET_CPU
+        meets = meets_targets(r)
         name = f"**{r['loss']}** (committed)" if r["committed"] else r["loss"]
         target = r.get("fit_cpu_target")
         penalty = f"{r['cpu_penalty']} ({target:.0%})" if target is not None else r["cpu_penalty"]

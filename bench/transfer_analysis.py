@@ -948,3 +948,9 @@ def replicate_frontier(
             outcomes.append((best - checked[pick] <= errors[cell.name] + 1e-12, spent, grid_cost))
         result["auto"] = judged(outcomes)
     return result
+
+
+def meets_targets(verdict: dict[str, Any]) -> bool:
+    """Whether a verdict (a policy's share within one SE and its CPU share of the grid) meets both of auto's
+    targets; the tolerance keeps a share summed to exactly a target from missing it by a rounding error."""
+    return verdict["within_one_se"] >= TARGET_SHARE - 1e-12 and verdict["cpu_share_of_grid"] <= TARGET_CPU + 1e-12

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.transfer_analysis import BACKBONE_HINDSIGHT, TARGET_CPU, TARGET_SHARE
+from bench.transfer_analysis import BACKBONE_HINDSIGHT, TARGET_CPU, TARGET_SHARE, meets_targets
 from bench.transfer_design import (
     AUTO,
     AUTO_BY_SEEDS,
@@ -165,11 +165,7 @@ def replicate_words(repeat: dict[str, Any]) -> list[str]:
             f"| auto (its fold's rule and check, signals and probe paid) | {auto['within_one_se']:.1%} "
             f"| {auto['cpu_share_of_grid']:.1%} |"
         )
-    meets = [
-        row
-        for row in frontier
-        if row["within_one_se"] >= TARGET_SHARE - 1e-12 and row["cpu_share_of_grid"] <= TARGET_CPU + 1e-12
-    ]
+    meets = [row for row in frontier if meets_targets(row)]
     lines += [
         "",
         (
