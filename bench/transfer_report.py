@@ -253,11 +253,7 @@ def markdown(
         "fine-tune's best epoch, the highest of its epochs' validation figures and so flattering, and the "
         "rule fitted under that check (only the half-frozen 10-epoch runs record every epoch; another "
         f"fine-tune reads its best epoch under both). '{UNCHECKED}' is the method used before the "
-        "check: the rule's pick as it is. "
-        f"'{AUTO_BY_SEEDS[SEEDS_SMALL]}' and '{AUTO_BY_SEEDS[SEEDS_LARGE]}': auto on the cells that ran "
-        f"{SEEDS_SMALL} seeds (every cell up to {SMALL} images a class, and larger cells given more seeds) and on "
-        f"those that ran {SEEDS_LARGE}; a cell's one SE is its test split's binomial error or its seeds' spread, "
-        "whichever is larger, so a cell run once has no seeds' spread in it and sets the stricter bar.",
+        "check: the rule's pick as it is. " + seed_words(analysis["verdicts"]),
     ]
     lines += bootstrap_words(analysis.get("auto_bootstrap") or {})
     lines += expected_range_words(analysis.get("expected_range") or {})
@@ -354,6 +350,19 @@ def backbone_bound_words(verdicts: dict[str, Any]) -> list[str]:
         "training rank the two backbones no better than a fixed choice on these data sets: what decides is how "
         "each one's fine-tune turns out, which they do not foresee.",
     ]
+
+
+def seed_words(verdicts: dict[str, Any]) -> str:
+    """How a cell's one SE reads its seeds, and the by-seeds rows where cells ran different numbers of them."""
+    bar = "a cell's one SE is its test split's binomial error or its seeds' spread, whichever is larger"
+    if AUTO_BY_SEEDS[SEEDS_LARGE] not in verdicts:
+        return f"Every cell ran as many seeds as the others: {bar}."
+    return (
+        f"'{AUTO_BY_SEEDS[SEEDS_SMALL]}' and '{AUTO_BY_SEEDS[SEEDS_LARGE]}': auto on the cells that ran "
+        f"{SEEDS_SMALL} seeds (every cell up to {SMALL} images a class, and larger cells given more seeds) and on "
+        f"those that ran {SEEDS_LARGE}; {bar}, so a cell run once has no seeds' spread in it and sets the "
+        "stricter bar."
+    )
 
 
 def bootstrap_words(bootstrap: dict[str, Any]) -> list[str]:

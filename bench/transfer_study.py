@@ -451,6 +451,14 @@ def seeds_per_cell(records: list[dict[str, Any]]) -> dict[str, int]:
     }
 
 
+def cells_by_seed_count(cells: list[Cell], seeds: dict[str, int]) -> dict[str, list[Cell]]:
+    """auto's cells grouped by how many seeds they ran, labelled as AUTO_BY_SEEDS does; nothing where every
+    cell ran as many (the one group is the whole grid, judged as auto already)."""
+    groups = {label: [c for c in cells if seeds.get(c.name) == count] for count, label in AUTO_BY_SEEDS.items()}
+    groups = {label: subset for label, subset in groups.items() if subset}
+    return groups if len(groups) > 1 else {}
+
+
 def study_cells(state: dict[str, Any], figure: str = CHECK_FIGURE) -> tuple[list[Cell], dict[str, float]]:
     """The complete cells of the grid's recipes, checked comparing the fine-tune's `figure` on validation,
     and one standard error of each cell's best recipe."""
@@ -481,11 +489,8 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         verdicts[f"auto, {backbone} cells"] = judge_policy(
             [c for c in judged if backbone_of(c) == backbone], picks, errors, signal_seconds, checked=True
         )
-    seeds = seeds_per_cell(records)
-    for count, label in AUTO_BY_SEEDS.items():
-        subset = [c for c in judged if seeds.get(c.name) == count]
-        if subset:
-            verdicts[label] = judge_policy(subset, picks, errors, signal_seconds, checked=True)
+    for label, subset in cells_by_seed_count(judged, seeds_per_cell(records)).items():
+        verdicts[label] = judge_policy(subset, picks, errors, signal_seconds, checked=True)
     verdicts[PERFECT_CHECK] = judge_policy(
         hindsight_checked(records, judged), picks, errors, signal_seconds, checked=True
     )
