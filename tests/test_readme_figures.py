@@ -15,6 +15,7 @@ from bench.report import (
     with_readme_table,
 )
 from bench.transfer_analysis import meets_targets
+from bench.transfer_design import AUTO_BY_SEEDS, SEEDS_LARGE, SEEDS_SMALL
 from bench.transfer_study import records_of, seeds_per_cell
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -98,9 +99,9 @@ def test_readme_quotes_the_transfer_studys_verdict_for_auto_as_committed():
 def assert_seed_split_quoted(study: dict, readme: str, prose: str) -> None:
     """Where cells ran different numbers of seeds, the README quotes auto on each group and the one-seed cells'
     share of its misses; where every cell ran as many, it quotes no such split."""
-    labels = ("auto, cells with three seeds", "auto, cells with one seed")
+    labels = (AUTO_BY_SEEDS[SEEDS_SMALL], AUTO_BY_SEEDS[SEEDS_LARGE])
     if labels[1] not in study["verdicts"]:
-        assert "| auto, cells with three seeds" not in readme and "ran one seed each" not in prose
+        assert f"| {labels[0]}" not in readme and "ran one seed each" not in prose
         return
     by_seeds = [study["verdicts"][label] for label in labels]
     assert f"| {by_seeds[0]['within_one_se']:.0%} / {by_seeds[1]['within_one_se']:.0%} |" in readme
