@@ -9,7 +9,7 @@ prepared pixel cache, already in memory). Here each stand-in replaces the random
 `pretrained_gain`, its measured CPU replaces the random-init pass's share of the signals' CPU, and the
 committed fitting method (bench/transfer_analysis.py `fit_auto_rule`) is judged leaving one data set out,
 as the study judges the committed rule, except that every cell pays for its gain's measurement, as if each
-rule read it (`auto` itself skips the random-init pass where its rule does not split on the gain).
+rule read it (`auto` itself skips the random-init pass where its rule's path does not split on the gain).
 
 The other way to pay less: keep the random-init pass but run it on at most N images a class (and the
 validation split in proportion), with the pretrained probe it is subtracted from fitted on the same images,

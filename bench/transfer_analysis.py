@@ -403,13 +403,14 @@ def auto_signal_seconds(
     signals: dict[str, dict[str, Any]], cells: list[Cell], rules: dict[str, dict[str, Any]]
 ) -> dict[str, float]:
     """Per cell, the CPU `auto` spends measuring signals under its data set's rule: everything the study
-    measured, less the random-init pass where that rule does not split on `pretrained_gain` (auto then
-    skips the pass: transferline/model/advice_signals.py). A cell without a rule pays for everything."""
+    measured, less the random-init pass where that rule's path for the cell does not split on
+    `pretrained_gain` (auto then skips the pass: transferline/model/advice_signals.py). A cell without a
+    rule pays for everything."""
     seconds = {}
     for cell in cells:
         measured = signals.get(cell.name, {})
         rule = rules.get(cell.dataset)
-        skipped = rule is not None and not reads_gain(rule)
+        skipped = rule is not None and not reads_gain(rule, cell.signals)
         seconds[cell.name] = measured.get("seconds", 0.0) - (random_pass_cpu(measured) if skipped else 0.0)
     return seconds
 
@@ -746,24 +747,62 @@ def fit_within_cpu(
     return rule, weight
 
 
+# What the committed rule's leaves minimise, and the other losses bench/rule_variants.py compares: the regret
+# after the validation check; only the part of it beyond the cell's one SE, the slack the study's target
+# grants (a pick within one SE counts as a hit however far inside it lies, and a near miss costs less than a
+# far one); or a count of the misses beyond one SE, the regret breaking ties
+REGRET, REGRET_BEYOND_ONE_SE, MISSES_BEYOND_ONE_SE = "regret", "regret beyond one SE", "misses beyond one SE"
+AUTO_LOSS = REGRET_BEYOND_ONE_SE
+
+
+def accuracy_loss(kind: str, errors: dict[str, float]) -> Loss:
+    """A recipe's accuracy loss in a cell after the validation check, of the kind named, with `errors` each
+    cell's one SE."""
+    if kind not in (REGRET, REGRET_BEYOND_ONE_SE, MISSES_BEYOND_ONE_SE):
+        raise ValueError(f"unknown accuracy loss {kind!r}")
+
+    def loss(cell: Cell, recipe: str) -> float:
+        regret = cell.checked_regret(recipe)
+        beyond = regret - errors[cell.name]
+        if kind == REGRET:
+            return regret
+        if kind == MISSES_BEYOND_ONE_SE:
+            return float(beyond > 1e-12) + 0.01 * regret
+        return max(0.0, beyond)
+
+    return loss
+
+
 def fit_checked_rule(
     cells: list[Cell],
     recipes: dict[str, dict[str, Any]],
     depth: int,
     min_leaf: int,
+    errors: dict[str, float],
     margin: float = 0.0,
     cpu_target: float | None = None,
+    loss: str = AUTO_LOSS,
 ) -> dict[str, Any]:
-    """A rule fitted to the regret after a validation check with `margin`, and marked so `auto` runs it.
-    With `cpu_target`, under the CPU penalty that meets it on these cells (`fit_within_cpu`).
+    """A rule fitted to the accuracy `loss` after a validation check with `margin` (`errors`: each cell's
+    one SE), and marked so `auto` runs it. With `cpu_target`, under the CPU penalty that meets it on these
+    cells (`fit_within_cpu`).
 
     Memoised on the cells' contents: nested leave-one-out fits every pair of held-out data sets twice
     (A then B, B then A), and the penalty's bisection makes each fit dear."""
-    key = (_fingerprint(cells, margin), json.dumps(recipes, sort_keys=True), depth, min_leaf, margin, cpu_target)
+    key = (
+        _fingerprint(cells, margin),
+        tuple(errors[c.name] for c in cells),
+        json.dumps(recipes, sort_keys=True),
+        depth,
+        min_leaf,
+        margin,
+        cpu_target,
+        loss,
+    )
     if key not in _FITTED:
         if len(_FITTED) >= _FITTED_MAX:
             _FITTED.clear()
-        _FITTED[key] = _fit_checked_rule(cells, recipes, depth, min_leaf, margin, cpu_target)
+        _FITTED[key] = _fit_checked_rule(cells, recipes, depth, min_leaf, margin, cpu_target, errors, loss)
     return copy.deepcopy(_FITTED[key])
 
 
@@ -795,13 +834,23 @@ def _fit_checked_rule(
     min_leaf: int,
     margin: float,
     cpu_target: float | None,
+    errors: dict[str, float],
+    loss: str,
 ) -> dict[str, Any]:
     at_margin = [c.at_margin(margin) for c in cells]
+    accuracy = accuracy_loss(loss, errors)
     if cpu_target is None:
-        rule, weight = fit_rule(at_margin, recipes, depth, min_leaf, checked=True), 0.0
+        rule, weight = fit_rule(at_margin, recipes, depth, min_leaf, accuracy, checked=True), 0.0
     else:
-        rule, weight = fit_within_cpu(at_margin, recipes, depth, min_leaf, Cell.checked_regret, cpu_target)
-    fit = {"depth": depth, "min_leaf": min_leaf, "margin_se": margin, "cpu_target": cpu_target, "cpu_weight": weight}
+        rule, weight = fit_within_cpu(at_margin, recipes, depth, min_leaf, accuracy, cpu_target)
+    fit = {
+        "loss": loss,
+        "depth": depth,
+        "min_leaf": min_leaf,
+        "margin_se": margin,
+        "cpu_target": cpu_target,
+        "cpu_weight": weight,
+    }
     figures = {c.validation_figure for c in cells} or {BEST_EPOCH}
     if len(figures) > 1:
         raise ValueError(f"cells checked with different validation figures: {sorted(figures)}")
@@ -822,6 +871,7 @@ def choose_fit_method(
     margins: tuple[float, ...] = VALIDATION_MARGINS,
     cpu_target: float | None = TARGET_CPU,
     processes: int = 1,
+    loss: str = AUTO_LOSS,
 ) -> tuple[tuple[float, int, int], dict[str, dict[str, Any]]]:
     """The validation margin, depth and smallest leaf whose rules, fitted leaving one of these cells' data
     sets out at a time, are within one SE of the best in most of the held-out cells (then the lower mean
@@ -836,7 +886,9 @@ def choose_fit_method(
         picks, rules = leave_one_dataset_out(
             cells,
             recipes,
-            lambda train, d=depth, m=min_leaf, v=margin: fit_checked_rule(train, recipes, d, m, v, cpu_target),
+            lambda train, d=depth, m=min_leaf, v=margin: fit_checked_rule(
+                train, recipes, d, m, errors, v, cpu_target, loss
+            ),
             processes,
         )
         verdicts[margin, depth, min_leaf] = judge_policy(at_rules_margin(cells, rules), picks, errors, {}, checked=True)
@@ -851,14 +903,18 @@ def fit_auto_rule(
     margins: tuple[float, ...] = VALIDATION_MARGINS,
     cpu_target: float | None = TARGET_CPU,
     processes: int = 1,
+    loss: str = AUTO_LOSS,
 ) -> dict[str, Any]:
-    """The committed way to fit `auto`'s rule: under the CPU penalty that meets `cpu_target` on the cells
-    given, choose the validation margin (among `margins`), depth and smallest leaf by leaving data sets out
-    (`choose_fit_method`), then fit with them on every cell given. Judged leaving one data set out, this is
-    nested: the held-out data set takes part in neither the choices nor the fit. `processes`: see
-    leave_one_dataset_out (1 when this fit is itself one fold of a leave-one-out)."""
-    (margin, depth, min_leaf), verdicts = choose_fit_method(cells, recipes, errors, margins, cpu_target, processes)
-    rule = fit_checked_rule(cells, recipes, depth, min_leaf, margin, cpu_target)
+    """The committed way to fit `auto`'s rule: minimising the `loss` (the regret beyond each cell's one SE,
+    `errors`) under the CPU penalty that meets `cpu_target` on the cells given, choose the validation margin
+    (among `margins`), depth and smallest leaf by leaving data sets out (`choose_fit_method`), then fit with
+    them on every cell given. Judged leaving one data set out, this is nested: the held-out data set takes
+    part in neither the choices nor the fit. `processes`: see leave_one_dataset_out (1 when this fit is
+    itself one fold of a leave-one-out)."""
+    (margin, depth, min_leaf), verdicts = choose_fit_method(
+        cells, recipes, errors, margins, cpu_target, processes, loss
+    )
+    rule = fit_checked_rule(cells, recipes, depth, min_leaf, errors, margin, cpu_target, loss)
     rule["fit"]["chosen_from"] = {
         name: {k: v[k] for k in ("within_one_se", "mean_regret")} for name, v in verdicts.items()
     }

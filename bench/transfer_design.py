@@ -104,6 +104,8 @@ NO_MARGIN = "auto without the CPU penalty or a validation margin"
 
 BEST_EPOCH_CHECK = "auto, the check comparing the fine-tune's best epoch (as before)"
 
+PLAIN_REGRET = "auto minimising the whole regret (as before)"
+
 # The fine-tune's validation figure auto's check compares with the probe's, and the committed rule records:
 # the last epoch's. The best epoch's is the highest of up to 10 measurements on the same few images, so it
 # flatters the fine-tune against the probe's one (the BEST_EPOCH_CHECK row measures the difference).

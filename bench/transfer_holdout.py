@@ -72,9 +72,10 @@ HOLDOUT_DATASETS: dict[str, dict[str, Any]] = {
 COMMITTED = "auto (the committed rule)"
 
 
-def results_name(datasets: list[str]) -> str:
-    """The report of a round of held-out data sets: bench/results/transfer_holdout_<data sets>."""
-    return "_".join([RESULTS_PREFIX, *sorted(datasets)])
+def results_name(datasets: list[str], suffix: str | None = None) -> str:
+    """The report of a round of held-out data sets: bench/results/transfer_holdout_<data sets>, or with
+    `suffix` another rule's judgement of the same round's runs, beside the round's own report."""
+    return "_".join([RESULTS_PREFIX, *sorted(datasets), *([suffix] if suffix else [])])
 
 
 def dataset_of(cell_name: str) -> str:
@@ -249,7 +250,7 @@ def report(state: dict[str, Any], args: argparse.Namespace) -> Path:
         "measured_on": runs_machine(state["runs"]),
         "grid_cpu_seconds": cpu,
         "pictures": curves(state, out_dir, "transfer_holdout"),
-        "results": results_name(args.datasets),
+        "results": results_name(args.datasets, getattr(args, "suffix", None)),
     }
     payload = {**judged, **meta, "rule_fitted_on": len(rule.get("fitted_on", [])), "rule": rule, "runs": state["runs"]}
     payload["signals"] = state["signals"]
@@ -268,6 +269,11 @@ def main(argv: list[str] | None = None) -> None:
         "--rule", type=Path, default=RULE_FILE, help="the rule to judge, or a holdout report that recorded one"
     )
     parser.add_argument("--work", type=Path, default=WORK, help="where data and runs.json live (resumable)")
+    parser.add_argument(
+        "--suffix",
+        help="write transfer_holdout_<data sets>_<suffix>: a later rule judged on a round's recorded runs, "
+        "the round's own report kept",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",

@@ -21,6 +21,7 @@ from bench.transfer_design import (
     NO_BUDGET,
     NO_MARGIN,
     PERFECT_CHECK,
+    PLAIN_REGRET,
     RECIPES,
     SEEDS_LARGE,
     SEEDS_SMALL,
@@ -244,12 +245,15 @@ def markdown(
         "that is fine-tuning, the fine-tuned model is kept only if its validation accuracy at its last epoch "
         "beats the linear probe's by more than the rule's margin (in standard errors of that difference on the cell's "
         "validation split: sqrt(0.5 / n) each), else the probe's head is (per seed, from the runs' own "
-        "validation figures; the probe's run is counted in its CPU). The rule minimises the regret plus a CPU "
+        "validation figures; the probe's run is counted in its CPU). The rule minimises the regret beyond "
+        "each cell's one SE (the accuracy lost that the target counts: a pick within one SE is a hit however "
+        "far inside, a near miss costs less than a far one) plus a CPU "
         f"penalty whose weight is the smallest that keeps the training data sets' CPU at {TARGET_CPU:.0%} of "
         "their grid; its validation margin, tree depth and smallest leaf are chosen by leaving data sets out "
         "within the training data sets, so the held-out one judges those choices too. "
         f"'{NO_BUDGET}': the same without the penalty; '{NO_MARGIN}': nor a margin (a fine-tune kept "
-        f"wherever it beats the probe on validation at all). '{BEST_EPOCH_CHECK}': the check comparing the "
+        f"wherever it beats the probe on validation at all). '{PLAIN_REGRET}': the committed method minimising "
+        f"the whole regret, inside one SE too. '{BEST_EPOCH_CHECK}': the check comparing the "
         "fine-tune's best epoch, the highest of its epochs' validation figures and so flattering, and the "
         "rule fitted under that check (only the half-frozen 10-epoch runs record every epoch; another "
         f"fine-tune reads its best epoch under both). '{UNCHECKED}' is the method used before the "
@@ -305,8 +309,8 @@ def markdown(
         lines += [
             "## The rule `strategy: auto` follows (transferline/model/advisor_rule.json)",
             "",
-            "Fitted on every cell above; each leaf names the recipe with the least total regret plus CPU "
-            "penalty on its cells after the validation check, which keeps a fine-tuned model only if it beats "
+            "Fitted on every cell above; each leaf names the recipe with the least total regret beyond one SE "
+            "plus CPU penalty on its cells after the validation check, which keeps a fine-tuned model only if it beats "
             "the probe on validation by more than the margin.",
             "",
             *fit_method_words(analysis["rule"].get("fit", {})),
@@ -459,7 +463,8 @@ def cpu_words(parts: dict[str, float]) -> list[str]:
 
     skipped = parts.get("random_features_skipped", 0.0)
     random_pass = f"the random-init forward pass behind the pretrained gain {parts['random_features']:.0f} s" + (
-        f" (auto skips it wherever its rule does not split on that signal: {skipped:.0f} s not spent)"
+        f" (auto skips it wherever its rule's path for the cell does not split on that signal: {skipped:.0f} s "
+        "not spent)"
         if skipped
         else ""
     )
@@ -565,10 +570,12 @@ def fit_method_words(fit: dict[str, Any]) -> list[str]:
         return []
     margin = fit.get("margin_se", 0.0)
     words = f"Validation margin {margin:g} SE, depth {fit['depth']}, smallest leaf {fit['min_leaf']} cells"
+    if fit.get("loss"):
+        words = f"Loss: the {fit['loss']}. " + words
     if fit.get("cpu_target") is not None and fit["cpu_weight"] > 0:
         words += f", CPU penalty weight {fit['cpu_weight']:.3g} (the smallest meeting {fit['cpu_target']:.0%})"
     elif fit.get("cpu_target") is not None:
-        words += f", no CPU penalty needed (the regret alone spends at most {fit['cpu_target']:.0%} here)"
+        words += f", no CPU penalty needed (the loss alone spends at most {fit['cpu_target']:.0%} here)"
     scores = fit.get("chosen_from", {})
     if not scores:
         return [words + "."]

@@ -37,6 +37,8 @@ from typing import Any
 from bench import study_sources
 from bench.common import machine, results_dir, write_results
 from bench.transfer_analysis import (
+    AUTO_LOSS,
+    REGRET,
     TARGET_CPU,
     TARGET_SHARE,
     VALIDATION_MARGINS,
@@ -88,6 +90,7 @@ from bench.transfer_design import (
     NO_BUDGET,
     NO_MARGIN,
     PERFECT_CHECK,
+    PLAIN_REGRET,
     PROTOCOL,
     RECIPES,
     SEEDS_LARGE,
@@ -496,16 +499,19 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     )
     best_epoch_cells, _ = study_cells(state, BEST_EPOCH)
     variants = (
-        (GRID_ONLY, cells, GRID, VALIDATION_MARGINS, TARGET_CPU),
-        (NO_BUDGET, cells, RECIPES, VALIDATION_MARGINS, None),
-        (NO_MARGIN, cells, RECIPES, (0.0,), None),
-        (BEST_EPOCH_CHECK, best_epoch_cells, RECIPES, VALIDATION_MARGINS, TARGET_CPU),
+        (GRID_ONLY, cells, GRID, VALIDATION_MARGINS, TARGET_CPU, AUTO_LOSS),
+        (NO_BUDGET, cells, RECIPES, VALIDATION_MARGINS, None, AUTO_LOSS),
+        (NO_MARGIN, cells, RECIPES, (0.0,), None, AUTO_LOSS),
+        (BEST_EPOCH_CHECK, best_epoch_cells, RECIPES, VALIDATION_MARGINS, TARGET_CPU, AUTO_LOSS),
+        (PLAIN_REGRET, cells, RECIPES, VALIDATION_MARGINS, TARGET_CPU, REGRET),
     )
-    for label, variant_cells, recipes, margins, target in variants:
+    for label, variant_cells, recipes, margins, target, loss in variants:
         other, other_rules = leave_one_dataset_out(
             variant_cells,
             recipes,
-            lambda train, r=recipes, m=margins, t=target: fit_auto_rule(train, r, errors, m, cpu_target=t),
+            lambda train, r=recipes, m=margins, t=target, k=loss: fit_auto_rule(
+                train, r, errors, m, cpu_target=t, loss=k
+            ),
             cores,
         )
         variant_judged = at_rules_margin([c for c in variant_cells if c.name in other], other_rules)

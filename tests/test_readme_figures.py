@@ -191,3 +191,19 @@ def test_each_kind_of_cpu_keeps_its_latest_verdicts_when_another_kind_runs_the_b
     assert targets_by_cpu(amd, rerun)["AMD EPYC"]["tune"]["targets"][0]["met"] is True
     assert targets_by_cpu(amd, rerun)["Intel Xeon"] == amd["targets_by_cpu"]["Intel Xeon"]
     assert targets_by_cpu(amd, report("AMD EPYC", "2026-12-06", 1.0, quick=True)) == amd["targets_by_cpu"]
+
+
+def test_readme_quotes_the_current_rules_verdict_on_the_quickdraw_rounds_runs():
+    """The rule committed after the quickdraw round, fitted without its cells, judged on that round's runs:
+    bench/results/transfer_holdout_quickdraw_loss_beyond_one_se.json (rerun `python -m bench.transfer_holdout
+    --report-only --datasets quickdraw --suffix loss_beyond_one_se`, then the README)."""
+    results = PROJECT_ROOT / "bench" / "results"
+    judged = json.loads((results / "transfer_holdout_quickdraw_loss_beyond_one_se.json").read_text())
+    committed = json.loads((PROJECT_ROOT / "transferline" / "model" / "advisor_rule.json").read_text())
+    assert judged["rule"]["tree"] == committed["tree"] and judged["rule"]["fit"]["loss"] == "regret beyond one SE"
+    auto = judged["verdicts"]["auto (the committed rule)"]
+    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    assert (
+        f"within one SE in {auto['within_one_se']:.0%} of the {auto['cells']} cells at "
+        f"{auto['cpu_share_of_grid']:.1%} of the grid's CPU" in prose
+    )

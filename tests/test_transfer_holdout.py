@@ -215,3 +215,22 @@ def test_a_rounds_curves_are_its_own_files_and_leave_the_studys_curves_alone(tmp
     assert study_curve.read_bytes() == b"the study's curves"
     assert (tmp_path / "transfer_holdout_near.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![transfer_holdout_near.png](transfer_holdout_near.png)" in written.read_text()
+
+
+def test_a_later_rule_judged_on_a_rounds_runs_writes_beside_the_rounds_own_report(tmp_path, monkeypatch):
+    """`--suffix` judges another rule on a round's recorded runs: its report gets its own name, and the
+    round's report, the verdict of the rule committed when the round ran, stays as it was."""
+    from bench.transfer_holdout import report, results_name
+
+    assert results_name(["near"]) == "transfer_holdout_near"
+    assert results_name(["near", "far"], "later_rule") == "transfer_holdout_far_near_later_rule"
+    monkeypatch.setenv("TRANSFERLINE_BENCH_RESULTS_DIR", str(tmp_path))
+    rounds_own = tmp_path / "transfer_holdout_near.json"
+    rounds_own.write_text('{"the round": "as judged then"}')
+    rule_file = tmp_path / "rule.json"
+    rule_file.write_text(json.dumps(RULE))
+    namespace = argparse.Namespace(rule=rule_file, datasets=["near"], suffix="later_rule")
+    written = report(state_of({"near": 0.6}, {"near": {}}), namespace)
+    assert written.name == "transfer_holdout_near_later_rule.md"
+    assert json.loads((tmp_path / "transfer_holdout_near_later_rule.json").read_text())["datasets"] == ["near"]
+    assert rounds_own.read_text() == '{"the round": "as judged then"}'

@@ -125,6 +125,34 @@ def test_a_rule_names_the_signals_it_reads_and_an_unmeasured_gain_is_shown_as_su
     assert json.loads(json.dumps(advice.to_dict()))["signals"]["pretrained_gain"] is None
 
 
+def test_the_gain_is_needed_only_where_the_data_sets_path_through_the_rule_splits_on_it():
+    """A rule reading the pretrained gain only for small data sets: a large one walks past that split, so
+    auto need not pay the random-init pass for it, and decides without the gain; a small one needs it."""
+    rule = {
+        "tree": {
+            "signal": "images_per_class",
+            "threshold": 80.0,
+            "le": {
+                "signal": "pretrained_gain",
+                "threshold": 0.3,
+                "le": {"recipe": "feature_extraction", "gain_over_probe": [0.0, 0.0], "cells": 2},
+                "gt": {"recipe": "partial", "gain_over_probe": [0.0, 0.1], "cells": 2},
+            },
+            "gt": {"recipe": "full", "gain_over_probe": [0.0, 0.1], "cells": 2},
+        },
+        "recipes": RECIPES,
+    }
+    assert reads_gain(rule)  # somewhere in the tree
+    large, small = (replace(signals(n), pretrained_gain=None) for n in (800, 20))
+    assert not reads_gain(rule, large) and reads_gain(rule, small)
+    assert decide(large, rule, 17, 8000, COST, None).recipe == "full"
+    with pytest.raises(ParamsError, match="reads pretrained_gain, which was not measured"):
+        decide(small, rule, 17, 200, COST, None)
+    unknown = {"tree": {"signal": "vibes", "threshold": 1, "le": {"recipe": "full"}, "gt": {"recipe": "full"}}}
+    with pytest.raises(ParamsError, match="unknown signal 'vibes'"):
+        reads_gain(unknown, large)
+
+
 def test_the_validation_check_keeps_fine_tuning_only_where_it_beats_the_probe():
     rule = {**fit_rule(cells(), RECIPES), "validation_check": True}
     advice = decide(signals(500, probe=0.7, gain=0.5), rule, 20, 5000, COST, None)

@@ -386,9 +386,9 @@ def test_a_budget_fitted_rule_spends_at_most_the_cpu_target_on_its_training_cell
     loose = fitter("misses beyond one SE", "budget", 2, 2, errors, cpu_target=loose_target)(cells)
     assert loose["tree"] == unconstrained["tree"] and cpu_share(cells, loose) <= loose_target
     # the committed fit takes the same penalty, and records the weight it needed
-    plain = fit_checked_rule(cells, RECIPES, 2, 2)
+    plain = fit_checked_rule(cells, RECIPES, 2, 2, errors)
     assert cpu_share(cells, plain) > TARGET_CPU and plain["fit"]["cpu_weight"] == 0.0
-    penalised = fit_checked_rule(cells, RECIPES, 2, 2, cpu_target=TARGET_CPU)
+    penalised = fit_checked_rule(cells, RECIPES, 2, 2, errors, cpu_target=TARGET_CPU)
     assert cpu_share(cells, penalised) <= TARGET_CPU and penalised["fit"]["cpu_weight"] > 0
     assert penalised["fit"]["cpu_target"] == TARGET_CPU
 
@@ -437,6 +437,41 @@ def test_the_checked_outcome_takes_the_probe_in_the_seeds_where_fine_tuning_lost
     assert checked_accuracy_at(records, 1.0)["full"] == pytest.approx(0.70)
 
 
+def test_the_committed_loss_counts_only_the_regret_beyond_a_cells_one_se():
+    """The target counts a pick within one SE of the best as a hit: the committed rule's loss is the regret
+    beyond that, so a cheap recipe inside one SE costs nothing while a near miss costs less than a far one;
+    the whole regret (the loss before) still charges the cheap one, and the fit records which loss it used."""
+    from bench.transfer_analysis import AUTO_LOSS, REGRET, REGRET_BEYOND_ONE_SE, accuracy_loss, fit_checked_rule
+    from bench.transfer_design import RECIPES
+    from transferline.model.advisor import Cell, Signals
+
+    accuracy = {
+        "feature_extraction": 0.895,
+        "partial_quarter": 0.85,
+        "partial_half": 0.80,
+        "full": 0.90,
+        "discriminative": 0.70,
+    }
+    seconds = {"feature_extraction": 1.0, "partial_quarter": 20.0, "partial_half": 15.0, "full": 30.0}
+    cells = [
+        Cell(f"d{i}", Signals(10.0, 2, 0.5, 0.5, 0.0, 0.1), accuracy, {**seconds, "discriminative": 30.0}, f"d{i}/10/m")
+        for i in range(4)
+    ]
+    errors = {c.name: 0.01 for c in cells}
+    beyond, whole = accuracy_loss(REGRET_BEYOND_ONE_SE, errors), accuracy_loss(REGRET, errors)
+    assert AUTO_LOSS == REGRET_BEYOND_ONE_SE
+    assert beyond(cells[0], "feature_extraction") == 0.0 < whole(cells[0], "feature_extraction")
+    assert beyond(cells[0], "partial_quarter") == pytest.approx(0.04)
+    assert beyond(cells[0], "partial_half") == pytest.approx(0.09)
+    with pytest.raises(ValueError, match="unknown accuracy loss"):
+        accuracy_loss("accuracy", errors)
+    # no CPU penalty at play: beyond one SE the tie between the probe and full goes to the first recipe
+    # with the least loss, the probe; the whole regret picks full
+    picked = fit_checked_rule(cells, RECIPES, 1, 2, errors)
+    assert picked["fit"]["loss"] == REGRET_BEYOND_ONE_SE and picked["tree"]["recipe"] == "feature_extraction"
+    assert fit_checked_rule(cells, RECIPES, 1, 2, errors, loss=REGRET)["tree"]["recipe"] == "full"
+
+
 def test_a_check_on_the_last_epoch_reads_each_runs_last_validation_figure_and_the_rule_records_it():
     """A fine-tune's best epoch beat the probe on val while its last did not: the best-epoch check keeps it,
     the last-epoch check ships the probe; a run without per-epoch records is read at its best epoch."""
@@ -454,10 +489,11 @@ def test_a_check_on_the_last_epoch_reads_each_runs_last_validation_figure_and_th
     assert last.checked["full"] == pytest.approx((0.70 + 0.90 + 0.90) / 3)
     assert check_figure_of({"val_accuracy": 0.9, "val_history": [0.9, 0.7]}, "last_epoch") == 0.7
     assert check_figure_of({"val_accuracy": 0.9, "val_history": [0.9, 0.7]}, "best_epoch") == 0.9
-    assert fit_checked_rule([last], RECIPES, 1, 1)["validation_figure"] == "last_epoch"
-    assert fit_checked_rule([best], RECIPES, 1, 1)["validation_figure"] == "best_epoch"
+    errors = {"a/10/m": 0.01, "b/10/m": 0.01}
+    assert fit_checked_rule([last], RECIPES, 1, 1, errors)["validation_figure"] == "last_epoch"
+    assert fit_checked_rule([best], RECIPES, 1, 1, errors)["validation_figure"] == "best_epoch"
     with pytest.raises(ValueError, match="different validation figures"):
-        fit_checked_rule([best, replace(last, name="b/10/m", dataset="b")], RECIPES, 1, 1)
+        fit_checked_rule([best, replace(last, name="b/10/m", dataset="b")], RECIPES, 1, 1, errors)
 
 
 def test_a_perfect_check_keeps_per_seed_the_better_test_accuracy_of_fine_tune_and_probe():

@@ -4,7 +4,8 @@ cache, so a later feature_extraction run or trial reuses it), then probes, k-NN 
 
 The random-init pass is what makes `pretrained_gain` honest: how much of the probe's accuracy comes
 from ImageNet rather than from the architecture and the data alone. It costs as much as the pretrained
-pass, so `auto` pays for it only when its rule splits on that signal (`advisor.signals_read`); the
+pass, so `auto` pays for it only when its rule splits on that signal on the path the data set's other
+signals take (`advisor.reads_gain`); the
 transfer study measures it everywhere, since it ranks every signal and fits the rule over all of them.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +46,12 @@ def measure_signals(
     runtime: Runtime,
     features_dir: Path,
     key: dict,
-    pretrained_gain: bool = True,
+    pretrained_gain: bool | Callable[[Signals], bool] = True,
 ) -> tuple[Signals, dict[str, float]]:
     """The signals, and the seconds each part took (features, random features, probes and scores).
-    Without `pretrained_gain`, the random-init pass is skipped and that signal left unmeasured (None)."""
+    `pretrained_gain`: whether to measure that signal, or a test of the other signals that says so (auto:
+    whether its rule's path for them splits on it); where not, the random-init pass is skipped and the
+    signal left unmeasured (None)."""
     batch = max(2 * params.batch_size, 64)
     num_classes = model.head.out_features
     model.to(runtime.device)
@@ -57,13 +62,6 @@ def measure_signals(
     start = time.perf_counter()
     features, _ = cached_features(model, {"train": train, "val": val}, spec, runtime, features_dir, key, batch)
     timings["features"] = time.perf_counter() - start
-
-    random_probe = None
-    if pretrained_gain:
-        start = time.perf_counter()
-        random_features = random_init_features(params, num_classes, train, val, spec, runtime, batch)
-        random_probe = _probe(random_features, train, val, num_classes, params)
-        timings["random_features"] = time.perf_counter() - start
 
     start = time.perf_counter()
     probe = _probe(features, train, val, num_classes, params)
@@ -77,14 +75,21 @@ def measure_signals(
         probe_accuracy=probe,
         knn_accuracy=knn,
         logme=evidence,
-        pretrained_gain=None if random_probe is None else probe - random_probe,
+        pretrained_gain=None,
     )
+    random_probe = None
+    if pretrained_gain(signals) if callable(pretrained_gain) else pretrained_gain:
+        start = time.perf_counter()
+        random_features = random_init_features(params, num_classes, train, val, spec, runtime, batch)
+        random_probe = _probe(random_features, train, val, num_classes, params)
+        timings["random_features"] = time.perf_counter() - start
+        signals = replace(signals, pretrained_gain=probe - random_probe)
     log.info(
         "signals: %.0f images/class, %d classes, probe %.3f (random init %s), k-NN %.3f, LogME %.3f",
         signals.images_per_class,
         num_classes,
         probe,
-        "not measured: the rule does not read it" if random_probe is None else f"{random_probe:.3f}",
+        "not measured: the rule does not read it here" if random_probe is None else f"{random_probe:.3f}",
         knn,
         evidence,
     )
@@ -171,7 +176,15 @@ def advise(
     advice, and how long measuring took."""
     rule = load_rule(rule_path)
     signals, timings = measure_signals(
-        model, train, val, spec, params, runtime, features_dir, key, pretrained_gain=reads_gain(rule)
+        model,
+        train,
+        val,
+        spec,
+        params,
+        runtime,
+        features_dir,
+        key,
+        pretrained_gain=lambda measured: reads_gain(rule, measured),
     )
     costs = seconds_per_image_epoch(rule, params.backbone, spec.image_size)
     advice = decide(signals, rule, num_blocks, len(train), costs, params.time_budget_s)

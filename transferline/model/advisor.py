@@ -72,9 +72,29 @@ def signals_read(tree: dict[str, Any]) -> set[str]:
     return {tree["signal"]} | signals_read(tree["le"]) | signals_read(tree["gt"])
 
 
-def reads_gain(rule: dict[str, Any]) -> bool:
-    """Whether the rule splits on `pretrained_gain`, the one signal that needs a forward pass of its own."""
-    return "pretrained_gain" in signals_read(rule["tree"])
+def reads_gain(rule: dict[str, Any], signals: Signals | None = None) -> bool:
+    """Whether walking the rule needs `pretrained_gain`, the one signal that needs a forward pass of its
+    own: anywhere in its tree, or, given the data set's other `signals`, on the path they take (a rule that
+    reads the gain only for small data sets does not make a large one pay for it)."""
+    node = rule["tree"]
+    if signals is None:
+        return "pretrained_gain" in signals_read(node)
+    while "recipe" not in node:
+        if node["signal"] == "pretrained_gain":
+            return True
+        node = _branch(node, signals)[0]
+    return False
+
+
+def _branch(node: dict[str, Any], signals: Signals) -> tuple[dict[str, Any], str]:
+    """The child a split sends these signals to, and the condition met."""
+    name, threshold = node["signal"], node["threshold"]
+    if name not in SIGNALS:
+        raise ParamsError(f"advisor rule: unknown signal {name!r}; known: {', '.join(SIGNALS)}")
+    value = signals.value(name)
+    below = value <= threshold
+    condition = f"{name} {value:.3g} {'<=' if below else '>'} {threshold:.3g}"
+    return (node["le"] if below else node["gt"]), condition
 
 
 @dataclass(frozen=True)
@@ -208,13 +228,8 @@ def walk(tree: dict[str, Any], signals: Signals) -> tuple[dict[str, Any], list[s
     path = []
     node = tree
     while "recipe" not in node:
-        name, threshold = node["signal"], node["threshold"]
-        if name not in SIGNALS:
-            raise ParamsError(f"advisor rule: unknown signal {name!r}; known: {', '.join(SIGNALS)}")
-        value = signals.value(name)
-        below = value <= threshold
-        path.append(f"{name} {value:.3g} {'<=' if below else '>'} {threshold:.3g}")
-        node = node["le"] if below else node["gt"]
+        node, condition = _branch(node, signals)
+        path.append(condition)
     return node, path
 
 

@@ -131,10 +131,18 @@ def choose_backbone(
         with torch.random.fork_rng(devices=[]):  # the chosen model is rebuilt from params.seed afterwards
             model, weights = build_model(name, num_classes, pretrained=True)
         key = cache_key(name, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model))
-        # without a rule, backbones are compared on the probe alone: no signal needs the random-init pass
-        gain = rule is not None and reads_gain(rule)
+        # without a rule, backbones are compared on the probe alone: no signal needs the random-init pass;
+        # with one, only where its path for this backbone's other signals splits on the gain
         signals, _ = measure_signals(
-            model, train, val, spec, candidate_params, runtime, features_dir, key, pretrained_gain=gain
+            model,
+            train,
+            val,
+            spec,
+            candidate_params,
+            runtime,
+            features_dir,
+            key,
+            pretrained_gain=False if rule is None else (lambda measured, r=rule: reads_gain(r, measured)),
         )
         advice = None
         if rule is not None:
