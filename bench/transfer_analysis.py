@@ -393,7 +393,10 @@ def runs_by_cell_and_recipe(records: list[dict[str, Any]]) -> dict[tuple[str, st
 
 def random_pass_cpu(measured: dict[str, Any]) -> float:
     """CPU seconds of a cell's random-init forward pass: its share of the signals' wall time, applied to
-    their CPU time (the measurement records CPU only as a whole)."""
+    their CPU time (the measurement records CPU only as a whole). Where a cheaper stand-in replaced the pass
+    (bench/signal_variants.py), its own measured CPU."""
+    if "gain_cpu_seconds" in measured:
+        return measured["gain_cpu_seconds"]
     wall = measured.get("wall_seconds") or 0.0
     random_wall = measured.get("timings", {}).get("random_features", 0.0)
     return measured.get("seconds", 0.0) * random_wall / wall if wall else 0.0

@@ -207,3 +207,46 @@ def test_readme_quotes_the_current_rules_verdict_on_the_quickdraw_rounds_runs():
         f"within one SE in {auto['within_one_se']:.0%} of the {auto['cells']} cells at "
         f"{auto['cpu_share_of_grid']:.1%} of the grid's CPU" in prose
     )
+
+
+SIZES_COLUMNS = ("partial (the default)", "partial, 10 epochs (the former default)", "plain-script recipe", "auto")
+
+
+def test_readme_quotes_the_train_sizes_table_as_measured():
+    """The README's table of the default recipe against the plain script is bench/results/train_sizes.json's,
+    row for row, with the CPU that ran it (rerun `python -m bench.train_bench sizes`, then the README)."""
+    sizes = json.loads((PROJECT_ROOT / "bench" / "results" / "train_sizes.json").read_text())
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    runs = {(run["per_class"], run["recipe"]): run for run in sizes["runs"]}
+    for per_class in sorted({per_class for per_class, _ in runs}):
+        first = runs[per_class, SIZES_COLUMNS[0]]
+        cells = [
+            f"{runs[per_class, name]['test_accuracy']:.3f} in {runs[per_class, name]['wall_seconds']:.0f} s"
+            for name in SIZES_COLUMNS
+        ]
+        assert f"| {per_class} ({first['test_images']:,} test images) | {' | '.join(cells)} |" in readme
+    prose = " ".join(readme.split())
+    assert f"(`python -m bench.train_bench sizes`, 2-core {sizes['machine']['cpu']}," in prose
+
+
+def test_readme_quotes_the_signal_stand_ins_as_measured():
+    """The README's comparison of the pretrained gain's stand-ins is bench/results/transfer_signal_variants.json's
+    (rerun `python -m bench.signal_variants`, then the README)."""
+    from bench.signal_variants import CAPPED_ROW, PIXEL_ROW, RANDOM_INIT
+
+    rows = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_signal_variants.json").read_text())["rows"]
+    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    committed = rows[RANDOM_INIT]
+    assert f"the table's auto, {committed['within_one_se']:.0%} at {committed['cpu_share_of_grid']:.1%}" in prose
+    pixels = [row for label, row in rows.items() if label.startswith(PIXEL_ROW)]
+    shares = ", ".join(f"{row['within_one_se']:.0%}" for row in pixels[:-1]) + f" and {pixels[-1]['within_one_se']:.0%}"
+    cpus = (
+        ", ".join(f"{row['cpu_share_of_grid']:.1%}" for row in pixels[:-1])
+        + f" and {pixels[-1]['cpu_share_of_grid']:.1%}"
+    )
+    assert f"gives {shares} of cells within one SE, at {cpus} of the CPU" in prose
+    (capped,) = [row for label, row in rows.items() if label.startswith(CAPPED_ROW)]
+    assert (
+        f"at most 100 images a class keeps {capped['within_one_se']:.0%} but at {capped['cpu_share_of_grid']:.1%}"
+        in prose
+    )

@@ -867,6 +867,7 @@ def test_a_replaced_gain_pays_for_its_own_cpu_instead_of_the_random_init_pass():
     random-init pass's share of the signals' CPU (that pass's share of their wall time); the study's state
     itself is left as it was."""
     from bench.signal_variants import with_gains
+    from bench.transfer_analysis import random_pass_cpu
 
     measured = {"probe_accuracy": 0.9, "pretrained_gain": 0.5, "seconds": 10.0, "wall_seconds": 8.0}
     state = {"signals": {"a/10/m": {**measured, "timings": {"features": 4.0, "random_features": 4.0}}}}
@@ -874,6 +875,7 @@ def test_a_replaced_gain_pays_for_its_own_cpu_instead_of_the_random_init_pass():
     signals = changed["signals"]["a/10/m"]
     assert signals["pretrained_gain"] == 0.05
     assert signals["seconds"] == pytest.approx(10.0 - 5.0 + 0.5)
+    assert random_pass_cpu(signals) == 0.5  # what a rule that skips the gain then saves
     assert state["signals"]["a/10/m"]["pretrained_gain"] == 0.5
 
 
@@ -896,10 +898,13 @@ def test_the_stand_in_report_says_whether_each_kind_keeps_autos_accuracy():
         f"{PIXEL_ROW} 8 x 8 pixels": {**row, "within_one_se": 0.69, "signals_cpu_seconds": 180.0},
         f"{CAPPED_ROW} 100 images a class": {**row, "within_one_se": 0.79, "signals_cpu_seconds": 230.0},
     }
-    text = markdown("cpu", rows)
+    text = markdown("cpu", "AMD EPYC", rows)
+    assert "The stand-ins' CPU was measured on AMD EPYC." in text
     assert "The best pixel probe (a probe on 8 x 8 pixels) is within one SE in 69%" in text
     assert "it does not keep auto's accuracy." in text
     assert "it keeps auto's accuracy for 50 s less of signals." in text
+    rows[f"{CAPPED_ROW} 100 images a class"]["signals_cpu_seconds"] = 290.0
+    assert "it keeps auto's accuracy but costs 10 s more of signals" in markdown("cpu", "AMD EPYC", rows)
 
 
 def test_the_study_names_the_cpus_its_runs_ran_on_not_the_machine_that_wrote_the_report():
