@@ -95,8 +95,8 @@ def first_per_class(labels: np.ndarray, count: int) -> np.ndarray:
 
 
 def judge(state: dict[str, Any]) -> dict[str, Any]:
-    """auto's verdict on the state's cells, leaving one data set out, with the signals' total CPU and the
-    rule fitted on all cells."""
+    """auto's verdict on the state's cells, leaving one data set out, with the signals' CPU it pays (the gain
+    only where its fold's rule reads it) and the first split of the rule fitted on all cells."""
     cells, errors = study_cells(state)
     picks, rules = leave_one_dataset_out(
         cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors), usable_cores()
