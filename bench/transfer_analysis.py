@@ -44,12 +44,14 @@ def build_cells(
     required: set[str] | None = None,
     grid: set[str] | None = None,
     figure: str = BEST_EPOCH,
+    margins: tuple[float, ...] | None = None,
 ) -> list[Cell]:
     """One Cell per (data set, size, backbone) with signals: mean test accuracy and seconds per recipe.
     With `required`, a cell still missing one of those recipes (a study stopped mid-cell) is left out:
     judging a policy on it would compare against a best that was never run. With `grid`, CPU shares are
     shares of those recipes' seconds (default: of every recipe's). `figure`: the fine-tune's validation
-    figure the check compares (`check_figure_of`)."""
+    figure the check compares (`check_figure_of`); `margins`: the check's margins each cell records its
+    outcomes at (default VALIDATION_MARGINS, those a fit chooses between)."""
     grouped: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         grouped[cell_id(record)][record["recipe"]].append(record)
@@ -68,7 +70,10 @@ def build_cells(
                 grid_seconds=sum(v for r, v in seconds.items() if grid is None or r in grid),
                 name=name,
                 checked=checked_accuracy(by_recipe, figure=figure),
-                checked_at={margin: checked_accuracy(by_recipe, margin, figure) for margin in VALIDATION_MARGINS},
+                checked_at={
+                    margin: checked_accuracy(by_recipe, margin, figure)
+                    for margin in (VALIDATION_MARGINS if margins is None else margins)
+                },
                 validation_figure=figure,
             )
         )

@@ -462,11 +462,15 @@ def cells_by_seed_count(cells: list[Cell], seeds: dict[str, int]) -> dict[str, l
     return groups if len(groups) > 1 else {}
 
 
-def study_cells(state: dict[str, Any], figure: str = CHECK_FIGURE) -> tuple[list[Cell], dict[str, float]]:
-    """The complete cells of the grid's recipes, checked comparing the fine-tune's `figure` on validation,
-    and one standard error of each cell's best recipe."""
+def study_cells(
+    state: dict[str, Any], figure: str = CHECK_FIGURE, margins: tuple[float, ...] = VALIDATION_MARGINS
+) -> tuple[list[Cell], dict[str, float]]:
+    """The complete cells of the grid's recipes, checked comparing the fine-tune's `figure` on validation
+    (at each of the validation `margins` a fit may choose), and one standard error of each cell's best recipe."""
     records = records_of(state)
-    cells = build_cells(records, state["signals"], required=set(RECIPES), grid=set(GRID), figure=figure)
+    cells = build_cells(
+        records, state["signals"], required=set(RECIPES), grid=set(GRID), figure=figure, margins=margins
+    )
     errors = {}
     for cell in cells:
         key = next(k for k in {(r["dataset"], r["size"], r["backbone"]) for r in records} if cell_name(k) == cell.name)

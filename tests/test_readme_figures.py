@@ -250,3 +250,23 @@ def test_readme_quotes_the_signal_stand_ins_as_measured():
         f"at most 100 images a class keeps {capped['within_one_se']:.0%} but at {capped['cpu_share_of_grid']:.1%}"
         in prose
     )
+
+
+def test_readme_quotes_the_moved_fitting_settings_as_measured():
+    """The README's figures for auto's fitting settings moved are bench/results/transfer_auto_knobs.json's
+    (rerun `python -m bench.auto_knobs`, then the README)."""
+    from bench.auto_knobs import KNOBS
+
+    rows = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_auto_knobs.json").read_text())["rows"]
+    assert [row["setting"] for row in rows] == [label for label, _, _ in KNOBS]
+    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    sixteen, seventeen, margins = rows
+    assert (
+        f"gives {sixteen['within_one_se']:.0%} at {sixteen['cpu_share_of_grid']:.1%} and "
+        f"{seventeen['within_one_se']:.0%} at {seventeen['cpu_share_of_grid']:.1%}" in prose
+    )
+    for row in (sixteen, seventeen):
+        assert sum(fold["depth"] == 1 for fold in row["folds"].values()) == 4
+    assert f"gives {margins['within_one_se']:.0%} at {margins['cpu_share_of_grid']:.1%}, the same cells" in prose
+    study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
+    assert sorted(margins["misses"]) == sorted(m["cell"] for m in study["auto_misses"])

@@ -435,6 +435,53 @@ def test_the_checked_outcome_takes_the_probe_in_the_seeds_where_fine_tuning_lost
     assert cell.at_margin(0.5).checked["full"] == pytest.approx((0.90 + 0.70 + 0.70) / 3)
     assert cell.at_margin(1.0).checked["full"] == pytest.approx(0.70)
     assert checked_accuracy_at(records, 1.0)["full"] == pytest.approx(0.70)
+    # cells record their outcomes at the margins asked for (bench/auto_knobs.py tries negative ones): at
+    # -1 SE the check keeps a fine-tune trailing the probe by less than 0.10 (seed 1's, 0.80 against 0.80)
+    # and drops one trailing by more (seed 2's, 0.70)
+    (wider,) = build_cells(records, signals, margins=(-1.0, 0.0))
+    assert set(wider.checked_at) == {-1.0, 0.0}
+    assert wider.at_margin(-1.0).checked["full"] == pytest.approx((0.90 + 0.60 + 0.70) / 3)
+    assert wider.at_margin(0.0).checked == cell.checked
+
+
+def test_a_moved_fitting_setting_is_judged_leaving_one_data_set_out_and_names_its_misses():
+    """bench/auto_knobs.py: each row is the committed fit with one setting moved, judged like auto. On cells
+    where full fine-tuning wins everywhere and the probe is cheap, a fit free to spend finds full and misses
+    nothing; one held to a tight CPU target keeps the probe and misses every cell. Cells that never
+    recorded the margins asked for are refused, not judged at margin 0."""
+    from bench.auto_knobs import knob_verdict
+    from transferline.model.advisor import Cell, Signals
+
+    accuracy = {
+        "feature_extraction": 0.70,
+        "partial_quarter": 0.80,
+        "partial_half": 0.79,
+        "full": 0.90,
+        "discriminative": 0.85,
+        "partial_half_5ep": 0.75,
+    }
+    seconds = {r: (1.0 if r == "feature_extraction" else 10.0) for r in accuracy}
+    cells = [
+        Cell(
+            f"d{i % 3}",
+            Signals(10 * (i + 1), 2, 0.5, 0.5, 0.0, 0.1),
+            accuracy,
+            seconds,
+            f"d{i % 3}/{i}",
+            checked=accuracy,
+            checked_at={0.0: accuracy, 0.5: accuracy},
+        )
+        for i in range(6)
+    ]
+    errors = {c.name: 0.01 for c in cells}
+    signals = {c.name: {"seconds": 0.5, "timings": {}} for c in cells}
+    free = knob_verdict(cells, errors, signals, 1.0, (0.0, 0.5))
+    assert free["cells_within_one_se"] == 6 and free["misses"] == []
+    assert set(free["folds"]) == {"d0", "d1", "d2"}
+    tight = knob_verdict(cells, errors, signals, 0.02, (0.0,))
+    assert tight["cells_within_one_se"] == 0 and len(tight["misses"]) == 6
+    with pytest.raises(ValueError, match="no checked outcomes at margins"):
+        knob_verdict(cells, errors, signals, 1.0, (-1.0, 0.0))
 
 
 def test_the_committed_loss_counts_only_the_regret_beyond_a_cells_one_se():
