@@ -32,11 +32,11 @@ from bench.transfer_analysis import (
     fit_auto_rule,
     judge_policy,
     leave_one_dataset_out,
-    meets_targets,
     policy_misses,
     usable_cores,
 )
 from bench.transfer_design import AUTO, RECIPES
+from bench.transfer_report import verdict_columns
 from bench.transfer_study import study_cells
 from transferline.model.advisor import Cell
 
@@ -97,17 +97,14 @@ def markdown(study: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "",
         "| setting | within one SE | cells | mean regret | CPU share | meets both | cells gained | cells lost |",
         "|---|---|---|---|---|---|---|---|",
-        f"| committed: the fit aimed at {TARGET_CPU:.0%}, margins 0 to 2 SE | {committed['within_one_se']:.0%} | "
-        f"{round(committed['within_one_se'] * committed['cells'])} | {committed['mean_regret']:.4f} | "
-        f"{committed['cpu_share_of_grid']:.1%} | {'yes' if meets_targets(committed) else 'no'} | | |",
+        f"| committed: the fit aimed at {TARGET_CPU:.0%}, margins 0 to 2 SE | {verdict_columns(committed)} | | |",
     ]
     for row in rows:
         misses = set(row["misses"])
         gained, lost = sorted(base_misses - misses), sorted(misses - base_misses)
         lines.append(
-            f"| {row['setting']} | {row['within_one_se']:.0%} | {row['cells_within_one_se']} | "
-            f"{row['mean_regret']:.4f} | {row['cpu_share_of_grid']:.1%} | "
-            f"{'yes' if meets_targets(row) else 'no'} | {', '.join(gained) or 'none'} | {', '.join(lost) or 'none'} |"
+            f"| {row['setting']} | {verdict_columns(row)} | "
+            f"{', '.join(gained) or 'none'} | {', '.join(lost) or 'none'} |"
         )
     lines += ["", "What each held-out data set's fold chose (margin in SE, depth, smallest leaf, CPU weight):", ""]
     for row in rows:

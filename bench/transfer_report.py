@@ -30,6 +30,15 @@ from bench.transfer_design import (
 )
 
 
+def verdict_columns(verdict: dict[str, Any]) -> str:
+    """A policy's verdict as table columns: within one SE, cells, mean regret, CPU share, meets both."""
+    cells = round(verdict["within_one_se"] * verdict["cells"])
+    return (
+        f"{verdict['within_one_se']:.0%} | {cells} | {verdict['mean_regret']:.4f} | "
+        f"{verdict['cpu_share_of_grid']:.1%} | {'yes' if meets_targets(verdict) else 'no'}"
+    )
+
+
 def curves(state: dict[str, Any], out_dir: Path, report: str = "transfer_study") -> list[str]:
     """One PNG per data set, `<report>_<data set>.png`: test accuracy against images per class, a line per
     recipe, a panel per backbone. Each report names its own files, so a held-out round's curves (seed 0 of
