@@ -484,9 +484,10 @@ def test_a_moved_fitting_setting_is_judged_leaving_one_data_set_out_and_names_it
         knob_verdict(cells, errors, signals, 1.0, (-1.0, 0.0))
 
 
-def _two_regime_cells():
-    """Three data sets, each with a small cell (the probe wins, cheaply) and a large one (full fine-tuning
-    wins): proposing the probe on small cells and full on large ones hits every cell at 11.8% of the grid."""
+def _two_regime_cells(backbone: str = "net", large_winner: str = "full"):
+    """Three data sets, each with a small cell (the probe wins, cheaply) and a large one (`large_winner`
+    wins): proposing the probe on small cells and the winner on large ones hits every cell at 11.8% of the
+    grid. Cells are named data set/size/`backbone`, as the study names them."""
     from transferline.model.advisor import Cell, Signals
 
     small = {
@@ -501,16 +502,17 @@ def _two_regime_cells():
         "feature_extraction": 0.70,
         "partial_quarter": 0.85,
         "partial_half": 0.84,
-        "full": 0.92,
-        "discriminative": 0.88,
-        "partial_half_5ep": 0.83,
+        "full": 0.86,
+        "discriminative": 0.83,
+        "partial_half_5ep": 0.82,
     }
+    large[large_winner] = 0.92
     seconds = {r: (1.0 if r == "feature_extraction" else 10.0) for r in small}
     cells = []
     for d in range(3):
         for size, accuracy in ((10, small), (1000, large)):
-            signals = Signals(size + d, 4, accuracy["feature_extraction"], 0.5, 0.1, 0.2)
-            name = f"d{d}/{size}"
+            signals = Signals(size, 4, accuracy["feature_extraction"], 0.5, 0.1, 0.2)
+            name = f"d{d}/{size}/{backbone}"
             cells.append(Cell(f"d{d}", signals, accuracy, seconds, name, checked=accuracy, checked_at={0.0: accuracy}))
     errors = {c.name: 0.01 for c in cells}
     measured = {c.name: {"seconds": 0.0, "timings": {}} for c in cells}
@@ -554,6 +556,22 @@ def test_a_policy_family_is_judged_leaving_one_data_set_out_with_settings_chosen
     measured_once = {"seconds": 10.0, "wall_seconds": 5.0, "timings": {"random_features": 2.0}}
     assert signal_seconds(measured_once, SIGNALS) == 10.0
     assert signal_seconds(measured_once, ("images_per_class", "probe_accuracy")) == pytest.approx(6.0)
+
+
+def test_auto_tree_fitted_per_backbone_finds_what_each_backbone_needs():
+    """bench/auto_families.py's per-backbone row: the committed method fitted on each backbone's cells apart.
+    Where full fine-tuning wins the large cells of one backbone and a quarter frozen those of the other, the
+    signals alone cannot tell them apart, but one tree per backbone hits every held-out cell."""
+    from bench.auto_families import per_backbone_verdict
+    from bench.auto_knobs import knob_verdict
+
+    first, errors, measured = _two_regime_cells("net_a", "full")
+    second, errors_b, measured_b = _two_regime_cells("net_b", "partial_quarter")
+    verdict = per_backbone_verdict(first + second, {**errors, **errors_b}, {**measured, **measured_b})
+    assert verdict["cells_within_one_se"] == 12 and verdict["misses"] == []
+    assert set(verdict["folds"]) == {f"d{d}/{b}" for d in range(3) for b in ("net_a", "net_b")}
+    pooled = knob_verdict(first + second, {**errors, **errors_b}, {**measured, **measured_b}, 0.15, (0.0,))
+    assert pooled["cells_within_one_se"] < 12
 
 
 def test_the_committed_loss_counts_only_the_regret_beyond_a_cells_one_se():
