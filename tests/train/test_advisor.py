@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from transferline.errors import ParamsError
@@ -71,6 +72,40 @@ def test_a_split_that_does_not_lower_regret_is_not_made():
     ]
     rule = fit_rule(flat, RECIPES)
     assert rule["tree"]["recipe"] == "partial"
+
+
+def _same_plan(fast: tuple, reference: tuple) -> bool:
+    if fast[0] != reference[0]:
+        return False
+    if fast[0] == "leaf":
+        return np.array_equal(fast[1], reference[1])
+    return fast[1:4] == reference[1:4] and _same_plan(fast[4], reference[4]) and _same_plan(fast[5], reference[5])
+
+
+def test_the_two_level_search_finds_the_recursive_searchs_tree_to_the_bit():
+    """The depth-2 search scores every top threshold's sides at once (the study nests thousands of fits);
+    it must return the recursive search's plan and loss exactly, ties included: equal losses, repeated
+    signal values, subsets of the rows, a single recipe, leaves of one to four cells."""
+    from transferline.model.advisor import _TreeSearch
+
+    rng = np.random.default_rng(7)
+    splits = 0
+    for trial in range(300):
+        cells, recipes, signals = int(rng.integers(3, 50)), int(rng.integers(1, 7)), int(rng.integers(1, 7))
+        losses = rng.random((cells, recipes)) * rng.choice([1.0, 0.01])
+        if trial % 3 == 0:
+            losses = np.round(losses, 2)  # equal sums along different splits
+        if trial % 2:
+            values = rng.random((cells, signals))
+        else:
+            values = rng.integers(0, int(rng.integers(2, 12)), (cells, signals)).astype(float)
+        search = _TreeSearch(losses, values, int(rng.integers(1, 5)))
+        rows = np.arange(cells) if trial % 4 else rng.permutation(cells)[: max(2, cells - 3)]
+        fast, fast_loss = search.best(rows, 2)
+        reference, reference_loss = search._best_recursive(rows, 2)
+        assert fast_loss == reference_loss and _same_plan(fast, reference), trial
+        splits += fast[0] == "split" and (fast[4][0] == "split" or fast[5][0] == "split")
+    assert splits > 100  # most trials found a two-level tree, so the fast path did the work
 
 
 def test_decide_explains_the_branch_and_the_expected_range():

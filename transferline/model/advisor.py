@@ -405,13 +405,18 @@ class _TreeSearch:
 
     def leaf(self, rows: np.ndarray) -> tuple[int, float]:
         """The recipe with the least total loss, and that loss; a tie (to 9 decimals) goes to the one
-        listed first."""
-        totals = self.losses[rows].sum(axis=0)
-        rounded = [round(float(t), 9) for t in totals]
-        best = rounded.index(min(rounded))
-        return best, float(totals[best])
+        listed first. Totals are running sums in `rows`' order, as the splits' are."""
+        return _least(np.cumsum(self.losses[rows], axis=0)[-1])
 
     def best(self, rows: np.ndarray, depth: int) -> tuple[tuple, float]:
+        """The plan of depth <= `depth` with the least loss over `rows`, and that loss."""
+        if depth == 2 and len(rows) >= 2 * self.min_leaf:
+            return self._best_two_levels(rows)
+        return self._best_recursive(rows, depth)
+
+    def _best_recursive(self, rows: np.ndarray, depth: int) -> tuple[tuple, float]:
+        """The search as defined: every split, each side searched one level shallower, the first best split
+        (in signal and threshold order) kept unless a later one is lower by more than 1e-9."""
         best_plan: tuple = ("leaf", rows)
         _, best_loss = self.leaf(rows)
         if depth == 0 or len(rows) < 2 * self.min_leaf:
@@ -429,6 +434,68 @@ class _TreeSearch:
                     best_loss = split_loss
                     best_plan = ("split", signal, low, high, *children)
         return best_plan, best_loss
+
+    def _best_two_levels(self, rows: np.ndarray) -> tuple[tuple, float]:
+        """`_best_recursive(rows, 2)`, with the same answer to the bit: each top split's two sides are
+        searched for all of that signal's thresholds at once, so the fits the study nests by the thousand
+        (bench/transfer_analysis.py) take milliseconds. Only the chosen split's sides are searched again,
+        by the recursive search, for their plans."""
+        best_plan: tuple = ("leaf", rows)
+        _, best_loss = self.leaf(rows)
+        chosen = None
+        for signal in range(self.values.shape[1]):
+            order = rows[np.argsort(self.values[rows, signal], kind="stable")]
+            sorted_values = self.values[order, signal]
+            ends = np.flatnonzero(np.diff(sorted_values) > 0) + 1
+            ends = ends[(ends >= self.min_leaf) & (len(rows) - ends >= self.min_leaf)]
+            if not len(ends):
+                continue
+            left_losses, right_losses = self._side_losses(order, ends, True), self._side_losses(order, ends, False)
+            for end, left_loss, right_loss in zip(ends, left_losses, right_losses, strict=True):
+                split_loss = float(left_loss) + float(right_loss)
+                if split_loss < best_loss - 1e-9:
+                    best_loss, chosen = split_loss, (signal, order, sorted_values, end)
+        if chosen is not None:
+            signal, order, sorted_values, end = chosen
+            left_plan, _ = self._best_recursive(order[:end], 1)
+            right_plan, _ = self._best_recursive(order[end:], 1)
+            low, high = float(sorted_values[end - 1]), float(sorted_values[end])
+            best_plan = ("split", signal, low, high, left_plan, right_plan)
+        return best_plan, best_loss
+
+    def _side_losses(self, order: np.ndarray, ends: np.ndarray, left: bool) -> np.ndarray:
+        """For each top boundary in `ends` (sizes of the left side of `order`, the rows sorted on the top
+        split's signal), the least loss of a depth-1 plan over that side, as `_best_recursive(side, 1)`
+        finds it: the same sums in the same order (a side's rows sorted on each signal, ties in `order`'s
+        order; rows of the other side add exact zeros) and the same first-best scan, every signal at once."""
+        size = len(order)
+        position = np.arange(size)
+        member = position[None, :] < ends[:, None] if left else position[None, :] >= ends[:, None]
+        counts = ends if left else size - ends
+        losses = self.losses[order].T  # (recipes, rows): recipes first, so minima over them are elementwise
+        sides = np.cumsum(np.where(member[None], losses[:, None, :], 0.0), axis=2)[:, :, -1]
+        best = np.array([_least(totals)[1] for totals in sides.T])  # each side as a leaf
+        values = self.values[order]  # (rows, signals)
+        by_value = np.argsort(values, axis=0, kind="stable").T  # (signals, rows): ties keep `order`'s order
+        sorted_values = np.take_along_axis(values.T, by_value, axis=1)
+        inside = member[:, by_value]  # (boundaries, signals, rows)
+        running = np.cumsum(np.where(inside[None], losses[:, by_value][:, None], 0.0), axis=3)
+        split_losses = running.min(axis=0) + (running[:, :, :, -1:] - running).min(axis=0)
+        left_counts = np.cumsum(inside, axis=2)
+        later = np.where(inside, sorted_values[None], np.inf)[:, :, ::-1]
+        next_value = np.concatenate(
+            [np.minimum.accumulate(later, axis=2)[:, :, ::-1][:, :, 1:], np.full((*inside.shape[:2], 1), np.inf)],
+            axis=2,
+        )
+        allowed = (
+            inside
+            & (next_value > sorted_values[None])
+            & np.isfinite(next_value)
+            & (left_counts >= self.min_leaf)
+            & (counts[:, None, None] - left_counts >= self.min_leaf)
+        )
+        candidates = np.where(allowed, split_losses, np.inf).reshape(len(ends), -1)  # in signal, threshold order
+        return _first_best(candidates, best)
 
     def _splits(self, rows: np.ndarray, signal: int, depth: int):
         """Each allowed split of `rows` on `signal`, in threshold order: (low, high, left, right, loss),
@@ -452,6 +519,29 @@ class _TreeSearch:
                 order[end:],
                 None if split_loss is None else float(split_loss),
             )
+
+
+def _least(totals: np.ndarray) -> tuple[int, float]:
+    """The index of the least of `totals` (a tie to 9 decimals goes to the first) and its value."""
+    rounded = [round(float(t), 9) for t in totals]
+    best = rounded.index(min(rounded))
+    return best, float(totals[best])
+
+
+def _first_best(candidates: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Per row, the loss a scan along `candidates` from `start` ends with when it takes each candidate lower
+    than its current loss by more than 1e-9: jumping from record to record rather than column by column."""
+    best = start.copy()
+    after = np.full(len(best), -1)
+    columns = np.arange(candidates.shape[1])
+    while True:
+        lower = (candidates < best[:, None] - 1e-9) & (columns[None, :] > after[:, None])
+        rows = np.flatnonzero(lower.any(axis=1))
+        if not len(rows):
+            return best
+        first = lower[rows].argmax(axis=1)
+        best[rows] = candidates[rows, first]
+        after[rows] = first
 
 
 def _materialise(plan: tuple, cells: list[Cell], names: list[str], search: _TreeSearch, checked: bool) -> dict:
