@@ -11,7 +11,7 @@ data set out.
 
 Every other setting is the committed method's (bench/transfer_analysis.py `fit_auto_rule`), so each row
 differs from the study's auto in that one setting. It trains nothing: it reads
-bench/results/transfer_study.json. About 7 minutes a row on 2 cores.
+bench/results/transfer_study.json. About a minute and a half a row on 2 cores.
 
 Writes bench/results/transfer_auto_knobs.{md,json}. Usage: python -m bench.auto_knobs
 """
