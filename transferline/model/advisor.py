@@ -397,7 +397,8 @@ def fit_rule(
 class _TreeSearch:
     """The exhaustive search over index arrays into a (cells x recipes) loss matrix and a (cells x signals)
     value matrix. A plan is ("leaf", cells) or ("split", signal, low, high, left plan, right plan); depth 1
-    is scored for every threshold at once from running sums of the sorted losses."""
+    is scored for every threshold at once from running sums of the sorted losses, and depth 2 for all of a
+    signal's thresholds and every split below them at once the same way (`_best_two_levels`)."""
 
     losses: np.ndarray
     values: np.ndarray
