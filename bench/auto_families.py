@@ -38,6 +38,7 @@ import numpy as np
 
 from bench.common import results_dir, write_results
 from bench.transfer_analysis import (
+    FIT_CHOICES,
     TARGET_CPU,
     TARGET_SHARE,
     VALIDATION_MARGINS,
@@ -45,9 +46,8 @@ from bench.transfer_analysis import (
     auto_signal_seconds,
     backbone_of,
     fit_auto_rule,
-    judge_policy,
+    held_out_verdict,
     leave_one_dataset_out,
-    policy_misses,
     random_pass_cpu,
     usable_cores,
 )
@@ -189,13 +189,20 @@ def score(table: Table, rows: np.ndarray, picks: np.ndarray) -> tuple[int, float
     return hits, float(regret.mean()), float(spent / table.grid[rows].sum())
 
 
-def choose_setting(family: str, tables: dict[float, Table], rows: np.ndarray, margins: Sequence[float]) -> Setting:
-    """The setting chosen on `rows` alone by leaving their data sets out: the most cells within one SE among
-    those within the CPU target (else the cheapest setting), then the lower mean regret; simpler first on a tie."""
-    scored = [
+def scored_settings(
+    family: str, tables: dict[float, Table], rows: np.ndarray, margins: Sequence[float]
+) -> list[tuple[Setting, tuple[int, float, float]]]:
+    """Every setting of the family with its `score` on `rows`, each proposed leaving its data set out."""
+    return [
         (s, score(tables[s.margin], rows, lodo_picks(family, tables[s.margin], rows, s)))
         for s in settings(family, margins)
     ]
+
+
+def choose_setting(family: str, tables: dict[float, Table], rows: np.ndarray, margins: Sequence[float]) -> Setting:
+    """The setting chosen on `rows` alone by leaving their data sets out: the most cells within one SE among
+    those within the CPU target (else the cheapest setting), then the lower mean regret; simpler first on a tie."""
+    scored = scored_settings(family, tables, rows, margins)
     eligible = [(s, v) for s, v in scored if v[2] <= TARGET_CPU]
     if not eligible:
         return min(scored, key=lambda sv: sv[1][2])[0]
@@ -232,18 +239,14 @@ def family_verdict(
             margin_of[cells[row].name] = setting.margin
     judged = [c.at_margin(margin_of[c.name]) for c in cells]
     paid = {c.name: float(s) for c, s in zip(cells, tables[margins[0]].signal_seconds, strict=True)}
-    verdict = judge_policy(judged, picks, errors, paid, checked=True)
     return {
-        **verdict,
-        "cells_within_one_se": round(verdict["within_one_se"] * verdict["cells"]),
-        "misses": [m["cell"] for m in policy_misses(judged, picks, errors)],
+        **held_out_verdict(judged, picks, errors, paid),
         "folds": chosen,
         "hindsight": hindsight(family, tables, margins),
     }
 
 
 PER_BACKBONE = "auto's tree, one per backbone"
-TREE_FIT = ("margin_se", "depth", "min_leaf", "cpu_weight")  # what a fold's fit chose, as bench/auto_knobs.py shows
 
 
 def per_backbone_verdict(
@@ -265,14 +268,9 @@ def per_backbone_verdict(
         judged += own_judged
         paid.update(auto_signal_seconds(measured, own_judged, rules))
         for dataset, rule in sorted(rules.items()):
-            folds[f"{dataset}/{backbone}"] = {
-                k: rule["fit"][k] for k in ("margin_se", "depth", "min_leaf", "cpu_weight")
-            }
-    verdict = judge_policy(judged, picks, errors, paid, checked=True)
+            folds[f"{dataset}/{backbone}"] = {k: rule["fit"][k] for k in FIT_CHOICES}
     return {
-        **verdict,
-        "cells_within_one_se": round(verdict["within_one_se"] * verdict["cells"]),
-        "misses": [m["cell"] for m in policy_misses(judged, picks, errors)],
+        **held_out_verdict(judged, picks, errors, paid),
         "folds": folds,
         "hindsight": None,
     }
@@ -282,10 +280,7 @@ def hindsight(family: str, tables: dict[float, Table], margins: Sequence[float])
     """The family's fixed settings judged leaving one data set out, the best chosen knowing the results:
     the most cells within one SE at all, and within the CPU target."""
     everyone = np.arange(len(tables[margins[0]].datasets))
-    scored = [
-        (s, score(tables[s.margin], everyone, lodo_picks(family, tables[s.margin], everyone, s)))
-        for s in settings(family, margins)
-    ]
+    scored = scored_settings(family, tables, everyone, margins)
 
     def best(candidates: list) -> dict[str, Any] | None:
         if not candidates:

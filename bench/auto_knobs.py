@@ -24,15 +24,15 @@ from typing import Any
 
 from bench.common import results_dir, write_results
 from bench.transfer_analysis import (
+    FIT_CHOICES,
     TARGET_CPU,
     TARGET_SHARE,
     VALIDATION_MARGINS,
     at_rules_margin,
     auto_signal_seconds,
     fit_auto_rule,
-    judge_policy,
+    held_out_verdict,
     leave_one_dataset_out,
-    policy_misses,
     usable_cores,
 )
 from bench.transfer_design import AUTO, RECIPES
@@ -70,15 +70,9 @@ def knob_verdict(
         processes,
     )
     judged = at_rules_margin([c for c in cells if c.name in picks], rules)
-    verdict = judge_policy(judged, picks, errors, auto_signal_seconds(signals, judged, rules), checked=True)
     return {
-        **verdict,
-        "cells_within_one_se": round(verdict["within_one_se"] * verdict["cells"]),
-        "misses": [m["cell"] for m in policy_misses(judged, picks, errors)],
-        "folds": {
-            dataset: {k: rule["fit"][k] for k in ("margin_se", "depth", "min_leaf", "cpu_weight")}
-            for dataset, rule in sorted(rules.items())
-        },
+        **held_out_verdict(judged, picks, errors, auto_signal_seconds(signals, judged, rules)),
+        "folds": {dataset: {k: rule["fit"][k] for k in FIT_CHOICES} for dataset, rule in sorted(rules.items())},
     }
 
 

@@ -1014,6 +1014,22 @@ def replicate_frontier(
     return result
 
 
+FIT_CHOICES = ("margin_se", "depth", "min_leaf", "cpu_weight")  # what a fold's fit chose, for reports
+
+
+def held_out_verdict(
+    judged: list[Cell], picks: dict[str, str], errors: dict[str, float], signal_seconds: dict[str, float]
+) -> dict[str, Any]:
+    """Held-out picks judged as the study judges auto (under the check), with the count of cells within one
+    SE and the cells missed."""
+    verdict = judge_policy(judged, picks, errors, signal_seconds, checked=True)
+    return {
+        **verdict,
+        "cells_within_one_se": round(verdict["within_one_se"] * verdict["cells"]),
+        "misses": [m["cell"] for m in policy_misses(judged, picks, errors)],
+    }
+
+
 def meets_targets(verdict: dict[str, Any]) -> bool:
     """Whether a verdict (a policy's share within one SE and its CPU share of the grid) meets both of auto's
     targets; the tolerance keeps a share summed to exactly a target from missing it by a rounding error."""
