@@ -10,6 +10,10 @@
 - auto's tree, one per backbone: the committed method (bench/transfer_analysis.py `fit_auto_rule`) fitted on
   each backbone's cells apart, as if the backbone were the rule's first split. It has no settings beyond the
   committed method's own, so no hindsight bound.
+- auto's tree racing two fine-tunes: the committed method, its leaves free to name a pair of fine-tunes as
+  well as one recipe. Both are trained, the one better on validation (the check's figure) is kept, and the
+  check then weighs it against the probe; the pair pays for both. Selection by validation among a few
+  candidates, as AutoML systems race configurations. No settings beyond the committed method's either.
 
 Each family runs under auto's validation check and is charged as auto is (the proposal's CPU, the probe's
 for a fine-tune, and the signals it reads: the random-init pass only where the pretrained gain is among them).
@@ -19,8 +23,8 @@ that spend at most 15% of the inner grid (the cheapest setting if none does), th
 The held-out data set takes no part in that choice. Each row also gives the family's best fixed setting in
 hindsight, chosen on the held-out results themselves: a bound on the family, not a policy.
 
-It trains nothing: it reads bench/results/transfer_study.json; about 5 minutes on 2 cores (the
-per-backbone trees; the other families take seconds).
+It trains nothing: it reads bench/results/transfer_study.json; about 8 minutes on 2 cores (the trees; the
+other families take seconds).
 Writes bench/results/transfer_auto_families.{md,json}. Usage: python -m bench.auto_families
 """
 
@@ -31,7 +35,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,16 +49,19 @@ from bench.transfer_analysis import (
     at_rules_margin,
     auto_signal_seconds,
     backbone_of,
+    check_figure_of,
+    fine_tune_kept,
     fit_auto_rule,
     held_out_verdict,
     leave_one_dataset_out,
     random_pass_cpu,
+    runs_by_cell_and_recipe,
     usable_cores,
 )
-from bench.transfer_design import AUTO, RECIPES
+from bench.transfer_design import AUTO, CHECK_FIGURE, RECIPES
 from bench.transfer_report import verdict_columns
-from bench.transfer_study import study_cells
-from transferline.model.advisor import SIGNALS, Cell
+from bench.transfer_study import records_of, study_cells
+from transferline.model.advisor import FEATURE_EXTRACTION, SIGNALS, Cell
 
 NEIGHBOURS, RIDGE = "nearest cells", "per-recipe ridge regression"
 FAMILY_PARAMETERS: dict[str, tuple[float, ...]] = {
@@ -276,6 +283,70 @@ def per_backbone_verdict(
     }
 
 
+RACE = "auto's tree racing two fine-tunes"
+RACE_JOIN = " + "  # a race's name: its two fine-tunes, in the recipes' order
+
+
+def raced_cells(
+    cells: list[Cell], records: list[dict[str, Any]], figure: str = CHECK_FIGURE
+) -> tuple[list[Cell], dict[str, dict[str, Any]]]:
+    """The cells with every pair of fine-tunes as one more choice, and the recipes with those pairs.
+
+    A race's checked outcome, per seed: of its two fine-tunes, the one with the higher validation `figure`
+    (the first listed on a tie), then kept only where it beats the same seed's probe by the check's margin,
+    at each margin the cells record. Its CPU is both fine-tunes'. Its plain accuracy is never read under the
+    check; it is set to the lower of its two fine-tunes', so it can never raise a cell's best."""
+    runs = runs_by_cell_and_recipe(records)
+    fine_tunes = [r for r in RECIPES if r != FEATURE_EXTRACTION]
+    pairs = list(itertools.combinations(fine_tunes, 2))
+    raced = []
+    for cell in cells:
+        probes = {r["seed"]: r for r in runs[cell.name, FEATURE_EXTRACTION]}
+        accuracy, seconds = dict(cell.accuracy), dict(cell.seconds)
+        checked_at = {margin: dict(checked) for margin, checked in cell.checked_at.items()}
+        for first, second in pairs:
+            name = f"{first}{RACE_JOIN}{second}"
+            accuracy[name] = min(accuracy[first], accuracy[second])
+            seconds[name] = seconds[first] + seconds[second]
+            others = {r["seed"]: r for r in runs[cell.name, second]}
+            for margin, checked in checked_at.items():
+                outcomes = []
+                for run in runs[cell.name, first]:
+                    rival, probe = others[run["seed"]], probes[run["seed"]]
+                    kept = run if check_figure_of(run, figure) >= check_figure_of(rival, figure) else rival
+                    outcomes.append(
+                        kept["test_accuracy"] if fine_tune_kept(kept, probe, margin, figure) else probe["test_accuracy"]
+                    )
+                checked[name] = sum(outcomes) / len(outcomes)
+        raced.append(replace(cell, accuracy=accuracy, seconds=seconds, checked_at=checked_at, checked=checked_at[0.0]))
+    recipes = {
+        **RECIPES,
+        **{f"{a}{RACE_JOIN}{b}": {**RECIPES[a], "race": [a, b]} for a, b in pairs},
+    }
+    return raced, recipes
+
+
+def race_verdict(
+    cells: list[Cell],
+    records: list[dict[str, Any]],
+    errors: dict[str, float],
+    measured: dict[str, dict[str, Any]],
+    processes: int = 1,
+) -> dict[str, Any]:
+    """The committed method free to propose a race of two fine-tunes, fitted and judged leaving one data set
+    out as the study judges auto."""
+    raced, recipes = raced_cells(cells, records)
+    picks, rules = leave_one_dataset_out(raced, recipes, lambda train: fit_auto_rule(train, recipes, errors), processes)
+    judged = at_rules_margin([c for c in raced if c.name in picks], rules)
+    races = sorted({p for p in picks.values() if RACE_JOIN in p})
+    return {
+        **held_out_verdict(judged, picks, errors, auto_signal_seconds(measured, judged, rules)),
+        "folds": {dataset: {k: rule["fit"][k] for k in FIT_CHOICES} for dataset, rule in sorted(rules.items())},
+        "races_proposed": {race: sum(p == race for p in picks.values()) for race in races},
+        "hindsight": None,
+    }
+
+
 def hindsight(family: str, tables: dict[float, Table], margins: Sequence[float]) -> dict[str, Any]:
     """The family's fixed settings judged leaving one data set out, the best chosen knowing the results:
     the most cells within one SE at all, and within the CPU target."""
@@ -324,7 +395,7 @@ def markdown(study: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {row['family']} | {row['signals']} | {verdict_columns(row)} | {shown[0]} | {shown[1]} |")
     lines += ["", "Settings each held-out data set's fold chose (margin in SE / k or ridge strength / CPU weight):", ""]
     for row in rows:
-        if row["family"] == PER_BACKBONE:
+        if row["family"] in (PER_BACKBONE, RACE):
             chosen = "; ".join(
                 f"{d} {f['margin_se']:g}/{f['depth']}/{f['min_leaf']}/{f['cpu_weight']:.2f}"
                 for d, f in row["folds"].items()
@@ -335,6 +406,10 @@ def markdown(study: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             f"{d} {f['margin_se']:g}/{f['parameter']:g}/{f['cpu_weight']:g}" for d, f in row["folds"].items()
         )
         lines.append(f"- {row['family']}, {row['signals']}: {chosen}")
+    for row in rows:
+        if row["family"] == RACE:
+            proposed = ", ".join(f"{race} in {count}" for race, count in row["races_proposed"].items()) or "none"
+            lines += ["", f"Races the held-out cells were proposed (cells): {proposed}."]
     return "\n".join(lines) + "\n"
 
 
@@ -352,6 +427,13 @@ def main(argv: list[str] | None = None) -> None:
             "family": PER_BACKBONE,
             "signals": "all six signals",
             **per_backbone_verdict(cells, errors, study["signals"], usable_cores()),
+        }
+    )
+    rows.append(
+        {
+            "family": RACE,
+            "signals": "all six signals",
+            **race_verdict(cells, records_of(study), errors, study["signals"], usable_cores()),
         }
     )
     write_results("transfer_auto_families", {"rows": rows}, markdown(study, rows))

@@ -277,13 +277,19 @@ def test_readme_quotes_the_other_policy_families_as_measured():
     """The README's figures for the nearest-cells and ridge families are
     bench/results/transfer_auto_families.json's (rerun `python -m bench.auto_families`, then the README),
     and its claim that no family's best setting in hindsight reaches 80% within the CPU target holds."""
-    from bench.auto_families import FEATURE_SETS, PER_BACKBONE, PICKERS
+    from bench.auto_families import FEATURE_SETS, PER_BACKBONE, PICKERS, RACE
 
     rows = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_auto_families.json").read_text())["rows"]
-    families = [(f, s) for f in PICKERS for s in FEATURE_SETS] + [(PER_BACKBONE, "all six signals")]
+    families = [(f, s) for f in PICKERS for s in FEATURE_SETS] + [(p, "all six signals") for p in (PER_BACKBONE, RACE)]
     assert [(row["family"], row["signals"]) for row in rows] == families
     prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
-    near_all, near_two, ridge_all, ridge_two, per_backbone = rows
+    near_all, near_two, ridge_all, ridge_two, per_backbone, race = rows
+    assert (
+        f"racing two fine-tunes gives {race['within_one_se']:.0%} at {race['cpu_share_of_grid']:.1%}, "
+        f"{race['cells_within_one_se']} cells" in prose
+    )
+    assert race["races_proposed"] == {"partial_quarter + partial_half": 4}
+    assert "propose a race (a quarter and half frozen) in only 4 held-out cells" in prose
     assert (
         f"apart gives {per_backbone['within_one_se']:.0%} at {per_backbone['cpu_share_of_grid']:.1%}, each tree"
         in prose

@@ -574,6 +574,48 @@ def test_auto_tree_fitted_per_backbone_finds_what_each_backbone_needs():
     assert pooled["cells_within_one_se"] < 12
 
 
+def test_a_race_keeps_the_fine_tune_better_on_validation_then_checks_it_against_the_probe():
+    """bench/auto_families.py's race row: a leaf may name two fine-tunes; per seed the one with the higher
+    validation figure is kept, and the check then weighs it against that seed's probe. The race pays for
+    both fine-tunes, and its plain accuracy (never read under the check) cannot raise the cell's best."""
+    from bench.auto_families import RACE_JOIN, raced_cells
+    from bench.transfer_analysis import build_cells
+    from bench.transfer_design import RECIPES
+
+    # seed -> recipe -> (validation accuracy, test accuracy)
+    figures = {
+        0: {"feature_extraction": (0.85, 0.80), "partial_quarter": (0.90, 0.88), "full": (0.80, 0.95)},
+        1: {"feature_extraction": (0.80, 0.82), "partial_quarter": (0.70, 0.70), "full": (0.75, 0.90)},
+    }
+    seconds = {"feature_extraction": 1.0, "partial_quarter": 20.0, "full": 30.0}
+    records = [
+        {
+            "dataset": "d",
+            "size": 10,
+            "backbone": "m",
+            "recipe": recipe,
+            "seed": seed,
+            "val_accuracy": by_recipe.get(recipe, (0.5, 0.5))[0],
+            "test_accuracy": by_recipe.get(recipe, (0.5, 0.5))[1],
+            "val_images": 100,
+            "test_images": 100,
+            "cpu_seconds": seconds.get(recipe, 10.0),
+        }
+        for seed, by_recipe in figures.items()
+        for recipe in RECIPES
+    ]
+    measured = {"images_per_class": 10.0, "num_classes": 2, "probe_accuracy": 0.8, "knn_accuracy": 0.8}
+    cells = build_cells(records, {"d/10/m": {**measured, "logme": 0.0, "pretrained_gain": 0.1}}, margins=(0.0,))
+    (raced,), recipes = raced_cells(cells, records)
+    race = f"partial_quarter{RACE_JOIN}full"
+    # seed 0: the quarter frozen wins on validation and beats the probe; seed 1: full wins, the probe beats it
+    assert raced.outcome(race, checked=True) == pytest.approx((0.88 + 0.82) / 2)
+    assert raced.checked_seconds(race) == pytest.approx(51.0)
+    assert max(raced.accuracy.values()) == max(cells[0].accuracy.values())
+    assert recipes[race]["race"] == ["partial_quarter", "full"]
+    assert len([r for r in recipes if RACE_JOIN in r]) == 10  # every pair of the five fine-tunes
+
+
 def test_the_committed_loss_counts_only_the_regret_beyond_a_cells_one_se():
     """The target counts a pick within one SE of the best as a hit: the committed rule's loss is the regret
     beyond that, so a cheap recipe inside one SE costs nothing while a near miss costs less than a far one;
