@@ -131,6 +131,25 @@ def measured_cells(state: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]
                     yield name, cell_context(data[0], backbone, quick=False)
 
 
+def feature_batch(params: Any) -> int:
+    """The batch the study's signals measured features in (transferline/model/advice_signals.py)."""
+    return max(2 * params.batch_size, 64)
+
+
+def cell_features(context: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A measured cell's pretrained features of its train and val splits, from its feature cache."""
+    features, _ = cached_features(
+        context["model"],
+        {"train": context["train"], "val": context["val"]},
+        context["spec"],
+        context["runtime"],
+        context["features_dir"],
+        context["key"],
+        feature_batch(context["params"]),
+    )
+    return features
+
+
 def pixel_probes(state: dict[str, Any], grid: int) -> dict[str, dict[str, float]]:
     """In every measured cell: the probe less the pixel probe's validation accuracy, and the pixel probe's CPU."""
     gains = {}
@@ -164,17 +183,9 @@ def capped_passes(state: dict[str, Any], cap: int) -> dict[str, dict[str, float]
             continue
         train, val, params = context["train"], context["val"], context["params"]
         classes = context["model"].head.out_features
-        batch = max(2 * params.batch_size, 64)
+        batch = feature_batch(params)
         splits = {"train": train, "val": val}
-        features, _ = cached_features(
-            context["model"],
-            splits,
-            context["spec"],
-            context["runtime"],
-            context["features_dir"],
-            context["key"],
-            batch,
-        )
+        features = cell_features(context)
         val_cap = max(1, round(cap * len(val) / len(train)))
         keep = {"train": first_per_class(train.labels, cap), "val": first_per_class(val.labels, val_cap)}
         subset = {k: SplitData(np.asarray(v.images)[keep[k]], v.labels[keep[k]]) for k, v in splits.items()}

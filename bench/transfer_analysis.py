@@ -824,7 +824,7 @@ def _fingerprint(cells: list[Cell], margin: float) -> tuple:
         (
             c.name,
             c.dataset,
-            tuple(c.signals.value(s) for s in SIGNALS),
+            tuple((s, c.signals.value(s)) for s in c.signals.names()),
             tuple(sorted(c.accuracy.items())),
             tuple(sorted(c.seconds.items())),
             c.grid_seconds,

@@ -311,6 +311,23 @@ def test_readme_quotes_the_other_policy_families_as_measured():
     assert f"{best['cells_within_one_se']} cells at {best['cpu_share_of_grid']:.1%} at most" in prose
 
 
+def test_readme_quotes_the_landmarkers_as_measured():
+    """The README's figures for the probe's landmarkers as a seventh signal are
+    bench/results/transfer_landmarkers.json's (rerun `python -m bench.landmarkers`, then the README), and
+    none of them meets both targets, as it says."""
+    from bench.landmarkers import LANDMARKERS
+    from bench.transfer_analysis import meets_targets
+
+    rows = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_landmarkers.json").read_text())["rows"]
+    assert [row["landmarker"] for row in rows] == list(LANDMARKERS)
+    assert not any(meets_targets(row) for row in rows)
+    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    train, loss, slope = (f"{r['within_one_se']:.0%} at {r['cpu_share_of_grid']:.1%}" for r in rows)
+    assert f"the probe's training accuracy gives {train}, the same cells; its validation loss {loss};" in prose
+    assert f"of them) {slope}, one cell more" in prose
+    assert rows[2]["cells_within_one_se"] == 46 and rows[2]["folds_splitting_on_it"] == []
+
+
 def test_readme_quotes_the_rule_variants_as_measured():
     """The README's comparison of fitting methods is bench/results/transfer_rule_variants.json's (rerun
     `python -m bench.rule_variants`, then the README): no method meets both targets, exactly one fixed

@@ -616,6 +616,30 @@ def test_a_race_keeps_the_fine_tune_better_on_validation_then_checks_it_against_
     assert len([r for r in recipes if RACE_JOIN in r]) == 10  # every pair of the five fine-tunes
 
 
+def test_a_landmarker_as_a_seventh_signal_lets_the_rule_split_where_the_six_cannot():
+    """bench/landmarkers.py: where the six signals are the same in every cell, no rule can tell a small cell
+    from a large one; given the probe's learning-curve slope as a seventh signal, every held-out fold splits
+    on it and hits every cell, and pays for the slope's probe there (11.8% of the grid becomes 13.7%). Cells
+    carrying different signals cannot be fitted together."""
+    from dataclasses import replace
+
+    from bench.auto_knobs import knob_verdict
+    from bench.landmarkers import landmarker_verdict, with_landmarker
+    from transferline.model.advisor import SIGNALS, Signals, fit_rule
+
+    cells, errors, measured = _two_regime_cells()
+    alike = [replace(c, signals=Signals(100.0, 4, 0.75, 0.5, 0.1, 0.2)) for c in cells]
+    slope = {c.name: 0.3 if "/10/" in c.name else 0.0 for c in cells}
+    verdict = landmarker_verdict(alike, errors, measured, "probe_slope", slope, dict.fromkeys(slope, 1.0))
+    assert verdict["cells_within_one_se"] == 6 and verdict["misses"] == []
+    assert verdict["folds_splitting_on_it"] == ["d0", "d1", "d2"]
+    assert verdict["cpu_share_of_grid"] == pytest.approx(42 / 306)
+    assert knob_verdict(alike, errors, measured, 0.15, (0.0,))["cells_within_one_se"] < 6
+    assert Signals.names() == SIGNALS
+    with pytest.raises(ValueError, match="same signals"):
+        fit_rule([*alike[:3], *with_landmarker(alike[3:], "probe_slope", slope)], {"full": {}})
+
+
 def test_the_committed_loss_counts_only_the_regret_beyond_a_cells_one_se():
     """The target counts a pick within one SE of the best as a hit: the committed rule's loss is the regret
     beyond that, so a cheap recipe inside one SE costs nothing while a near miss costs less than a far one;

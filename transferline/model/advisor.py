@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -62,7 +62,13 @@ class Signals:
 
     def measured(self) -> dict[str, float | None]:
         """Every signal by name, None where it was not measured: what advice.json shows."""
-        return {name: getattr(self, name) for name in SIGNALS}
+        return {name: getattr(self, name) for name in self.names()}
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The signals this kind carries, in order: SIGNALS here; a study's candidate signals in a subclass
+        (bench/landmarkers.py), which a rule fitted on its cells may then split on."""
+        return tuple(f.name for f in fields(cls))
 
 
 def signals_read(tree: dict[str, Any]) -> set[str]:
@@ -89,8 +95,8 @@ def reads_gain(rule: dict[str, Any], signals: Signals | None = None) -> bool:
 def _branch(node: dict[str, Any], signals: Signals) -> tuple[dict[str, Any], str]:
     """The child a split sends these signals to, and the condition met."""
     name, threshold = node["signal"], node["threshold"]
-    if name not in SIGNALS:
-        raise ParamsError(f"advisor rule: unknown signal {name!r}; known: {', '.join(SIGNALS)}")
+    if name not in signals.names():
+        raise ParamsError(f"advisor rule: unknown signal {name!r}; known: {', '.join(signals.names())}")
     value = signals.value(name)
     below = value <= threshold
     condition = f"{name} {value:.3g} {'<=' if below else '>'} {threshold:.3g}"
@@ -382,15 +388,19 @@ def fit_rule(
     names = [name for name in recipes if all(name in c.accuracy for c in cells)]
     if not cells or not names:
         raise ValueError("fit_rule needs cells with results for at least one common recipe")
+    kinds = {type(c.signals) for c in cells}
+    if len(kinds) > 1:
+        raise ValueError(f"fit_rule needs cells carrying the same signals, got {sorted(k.__name__ for k in kinds)}")
+    signals = kinds.pop().names()
     loss = loss or (Cell.checked_regret if checked else Cell.regret)
     search = _TreeSearch(
         losses=np.array([[loss(c, name) for name in names] for c in cells]),  # each loss once, not per split
-        values=np.array([[c.signals.value(signal) for signal in SIGNALS] for c in cells]),
+        values=np.array([[c.signals.value(signal) for signal in signals] for c in cells]),
         min_leaf=min_leaf,
     )
     plan, _ = search.best(np.arange(len(cells)), max_depth)
-    tree = _materialise(plan, cells, names, search, checked)
-    return {"tree": tree, "recipes": recipes, "signals": list(SIGNALS)}
+    tree = _materialise(plan, cells, names, signals, search, checked)
+    return {"tree": tree, "recipes": recipes, "signals": list(signals)}
 
 
 @dataclass(frozen=True)
@@ -545,7 +555,9 @@ def _first_best(candidates: np.ndarray, start: np.ndarray) -> np.ndarray:
         after[rows] = first
 
 
-def _materialise(plan: tuple, cells: list[Cell], names: list[str], search: _TreeSearch, checked: bool) -> dict:
+def _materialise(
+    plan: tuple, cells: list[Cell], names: list[str], signals: tuple[str, ...], search: _TreeSearch, checked: bool
+) -> dict:
     """A plan as the rule's JSON tree: leaves with their recipe and observed gains over the probe."""
     if plan[0] == "leaf":
         rows = plan[1]
@@ -553,10 +565,10 @@ def _materialise(plan: tuple, cells: list[Cell], names: list[str], search: _Tree
         return leaf(best, [cells[i].outcome(best, checked) - cells[i].signals.probe_accuracy for i in rows])
     _, signal, low, high, left, right = plan
     return {
-        "signal": SIGNALS[signal],
+        "signal": signals[signal],
         "threshold": _short_threshold(low, high),
-        "le": _materialise(left, cells, names, search, checked),
-        "gt": _materialise(right, cells, names, search, checked),
+        "le": _materialise(left, cells, names, signals, search, checked),
+        "gt": _materialise(right, cells, names, signals, search, checked),
     }
 
 
