@@ -23,7 +23,7 @@ that spend at most 15% of the inner grid (the cheapest setting if none does), th
 The held-out data set takes no part in that choice. Each row also gives the family's best fixed setting in
 hindsight, chosen on the held-out results themselves: a bound on the family, not a policy.
 
-It trains nothing: it reads bench/results/transfer_study.json; about 8 minutes on 2 cores (the trees; the
+It trains nothing: it reads bench/results/transfer_study.json; about 4 minutes on 2 cores (the trees; the
 other families take seconds).
 Writes bench/results/transfer_auto_families.{md,json}. Usage: python -m bench.auto_families
 """

@@ -16,7 +16,7 @@ tiny validation splits that probe's accuracy can differ from the study's, measur
 image or two); the study's six signals are left as measured.
 
 It trains nothing; it reads the study's prepared data and feature caches (bench/.work/transfer_study, made by
-`python -m bench.transfer_study`) and bench/results/transfer_study.json. About 8 minutes on 2 cores. Writes
+`python -m bench.transfer_study`) and bench/results/transfer_study.json. About 6 minutes on 2 cores. Writes
 bench/results/transfer_landmarkers.{md,json}. Usage: python -m bench.landmarkers
 """
 
