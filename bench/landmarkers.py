@@ -46,7 +46,7 @@ from bench.transfer_analysis import (
 from bench.transfer_design import AUTO, RECIPES
 from bench.transfer_report import verdict_columns
 from bench.transfer_study import study_cells
-from transferline.model.advisor import Cell, Signals
+from transferline.model.advisor import Cell, Signals, signals_read
 from transferline.model.head import fit_probe
 
 
@@ -129,7 +129,7 @@ def landmarker_verdict(
         landmarked, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors), processes
     )
     judged = at_rules_margin([c for c in landmarked if c.name in picks], rules)
-    reading = sorted(d for d, r in rules.items() if _splits_on(r["tree"], name))
+    reading = sorted(d for d, r in rules.items() if name in signals_read(r["tree"]))
     paid = copy.deepcopy(measured)
     for cell in judged:
         if cell.dataset in reading:
@@ -138,12 +138,6 @@ def landmarker_verdict(
         **held_out_verdict(judged, picks, errors, auto_signal_seconds(paid, judged, rules)),
         "folds_splitting_on_it": reading,
     }
-
-
-def _splits_on(tree: dict[str, Any], name: str) -> bool:
-    if "recipe" in tree:
-        return False
-    return tree["signal"] == name or _splits_on(tree["le"], name) or _splits_on(tree["gt"], name)
 
 
 def markdown(study: dict[str, Any], rows: list[dict[str, Any]], cpu: str, probe_differs: int) -> str:
