@@ -35,7 +35,7 @@ from transferline.evaluation.onnx_export import (
     scored_model,
 )
 from transferline.evaluation.scoring import load_pixels, torch_logits
-from transferline.model.feature_taps import HEAD_FEATURES, TappedBody, tap_blocks
+from transferline.model.feature_taps import TappedBody, tap_blocks
 from transferline.monitoring import shifts
 from transferline.monitoring.feature_gaussian import LayerGaussian, fit_feature_gaussian, standardisation
 from transferline.monitoring.ood import MONITORING_FILE
@@ -185,9 +185,8 @@ def layer_gaussians(
 def scored_by_layers(model, layers: list[LayerGaussian]):
     """The model answering logits and its layers' combined distance from one forward pass (ScoredModel)."""
     taps = [layer.tap for layer in layers]
-    if HEAD_FEATURES not in taps:  # the head's input is read even when it is not scored
-        taps.append(HEAD_FEATURES)
-    return scored_model(TappedBody(model, taps), model.head, layers, taps.index(HEAD_FEATURES))
+    taps += [tap for tap in model.taps if tap not in taps]  # the head's input is read even when it is not scored
+    return scored_model(TappedBody(model, taps), model.head, layers, [taps.index(tap) for tap in model.taps])
 
 
 def distance_parity(scored, session, sample: np.ndarray, spec: PreprocessSpec, batch_size: int) -> float:

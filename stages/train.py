@@ -33,9 +33,10 @@ from transferline.config import TrainParams, load_section
 from transferline.data.pixel_cache import load_split, read_dataset
 from transferline.data.preprocessing import PreprocessSpec
 from transferline.model.advice_signals import advise
-from transferline.model.advisor import Advice
+from transferline.model.advisor import FEATURE_EXTRACTION, Advice, Recipe
 from transferline.model.backbone_choice import BackboneChoice, choose_backbone
 from transferline.model.backbones import (
+    LAST_LAYER,
     TransferModel,
     build_model,
     check_input_size,
@@ -57,6 +58,7 @@ from transferline.model.distributed import (
     start_process_group,
     stop_process_group,
 )
+from transferline.model.feature_taps import HEAD_FEATURES
 from transferline.model.features import KEY_FILE, ProbeResult, cache_key, cached_features, fit_probe, install_head
 from transferline.model.global_batch import to_global_batch
 from transferline.model.launch import LaunchInterrupted, ProcessesFailed, launch, process_env
@@ -123,23 +125,47 @@ def validation_check(
     spec: PreprocessSpec,
     runtime: Runtime,
     out: Outputs,
-    key: dict,
+    dataset: dict,
 ) -> tuple[TrainParams, Advice, TransferModel, FitResult]:
-    """`auto`'s check after fine-tuning: keep the fine-tuned model only if it beats the linear probe on the
-    validation split by more than the rule's margin (Advice.checked); otherwise train the feature-extraction
-    head (seconds, from the cached features) on a freshly built pretrained model. Returns the params, advice,
-    model and result that were kept."""
+    """`auto`'s check after fine-tuning: keep the fine-tuned model only if it beats the feature-extraction
+    head on the validation split by more than the rule's margin (Advice.checked). That head is fitted here
+    (seconds: where auto measured the signals, its features are in the cache) on a freshly built pretrained
+    model, so the check weighs the fine-tune against the very model it would ship instead.
+    Returns the params, advice, model and result that were kept."""
+    torch.manual_seed(params.seed)
+    num_classes = fine_tuned_model.head.out_features
+    probe_recipe = Recipe(FEATURE_EXTRACTION).overrides(num_blocks=0, epochs=0)
+    probe_params = TrainParams(**{**params.model_dump(), **probe_recipe})
+    model, weights = build_model(
+        params.backbone, num_classes, params.pretrained, params.weights_path, feature_layers_for(probe_params)
+    )
+    key = features_key(probe_params, model, weights, dataset)
+    probe = fit_feature_extraction(model, train, val, spec, probe_params, runtime, out.features_dir, key, None)
     last = fine_tuned.history[-1]["val_accuracy"] if fine_tuned.history else None
-    checked = advice.checked(fine_tuned.best_val_accuracy, len(val), last)
+    checked = advice.checked(fine_tuned.best_val_accuracy, len(val), last, probe.best_val_accuracy)
     log.info("%s", checked.notes[-1])  # the check's figures and verdict, as advice.json words them
     if checked.recipe == advice.recipe:
         return params, checked, fine_tuned_model, fine_tuned
-    params = TrainParams(**{**params.model_dump(), **checked.params})
+    return TrainParams(**{**params.model_dump(), **checked.params}), checked, model, probe
+
+
+def feature_layers_for(params: TrainParams) -> tuple[float, ...]:
+    """The depths the head reads: the probe's layers where the head may be feature extraction's (auto measures
+    its signals with that model, so the head's features are cached once), else the body's output alone."""
+    return params.probe_layers if params.strategy in ("feature_extraction", "auto") else LAST_LAYER
+
+
+def seeded_model(params: TrainParams, num_classes: int, feature_layers: tuple[float, ...]):
+    """The pretrained model with its new head initialised from the run's seed."""
     torch.manual_seed(params.seed)
-    num_classes = fine_tuned_model.head.out_features
-    model, _ = build_model(params.backbone, num_classes, params.pretrained, params.weights_path)
-    result = fit_feature_extraction(model, train, val, spec, params, runtime, out.features_dir, key, None)
-    return params, checked, model, result
+    return build_model(params.backbone, num_classes, params.pretrained, params.weights_path, feature_layers)
+
+
+def features_key(params: TrainParams, model: TransferModel, weights: dict, dataset: dict) -> dict:
+    """The key of the features `model`'s head reads (transferline/model/features.py)."""
+    return cache_key(
+        params.backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model), model.taps
+    )
 
 
 def fit_probe_head(
@@ -386,10 +412,9 @@ def train_and_write(
         check_params(params)
     check_input_size(params.backbone, spec.image_size, params.pretrained)
 
-    torch.manual_seed(params.seed)  # the new head's initial weights
-    model, weights = build_model(params.backbone, len(classes), params.pretrained, params.weights_path)
+    model, weights = seeded_model(params, len(classes), feature_layers_for(params))
     warn_on_normalization(params, spec)
-    key = cache_key(params.backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model))
+    key = features_key(params, model, weights, dataset)
     if params.strategy == "auto":
         if ranks.primary:  # rank 0 measures and decides; the others take its answer
             ensure_features_dir(out.features_dir)
@@ -398,6 +423,9 @@ def train_and_write(
                 params, model, train, val, spec, runtime, out.features_dir, key, blocks, params.advisor_rule
             )
         params, advice, advice_timings = ranks.broadcast((params, advice, advice_timings))
+        if params.strategy != "feature_extraction":  # a fine-tune: the usual head, seeded as if built for it
+            model, weights = seeded_model(params, len(classes), LAST_LAYER)
+            key = features_key(params, model, weights, dataset)
     if ranks.distributed and params.strategy == "feature_extraction":  # what auto chose
         log.info(RANK_0_ALONE, ranks.world_size - 1)
         if not ranks.primary:
@@ -449,7 +477,7 @@ def train_and_write(
         }
     if advice is not None and advice.validation_check:  # only ever set for a fine-tuning recipe
         params, advice, model, result = validation_check(
-            params, advice, model, result, train, val, spec, runtime, out, key
+            params, advice, model, result, train, val, spec, runtime, out, dataset
         )
     params_json = params.model_dump(mode="json")
 
@@ -478,6 +506,7 @@ def train_and_write(
         "classes": classes,
         "num_classes": len(classes),
         "feature_dim": feature_dim(model),
+        **({"feature_layers": list(params.probe_layers)} if model.taps != (HEAD_FEATURES,) else {}),
         "preprocess": spec.to_dict(),
         "input": {
             "shape": ["batch", 3, spec.image_size, spec.image_size],

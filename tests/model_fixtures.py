@@ -27,6 +27,7 @@ class TinyConvNet(nn.Module):
             nn.Flatten(),
         )
         self.head = nn.Linear(16, num_classes)
+        self.taps = (None,)  # the head reads the body's output, as TransferModel's usual head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))

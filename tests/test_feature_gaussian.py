@@ -76,7 +76,7 @@ def test_the_exported_wrapper_computes_the_same_distance_in_float32():
     torch.manual_seed(0)
     body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 12))
     model = torch.nn.Module()
-    model.body, model.head = body, torch.nn.Linear(12, 3)
+    model.body, model.head, model.taps = body, torch.nn.Linear(12, 3), (None,)
     pixels = torch.as_tensor(rng.normal(0, 1, (300, 3, 4, 4)), dtype=torch.float32)
     with torch.no_grad():
         features = body(pixels).numpy().astype(np.float64)
@@ -125,3 +125,23 @@ def test_the_exported_score_adds_standardised_distances_of_every_tapped_block():
 def test_standardisation_keeps_a_constant_layer_finite():
     assert standardisation(np.array([2.0, 4.0])) == (3.0, 1.0)
     assert standardisation(np.full(5, 7.0)) == (7.0, 1.0)
+
+
+def test_the_exported_score_feeds_a_multi_layer_head_its_taps_side_by_side():
+    """A feature_extraction head reading several depths (train.probe_layers): the graph's logits are the
+    model's own, whichever of its taps the distance also scores."""
+    from stages.export import scored_by_layers
+    from transferline.model.backbones import build_model
+    from transferline.model.feature_taps import TappedBody
+
+    torch.manual_seed(0)
+    model, _ = build_model("mobilenet_v2", 3, pretrained=False, feature_layers=(0.5, 1.0))
+    model.eval()
+    pixels = torch.randn(40, 3, 32, 32)
+    with torch.no_grad():
+        inner = TappedBody(model, ["features.4"])(pixels)[0].numpy().astype(np.float64)
+    labels = np.arange(len(pixels)) % 3
+    layers = [LayerGaussian("features.4", fit_feature_gaussian(inner, labels, 3, rank=4), 0.0, 1.0)]
+    with torch.no_grad():
+        logits, _ = scored_by_layers(model, layers)(pixels)
+        np.testing.assert_allclose(logits.numpy(), model(pixels).numpy(), rtol=1e-5, atol=1e-5)

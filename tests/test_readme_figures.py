@@ -328,6 +328,28 @@ def test_readme_quotes_the_landmarkers_as_measured():
     assert rows[2]["cells_within_one_se"] == 46 and rows[2]["folds_splitting_on_it"] == []
 
 
+def test_readme_quotes_the_multi_layer_head_as_measured():
+    """The README's figures for the feature_extraction head on several depths are
+    bench/results/transfer_probe_layers.json's (rerun `python -m bench.probe_layers`, then the README): its gain
+    over the last layer, and auto's verdict with it, which meets the share target and not the CPU one."""
+    from bench.transfer_analysis import TARGET_CPU, TARGET_SHARE
+
+    result = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_probe_layers.json").read_text())
+    summary, verdict = result["comparison"], result["verdicts"]["probe_layers"]
+    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    assert f"it scores {summary['mean_gain']:+.4f} of test accuracy over the last-layer probe on average" in prose
+    assert f"({summary['min_gain']:+.3f} to {summary['max_gain']:+.3f})" in prose
+    assert f"better by more than one SE in {summary['better_by_one_se']} cells and worse in " in prose
+    assert f"{summary['worse_by_one_se']}, and above every fine-tune of the grid in " in prose
+    assert f"{summary['above_best_recipe']}; its fit takes" in prose
+    cells = round(verdict["within_one_se"] * verdict["cells"])
+    assert f"within one SE in {verdict['within_one_se']:.1%} of cells ({cells}) at " in prose
+    assert f"{verdict['cpu_share_of_grid']:.1%} of the grid's CPU" in prose
+    assert verdict["within_one_se"] >= TARGET_SHARE and verdict["cpu_share_of_grid"] > TARGET_CPU
+    assert result["verdicts"]["last_layer"]["within_one_se"] < TARGET_SHARE  # the study's own verdict
+    assert result["probe_layers"] == [0.25, 0.5, 0.75, 1.0]
+
+
 def test_readme_quotes_the_rule_variants_as_measured():
     """The README's comparison of fitting methods is bench/results/transfer_rule_variants.json's (rerun
     `python -m bench.rule_variants`, then the README): no method meets both targets, exactly one fixed

@@ -215,6 +215,18 @@ def test_the_validation_check_keeps_fine_tuning_only_where_it_beats_the_probe():
         assert "validation check: partial reached" in fallback.summary()
 
 
+def test_the_check_weighs_the_fine_tune_against_the_head_it_would_ship_instead():
+    """The feature_extraction head reads several depths (train.probe_layers) and may beat the last-layer probe
+    among the signals: the check compares the fine-tune with the head that ships if it loses."""
+    rule = {**fit_rule(cells(), RECIPES), "validation_check": True}
+    advice = decide(signals(500, probe=0.7, gain=0.5), rule, 20, 5000, COST, None)
+    assert advice.checked(0.75, 200).recipe == "partial"  # against the signals' probe, 0.70
+    fallback = advice.checked(0.75, 200, probe_val_accuracy=0.8)
+    assert fallback.recipe == "feature_extraction" and fallback.expected_accuracy == (0.8, 0.8)
+    assert fallback.validation["probe_val_accuracy"] == 0.8
+    assert fallback.notes[-1].endswith("the probe 0.8000: feature extraction kept")
+
+
 def test_a_rule_with_a_validation_margin_keeps_fine_tuning_only_beyond_it_in_standard_errors():
     """The margin is in standard errors of the difference on the validation split, sqrt(0.5 / n) each: one
     SE is 0.05 on 200 images and 0.25 on 8, where a fine-tune's lead is mostly luck."""

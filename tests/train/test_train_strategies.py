@@ -106,6 +106,34 @@ def test_feature_extraction_keeps_the_body_and_fits_the_head(run_train, tmp_path
     assert (tmp_path / "out" / "features" / "train.npy").is_file()
 
 
+def test_the_feature_extraction_head_reads_the_probe_layers_side_by_side_and_reloads_as_trained(
+    run_train, tmp_path, tiny_params
+):
+    from transferline.model.trained_model import load_trained_model
+
+    run_train(tiny_params(strategy="feature_extraction"))  # probe_layers as params.yaml sets them
+    model, meta = load_trained_model(tmp_path / "out" / "models")
+    assert meta["feature_layers"] == [0.25, 0.5, 0.75, 1.0]
+    assert model.taps == ("features.4", "features.9", "features.14", None)  # of MobileNetV2's 19 blocks
+    assert model.tap_widths == (32, 64, 160, 1280) and model.head.in_features == sum(model.tap_widths)
+    size = meta["preprocess"]["image_size"]
+    pixels = torch.randn(4, 3, size, size)
+    with torch.no_grad():
+        logits = model(pixels)
+        model.head.weight[:, :32] = 0  # the earliest tap's weights count in the answer
+        assert not torch.allclose(logits, model(pixels))
+
+    run_train(tiny_params(strategy="feature_extraction", probe_layers=(1.0,)))  # the last layer alone
+    model, meta = load_trained_model(tmp_path / "out" / "models")
+    assert "feature_layers" not in meta and model.taps == (None,) and model.head.in_features == 1280
+
+
+def test_probe_layers_must_end_at_the_body_output(tiny_params):
+    for wrong in ((0.5,), (0.75, 0.25, 1.0), (0.0, 1.0), ()):
+        with pytest.raises(ValueError, match=r"ending with 1\.0"):
+            tiny_params(probe_layers=wrong)
+
+
 def test_discriminative_lrs_decay_toward_the_input(tiny_params):
     torch.manual_seed(0)
     model, _ = build_model("mobilenet_v2", 3, pretrained=False)

@@ -25,11 +25,12 @@ log = logging.getLogger("transferline.onnx")
 MAX_BATCH = 4096
 
 
-def scored_model(tapped, head, layers, head_index: int):
+def scored_model(tapped, head, layers, head_taps: list[int]):
     """A classifier answering (logits, feature_distance); see ScoredModel. `tapped`: a module answering a
     list of feature matrices, one per entry of `layers` (the LayerGaussian of each,
-    transferline/monitoring/feature_gaussian.py) and, at `head_index`, the features `head` reads (one of
-    the layers' or one more); transferline/model/feature_taps.py's TappedBody."""
+    transferline/monitoring/feature_gaussian.py) then any more, of which those at `head_taps`, side by side,
+    are the features `head` reads (transferline/model/backbones.py TransferModel.features);
+    transferline/model/feature_taps.py's TappedBody."""
     import torch
 
     class GaussianDistance(torch.nn.Module):
@@ -77,13 +78,14 @@ def scored_model(tapped, head, layers, head_index: int):
 
         def __init__(self) -> None:
             super().__init__()
-            self.tapped, self.head, self.head_tap = tapped, head, head_index
+            self.tapped, self.head, self.head_taps = tapped, head, list(head_taps)
             self.distances = torch.nn.ModuleList(GaussianDistance(layer.gaussian) for layer in layers)
             self.standardisation = [(layer.center, 1.0 / layer.scale) for layer in layers]
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             taps = self.tapped(x)
-            logits = self.head(taps[self.head_tap])
+            read = [taps[i] for i in self.head_taps]
+            logits = self.head(read[0] if len(read) == 1 else torch.cat(read, dim=1))
             total = None
             scored = zip(taps[: len(self.distances)], self.distances, self.standardisation, strict=True)
             for features, distance, (center, inverse_scale) in scored:

@@ -60,7 +60,9 @@ def measure_signals(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    features, _ = cached_features(model, {"train": train, "val": val}, spec, runtime, features_dir, key, batch)
+    # the features the model's head reads, cached for the feature_extraction head; the signals read the last layer
+    tapped, _ = cached_features(model, {"train": train, "val": val}, spec, runtime, features_dir, key, batch)
+    features = {split: model.last_layer(array) for split, array in tapped.items()}
     timings["features"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -155,11 +155,19 @@ class Advice:
             f"~{self.estimated_seconds:.0f} s" + (f"; {'; '.join(self.notes)}" if self.notes else "")
         )
 
-    def checked(self, best_val_accuracy: float, val_images: int, last_val_accuracy: float | None = None) -> Advice:
+    def checked(
+        self,
+        best_val_accuracy: float,
+        val_images: int,
+        last_val_accuracy: float | None = None,
+        probe_val_accuracy: float | None = None,
+    ) -> Advice:
         """This advice once the fine-tuned model's validation accuracy (on `val_images` images; at its best
         and at its last epoch) is known: the same, with the check's figures, and feature extraction as the
-        recipe where the rule's figure of the fine-tune did not beat the probe by more than the margin."""
-        probe = self.signals["probe_accuracy"]
+        recipe where the rule's figure of the fine-tune did not beat the probe by more than the margin.
+        `probe_val_accuracy`: the feature-extraction head's, the model shipped instead (train.probe_layers);
+        by default the linear probe's among the signals."""
+        probe = self.signals["probe_accuracy"] if probe_val_accuracy is None else probe_val_accuracy
         figure = check_figure(self.validation_figure, best_val_accuracy, last_val_accuracy)
         margin = check_margin(self.validation_margin_se, val_images)
         kept = keep_fine_tuned(figure, probe, margin)

@@ -16,21 +16,24 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 from torch import nn
 
 from transferline.data.assets import EFFICIENTNET_LITE0, SEEDED_CHECKPOINTS, SeededCheckpoint, sha256_of
 from transferline.errors import AssetError, ParamsError
 from transferline.model import efficientnet_lite
+from transferline.model.feature_taps import HEAD_FEATURES, TappedBody, tap_blocks
 from transferline.model.portable_kernels import make_portable, portable_kernels_active
 
 log = logging.getLogger("transferline.model.backbones")
 
+LAST_LAYER = (1.0,)  # feature_layers of the usual head: the body's pooled output alone
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
 
@@ -164,16 +167,43 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 class TransferModel(nn.Module):
-    """A backbone body returning pooled features, and a linear head over them."""
+    """A backbone body returning pooled features, and a linear head over them.
 
-    def __init__(self, body: nn.Module, head: nn.Linear, backbone: str) -> None:
+    `taps` are the blocks whose pooled outputs the head reads, concatenated in order
+    (transferline/model/feature_taps.py); the default, the body's output alone, is the usual head. A
+    feature_extraction head reads several depths (`train.probe_layers`): earlier blocks keep what the
+    ImageNet-specific last ones discard, which a frozen body cannot relearn (Evci et al., Head2Toe, ICML 2022).
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        head: nn.Linear,
+        backbone: str,
+        taps: Sequence[str | None] = (HEAD_FEATURES,),
+        tap_widths: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         self.body = body
         self.head = head
         self.backbone = backbone
+        self.taps = tuple(taps)
+        self.tap_widths = tuple(tap_widths) if tap_widths is not None else (head.in_features,)  # each tap's features
+
+    def last_layer(self, features: np.ndarray) -> np.ndarray:
+        """The body's own pooled output among features the head reads (the last tap's columns)."""
+        if self.taps[-1] is not HEAD_FEATURES:
+            raise ValueError("this model's head does not read the body's output")
+        return features[:, -self.tap_widths[-1] :]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head reads: the body's pooled output, or the taps' pooled outputs side by side."""
+        if self.taps == (HEAD_FEATURES,):
+            return self.body(x)
+        return torch.cat(TappedBody(self, self.taps)(x), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        return self.head(self.features(x))
 
     def blocks(self) -> list[tuple[str, list[nn.Module]]]:
         """The body's blocks, input to output, as (name, modules)."""
@@ -387,9 +417,14 @@ def build_torchvision_model(spec: BackboneSpec, pretrained: bool, weights_path: 
 
 
 def build_model(
-    name: str, num_classes: int, pretrained: bool, weights_path: Path | None = None
+    name: str,
+    num_classes: int,
+    pretrained: bool,
+    weights_path: Path | None = None,
+    feature_layers: Sequence[float] = LAST_LAYER,
 ) -> tuple[TransferModel, dict]:
-    """A TransferModel for `num_classes`, and a description of where its backbone weights came from."""
+    """A TransferModel for `num_classes`, and a description of where its backbone weights came from.
+    `feature_layers`: the relative depths (tap_blocks) whose pooled outputs the head reads."""
     spec = get_spec(name)
     model, source = build_torchvision_model(spec, pretrained, weights_path)
     old_head = model.get_submodule(spec.head_path)
@@ -398,11 +433,25 @@ def build_model(
     parent_path, _, leaf = spec.head_path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, leaf, nn.Identity())
-    head = nn.Linear(old_head.in_features, num_classes)
-    transfer = TransferModel(model, head, spec.name)
+    taps = tap_blocks([block for block, _ in spec.blocks], feature_layers)
+    widths = [old_head.in_features] if taps == [HEAD_FEATURES] else measure_tap_widths(model, spec, taps)
+    transfer = TransferModel(model, nn.Linear(sum(widths), num_classes), spec.name, taps, widths)
     if portable_kernels_active():  # train.reproducible: portable
         make_portable(transfer)
     return transfer, source
+
+
+def measure_tap_widths(body: nn.Module, spec: BackboneSpec, taps: list[str | None]) -> list[int]:
+    """How many features each tap gives, from one forward pass of a small blank image."""
+    probe = TransferModel(body, nn.Linear(1, 1), spec.name, taps)
+    size = max(spec.min_input_size, spec.native_input_size or 0, 64)
+    was_training = body.training
+    probe.eval()  # BatchNorm must not update its running statistics on the blank image
+    try:
+        with torch.no_grad():
+            return [int(f.shape[1]) for f in TappedBody(probe, taps)(torch.zeros(1, 3, size, size))]
+    finally:
+        body.train(was_training)
 
 
 def feature_dim(model: TransferModel) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from transferline import atomic
 from transferline.data.preprocessing import PreprocessSpec
 from transferline.model.backbones import TransferModel
+from transferline.model.feature_taps import HEAD_FEATURES
 from transferline.model.head import ProbeResult, fit_probe, install_head
 from transferline.model.training import BatchSource, Runtime, SplitData, model_input
 
@@ -34,8 +36,17 @@ KEY_FILE = "key.json"
 FEATURE_SPLITS = ("train", "val")
 
 
-def cache_key(backbone: str, weights: dict, data_version: str, preprocess: dict, feature_dim: int) -> dict:
-    return {
+def cache_key(
+    backbone: str,
+    weights: dict,
+    data_version: str,
+    preprocess: dict,
+    feature_dim: int,
+    taps: Sequence[str | None] = (HEAD_FEATURES,),
+) -> dict:
+    """What cached features depend on; `taps` (the model's, TransferModel.taps) only where the head reads
+    more than the body's output, so the usual head's caches keep their key."""
+    key = {
         "format": 1,
         "backbone": backbone,
         "weights": weights,
@@ -43,19 +54,22 @@ def cache_key(backbone: str, weights: dict, data_version: str, preprocess: dict,
         "preprocess": preprocess,
         "feature_dim": feature_dim,
     }
+    if tuple(taps) != (HEAD_FEATURES,):
+        key["taps"] = ["head" if tap is HEAD_FEATURES else tap for tap in taps]
+    return key
 
 
 @torch.inference_mode()
 def compute_features(
     model: TransferModel, split: SplitData, spec: PreprocessSpec, runtime: Runtime, batch_size: int
 ) -> np.ndarray:
-    """float32 (N, feature_dim) pooled body features, body in eval mode."""
+    """float32 (N, feature_dim) pooled features the head reads (TransferModel.features), body in eval mode."""
     model.eval()
     source = BatchSource(split, runtime.device)
     outputs = []
     for start in range(0, len(source), batch_size):
         images, _ = source.get(torch.arange(start, min(start + batch_size, len(source))))
-        outputs.append(model.body(model_input(images, spec, runtime)).float().cpu())
+        outputs.append(model.features(model_input(images, spec, runtime)).float().cpu())
     return torch.cat(outputs).numpy()
 
 

@@ -14,7 +14,7 @@ import torch
 
 from transferline import atomic
 from transferline.errors import DataError
-from transferline.model.backbones import TransferModel, build_model
+from transferline.model.backbones import LAST_LAYER, TransferModel, build_model
 
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"
@@ -49,7 +49,8 @@ def read_meta(directory: Path) -> dict:
 def load_trained_model(directory: Path) -> tuple[TransferModel, dict]:
     """(model in eval mode on CPU, its model.json)."""
     meta = read_meta(directory)
-    model, _ = build_model(meta["backbone"], len(meta["classes"]), pretrained=False)
+    layers = tuple(meta.get("feature_layers", LAST_LAYER))  # the depths a feature_extraction head reads
+    model, _ = build_model(meta["backbone"], len(meta["classes"]), pretrained=False, feature_layers=layers)
     state = torch.load(Path(directory) / MODEL_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval(), meta

@@ -37,7 +37,7 @@ import torch
 from transferline.config import TrainParams, read_params_file
 from transferline.data.preprocessing import PreprocessSpec
 from transferline.errors import DataError, ParamsError
-from transferline.model.backbones import build_model, check_input_size, feature_dim
+from transferline.model.backbones import LAST_LAYER, build_model, check_input_size, feature_dim
 from transferline.model.checkpoints import CheckpointStore, run_digest
 from transferline.model.features import cache_key, cached_features, compute_features
 from transferline.model.head import HeadFeatures, fit_prepared, prepare_head_features
@@ -88,7 +88,10 @@ def load_tuning_data(prepared_dir: Path) -> TuningData:
 
 def feature_source(params: TrainParams) -> str:
     """Folder name for the features of one body: backbone plus where its weights came from."""
-    origin = json.dumps([params.pretrained, str(params.weights_path) if params.weights_path else None])
+    origin = [params.pretrained, str(params.weights_path) if params.weights_path else None]
+    if tuple(params.probe_layers) != LAST_LAYER:  # the depths the head reads (train.probe_layers)
+        origin.append(list(params.probe_layers))
+    origin = json.dumps(origin)
     return f"{params.backbone}-{hashlib.sha256(origin.encode()).hexdigest()[:8]}"
 
 
@@ -133,7 +136,9 @@ class FeatureBank:
 
     def _compute(self, params: TrainParams, directory: Path | None) -> dict[str, np.ndarray]:
         runtime = resolve_runtime(params)
-        model, weights = build_model(params.backbone, len(self.data.classes), params.pretrained, params.weights_path)
+        model, weights = build_model(
+            params.backbone, len(self.data.classes), params.pretrained, params.weights_path, params.probe_layers
+        )
         model.to(runtime.device)
         if runtime.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -143,7 +148,9 @@ class FeatureBank:
             return {
                 name: compute_features(model, split, self.data.spec, runtime, batch) for name, split in splits.items()
             }
-        key = cache_key(params.backbone, weights, self.data.data_version, self.data.preprocess, feature_dim(model))
+        key = cache_key(
+            params.backbone, weights, self.data.data_version, self.data.preprocess, feature_dim(model), model.taps
+        )
         features, from_cache = cached_features(model, splits, self.data.spec, runtime, directory, key, batch)
         log.info("%s features for %s", "cached" if from_cache else "computed", directory.name)
         return features
