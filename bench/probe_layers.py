@@ -66,8 +66,6 @@ def head_accuracies(features: dict[str, np.ndarray], labels: dict[str, np.ndarra
 
 def measure_cells(study: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per measured cell of the study, both heads (HEADS) fitted on one tapped forward pass."""
-    import torch
-
     from transferline.data.pixel_cache import read_dataset
     from transferline.data.preprocessing import PreprocessSpec
     from transferline.model.backbones import build_model, get_spec, imagenet_normalization
@@ -99,8 +97,7 @@ def measure_cells(study: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 splits = {s: load(prepared, s, len(classes), spec.image_size) for s in ("train", "val")}
                 if test_features is None:  # the held-out test set is the same for every size of a data set
                     splits["test"] = held_out_test(test_prepared, classes, spec.image_size)
-                with torch.no_grad():
-                    tapped = {s: compute_features(model, split, spec, runtime, 128) for s, split in splits.items()}
+                tapped = {s: compute_features(model, split, spec, runtime, 128) for s, split in splits.items()}
                 if test_features is None:
                     test_features = (tapped["test"], splits["test"].labels)
                 tapped["test"] = test_features[0]

@@ -277,7 +277,7 @@ class TrainParams(Section):
     probe_standardize: bool = True  # feature_extraction: unit-variance features before the L2; false: centred only
     probe_label_smoothing: float = Field(default=0.0, ge=0, lt=1)  # feature_extraction head's label smoothing
     # feature_extraction: relative depths of the blocks whose pooled outputs the head reads side by side
-    # (1.0: the body's output; (1.0,) alone is the usual linear probe); bench/results/transfer_study.md
+    # (1.0: the body's output; (1.0,) alone is the usual linear probe); bench/results/transfer_probe_layers.md
     probe_layers: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     seed: int = 0
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
@@ -320,7 +320,7 @@ class TrainParams(Section):
     @field_validator("probe_layers")
     @classmethod
     def _probe_depths(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not 0 < v <= 1 for v in value) or list(value) != sorted(set(value)) or not value or value[-1] != 1.0:
+        if not value or value[-1] != 1.0 or list(value) != sorted(set(value)) or any(not 0 < v <= 1 for v in value):
             raise ValueError(
                 "must list increasing depths in (0, 1] ending with 1.0 (the body's output), e.g. [0.25, 0.5, 0.75, 1.0]"
             )

@@ -87,11 +87,11 @@ def load_tuning_data(prepared_dir: Path) -> TuningData:
 
 
 def feature_source(params: TrainParams) -> str:
-    """Folder name for the features of one body: backbone plus where its weights came from."""
-    origin = [params.pretrained, str(params.weights_path) if params.weights_path else None]
+    """Folder name for the features of one body: backbone, where its weights came from and the depths read."""
+    parts: list = [params.pretrained, str(params.weights_path) if params.weights_path else None]
     if tuple(params.probe_layers) != LAST_LAYER:  # the depths the head reads (train.probe_layers)
-        origin.append(list(params.probe_layers))
-    origin = json.dumps(origin)
+        parts.append(list(params.probe_layers))
+    origin = json.dumps(parts)
     return f"{params.backbone}-{hashlib.sha256(origin.encode()).hexdigest()[:8]}"
 
 
