@@ -66,7 +66,7 @@ def head_accuracies(features: dict[str, np.ndarray], labels: dict[str, np.ndarra
 
 def measure_cells(study: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per measured cell of the study, both heads (HEADS) fitted on one tapped forward pass."""
-    from transferline.data.pixel_cache import read_dataset
+    from transferline.data.pixel_cache import load_split, read_dataset
     from transferline.data.preprocessing import PreprocessSpec
     from transferline.model.backbones import build_model, get_spec, imagenet_normalization
     from transferline.model.features import compute_features
@@ -94,7 +94,7 @@ def measure_cells(study: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 spec = PreprocessSpec.from_dict(info["preprocess"])
                 classes = info["classes"]
                 model, _ = build_model(backbone, len(classes), True, feature_layers=params.probe_layers)
-                splits = {s: load(prepared, s, len(classes), spec.image_size) for s in ("train", "val")}
+                splits = {s: load_split(prepared, s, len(classes), spec.image_size) for s in ("train", "val")}
                 if test_features is None:  # the held-out test set is the same for every size of a data set
                     splits["test"] = held_out_test(test_prepared, classes, spec.image_size)
                 tapped = {s: compute_features(model, split, spec, runtime, 128) for s, split in splits.items()}
@@ -109,12 +109,6 @@ def measure_cells(study: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     "taps": ["head" if t is None else t for t in model.taps],
                 }
     return measured
-
-
-def load(prepared, split: str, classes: int, image_size: int):
-    from transferline.data.pixel_cache import load_split
-
-    return load_split(prepared, split, classes, image_size)
 
 
 def with_head(study: dict[str, Any], measured: dict[str, dict[str, Any]], head: str) -> dict[str, Any]:
