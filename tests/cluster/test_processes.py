@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
 from flows.tune import share_slots
 from transferline.cluster.local import ClusterSpec, LocalCluster
 from transferline.cluster.postgres import PG_BIN_ENV, find_pg_bin
-from transferline.cluster.processes import ClusterError, alive, running_pid, start_detached, stop_pid_file
+from transferline.cluster.processes import (
+    ClusterError,
+    alive,
+    running_pid,
+    start_detached,
+    stop_pid_file,
+    stop_pid_files,
+)
 from transferline.search.tuning import StudyConfig, open_storage, sqlalchemy_url
 
 
@@ -32,6 +40,21 @@ def test_a_detached_process_is_stopped_by_its_pid_file_with_its_process_group(tm
     assert not alive(pid) and not alive(child)  # the whole group went
     assert not pid_file.exists()
     assert stop_pid_file(pid_file) is False  # nothing left to stop
+
+
+def test_processes_that_ignore_sigterm_share_one_grace_period_then_are_killed(tmp_path):
+    """As an idle Prefect worker does: SIGTERM ignored. Stopped together, two such processes are killed
+    after one grace period, not one each (`cluster down` with N workers waits once)."""
+    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+    files = [tmp_path / f"stubborn-{i}.pid" for i in range(2)]
+    pids = [start_detached([sys.executable, "-c", script], {}, tmp_path / f"{f.stem}.log", f) for f in files]
+    time.sleep(1.0)  # past the interpreter's start-up, so the handler is in place
+    grace_s = 4.0
+    started = time.monotonic()
+    assert stop_pid_files([*files, tmp_path / "never-started.pid"], grace_s=grace_s) == files
+    elapsed = time.monotonic() - started
+    assert not any(alive(pid) for pid in pids) and not any(f.exists() for f in files)
+    assert grace_s <= elapsed < 2 * grace_s, elapsed
 
 
 def test_a_pid_file_whose_process_was_replaced_is_not_signalled(tmp_path):

@@ -27,6 +27,7 @@ from transferline.cluster.processes import (
     running_pid,
     start_detached,
     stop_pid_file,
+    stop_pid_files,
     wait_until,
 )
 from transferline.env import tool_env
@@ -200,10 +201,10 @@ class LocalCluster:
 
     def down(self) -> list[str]:
         """Stop the workers, the server, then PostgreSQL; returns what was running."""
-        stopped = []
-        for name in [*self._recorded_workers(), "server"]:
-            if stop_pid_file(self._pid_file(name)):
-                stopped.append(name)
+        workers = self._recorded_workers()
+        stopped = [p.stem for p in stop_pid_files([self._pid_file(name) for name in workers])]  # side by side
+        if stop_pid_file(self._pid_file("server")):  # after the workers, which report to it as they stop
+            stopped.append("server")
         if self.postgres.initialised() and self.postgres.stop():
             stopped.append("postgres")
         return stopped
