@@ -53,8 +53,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/ruff format --check --no-cache .
 
+# Two workers: most tests wait on a started tool (dvc, a server, a training subprocess) with one core idle.
+TEST_WORKERS ?= 2
 test: setup bench-tools browser cluster-tools lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 # A real headless browser for the page test.
 browser:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,44 @@ PIPELINE_FILES = ("dvc.yaml", "params.yaml", "champion.json", "stages", "transfe
 os.environ.update(QUIET_ENV)
 
 
+# `make test` runs two pytest-xdist workers, and a work unit goes to one worker whole: a test file (its tests
+# share module fixtures and run in order), or all the files that use one of these session-scoped started
+# engines, so each engine starts once per `make test`, not once per worker. Kept true by
+# tests/test_worker_groups.py.
+SHARED_ENGINES = {"prefect_server": "prefect-server", "trained_tiny_pipeline": "prefect-server", "cluster": "cluster"}
+ENGINE_FILES = {
+    "tests/cluster/test_cluster.py": "cluster",
+    "tests/faults/test_flow_kill.py": "prefect-server",
+    "tests/flows/test_data_watch_trigger.py": "prefect-server",
+    "tests/flows/test_prefect_server.py": "prefect-server",
+    "tests/flows/test_working_copy_lock.py": "prefect-server",
+    "tests/serving/test_trained_model_parity.py": "prefect-server",
+}
+
+
+def work_unit(nodeid: str) -> str:
+    """The work unit of a test (see ENGINE_FILES): its engine's group, else its file."""
+    test_file = nodeid.split("::")[0]
+    return ENGINE_FILES.get(test_file, test_file)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """pytest-xdist's scheduling by scope, with `work_unit` as the scope."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return WorkUnitScheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A Prefect home of this test process's own: flows run in-process start Prefect's temporary server on
+    its SQLite file, and two workers (or a developer's own runs) must not share one."""
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="transferline-test-prefect-")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def stop_prefect_temporary_server():
     """Prefect stops the temporary server of in-process flow runs at interpreter exit, when pytest has
@@ -34,6 +74,42 @@ def stop_prefect_temporary_server():
         APILogWorker.drain_all(timeout=5)  # send the last flow-run logs while the server still listens
         for server in list(server_module.SubprocessASGIServer._instances.values()):
             server.stop()
+
+
+@contextlib.contextmanager
+def bentoml_home_in_process(home: Path) -> Iterator[None]:
+    """BENTOML_HOME for this process's own BentoML calls as well as its subprocesses'. BentoML resolves its
+    home, and the stores under it, once per process and keeps them: setting the variable after another
+    test of this worker used BentoML would reach the subprocesses only, so the stores are re-pointed too."""
+    from bentoml._internal.bento import BentoStore
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    folders = {name: home / name for name in ("bentos", "models", "envs", "tmp")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    overrides = {
+        BentoMLContainer.bentoml_home: str(home),
+        BentoMLContainer.bento_store_dir: str(folders["bentos"]),
+        BentoMLContainer.model_store_dir: str(folders["models"]),
+        BentoMLContainer.env_store_dir: str(folders["envs"]),
+        BentoMLContainer.tmp_bento_store_dir: str(folders["tmp"]),
+        BentoMLContainer.bento_store: BentoStore(str(folders["bentos"])),
+        BentoMLContainer.tmp_bento_store: BentoStore(str(folders["tmp"])),
+        BentoMLContainer.model_store: ModelStore(str(folders["models"])),
+    }
+    saved = os.environ.get("BENTOML_HOME")
+    os.environ["BENTOML_HOME"] = str(home)
+    try:
+        with contextlib.ExitStack() as stack:
+            for provider, value in overrides.items():
+                stack.enter_context(provider.patch(value))
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("BENTOML_HOME", None)
+        else:
+            os.environ["BENTOML_HOME"] = saved
 
 
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:

@@ -96,9 +96,10 @@ def wait_for_runs(env, run_ids, timeout=240):
     raise AssertionError(f"runs not finished: {[(r['name'], r['state']) for r in runs]}")
 
 
-def stop_process_group(process: subprocess.Popen, grace_s: float = 30.0) -> None:
-    """SIGTERM, then SIGKILL if the worker is still shutting down after `grace_s` (it may be
-    finishing a flow-run subprocess on a busy machine); how long that takes is not under test."""
+def stop_process_group(process: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if the worker is still shutting down after `grace_s`. Callers stop a worker
+    once its runs have finished; an idle Prefect worker that gets SIGTERM may still wait out its polling
+    loop (30 s and more were seen), and how long that takes is not under test."""
     os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=grace_s)

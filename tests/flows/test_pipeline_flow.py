@@ -14,7 +14,7 @@ from prefect import flow
 
 from flows.dvc_stage import PIPELINE_STAGES
 from flows.service_control import ServiceController, controller_from_params
-from tests.conftest import run_tool, tiny_pipeline_repo
+from tests.conftest import bentoml_home_in_process, run_tool, tiny_pipeline_repo
 
 pytestmark = pytest.mark.slow
 
@@ -37,16 +37,15 @@ def flow_repo(tmp_path_factory):
     """A git+DVC copy of the project with tiny data and fast, still real, training."""
     root = tmp_path_factory.mktemp("flow")
     repo = tiny_pipeline_repo(root / "repo", serve={"port": free_port(), "workers": 1})
-    saved = {key: os.environ.get(key) for key in ("BENTOML_HOME", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")}
-    os.environ["BENTOML_HOME"] = str(root / "bentoml")  # the flow uses the registry in this process
+    saved = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
     os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
-    yield repo
-    controller_from_params(repo).stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with bentoml_home_in_process(root / "bentoml"):  # the flow uses the registry in this process
+        yield repo
+        controller_from_params(repo).stop()
+    if saved is None:
+        os.environ.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", None)
+    else:
+        os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = saved
 
 
 def controller(repo: Path) -> ServiceController:
