@@ -370,7 +370,9 @@ def costed_on(records: list[dict[str, Any]], cpu: str) -> list[dict[str, Any]]:
     """The runs with every CPU cost as `cpu` measured it. CPU seconds differ between kinds of CPU by more
     than the shares the study compares, so they are never mixed: a run from another kind keeps its accuracy
     and is costed at its cell and recipe's mean CPU seconds per epoch on `cpu`, times the epochs it ran (its
-    own figure kept as `measured_cpu_seconds`)."""
+    own figure kept as `measured_cpu_seconds`). A run that replaced its recipe's runs (`reference_run`: the
+    recipe it replaced, run beside it on its own machine) is costed at that recipe's mean on `cpu`, scaled by
+    the ratio of the two runs' CPU seconds measured together."""
     if all(cpu_of(run) == cpu for run in records):
         return records
     per_epoch: dict[tuple, list[float]] = defaultdict(list)
@@ -380,10 +382,14 @@ def costed_on(records: list[dict[str, Any]], cpu: str) -> list[dict[str, Any]]:
     costed = []
     for run in records:
         if cpu_of(run) != cpu:
-            reference = per_epoch.get((cell_id(run), run["recipe"]))
+            pair = run.get("reference_run") or {"recipe": run["recipe"], "epochs_run": run["epochs_run"]}
+            reference = per_epoch.get((cell_id(run), pair["recipe"]))
             if not reference:
-                raise ValueError(f"{cell_name(cell_id(run))} {run['recipe']}: no run on {cpu} to cost it by")
-            cost = statistics.fmean(reference) * max(1, run["epochs_run"])
+                raise ValueError(
+                    f"{cell_name(cell_id(run))} {pair['recipe']}: no run on {cpu} to cost {run['recipe']} by"
+                )
+            ratio = run["cpu_seconds"] / pair["cpu_seconds"] if "cpu_seconds" in pair else 1.0
+            cost = statistics.fmean(reference) * max(1, pair["epochs_run"]) * ratio
             run = {**run, "cpu_seconds": cost, "measured_cpu_seconds": run["cpu_seconds"]}
         costed.append(run)
     return costed

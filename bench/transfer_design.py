@@ -62,11 +62,16 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
     # of the loss the fine-tune minimises, less confident than the plain probe, so the first steps pull less
     # on the body
     "partial_half_from_smoothed_probe": {**RECIPES["partial_half"], "head_init": "probe", "probe_label_smoothing": 0.1},
+    # the linear probe on the body's last layer alone: the study's feature_extraction until its head read
+    # several depths (train.probe_layers, bench/results/transfer_probe_layers.md); its runs stay, as a
+    # comparison and as the grid CPU's measure of a feature_extraction run (`--rerun`; transfer_analysis.costed_on)
+    "feature_extraction_last_layer": {"strategy": "feature_extraction", "probe_layers": [1.0]},
 }
 
 EXPERIMENT_NOTES = {
     "partial_half_from_probe": "half the blocks frozen, 10 epochs, from the linear probe's head",
     "partial_half_from_smoothed_probe": "the same, from a probe fitted with the fine-tune's label smoothing, 0.1",
+    "feature_extraction_last_layer": "feature extraction, the head on the body's last layer alone",
 }
 
 # Fixed policies judged beside auto; fastai's `fine_tune`: the head alone for one epoch, then everything.

@@ -47,6 +47,7 @@ from bench.transfer_analysis import (
     auto_signal_seconds,
     backbone_of,
     build_cells,
+    cell_id,
     cell_name,
     cheapest_at_share,
     cheapest_within_one_se,
@@ -238,23 +239,34 @@ def base_params(backbone: str, quick: bool, **overrides):
     return TrainParams(**values)
 
 
-def cell_context(prepared: Path, backbone: str, quick: bool) -> dict[str, Any]:
-    """What measuring or caching a cell's features takes: params, runtime, splits, the pretrained model, the
-    cell's feature cache and its key."""
+def features_folder(prepared: Path, backbone: str, layers: tuple[float, ...]) -> Path:
+    """Where a cell's pretrained features are cached, one folder per set of depths the head reads: runs with
+    the last layer's (fine-tunes from the probe) and with several (feature_extraction) never evict each other."""
+    from transferline.model.backbones import LAST_LAYER
+
+    suffix = "" if tuple(layers) == LAST_LAYER else "-layers-" + "-".join(f"{depth:g}" for depth in layers)
+    return prepared.parent / f"features-{backbone}{suffix}"
+
+
+def cell_context(prepared: Path, backbone: str, quick: bool, layers: tuple[float, ...] | None = None) -> dict[str, Any]:
+    """What measuring or caching a cell's features takes: params, runtime, splits, the pretrained model (its
+    head reading the body's depths `layers`; the last layer alone by default), the cell's feature cache and
+    its key."""
     from transferline.data.pixel_cache import load_split, read_dataset
     from transferline.data.preprocessing import PreprocessSpec
-    from transferline.model.backbones import build_model, feature_dim
+    from transferline.model.backbones import LAST_LAYER, build_model, feature_dim
     from transferline.model.features import cache_key
     from transferline.model.training import configure_threads, resolve_runtime
 
+    layers = LAST_LAYER if layers is None else tuple(layers)
     params = base_params(backbone, quick, strategy="feature_extraction")
     runtime = resolve_runtime(params)
     configure_threads(params, runtime)
     dataset = read_dataset(prepared)
     spec = PreprocessSpec.from_dict(dataset["preprocess"])
     classes = dataset["classes"]
-    model, weights = build_model(backbone, len(classes), True)
-    features_dir = prepared.parent / f"features-{backbone}"
+    model, weights = build_model(backbone, len(classes), True, feature_layers=layers)
+    features_dir = features_folder(prepared, backbone, layers)
     features_dir.mkdir(exist_ok=True)
     return {
         "model": model,
@@ -264,7 +276,9 @@ def cell_context(prepared: Path, backbone: str, quick: bool) -> dict[str, Any]:
         "params": params,
         "runtime": runtime,
         "features_dir": features_dir,
-        "key": cache_key(backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model)),
+        "key": cache_key(
+            backbone, weights, dataset["data_version"], dataset["preprocess"], feature_dim(model), model.taps
+        ),
     }
 
 
@@ -282,14 +296,16 @@ def measure_cell(prepared: Path, backbone: str, quick: bool) -> dict[str, float]
     return result
 
 
-def cache_features(prepared: Path, backbone: str, quick: bool) -> None:
-    """The cell's pretrained features, as measuring its signals leaves them cached: a run that starts from the
-    probe (head_init: probe) then pays for its head, not for the forward pass auto has already paid."""
+def cache_features(prepared: Path, backbone: str, quick: bool, layers: tuple[float, ...]) -> None:
+    """The cell's pretrained features at the depths `layers`, as auto's signals leave them cached (the train
+    stage measures them with feature_extraction's head, whose depths include the last layer the signals
+    read): a feature_extraction run, or a run that starts from the probe (head_init: probe), then pays for
+    its head, not for the forward pass auto has already paid."""
     import torch
 
     from transferline.model.features import cached_features
 
-    c = cell_context(prepared, backbone, quick)
+    c = cell_context(prepared, backbone, quick, layers)
     c["model"].to(c["runtime"].device)
     if c["runtime"].channels_last:  # as measuring the signals runs it
         c["model"].to(memory_format=torch.channels_last)
@@ -314,6 +330,7 @@ def train_and_test(
     from transferline.model.training import BatchSource, evaluate, resolve_runtime
 
     params = base_params(backbone, quick, seed=seed, **overrides)
+    layers = train.feature_layers_for(params)
     scratch = prepared.parent / "scratch"
     (scratch / "train_run.json").unlink(missing_ok=True)  # read back below: never a previous run's
     start = time.perf_counter()
@@ -322,14 +339,15 @@ def train_and_test(
         params,
         prepared_dir=prepared,
         models_dir=scratch / "models",
-        features_dir=prepared.parent / f"features-{backbone}",
+        features_dir=features_folder(prepared, backbone, layers),
         checkpoint_dir=scratch / "checkpoints",
         metrics_file=scratch / "metrics.json",
         live_dir=None,
     )
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
-    history = json.loads((scratch / "train_run.json").read_text()).get("history", [])
+    run_record = json.loads((scratch / "train_run.json").read_text())
+    history = run_record.get("history", [])
     dataset = read_dataset(prepared)
     spec = PreprocessSpec.from_dict(dataset["preprocess"])
     test = held_out_test(test_prepared, dataset["classes"], spec.image_size)
@@ -350,6 +368,9 @@ def train_and_test(
         # per epoch, for judging an earlier stop from the records: validation accuracy and wall seconds
         "val_history": [epoch["val_accuracy"] for epoch in history],
         "epoch_seconds": [sum(epoch.get(part, 0.0) for part in EPOCH_PARTS) for epoch in history],
+        **({"probe_layers": list(layers)} if params.strategy == "feature_extraction" else {}),
+        # a head fitted on cached features pays for the head alone (the forward pass is auto's signals')
+        **({"features_from_cache": run_record["features_from_cache"]} if "features_from_cache" in run_record else {}),
     }
 
 
@@ -368,6 +389,9 @@ def run_grid(
 
     state_file = args.work / "runs.json"
     state = load_state(state_file, results_dir() / f"{results_name}.json")
+    rerun: dict[str, str] = getattr(args, "rerun", None) or {}
+    for recipe, kept_as in rerun.items():
+        supersede(state, recipe, kept_as)
     done = {(r["dataset"], r["size"], r["backbone"], r["recipe"], r["seed"]) for r in state["runs"]}
     started = time.perf_counter()
     cpu_name = machine()["cpu"]
@@ -388,17 +412,34 @@ def run_grid(
                 recipes = {**RECIPES, **(EXPERIMENTS if experiments else {})}
                 runs = {**{k: train_overrides(v, num_blocks) for k, v in recipes.items()}, "fastai": FASTAI}
                 seeds = seeds_for(size, args.quick, getattr(args, "seeds", None))
+                seeds_of = {recipe: seeds for recipe in runs}
+                for recipe, kept_as in rerun.items():  # every seed the replaced runs had
+                    recorded = {
+                        r["seed"]
+                        for r in state["runs"]
+                        if r["recipe"] == kept_as and cell_id(r) == (dataset, size, backbone)
+                    }
+                    seeds_of[recipe] = sorted(set(seeds) | recorded)
                 pending = [
-                    recipe for recipe in runs for seed in seeds if (dataset, size, backbone, recipe, seed) not in done
+                    recipe
+                    for recipe in runs
+                    for seed in seeds_of[recipe]
+                    if (dataset, size, backbone, recipe, seed) not in done
                 ]
-                if any(runs[recipe].get("head_init") == "probe" for recipe in pending):
-                    cache_features(prepared, backbone, args.quick)
+                for layers in cached_layers(
+                    backbone, args.quick, [runs[r] for r in {*pending, *(rerun[r] for r in pending if r in rerun)}]
+                ):
+                    cache_features(prepared, backbone, args.quick, layers)
                 ran = False
                 for recipe, overrides in runs.items():
-                    for seed in seeds:
+                    for seed in seeds_of[recipe]:
                         if (dataset, size, backbone, recipe, seed) in done:
                             continue
                         ran = True
+                        reference = {}
+                        if recipe in rerun:  # the replaced recipe beside it, on this machine: what costs it
+                            beside = train_and_test(prepared, test, backbone, runs[rerun[recipe]], seed, args.quick)
+                            reference = {"reference_run": {"recipe": rerun[recipe], **pick(beside, REFERENCE_FIELDS)}}
                         result = train_and_test(prepared, test, backbone, overrides, seed, args.quick)
                         record = {
                             "dataset": dataset,
@@ -407,7 +448,7 @@ def run_grid(
                             "recipe": recipe,
                             "cpu": cpu_name,
                         }
-                        state["runs"].append({**record, "seed": seed, "overrides": overrides, **result})
+                        state["runs"].append({**record, "seed": seed, "overrides": overrides, **result, **reference})
                         atomic.write_json(state_file, state)
                         log.info(
                             "%s %s seed %d: test %.4f (%.0f s)",
@@ -421,6 +462,43 @@ def run_grid(
                     checkpoint(state)
     state["grid_wall_seconds_this_run"] = time.perf_counter() - started
     return state
+
+
+REFERENCE_FIELDS = ("cpu_seconds", "wall_seconds", "epochs_run", "test_accuracy", "val_accuracy", "features_from_cache")
+
+
+def pick(record: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    return {k: record[k] for k in fields if k in record}
+
+
+def cached_layers(backbone: str, quick: bool, recipes: list[dict[str, Any]]) -> list[tuple[float, ...]]:
+    """The sets of depths whose features `recipes` read from the cache (feature_extraction's head, a
+    fine-tune's probe start), each once."""
+    from stages.train import feature_layers_for
+
+    layers = []
+    for overrides in recipes:
+        if overrides.get("strategy") == "feature_extraction" or overrides.get("head_init") == "probe":
+            depths = tuple(feature_layers_for(base_params(backbone, quick, **overrides)))
+            if depths not in layers:
+                layers.append(depths)
+    return layers
+
+
+def supersede(state: dict[str, Any], recipe: str, kept_as: str) -> None:
+    """Keep `recipe`'s recorded runs as the experiment `kept_as` (their overrides completed with what
+    distinguishes it), so that `recipe` runs again in every cell: once, a resumed rerun keeps its new runs."""
+    if kept_as not in EXPERIMENTS:
+        raise SystemExit(
+            f"--rerun {recipe}={kept_as}: {kept_as} is not one of the study's experiments {sorted(EXPERIMENTS)}"
+        )
+    if any(run["recipe"] == kept_as for run in state["runs"]):
+        return
+    for run in state["runs"]:
+        if run["recipe"] == recipe:
+            run["recipe"] = kept_as
+            run["overrides"] = {**run["overrides"], **EXPERIMENTS[kept_as]}
+    log.info("%s's recorded runs kept as %s; %s runs again", recipe, kept_as, recipe)
 
 
 def load_state(state_file: Path, results_file: Path) -> dict[str, Any]:
@@ -670,6 +748,14 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="run these seeds in every cell of the chosen grid (default: 3 up to 100 images a class, 1 above)",
     )
+    parser.add_argument(
+        "--rerun",
+        nargs="+",
+        default=[],
+        metavar="RECIPE=KEPT_AS",
+        help="run RECIPE again in every cell and seed, its recorded runs kept as the experiment KEPT_AS "
+        "(which also runs beside each new run, to cost it on the grid's CPU)",
+    )
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--work", type=Path, default=None, help="where data and runs.json live (resumable)")
     parser.add_argument(
@@ -680,6 +766,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.sizes = [None if s == "all" else int(s) for s in args.sizes]
+    if any("=" not in pair for pair in args.rerun):
+        parser.error("--rerun takes RECIPE=KEPT_AS pairs, e.g. feature_extraction=feature_extraction_last_layer")
+    args.rerun = dict(pair.split("=", 1) for pair in args.rerun)
     args.work = args.work or WORK
     out_dir = results_dir()
     if args.quick:
@@ -699,6 +788,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.seeds is not None:  # more seeds for part of a grid: recorded, then analysed whole by --report-only
         run_grid(args, lambda partial: None, experiments=False)
         log.info("runs recorded in %s; `--report-only` analyses them with the whole grid", args.work / "runs.json")
+        return
+    if args.rerun:  # the rest of the grid is complete: one report at the end, not one a cell (5 min each)
+        report(run_grid(args, lambda partial: None), args, out_dir, final=True)
         return
     state = run_grid(args, lambda partial: report(partial, args, out_dir, final=False))
     report(state, args, out_dir, final=True)

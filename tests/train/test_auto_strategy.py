@@ -68,10 +68,11 @@ def test_the_quick_study_reports_every_cell_and_fits_a_rule(study: Path):
         assert all(seconds > 0 for seconds in run["epoch_seconds"])
     assert len(report["early_stops"]) == 9
     # the experimental recipe ran in both cells, started from the probe's head, and is judged beside the grid
-    experiments = ["partial_half_from_probe", "partial_half_from_smoothed_probe"]
+    experiments = ["partial_half_from_probe", "partial_half_from_smoothed_probe", "feature_extraction_last_layer"]
     assert [(e["recipe"], e["cells"]) for e in report["experiments"]] == [(name, 2) for name in experiments]
     for run in report["runs"]:
-        assert run["overrides"].get("head_init", "random") == ("probe" if run["recipe"] in experiments else "random")
+        from_probe = run["recipe"].startswith("partial_half_from")
+        assert run["overrides"].get("head_init", "random") == ("probe" if from_probe else "random")
         smoothing = run["overrides"].get("probe_label_smoothing")
         assert smoothing == (0.1 if run["recipe"] == "partial_half_from_smoothed_probe" else None)
     assert (
@@ -104,6 +105,47 @@ def test_the_report_is_written_again_from_the_recorded_runs_without_training(stu
     assert second["runs"] == first["runs"] and second["verdicts"] == first["verdicts"]
     assert second["grid"] == first["grid"] and not (again / "work").exists()
     assert json.loads((again / "advisor_rule.json").read_text())["tree"] == first["rule"]["tree"]
+
+
+@pytest.mark.slow
+def test_a_rerun_trains_its_recipe_again_beside_the_replaced_one_and_keeps_the_old_runs(study: Path, tmp_path: Path):
+    """A study recorded when feature_extraction read the last layer alone, rerun with
+    `--rerun feature_extraction=feature_extraction_last_layer`: the recorded runs become the experiment, and
+    feature_extraction trains again in every cell with the multi-layer head, the replaced recipe beside it,
+    both on cached features. Nothing else trains."""
+    import shutil
+
+    old = tmp_path / "old"
+    old.mkdir()
+    report = json.loads((study / "transfer_study.json").read_text())
+    recorded = []  # the study as it was: one feature_extraction recipe, on the last layer
+    for run in report["runs"]:
+        if run["recipe"] == "feature_extraction_last_layer":
+            overrides = {k: v for k, v in run["overrides"].items() if k != "probe_layers"}
+            recorded.append({**run, "recipe": "feature_extraction", "overrides": overrides})
+        elif run["recipe"] != "feature_extraction":
+            recorded.append(run)
+    (old / "transfer_study.json").write_text(json.dumps({**report, "runs": recorded}))
+    # the prepared data, without runs.json or any cached features: the rerun caches both heads' first
+    shutil.copytree(study / "work" / "data", old / "work" / "data", ignore=shutil.ignore_patterns("features-*"))
+    run_quick_study(old, "--rerun", "feature_extraction=feature_extraction_last_layer")
+
+    rerun = json.loads((old / "transfer_study.json").read_text())["runs"]
+    assert len(rerun) == len(report["runs"])
+    kept = [r for r in rerun if r["recipe"] == "feature_extraction_last_layer"]
+    assert [(r["dataset"], r["test_accuracy"]) for r in kept] == [
+        (r["dataset"], r["test_accuracy"]) for r in recorded if r["recipe"] == "feature_extraction"
+    ]
+    assert all(r["overrides"]["probe_layers"] == [1.0] for r in kept)
+    fresh = [r for r in rerun if r["recipe"] == "feature_extraction"]
+    assert {r["dataset"] for r in fresh} == {"tiny_a", "tiny_b"}
+    for run in fresh:
+        assert len(run["probe_layers"]) > 1 and run["features_from_cache"] is True
+        beside = run["reference_run"]
+        assert beside["recipe"] == "feature_extraction_last_layer" and beside["features_from_cache"] is True
+        assert beside["cpu_seconds"] > 0 and beside["epochs_run"] == 1
+    full = [r for r in recorded if r["recipe"] == "full"]
+    assert [r for r in rerun if r["recipe"] == "full"] == full  # the other recipes left exactly as recorded
 
 
 @pytest.mark.slow
@@ -1196,6 +1238,57 @@ def test_more_seeds_from_another_cpu_add_accuracy_but_are_costed_as_the_grids_cp
     assert [r["test_accuracy"] for r in costed] == [r["test_accuracy"] for r in runs]
     with pytest.raises(ValueError, match="a/400/m full: no run on Intel"):
         costed_on([_run(1, "full", "AMD", 300.0, 5)], "Intel")
+
+
+def test_a_rerun_recipe_from_another_cpu_is_costed_by_the_recipe_it_replaced_scaled_by_their_measured_ratio():
+    """A recipe run again on another kind of CPU (`--rerun`) has no run of its own on the grid's CPU: it is
+    costed at the replaced recipe's seconds there, times the ratio of the two runs measured side by side."""
+    from bench.transfer_analysis import costed_on
+
+    beside = {"recipe": "head_last_layer", "cpu_seconds": 2.0, "epochs_run": 1}
+    runs = [
+        _run(0, "head_last_layer", "Intel", 4.0, 1),
+        _run(1, "head_last_layer", "Intel", 6.0, 1),
+        {**_run(0, "head", "AMD", 3.0, 1), "reference_run": beside},  # 1.5x the last-layer head beside it
+    ]
+    costed = costed_on(runs, "Intel")
+    assert costed[2]["cpu_seconds"] == pytest.approx(5.0 * 1.5)  # the Intel mean, 5 s, scaled
+    assert costed[2]["measured_cpu_seconds"] == 3.0 and costed[:2] == runs[:2]
+    with pytest.raises(ValueError, match="a/400/m head_last_layer: no run on Intel to cost head by"):
+        costed_on(runs[2:], "Intel")
+
+
+def test_a_rerun_keeps_the_replaced_runs_as_an_experiment_once_and_caches_each_head_depth_set_apart(tmp_path: Path):
+    """`--rerun feature_extraction=feature_extraction_last_layer`: the recorded runs become the experiment,
+    with what distinguishes it in their overrides; a resumed rerun does not rename the new runs again. The
+    two heads' features are cached in folders of their own, so neither evicts the other."""
+    from bench.transfer_study import cached_layers, features_folder, supersede
+
+    state = {
+        "runs": [{**_run(0, "feature_extraction", "Intel", 1.0, 1), "overrides": {"strategy": "feature_extraction"}}]
+    }
+    supersede(state, "feature_extraction", "feature_extraction_last_layer")
+    assert state["runs"][0]["recipe"] == "feature_extraction_last_layer"
+    assert state["runs"][0]["overrides"] == {"strategy": "feature_extraction", "probe_layers": [1.0]}
+    state["runs"].append(_run(0, "feature_extraction", "AMD", 1.0, 1))  # the rerun's, then resumed
+    supersede(state, "feature_extraction", "feature_extraction_last_layer")
+    assert [r["recipe"] for r in state["runs"]] == ["feature_extraction_last_layer", "feature_extraction"]
+    with pytest.raises(SystemExit, match="not one of the study's experiments"):
+        supersede(state, "full", "no_such_recipe")
+
+    recipes = [
+        {"strategy": "feature_extraction"},
+        {"strategy": "feature_extraction", "probe_layers": [1.0]},
+        {"strategy": "partial", "head_init": "probe"},
+        {"strategy": "full"},
+    ]
+    from transferline.config import TrainParams, load_section
+
+    probe_layers = load_section("train", TrainParams, PROJECT_ROOT / "params.yaml").probe_layers
+    assert len(probe_layers) > 1  # the multi-layer head is the default
+    assert cached_layers("mobilenet_v2", True, recipes) == [tuple(probe_layers), (1.0,)]
+    assert features_folder(tmp_path, "m", (1.0,)) == tmp_path.parent / "features-m"
+    assert features_folder(tmp_path, "m", (0.25, 0.5, 1.0)) == tmp_path.parent / "features-m-layers-0.25-0.5-1"
 
 
 def test_a_cell_whose_extra_seeds_stopped_part_way_is_judged_on_its_whole_seeds():
