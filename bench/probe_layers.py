@@ -14,8 +14,10 @@ validation check then weighs a fine-tune against this head, the model it would s
 keeps the study's measurement plus the difference between the two heads' fits measured here.
 
 It reads the study's prepared data (bench/.work/transfer_study, made by `python -m bench.transfer_study`)
-and bench/results/transfer_study.json. About 10 minutes on 2 cores. Writes
-bench/results/transfer_probe_layers.{md,json}. Usage: python -m bench.probe_layers
+and bench/results/transfer_study.json, as it stood before its feature_extraction runs were made again with
+this head (their last-layer runs are kept as the study's experiment `feature_extraction_last_layer`).
+About 10 minutes on 2 cores. Writes bench/results/transfer_probe_layers.{md,json}.
+Usage: python -m bench.probe_layers
 """
 
 from __future__ import annotations
@@ -34,9 +36,18 @@ from bench.signal_variants import judge
 from bench.transfer_analysis import TARGET_CPU, TARGET_SHARE, cell_name
 from bench.transfer_design import BACKBONES, DATASETS, SIZES
 from bench.transfer_report import meets_targets
-from bench.transfer_study import RULE_FILE, WORK, base_params, held_out_test, prepared_data, resolve_source
+from bench.transfer_study import (
+    RULE_FILE,
+    WORK,
+    base_params,
+    held_out_test,
+    prepared_data,
+    resolve_source,
+    study_cells,
+)
 
 HEADS = ("last_layer", "probe_layers")
+LAST_LAYER_RECIPE = "feature_extraction_last_layer"  # the study's experiment (bench/transfer_design.py)
 
 
 def head_accuracies(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], classes: int, params) -> dict:
@@ -213,9 +224,31 @@ def markdown(study: dict[str, Any], result: dict[str, Any], cpu: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def as_last_layer_study(study: dict[str, Any]) -> dict[str, Any]:
+    """The study as it stood when feature_extraction read the last layer alone: once its feature_extraction
+    ran again with the multi-layer head (`--rerun`), the last-layer runs are kept as the experiment
+    LAST_LAYER_RECIPE, and here take feature_extraction's place again, its cells' figures with them."""
+    kept = [r for r in study["runs"] if r["recipe"] == LAST_LAYER_RECIPE]
+    if not kept:
+        return study
+    runs = [r for r in study["runs"] if r["recipe"] not in ("feature_extraction", LAST_LAYER_RECIPE)]
+    state = {**study, "runs": [*runs, *({**r, "recipe": "feature_extraction"} for r in kept)]}
+    cells, errors = study_cells(state)
+    state["cells"] = [
+        {
+            "cell": c.name,
+            "accuracy": c.accuracy,
+            "best": max(c.accuracy, key=c.accuracy.get),
+            "standard_error": errors[c.name],
+        }
+        for c in cells
+    ]
+    return state
+
+
 def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
-    study = json.loads((results_dir() / "transfer_study.json").read_text())
+    study = as_last_layer_study(json.loads((results_dir() / "transfer_study.json").read_text()))
     measured = measure_cells(study)
     missing = sorted(set(c["cell"] for c in study["cells"]) - set(measured))
     if missing:

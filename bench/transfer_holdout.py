@@ -43,9 +43,11 @@ from bench.transfer_report import curves, expected_range_words, runs_machine
 from bench.transfer_study import (
     PROJECT_ROOT,
     RULE_FILE,
+    add_rerun_argument,
     fastai_cells,
     judge_outside_grid,
     load_state,
+    parse_rerun,
     resolve_source,
     run_grid,
     study_cells,
@@ -271,9 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=WORK, help="where data and runs.json live (resumable)")
     parser.add_argument(
         "--suffix",
-        help="write transfer_holdout_<data sets>_<suffix>: a later rule judged on a round's recorded runs, "
-        "the round's own report kept",
+        help="write transfer_holdout_<data sets>_<suffix>: a later rule judged on a round's recorded runs "
+        "(with --rerun, some of them run again), the round's own report kept",
     )
+    add_rerun_argument(parser)
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -281,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.rerun = parse_rerun(parser, args.rerun)
     rule = load_rule(args.rule)
     if args.datasets is None:
         args.datasets = held_out_of(rule, list(HOLDOUT_DATASETS))

@@ -409,7 +409,8 @@ def run_grid(
                     state["signals"][name] = measure_cell(prepared, backbone, args.quick)
                     atomic.write_json(state_file, state)
                 num_blocks = len(BACKBONES[backbone].blocks)
-                recipes = {**RECIPES, **(EXPERIMENTS if experiments else {})}
+                # a rerun's replaced recipe runs beside it, also where the experiments do not
+                recipes = {**RECIPES, **(EXPERIMENTS if experiments else {k: EXPERIMENTS[k] for k in rerun.values()})}
                 runs = {**{k: train_overrides(v, num_blocks) for k, v in recipes.items()}, "fastai": FASTAI}
                 seeds = seeds_for(size, args.quick, getattr(args, "seeds", None))
                 seeds_of = {recipe: seeds for recipe in runs}
@@ -748,14 +749,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="run these seeds in every cell of the chosen grid (default: 3 up to 100 images a class, 1 above)",
     )
-    parser.add_argument(
-        "--rerun",
-        nargs="+",
-        default=[],
-        metavar="RECIPE=KEPT_AS",
-        help="run RECIPE again in every cell and seed, its recorded runs kept as the experiment KEPT_AS "
-        "(which also runs beside each new run, to cost it on the grid's CPU)",
-    )
+    add_rerun_argument(parser)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--work", type=Path, default=None, help="where data and runs.json live (resumable)")
     parser.add_argument(
@@ -766,9 +760,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.sizes = [None if s == "all" else int(s) for s in args.sizes]
-    if any("=" not in pair for pair in args.rerun):
-        parser.error("--rerun takes RECIPE=KEPT_AS pairs, e.g. feature_extraction=feature_extraction_last_layer")
-    args.rerun = dict(pair.split("=", 1) for pair in args.rerun)
+    args.rerun = parse_rerun(parser, args.rerun)
     args.work = args.work or WORK
     out_dir = results_dir()
     if args.quick:
@@ -794,6 +786,30 @@ def main(argv: list[str] | None = None) -> None:
         return
     state = run_grid(args, lambda partial: report(partial, args, out_dir, final=False))
     report(state, args, out_dir, final=True)
+
+
+def add_rerun_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rerun",
+        nargs="+",
+        default=[],
+        metavar="RECIPE=KEPT_AS",
+        help="run RECIPE again in every cell and seed, its recorded runs kept as the experiment KEPT_AS "
+        "(which also runs beside each new run, to cost it on the grid's CPU)",
+    )
+
+
+def parse_rerun(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
+    """`--rerun`'s RECIPE=KEPT_AS pairs, each a grid recipe and one of the study's experiments."""
+    if any("=" not in pair for pair in pairs):
+        parser.error("--rerun takes RECIPE=KEPT_AS pairs, e.g. feature_extraction=feature_extraction_last_layer")
+    rerun = dict(pair.split("=", 1) for pair in pairs)
+    for recipe, kept_as in rerun.items():
+        if recipe not in RECIPES or kept_as not in EXPERIMENTS:
+            parser.error(
+                f"--rerun {recipe}={kept_as}: RECIPE is one of {sorted(RECIPES)}, KEPT_AS of {sorted(EXPERIMENTS)}"
+            )
+    return rerun
 
 
 def report_again(args: argparse.Namespace, out_dir: Path) -> None:
