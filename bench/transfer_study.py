@@ -412,6 +412,8 @@ def run_grid(
                 # a rerun's replaced recipe runs beside it, also where the experiments do not
                 recipes = {**RECIPES, **(EXPERIMENTS if experiments else {k: EXPERIMENTS[k] for k in rerun.values()})}
                 runs = {**{k: train_overrides(v, num_blocks) for k, v in recipes.items()}, "fastai": FASTAI}
+                if rerun:  # a rerun makes its recipes again, and nothing the grid never ran
+                    runs = {k: v for k, v in runs.items() if k in rerun or k in rerun.values()}
                 seeds = seeds_for(size, args.quick, getattr(args, "seeds", None))
                 seeds_of = {recipe: seeds for recipe in runs}
                 for recipe, kept_as in rerun.items():  # every seed the replaced runs had
