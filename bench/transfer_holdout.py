@@ -251,7 +251,8 @@ def report(state: dict[str, Any], args: argparse.Namespace) -> Path:
         "machine": machine(),
         "measured_on": runs_machine(state["runs"]),
         "grid_cpu_seconds": cpu,
-        "pictures": curves(state, out_dir, "transfer_holdout"),
+        # a suffixed report's own curves: its runs may have been made again (--rerun)
+        "pictures": curves(state, out_dir, "_".join([RESULTS_PREFIX, *filter(None, [getattr(args, "suffix", None)])])),
         "results": results_name(args.datasets, getattr(args, "suffix", None)),
     }
     payload = {**judged, **meta, "rule_fitted_on": len(rule.get("fitted_on", [])), "rule": rule, "runs": state["runs"]}
@@ -296,7 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     args.quick, args.image_size = False, rule.get("image_size", 96)
     if args.report_only:
         committed = results_dir() / f"{results_name(args.datasets)}.json"
-        state = recorded_runs((args.work / "runs.json", committed), args.datasets)
+        # a suffixed report holds the runs it judged (some made again with --rerun), else the round's
+        suffixed = results_dir() / f"{results_name(args.datasets, args.suffix)}.json"
+        state = recorded_runs((args.work / "runs.json", suffixed, committed), args.datasets)
         if not state["runs"]:
             parser.error(f"no recorded runs to judge: neither {args.work / 'runs.json'} nor {committed} holds any")
         log.info("report written to %s", report(state, args))

@@ -14,6 +14,7 @@ from bench.transfer_design import (
     BEST_EPOCH_CHECK,
     DATASETS,
     EXPERIMENT_NOTES,
+    EXPERIMENTS,
     GRID,
     HELD_OUT,
     HINDSIGHT,
@@ -197,6 +198,7 @@ def markdown(
     final: bool,
     grid: dict[str, Any],
     elsewhere: dict[str, float] | None = None,
+    remade: dict[str, Any] | None = None,
 ) -> str:
     lines = ["# Transfer study", ""]
     if not final:
@@ -225,7 +227,11 @@ def markdown(
             else "."
         ),
         "",
-        *elsewhere_words(state["runs"], elsewhere or {}),
+        *elsewhere_words(
+            [r for r in state["runs"] if "reference_run" not in r and r["recipe"] not in EXPERIMENTS],
+            elsewhere or {},
+        ),
+        *remade_words(remade or {}, state["runs"]),
         *rerun_words(analysis.get("reruns") or {}),
         f"Test sets: per data set, up to {HELD_OUT} images per class (a quarter of a smaller class) held out of "
         "every subset, so every size is scored on the same images; each subset's own validation split picks "
@@ -252,9 +258,10 @@ def markdown(
         "",
         "`auto` is judged as it runs: the rule, fitted without the cell's data set, proposes a recipe; where "
         "that is fine-tuning, the fine-tuned model is kept only if its validation accuracy at its last epoch "
-        "beats the linear probe's by more than the rule's margin (in standard errors of that difference on the cell's "
-        "validation split: sqrt(0.5 / n) each), else the probe's head is (per seed, from the runs' own "
-        "validation figures; the probe's run is counted in its CPU). The rule minimises the regret beyond "
+        "beats the feature_extraction run's (its head on the depths `train.probe_layers` names) by more than the "
+        "rule's margin (in standard errors of that difference on the cell's validation split: sqrt(0.5 / n) "
+        "each), else that head is (per seed, from the runs' own validation figures; the feature_extraction "
+        "run is counted in its CPU). The rule minimises the regret beyond "
         "each cell's one SE (the accuracy lost that the target counts: a pick within one SE is a hit however "
         "far inside, a near miss costs less than a far one) plus a CPU "
         f"penalty whose weight is the smallest that keeps the training data sets' CPU at {TARGET_CPU:.0%} of "
@@ -648,6 +655,23 @@ def elsewhere_words(runs: list[dict[str, Any]], elsewhere: dict[str, float]) -> 
         f"More seeds: {', '.join(parts)}, not in the grid's CPU time. They add test accuracies; every CPU "
         f"share counts their recipes at the CPU seconds per epoch that {', '.join(sorted(on))} measured in the "
         "same cell, times the epochs each ran, so no share mixes two kinds of CPU.",
+        "",
+    ]
+
+
+def remade_words(remade: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
+    """The recipes `--rerun` made again on another kind of CPU, and how the grid's CPU time counts them."""
+    if not remade:
+        return []
+    on = sorted({run["cpu"] for run in runs} - set(remade["cpus"]))
+    recipes = ", ".join(f"{n} {recipe}" for recipe, n in remade["recipes"].items())
+    return [
+        f"Made again: {recipes} runs on {', '.join(remade['cpus'])} "
+        f"({remade['measured_cpu_seconds'] / 3600:.2f} h), each beside a run of the recipe it replaced "
+        f"({', '.join(remade['replaced'])}, whose recorded runs are kept as that experiment). The grid's CPU "
+        f"time counts them at {remade['costed_cpu_seconds'] / 3600:.2f} h: the replaced recipe's CPU seconds "
+        f"on {', '.join(on)} in the same cell, times the ratio of the two runs measured together (median "
+        f"{remade['median_ratio']:.2f}).",
         "",
     ]
 

@@ -790,6 +790,26 @@ def main(argv: list[str] | None = None) -> None:
     report(state, args, out_dir, final=True)
 
 
+def remade_runs(runs: list[dict[str, Any]], on: str) -> dict[str, Any]:
+    """The runs `--rerun` made on another kind of CPU than the grid's `on`: how many, of which recipes, the
+    CPU seconds they measured and those the grid counts them at (`costed_on`, by the runs they replaced)."""
+    remade = [r for r in runs if cpu_of(r) != on and "reference_run" in r]
+    if not remade:
+        return {}
+    costed = costed_on([*remade, *(r for r in runs if cpu_of(r) == on)], on)[: len(remade)]
+    return {
+        "runs": len(remade),
+        "recipes": {
+            recipe: sum(r["recipe"] == recipe for r in remade) for recipe in sorted({r["recipe"] for r in remade})
+        },
+        "replaced": sorted({r["reference_run"]["recipe"] for r in remade}),
+        "cpus": sorted({cpu_of(r) for r in remade}),
+        "measured_cpu_seconds": sum(r["cpu_seconds"] for r in remade),
+        "costed_cpu_seconds": sum(r["cpu_seconds"] for r in costed),
+        "median_ratio": statistics.median(r["cpu_seconds"] / r["reference_run"]["cpu_seconds"] for r in remade),
+    }
+
+
 def add_rerun_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rerun",
@@ -835,10 +855,12 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
     on = grid_cpu(state["runs"]) if state["runs"] else ""
     grid_runs = [r for r in state["runs"] if r["recipe"] not in EXPERIMENTS]
     signal_cpu = sum(s["seconds"] for s in state["signals"].values())
-    cpu = sum(r["cpu_seconds"] for r in grid_runs if cpu_of(r) == on) + signal_cpu
+    remade = remade_runs(state["runs"], on)
+    cpu = sum(r["cpu_seconds"] for r in grid_runs if cpu_of(r) == on) + remade.get("costed_cpu_seconds", 0.0)
+    cpu += signal_cpu
     elsewhere: dict[str, float] = {}  # more seeds run on another kind of CPU: their seconds, never added to the grid's
     for run in grid_runs:
-        if cpu_of(run) != on:
+        if cpu_of(run) != on and "reference_run" not in run:
             elsewhere[cpu_of(run)] = elsewhere.get(cpu_of(run), 0.0) + run["cpu_seconds"]
     pictures = [policy_map(analysis["verdicts"], out_dir), *curves(state, out_dir)]
     payload = {
@@ -849,13 +871,14 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
         "complete": final,
         "grid_cpu_seconds": cpu,
         **({"cpu_seconds_elsewhere": elsewhere} if elsewhere else {}),
+        **({"remade": remade} if remade else {}),
         **analysis,
         "runs": state["runs"],
         "signals": state["signals"],
     }
     grid = {"backbones": args.backbones, "datasets": args.datasets, "sizes": args.sizes, "complete": final}
     payload["grid"] = grid
-    write_results("transfer_study", payload, markdown(state, analysis, pictures, cpu, final, grid, elsewhere))
+    write_results("transfer_study", payload, markdown(state, analysis, pictures, cpu, final, grid, elsewhere, remade))
     if final and analysis["rule"] is not None:
         rule_file = RULE_FILE if not args.quick else out_dir / "advisor_rule.json"
         fitted_on = sorted({c["cell"] for c in analysis["cells"]})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -194,20 +193,27 @@ def test_each_kind_of_cpu_keeps_its_latest_verdicts_when_another_kind_runs_the_b
     assert targets_by_cpu(amd, report("AMD EPYC", "2026-12-06", 1.0, quick=True)) == amd["targets_by_cpu"]
 
 
-def test_readme_quotes_the_current_rules_verdict_on_the_quickdraw_rounds_runs():
-    """The rule committed after the quickdraw round, fitted without its cells, judged on that round's runs:
-    bench/results/transfer_holdout_quickdraw_loss_beyond_one_se.json (rerun `python -m bench.transfer_holdout
-    --report-only --datasets quickdraw --suffix loss_beyond_one_se`, then the README)."""
+def test_readme_quotes_the_later_rules_verdicts_on_the_quickdraw_round():
+    """The rules committed after the quickdraw round, fitted without its cells, judged there: the one before
+    the multi-layer head on the round's recorded runs (bench/results/transfer_holdout_quickdraw_loss_beyond_one_se.json,
+    `python -m bench.transfer_holdout --report-only --datasets quickdraw --suffix loss_beyond_one_se`), and
+    the committed one with the round's feature_extraction runs made again with that head
+    (bench/results/transfer_holdout_quickdraw_probe_layers.json, `--rerun ... --suffix probe_layers`)."""
     results = PROJECT_ROOT / "bench" / "results"
-    judged = json.loads((results / "transfer_holdout_quickdraw_loss_beyond_one_se.json").read_text())
+    before = json.loads((results / "transfer_holdout_quickdraw_loss_beyond_one_se.json").read_text())
+    current = json.loads((results / "transfer_holdout_quickdraw_probe_layers.json").read_text())
     committed = json.loads((PROJECT_ROOT / "transferline" / "model" / "advisor_rule.json").read_text())
-    assert judged["rule"]["tree"] == committed["tree"] and judged["rule"]["fit"]["loss"] == "regret beyond one SE"
-    auto = judged["verdicts"]["auto (the committed rule)"]
+    assert before["rule"]["fit"]["loss"] == "regret beyond one SE" and before["rule"]["tree"] != committed["tree"]
+    assert current["rule"]["tree"] == committed["tree"]
+    remade = [r for r in current["runs"] if r["recipe"] == "feature_extraction"]
+    assert remade and all(len(r["probe_layers"]) > 1 for r in remade)
     prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
-    assert (
-        f"within one SE in {auto['within_one_se']:.0%} of the {auto['cells']} cells at "
-        f"{auto['cpu_share_of_grid']:.1%} of the grid's CPU" in prose
-    )
+    for judged in (before, current):
+        auto = judged["verdicts"]["auto (the committed rule)"]
+        assert (
+            f"within one SE in {auto['within_one_se']:.0%} of the {auto['cells']} cells at "
+            f"{auto['cpu_share_of_grid']:.1%} of the grid's CPU" in prose
+        )
 
 
 SIZES_COLUMNS = ("partial (the default)", "partial, 10 epochs (the former default)", "plain-script recipe", "auto")
@@ -238,7 +244,9 @@ def test_readme_quotes_the_signal_stand_ins_as_measured():
     rows = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_signal_variants.json").read_text())["rows"]
     prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
     committed = rows[RANDOM_INIT]
-    assert f"the table's auto, {committed['within_one_se']:.0%} at {committed['cpu_share_of_grid']:.1%}" in prose
+    assert (
+        f"the study's auto of then, {committed['within_one_se']:.0%} at {committed['cpu_share_of_grid']:.1%}" in prose
+    )
     pixels = [row for label, row in rows.items() if label.startswith(PIXEL_ROW)]
     shares = ", ".join(f"{row['within_one_se']:.0%}" for row in pixels[:-1]) + f" and {pixels[-1]['within_one_se']:.0%}"
     cpus = (
@@ -266,18 +274,22 @@ def test_readme_quotes_the_moved_fitting_settings_as_measured():
         f"gives {sixteen['within_one_se']:.0%} at {sixteen['cpu_share_of_grid']:.1%} and "
         f"{seventeen['within_one_se']:.0%} at {seventeen['cpu_share_of_grid']:.1%}" in prose
     )
-    for row in (sixteen, seventeen):
-        assert sum(fold["depth"] == 1 for fold in row["folds"].values()) == 4
-    assert f"gives {margins['within_one_se']:.0%} at {margins['cpu_share_of_grid']:.1%}, the same cells" in prose
     study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
-    assert sorted(margins["misses"]) == sorted(m["cell"] for m in study["auto_misses"])
+    committed = {m["cell"] for m in study["auto_misses"]}
+    for row in (sixteen, seventeen):  # "two cells gained, two others lost, at more CPU"
+        assert len(committed - set(row["misses"])) == len(set(row["misses"]) - committed) == 2
+        assert row["cpu_share_of_grid"] > study["verdicts"]["auto (leave one data set out)"]["cpu_share_of_grid"]
+    assert f"gives {margins['within_one_se']:.0%} at {margins['cpu_share_of_grid']:.1%}, one cell more" in prose
+    assert committed - set(margins["misses"]) == {"elpv_levels/400/mobilenet_v2"} and set(margins["misses"]) < committed
 
 
 def test_readme_quotes_the_other_policy_families_as_measured():
     """The README's figures for the nearest-cells and ridge families are
     bench/results/transfer_auto_families.json's (rerun `python -m bench.auto_families`, then the README),
-    and its claim that no family's best setting in hindsight reaches 80% within the CPU target holds."""
+    and its claims of which variants meet both targets and of the
+    families' best fixed settings in hindsight hold."""
     from bench.auto_families import FEATURE_SETS, PER_BACKBONE, PICKERS, RACE
+    from bench.transfer_analysis import meets_targets
 
     rows = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_auto_families.json").read_text())["rows"]
     families = [(f, s) for f in PICKERS for s in FEATURE_SETS] + [(p, "all six signals") for p in (PER_BACKBONE, RACE)]
@@ -288,8 +300,8 @@ def test_readme_quotes_the_other_policy_families_as_measured():
         f"racing two fine-tunes gives {race['within_one_se']:.0%} at {race['cpu_share_of_grid']:.1%}, "
         f"{race['cells_within_one_se']} cells" in prose
     )
-    assert race["races_proposed"] == {"partial_quarter + partial_half": 4}
-    assert "propose a race (a quarter and half frozen) in only 4 held-out cells" in prose
+    assert race["races_proposed"] == {"partial_quarter + partial_half": 3}
+    assert "propose a race (a quarter and half frozen) in 3 held-out cells" in prose
     assert (
         f"apart gives {per_backbone['within_one_se']:.0%} at {per_backbone['cpu_share_of_grid']:.1%}, each tree"
         in prose
@@ -305,10 +317,15 @@ def test_readme_quotes_the_other_policy_families_as_measured():
     )
     bounds = [row["hindsight"]["within_cpu_target"] for row in rows[:4]]
     best = max(bounds, key=lambda b: (b["cells_within_one_se"], -b["cpu_share_of_grid"]))
-    needed = math.ceil(0.8 * near_all["cells"])
-    assert needed == 47 and best["cells_within_one_se"] < needed
-    assert f"none reaches 47 cells (80%) within 15% of the CPU: {best['cells_within_one_se']} cells at " in prose
-    assert f"{best['cells_within_one_se']} cells at {best['cpu_share_of_grid']:.1%} at most" in prose
+    assert (
+        f"the most cells any of them gets within 15% of the CPU is {best['cells_within_one_se']} "
+        f"(at {best['cpu_share_of_grid']:.1%})" in prose
+    )
+    # "Three variants meet both targets where the committed tree misses the CPU one"
+    assert [meets_targets(row) for row in rows] == [False, True, False, False, True, True]
+    study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
+    committed = study["verdicts"]["auto (leave one data set out)"]
+    assert committed["within_one_se"] >= 0.8 and committed["cpu_share_of_grid"] > 0.15
 
 
 def test_readme_quotes_the_landmarkers_as_measured():
@@ -323,9 +340,12 @@ def test_readme_quotes_the_landmarkers_as_measured():
     assert not any(meets_targets(row) for row in rows)
     prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
     train, loss, slope = (f"{r['within_one_se']:.0%} at {r['cpu_share_of_grid']:.1%}" for r in rows)
-    assert f"the probe's training accuracy gives {train}, the same cells; its validation loss {loss};" in prose
-    assert f"of them) {slope}, one cell more" in prose
-    assert rows[2]["cells_within_one_se"] == 46 and rows[2]["folds_splitting_on_it"] == []
+    assert f"the probe's training accuracy gives {train}, one cell fewer; its validation loss {loss};" in prose
+    assert f"of them) {slope}, and two held-out folds' rules" in prose
+    study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
+    auto = study["verdicts"]["auto (leave one data set out)"]
+    assert rows[0]["cells_within_one_se"] == round(auto["within_one_se"] * auto["cells"]) - 1
+    assert rows[2]["folds_splitting_on_it"] == ["digits", "elpv_levels"]
 
 
 def test_readme_quotes_the_multi_layer_head_as_measured():

@@ -752,6 +752,33 @@ def test_the_multi_layer_head_replaces_feature_extractions_figures_and_pays_only
     assert summary["above_best_recipe"] == 1  # above full's 0.7; fastai is not among the grid's recipes
 
 
+def test_the_multi_layer_head_bench_reads_the_study_as_it_stood_with_the_last_layer_head():
+    """bench/probe_layers.py compares against the last-layer head: in the committed study, whose
+    feature_extraction runs were made again with the multi-layer head, that is the experiment
+    feature_extraction_last_layer, which takes feature_extraction's place, its cells' figures with it."""
+    import statistics
+
+    from bench.probe_layers import LAST_LAYER_RECIPE, as_last_layer_study
+
+    study = json.loads((PROJECT_ROOT / "bench/results/transfer_study.json").read_text())
+    kept = [r for r in study["runs"] if r["recipe"] == LAST_LAYER_RECIPE]
+    assert kept and all(r["overrides"]["probe_layers"] == [1.0] for r in kept)
+    fresh = [r for r in study["runs"] if r["recipe"] == "feature_extraction"]
+    assert len(fresh) == len(kept) and all(len(r["probe_layers"]) > 1 for r in fresh)
+    old = as_last_layer_study(study)
+    assert not [r for r in old["runs"] if r["recipe"] == LAST_LAYER_RECIPE]
+    assert sorted(r["test_accuracy"] for r in old["runs"] if r["recipe"] == "feature_extraction") == sorted(
+        r["test_accuracy"] for r in kept
+    )
+    for cell in old["cells"]:
+        runs = [r for r in kept if f"{r['dataset']}/{r['size']}/{r['backbone']}" == cell["cell"]]
+        assert cell["accuracy"]["feature_extraction"] == pytest.approx(
+            statistics.fmean(r["test_accuracy"] for r in runs)
+        )
+    assert len(old["cells"]) == len(study["cells"])
+    assert as_last_layer_study(old) is old  # a study without the experiment is already as it stood
+
+
 def test_the_committed_loss_counts_only_the_regret_beyond_a_cells_one_se():
     """The target counts a pick within one SE of the best as a hit: the committed rule's loss is the regret
     beyond that, so a cheap recipe inside one SE costs nothing while a near miss costs less than a far one;
@@ -1285,6 +1312,27 @@ def test_a_rerun_recipe_from_another_cpu_is_costed_by_the_recipe_it_replaced_sca
     assert costed[2]["measured_cpu_seconds"] == 3.0 and costed[:2] == runs[:2]
     with pytest.raises(ValueError, match="a/400/m head_last_layer: no run on Intel to cost head by"):
         costed_on(runs[2:], "Intel")
+
+
+def test_the_grids_cpu_time_counts_remade_runs_as_costed_and_more_seeds_not_at_all():
+    """The study's grid CPU time: runs on its own kind of CPU as measured, runs `--rerun` made on another
+    kind at their costed figure (they replace grid runs), more seeds from another kind not at all."""
+    from bench.transfer_report import remade_words
+    from bench.transfer_study import remade_runs
+
+    beside = {"recipe": "head_last_layer", "cpu_seconds": 2.0, "epochs_run": 1}
+    runs = [
+        _run(0, "head_last_layer", "Intel", 4.0, 1),
+        {**_run(0, "head", "AMD", 3.0, 1), "reference_run": beside},
+        _run(1, "full", "AMD", 300.0, 5),  # a seed more: not remade
+    ]
+    remade = remade_runs(runs, "Intel")
+    assert remade["runs"] == 1 and remade["recipes"] == {"head": 1} and remade["replaced"] == ["head_last_layer"]
+    assert remade["measured_cpu_seconds"] == 3.0 and remade["costed_cpu_seconds"] == pytest.approx(6.0)
+    assert remade["median_ratio"] == pytest.approx(1.5)
+    (words, _) = remade_words(remade, runs)
+    assert "Made again: 1 head runs on AMD" in words and "on Intel in the same cell" in words
+    assert remade_runs([runs[0], runs[2]], "Intel") == {} and remade_words({}, runs) == []
 
 
 def test_a_rerun_keeps_the_replaced_runs_as_an_experiment_once_and_caches_each_head_depth_set_apart(tmp_path: Path):
