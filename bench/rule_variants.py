@@ -5,7 +5,8 @@ penalty whose weight is set on the training data sets alone to meet the CPU targ
 margin, the tree's depth and its smallest leaf chosen by leaving data sets out (bench/transfer_analysis.py
 `fit_auto_rule`). The study's targets count cells within one standard error of the best, and CPU time.
 This compares it with the same method minimising the whole regret (the committed method before), with the
-method choosing between those two losses as it chooses its margin, depth and leaf, and with fixed fitting
+method choosing between those two losses as it chooses its margin, depth and leaf, with the method choosing
+its CPU penalty's aim the same way (`fit_choosing_aim`), and with fixed fitting
 methods, every one under the validation check (with no margin): the loss (regret, misses beyond one SE,
 regret beyond one SE), the CPU penalty or none, the tree's depth and its smallest leaf. It trains nothing:
 it reads bench/results/transfer_study.json.
@@ -15,7 +16,8 @@ optimistic. The committed method is nested (the held-out data set takes part in 
 but adding the margin, the penalty and the loss beyond one SE to it came after reading this study's misses
 and this table.
 
-About 18 minutes on 2 cores, most of it the depth-3 trees under the penalty (a 2 s fit per bisection step).
+About 25 minutes on 2 cores, most of it the depth-3 trees under the penalty (a 2 s fit per bisection step)
+and the aim's inner leave-one-out.
 Writes bench/results/transfer_rule_variants.{md,json}. Usage: python -m bench.rule_variants
 """
 
