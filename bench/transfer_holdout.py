@@ -252,7 +252,9 @@ def report(state: dict[str, Any], args: argparse.Namespace) -> Path:
         "measured_on": runs_machine(state["runs"]),
         "grid_cpu_seconds": cpu,
         # a suffixed report's own curves: its runs may have been made again (--rerun)
-        "pictures": curves(state, out_dir, "_".join([RESULTS_PREFIX, *filter(None, [getattr(args, "suffix", None)])])),
+        "pictures": curves(
+            state, out_dir, RESULTS_PREFIX + (f"_{args.suffix}" if getattr(args, "suffix", None) else "")
+        ),
         "results": results_name(args.datasets, getattr(args, "suffix", None)),
     }
     payload = {**judged, **meta, "rule_fitted_on": len(rule.get("fitted_on", [])), "rule": rule, "runs": state["runs"]}

@@ -409,8 +409,8 @@ def run_grid(
                     state["signals"][name] = measure_cell(prepared, backbone, args.quick)
                     atomic.write_json(state_file, state)
                 num_blocks = len(BACKBONES[backbone].blocks)
-                # a rerun's replaced recipe runs beside it, also where the experiments do not
-                recipes = {**RECIPES, **(EXPERIMENTS if experiments else {k: EXPERIMENTS[k] for k in rerun.values()})}
+                # a rerun's replaced recipe (an experiment) runs beside it, also where the experiments do not
+                recipes = {**RECIPES, **(EXPERIMENTS if experiments or rerun else {})}
                 runs = {**{k: train_overrides(v, num_blocks) for k, v in recipes.items()}, "fastai": FASTAI}
                 if rerun:  # a rerun makes its recipes again, and nothing the grid never ran
                     runs = {k: v for k, v in runs.items() if k in rerun or k in rerun.values()}
