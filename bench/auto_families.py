@@ -268,7 +268,7 @@ def per_backbone_verdict(
     for backbone in sorted({backbone_of(c) for c in cells}):
         own = [c for c in cells if backbone_of(c) == backbone]
         own_picks, rules = leave_one_dataset_out(
-            own, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors), processes
+            own, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors, signals=measured), processes
         )
         own_judged = at_rules_margin([c for c in own if c.name in own_picks], rules)
         picks.update(own_picks)
@@ -336,7 +336,9 @@ def race_verdict(
     """The committed method free to propose a race of two fine-tunes, fitted and judged leaving one data set
     out as the study judges auto."""
     raced, recipes = raced_cells(cells, records)
-    picks, rules = leave_one_dataset_out(raced, recipes, lambda train: fit_auto_rule(train, recipes, errors), processes)
+    picks, rules = leave_one_dataset_out(
+        raced, recipes, lambda train: fit_auto_rule(train, recipes, errors, signals=measured), processes
+    )
     judged = at_rules_margin([c for c in raced if c.name in picks], rules)
     races = sorted({p for p in picks.values() if RACE_JOIN in p})
     return {
@@ -397,10 +399,10 @@ def markdown(study: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     for row in rows:
         if row["family"] in (PER_BACKBONE, RACE):
             chosen = "; ".join(
-                f"{d} {f['margin_se']:g}/{f['depth']}/{f['min_leaf']}/{f['cpu_weight']:.2f}"
+                f"{d} {f['margin_se']:g}/{f['depth']}/{f['min_leaf']}/{f['cpu_target']:.0%}/{f['cpu_weight']:.2f}"
                 for d, f in row["folds"].items()
             )
-            lines.append(f"- {row['family']} (margin in SE / depth / smallest leaf / CPU weight): {chosen}")
+            lines.append(f"- {row['family']} (margin in SE / depth / smallest leaf / CPU aim / CPU weight): {chosen}")
             continue
         chosen = "; ".join(
             f"{d} {f['margin_se']:g}/{f['parameter']:g}/{f['cpu_weight']:g}" for d, f in row["folds"].items()

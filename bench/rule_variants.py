@@ -1,23 +1,23 @@
 """Other ways to fit `strategy: auto`'s rule, judged as the committed one is: leave one data set out.
 
 The committed rule minimises the regret beyond each cell's one SE after the validation check plus a CPU
-penalty whose weight is set on the training data sets alone to meet the CPU target there, with the check's
-margin, the tree's depth and its smallest leaf chosen by leaving data sets out (bench/transfer_analysis.py
-`fit_auto_rule`). The study's targets count cells within one standard error of the best, and CPU time.
-This compares it with the same method minimising the whole regret (the committed method before), with the
-method choosing between those two losses as it chooses its margin, depth and leaf, with the method choosing
-its CPU penalty's aim the same way (`fit_choosing_aim`), and with fixed fitting
-methods, every one under the validation check (with no margin): the loss (regret, misses beyond one SE,
-regret beyond one SE), the CPU penalty or none, the tree's depth and its smallest leaf. It trains nothing:
-it reads bench/results/transfer_study.json.
+penalty, with the check's margin, the tree's depth and its smallest leaf chosen by leaving data sets out,
+then the penalty's aim (the share of the training data sets' grid it may spend there) chosen the same way,
+the signals' CPU counted (bench/transfer_analysis.py `fit_auto_rule`). The study's targets count cells
+within one standard error of the best, and CPU time. This compares it with the same method aimed at the CPU
+target itself (the committed method before), minimising the whole regret (the one before that), choosing
+between those two losses as it chooses its margin, depth and leaf, and with fixed fitting methods, every one
+under the validation check (with no margin): the loss (regret, misses beyond one SE, regret beyond one SE),
+the CPU penalty (aimed at the target) or none, the tree's depth and its smallest leaf. It trains nothing: it
+reads bench/results/transfer_study.json.
 
 Picking the best row after seeing this table is itself a fit to these cells, so its figures are
 optimistic. The committed method is nested (the held-out data set takes part in none of its choices),
-but adding the margin, the penalty and the loss beyond one SE to it came after reading this study's misses
-and this table.
+but adding the margin, the penalty, the loss beyond one SE and the aim's choice to it came after reading
+this study's misses and this table.
 
-About 25 minutes on 2 cores, most of it the depth-3 trees under the penalty (a 2 s fit per bisection step)
-and the aim's inner leave-one-out.
+About 35 minutes on 2 cores, most of it the aims' inner leave-one-out and the depth-3 trees under the
+penalty (a 2 s fit per bisection step).
 Writes bench/results/transfer_rule_variants.{md,json}. Usage: python -m bench.rule_variants
 """
 
@@ -31,6 +31,7 @@ from typing import Any
 from bench.common import results_dir, write_results
 from bench.transfer_analysis import (
     AUTO_LOSS,
+    CPU_AIMS,
     MISSES_BEYOND_ONE_SE,
     REGRET,
     REGRET_BEYOND_ONE_SE,
@@ -41,7 +42,6 @@ from bench.transfer_analysis import (
     auto_signal_seconds,
     choose_fit_method,
     fit_auto_rule,
-    fit_checked_rule,
     fit_within_cpu,
     judge_policy,
     leave_one_dataset_out,
@@ -57,61 +57,30 @@ DEPTHS = (1, 2, 3)
 MIN_LEAVES = (2, 3)
 CHOSEN = "chosen"  # a choice made by leaving data sets out within the training data sets
 # fit_auto_rule: the regret beyond one SE under the CPU penalty, margin, depth and leaf chosen leaving data
-# sets out
-COMMITTED = (AUTO_LOSS, "budget", CHOSEN, CHOSEN)
-# the same method minimising the whole regret (the committed method before), and choosing between the two
-# losses the way it chooses its margin, depth and leaf
-CHOSEN_METHODS = ((REGRET, "budget", CHOSEN, CHOSEN), (CHOSEN, "budget", CHOSEN, CHOSEN))
-CHOSEN_LOSSES = (REGRET, REGRET_BEYOND_ONE_SE)
-# The committed method with the CPU penalty's aim chosen too: the fit meets its CPU target on the cells it is
-# fitted on, and a held-out data set then costs more than those did. Among these aims, the one whose rules,
-# fitted leaving one training data set out at a time, score best there within the CPU target, the signals'
-# CPU counted (else the lowest aim).
-AIMS = (0.12, 0.13, 0.14, 0.15, 0.16, 0.17)
+# sets out, then the penalty's aim
 AIM_CHOSEN = "budget, aim chosen"
-AIM_METHOD = (AUTO_LOSS, AIM_CHOSEN, CHOSEN, CHOSEN)
+COMMITTED = (AUTO_LOSS, AIM_CHOSEN, CHOSEN, CHOSEN)
+# the committed method before: the same with the penalty aimed at the CPU target itself
+FIXED_AIM = (AUTO_LOSS, "budget", CHOSEN, CHOSEN)
+# the same method minimising the whole regret (the committed method before that), and choosing between the
+# two losses the way it chooses its margin, depth and leaf
+CHOSEN_METHODS = ((REGRET, AIM_CHOSEN, CHOSEN, CHOSEN), (CHOSEN, AIM_CHOSEN, CHOSEN, CHOSEN))
+CHOSEN_LOSSES = (REGRET, REGRET_BEYOND_ONE_SE)
 
 
-def fit_choosing_loss(train_cells: list[Cell], errors: dict[str, float]) -> dict[str, Any]:
+def fit_choosing_loss(
+    train_cells: list[Cell], errors: dict[str, float], signals: dict[str, dict[str, Any]] | None
+) -> dict[str, Any]:
     """The committed method with its loss chosen too: among CHOSEN_LOSSES, the one whose chosen margin,
     depth and leaf score best leaving data sets out within `train_cells` (within one SE, then mean
-    regret; a tie keeps the first), then fitted on them all."""
+    regret; a tie keeps the first), then fitted on them all, its aim chosen as the committed method's."""
     scores = {}
     for loss in CHOSEN_LOSSES:
         (margin, depth, leaf), verdicts = choose_fit_method(train_cells, RECIPES, errors, loss=loss)
         best = verdicts.get(f"{margin}/{depth}/{leaf}")
         scores[loss] = (-best["within_one_se"], best["mean_regret"]) if best else (0.0, 0.0)
     chosen = min(CHOSEN_LOSSES, key=lambda loss: scores[loss])
-    return fit_auto_rule(train_cells, RECIPES, errors, loss=chosen)
-
-
-def fit_choosing_aim(
-    train_cells: list[Cell], errors: dict[str, float], signals: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    """The committed method with its CPU aim chosen among AIMS: its margin, depth and leaf chosen as
-    `fit_auto_rule` chooses them; then per aim, the rules fitted leaving one of `train_cells`' data sets out
-    at a time judged on it as auto is judged (its check, the signals it pays for); the aim with the most
-    cells within one SE (then the lower regret, then the lower aim) among those within the CPU target, else
-    the lowest; then fitted on them all. The held-out data set takes part in none of it."""
-    (margin, depth, min_leaf), _ = choose_fit_method(train_cells, RECIPES, errors)
-    verdicts = {}
-    for aim in AIMS:
-        picks, rules = leave_one_dataset_out(
-            train_cells,
-            RECIPES,
-            lambda cells, a=aim: fit_checked_rule(cells, RECIPES, depth, min_leaf, errors, margin, a),
-        )
-        judged = at_rules_margin([c for c in train_cells if c.name in picks], rules)
-        verdicts[aim] = judge_policy(judged, picks, errors, auto_signal_seconds(signals, judged, rules), checked=True)
-    within = [aim for aim in AIMS if verdicts[aim]["cpu_share_of_grid"] <= TARGET_CPU]
-    aim = (
-        min(within, key=lambda a: (-verdicts[a]["within_one_se"], verdicts[a]["mean_regret"], a)) if within else AIMS[0]
-    )
-    rule = fit_checked_rule(train_cells, RECIPES, depth, min_leaf, errors, margin, aim)
-    rule["fit"]["aims"] = {
-        str(a): {k: v[k] for k in ("within_one_se", "mean_regret", "cpu_share_of_grid")} for a, v in verdicts.items()
-    }
-    return rule
+    return fit_auto_rule(train_cells, RECIPES, errors, loss=chosen, signals=signals)
 
 
 def fitter(
@@ -125,16 +94,15 @@ def fitter(
 ):
     """A fit for leave_one_dataset_out. With the budget penalty, the CPU weight is the smallest (by
     bisection) whose rule spends at most `cpu_target` of the training cells' grid; on those cells only.
-    Depth and leaf "chosen" is `fit_auto_rule` with the loss named, or with the loss chosen as well; the
-    penalty AIM_CHOSEN chooses its aim too (`fit_choosing_aim`, which reads the cells' `signals`)."""
-    if penalty == AIM_CHOSEN:
-        if signals is None:
-            raise ValueError("choosing the CPU aim needs the cells' signals: what auto pays for them counts")
-        return lambda train_cells: fit_choosing_aim(train_cells, errors, signals)
+    Depth and leaf "chosen" is `fit_auto_rule` with the loss named, or with the loss chosen as well; under
+    the penalty AIM_CHOSEN it chooses the penalty's aim too (which reads the cells' `signals`)."""
     if depth == CHOSEN:
+        aims = CPU_AIMS if penalty == AIM_CHOSEN else None
         if kind == CHOSEN:
-            return lambda train_cells: fit_choosing_loss(train_cells, errors)
-        return lambda train_cells: fit_auto_rule(train_cells, RECIPES, errors, cpu_target=cpu_target, loss=kind)
+            return lambda train_cells: fit_choosing_loss(train_cells, errors, signals)
+        return lambda train_cells: fit_auto_rule(
+            train_cells, RECIPES, errors, cpu_target=cpu_target, loss=kind, signals=signals, aims=aims
+        )
 
     def fit(train_cells: list[Cell]) -> dict[str, Any]:
         loss = accuracy_loss(kind, errors)
@@ -151,8 +119,8 @@ def compare(cells: list[Cell], errors: dict[str, float], signals: dict[str, dict
     rows = []
     methods = [
         COMMITTED,
+        FIXED_AIM,
         *CHOSEN_METHODS,
-        AIM_METHOD,
         *itertools.product(LOSSES, ("none",), DEPTHS, MIN_LEAVES),
         *itertools.product(LOSSES, ("budget",), DEPTHS, MIN_LEAVES),
     ]
@@ -207,12 +175,12 @@ def markdown(rows: list[dict[str, Any]], cells: int, machine: str) -> str:
             f"{r['mean_regret']:.4f} | {r['cpu_share_of_grid']:.1%} | {'yes' if meets else 'no'} |"
         )
     for r in rows:
-        if r.get("aims_chosen"):
+        if r.get("aims_chosen") and r["committed"]:
             chosen = r["aims_chosen"]
             lines += [
                 "",
                 f"CPU penalty `{AIM_CHOSEN}`: the fit's CPU aim chosen among "
-                + ", ".join(f"{a:.0%}" for a in AIMS)
+                + ", ".join(f"{a:.0%}" for a in CPU_AIMS)
                 + " by leaving data sets out within the training data sets, the signals' CPU counted (the "
                 f"best share within one SE at most {TARGET_CPU:.0%} of their grid). Per held-out data set's fold: "
                 + ", ".join(f"{dataset} {aim:.0%}" for dataset, aim in sorted(chosen.items()))

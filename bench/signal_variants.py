@@ -99,12 +99,12 @@ def judge(state: dict[str, Any]) -> dict[str, Any]:
     only where its fold's rule reads it) and the first split of the rule fitted on all cells."""
     cells, errors = study_cells(state)
     picks, rules = leave_one_dataset_out(
-        cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors), usable_cores()
+        cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors, signals=state["signals"]), usable_cores()
     )
     judged = at_rules_margin([c for c in cells if c.name in picks], rules)
     signal_seconds = auto_signal_seconds(state["signals"], judged, rules)
     verdict = judge_policy(judged, picks, errors, signal_seconds, checked=True)
-    rule = fit_auto_rule(cells, RECIPES, errors)
+    rule = fit_auto_rule(cells, RECIPES, errors, signals=state["signals"], processes=usable_cores())
     return {
         **verdict,
         "signals_cpu_seconds": sum(signal_seconds.values()),

@@ -910,6 +910,44 @@ def choose_fit_method(
     return best, {f"{margin}/{depth}/{leaf}": v for (margin, depth, leaf), v in verdicts.items()}
 
 
+# The CPU aims the committed fit chooses among. Its penalty spends at most the aim on the cells it is fitted
+# to, and a data set it has not seen then costs more than those did (its leaves fit them): so the aim that
+# meets the CPU target held out is found by holding data sets out, not assumed to be the target itself.
+CPU_AIMS: tuple[float, ...] = (0.12, 0.13, 0.14, 0.15, 0.16, 0.17)
+
+
+def choose_cpu_aim(
+    cells: list[Cell],
+    recipes: dict[str, dict[str, Any]],
+    errors: dict[str, float],
+    method: tuple[float, int, int],
+    signals: dict[str, dict[str, Any]],
+    cpu_target: float,
+    loss: str = AUTO_LOSS,
+    aims: tuple[float, ...] = CPU_AIMS,
+    processes: int = 1,
+) -> tuple[float, dict[float, dict[str, Any]]]:
+    """The CPU aim whose rules (the fit `method`: margin, depth, leaf), fitted leaving one of these cells'
+    data sets out at a time, are within one SE in most held-out cells while spending at most `cpu_target`
+    of their grid, the signals auto pays for counted (`signals`); then the lower mean regret, then the
+    lower aim. None within the target: the lowest aim. Chosen on these cells only, like the method."""
+    margin, depth, min_leaf = method
+    verdicts = {}
+    for aim in aims:
+        picks, rules = leave_one_dataset_out(
+            cells,
+            recipes,
+            lambda train, a=aim: fit_checked_rule(train, recipes, depth, min_leaf, errors, margin, a, loss),
+            processes,
+        )
+        judged = at_rules_margin([c for c in cells if c.name in picks], rules)
+        verdicts[aim] = judge_policy(judged, picks, errors, auto_signal_seconds(signals, judged, rules), checked=True)
+    within = [a for a in aims if (verdicts[a]["cpu_share_of_grid"] or 0.0) <= cpu_target]
+    if not within:
+        return min(aims), verdicts
+    return min(within, key=lambda a: (-verdicts[a]["within_one_se"], verdicts[a]["mean_regret"] or 0.0, a)), verdicts
+
+
 def fit_auto_rule(
     cells: list[Cell],
     recipes: dict[str, dict[str, Any]],
@@ -918,20 +956,34 @@ def fit_auto_rule(
     cpu_target: float | None = TARGET_CPU,
     processes: int = 1,
     loss: str = AUTO_LOSS,
+    *,
+    signals: dict[str, dict[str, Any]] | None = None,
+    aims: tuple[float, ...] | None = CPU_AIMS,
 ) -> dict[str, Any]:
     """The committed way to fit `auto`'s rule: minimising the `loss` (the regret beyond each cell's one SE,
-    `errors`) under the CPU penalty that meets `cpu_target` on the cells given, choose the validation margin
-    (among `margins`), depth and smallest leaf by leaving data sets out (`choose_fit_method`), then fit with
-    them on every cell given. Judged leaving one data set out, this is nested: the held-out data set takes
-    part in neither the choices nor the fit. `processes`: see leave_one_dataset_out (1 when this fit is
-    itself one fold of a leave-one-out)."""
-    (margin, depth, min_leaf), verdicts = choose_fit_method(
-        cells, recipes, errors, margins, cpu_target, processes, loss
-    )
-    rule = fit_checked_rule(cells, recipes, depth, min_leaf, errors, margin, cpu_target, loss)
+    `errors`) under a CPU penalty, choose the validation margin (among `margins`), depth and smallest leaf
+    by leaving data sets out (`choose_fit_method`, each fit aimed at `cpu_target`), then the penalty's aim
+    (among `aims`, `choose_cpu_aim`: held out, within `cpu_target`, the `signals` auto pays for counted),
+    then fit with them on every cell given. `aims=None` aims at `cpu_target` itself. Judged leaving one
+    data set out, this is nested: the held-out data set takes part in none of the choices nor the fit.
+    `processes`: see leave_one_dataset_out (1 when this fit is itself one fold of a leave-one-out)."""
+    method, verdicts = choose_fit_method(cells, recipes, errors, margins, cpu_target, processes, loss)
+    margin, depth, min_leaf = method
+    aim, aim_verdicts = cpu_target, {}
+    if cpu_target is not None and aims and len({c.dataset for c in cells}) >= 2:
+        if signals is None:
+            raise ValueError("choosing the CPU aim needs the cells' signals: what auto pays for them counts")
+        aim, aim_verdicts = choose_cpu_aim(cells, recipes, errors, method, signals, cpu_target, loss, aims, processes)
+    rule = fit_checked_rule(cells, recipes, depth, min_leaf, errors, margin, aim, loss)
     rule["fit"]["chosen_from"] = {
         name: {k: v[k] for k in ("within_one_se", "mean_regret")} for name, v in verdicts.items()
     }
+    if aim_verdicts:
+        rule["fit"]["held_out_cpu_target"] = cpu_target
+        rule["fit"]["aims"] = {
+            str(a): {k: v[k] for k in ("within_one_se", "mean_regret", "cpu_share_of_grid")}
+            for a, v in aim_verdicts.items()
+        }
     return rule
 
 
@@ -1020,7 +1072,7 @@ def replicate_frontier(
     return result
 
 
-FIT_CHOICES = ("margin_se", "depth", "min_leaf", "cpu_weight")  # what a fold's fit chose, for reports
+FIT_CHOICES = ("margin_se", "depth", "min_leaf", "cpu_target", "cpu_weight")  # what a fold's fit chose, for reports
 
 
 def held_out_verdict(

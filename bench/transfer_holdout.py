@@ -281,6 +281,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_rerun_argument(parser)
     parser.add_argument(
+        "--runs",
+        type=Path,
+        help="with --report-only: judge the runs this report recorded (e.g. another suffix's, some made again)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="train nothing: judge the runs recorded so far again (with --rule, the rule a report recorded)",
@@ -301,9 +306,10 @@ def main(argv: list[str] | None = None) -> None:
         committed = results_dir() / f"{results_name(args.datasets)}.json"
         # a suffixed report holds the runs it judged (some made again with --rerun), else the round's
         suffixed = results_dir() / f"{results_name(args.datasets, args.suffix)}.json"
-        state = recorded_runs((args.work / "runs.json", suffixed, committed), args.datasets)
+        sources = (args.runs,) if args.runs else (args.work / "runs.json", suffixed, committed)
+        state = recorded_runs(sources, args.datasets)
         if not state["runs"]:
-            parser.error(f"no recorded runs to judge: neither {args.work / 'runs.json'} nor {committed} holds any")
+            parser.error(f"no recorded runs to judge: none of {', '.join(map(str, sources))} holds any")
         log.info("report written to %s", report(state, args))
         return
     args.sources = {name: resolve_source(name, args.work, HOLDOUT_DATASETS) for name in args.datasets}

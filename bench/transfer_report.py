@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.transfer_analysis import BACKBONE_HINDSIGHT, TARGET_CPU, TARGET_SHARE, meets_targets
+from bench.transfer_analysis import BACKBONE_HINDSIGHT, CPU_AIMS, TARGET_CPU, TARGET_SHARE, meets_targets
 from bench.transfer_design import (
     AUTO,
     AUTO_BY_SEEDS,
@@ -264,9 +264,11 @@ def markdown(
         "run is counted in its CPU). The rule minimises the regret beyond "
         "each cell's one SE (the accuracy lost that the target counts: a pick within one SE is a hit however "
         "far inside, a near miss costs less than a far one) plus a CPU "
-        f"penalty whose weight is the smallest that keeps the training data sets' CPU at {TARGET_CPU:.0%} of "
-        "their grid; its validation margin, tree depth and smallest leaf are chosen by leaving data sets out "
-        "within the training data sets, so the held-out one judges those choices too. "
+        "penalty whose weight is the smallest that keeps the training data sets' CPU at its aim's share of "
+        "their grid; its validation margin, tree depth and smallest leaf, then that aim (from "
+        f"{CPU_AIMS[0]:.0%} to {CPU_AIMS[-1]:.0%}, the one whose rules score best held out while spending at "
+        f"most {TARGET_CPU:.0%}, the signals' CPU counted) are chosen by leaving data sets out within the "
+        "training data sets, so the held-out one judges those choices too. "
         f"'{NO_BUDGET}': the same without the penalty; '{NO_MARGIN}': nor a margin (a fine-tune kept "
         f"wherever it beats the probe on validation at all). '{PLAIN_REGRET}': the committed method minimising "
         f"the whole regret, inside one SE too. '{BEST_EPOCH_CHECK}': the check comparing the "
@@ -611,7 +613,27 @@ def fit_method_words(fit: dict[str, Any]) -> list[str]:
             + " | ".join(f"{v['within_one_se']:.0%} ({v['mean_regret']:.4f})" for v in row)
             + " |"
         )
-    return lines
+    return lines + aim_words(fit)
+
+
+def aim_words(fit: dict[str, Any]) -> list[str]:
+    """How the CPU penalty's aim was chosen: each candidate aim's rules judged leaving one data set out."""
+    aims = fit.get("aims")
+    if not aims:
+        return []
+    return [
+        "",
+        f"Then the CPU penalty's aim, chosen leaving one data set out the same way with that method: the most "
+        f"cells within one SE among the aims that spend at most {fit['held_out_cpu_target']:.0%} of the held-out "
+        f"grid, the signals' CPU counted; {float(fit['cpu_target']):.0%} was chosen.",
+        "",
+        "| aim (share of the training grid) | within one SE | mean regret | CPU share held out |",
+        "|---|---|---|---|",
+        *(
+            f"| {float(a):.0%} | {v['within_one_se']:.0%} | {v['mean_regret']:.4f} | {v['cpu_share_of_grid']:.1%} |"
+            for a, v in sorted(aims.items(), key=lambda item: float(item[0]))
+        ),
+    ]
 
 
 def cells_in_words(cells: list[dict[str, Any]]) -> str:

@@ -568,7 +568,9 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     judged_state = {**state, "runs": judged_runs(measured)}  # judged once, for the readers below
     records = [r for r in judged_state["runs"] if r["recipe"] in RECIPES]
     cores = usable_cores()
-    picks, loo_rules = leave_one_dataset_out(cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors), cores)
+    picks, loo_rules = leave_one_dataset_out(
+        cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors, signals=state["signals"]), cores
+    )
     fine_tuned = [name for name in RECIPES if name != "feature_extraction"]
     judged = at_rules_margin([c for c in cells if c.name in picks], loo_rules)
     signal_seconds = auto_signal_seconds(state["signals"], judged, loo_rules)
@@ -595,7 +597,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
             variant_cells,
             recipes,
             lambda train, r=recipes, m=margins, t=target, k=loss: fit_auto_rule(
-                train, r, errors, m, cpu_target=t, loss=k
+                train, r, errors, m, cpu_target=t, loss=k, signals=state["signals"]
             ),
             cores,
         )
@@ -621,7 +623,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         # judged against the best of the grid's recipes, not against itself
         verdicts["fastai fine_tune"] = judge_outside_grid(with_fastai, "fastai", errors)
     shown = {c.name: c for c in with_fastai}
-    rule = fit_auto_rule(cells, RECIPES, errors) if cells else None
+    rule = fit_auto_rule(cells, RECIPES, errors, processes=cores, signals=state["signals"]) if cells else None
     if rule is not None:
         rule["cost"] = cost_model([r for r in measured if r["recipe"] not in EXPERIMENTS and cpu_of(r) == on])
     return {

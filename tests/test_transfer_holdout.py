@@ -234,3 +234,24 @@ def test_a_later_rule_judged_on_a_rounds_runs_writes_beside_the_rounds_own_repor
     assert written.name == "transfer_holdout_near_later_rule.md"
     assert json.loads((tmp_path / "transfer_holdout_near_later_rule.json").read_text())["datasets"] == ["near"]
     assert rounds_own.read_text() == '{"the round": "as judged then"}'
+
+
+def test_report_only_judges_the_runs_another_report_recorded_when_named(tmp_path, monkeypatch, capsys):
+    """`--report-only --runs FILE` judges the runs FILE recorded (another suffix's, some made again), not
+    the round's own; a file with no runs of the data set is refused, named."""
+    from bench.transfer_holdout import main
+
+    monkeypatch.setenv("TRANSFERLINE_BENCH_RESULTS_DIR", str(tmp_path))
+    (tmp_path / "transfer_holdout_mnist.json").write_text(json.dumps(state_of({"mnist": 0.1}, {"mnist": {}})))
+    remade = state_of({"mnist": 0.6}, {"mnist": {"partial_half": (0.95, 0.92)}})
+    (tmp_path / "remade.json").write_text(json.dumps(remade))
+    rule_file = tmp_path / "rule.json"
+    rule_file.write_text(json.dumps(RULE))
+    common = ["--datasets", "mnist", "--rule", str(rule_file), "--work", str(tmp_path / "work"), "--report-only"]
+    main([*common, "--runs", str(tmp_path / "remade.json"), "--suffix", "later"])
+    judged = json.loads((tmp_path / "transfer_holdout_mnist_later.json").read_text())
+    assert judged["runs"] == remade["runs"] and judged["signals"]["mnist/10/m"]["pretrained_gain"] == 0.6
+    (tmp_path / "other.json").write_text(json.dumps(state_of({"near": 0.6}, {"near": {}})))
+    with pytest.raises(SystemExit):
+        main([*common, "--runs", str(tmp_path / "other.json"), "--suffix", "none"])
+    assert f"none of {tmp_path / 'other.json'} holds any" in capsys.readouterr().err

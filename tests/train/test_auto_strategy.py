@@ -376,13 +376,15 @@ def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_and_rule
     study = json.loads((Path(__file__).resolve().parents[2] / "bench/results/transfer_study.json").read_text())
     cells, errors = study_cells(study)
     processes = usable_cores()  # the folds are independent: side by side, same answer
-    picks, rules = leave_one_dataset_out(cells, RECIPES, fitter(*COMMITTED, errors), processes)
+    picks, rules = leave_one_dataset_out(
+        cells, RECIPES, fitter(*COMMITTED, errors, signals=study["signals"]), processes
+    )
     judged = at_rules_margin(cells, rules)
     verdict = judge_policy(judged, picks, errors, auto_signal_seconds(study["signals"], judged, rules), checked=True)
     assert verdict == pytest.approx(study["verdicts"][AUTO])
     # and the rule `strategy: auto` runs is that method fitted on every one of those cells
     committed = json.loads(RULE_FILE.read_text())
-    refitted = fit_auto_rule(cells, RECIPES, errors, processes=processes)
+    refitted = fit_auto_rule(cells, RECIPES, errors, processes=processes, signals=study["signals"])
     assert refitted["tree"] == committed["tree"]
     assert refitted["validation_margin_se"] == committed["validation_margin_se"]
     assert refitted["validation_figure"] == committed["validation_figure"] == "last_epoch"
@@ -564,32 +566,38 @@ def _two_regime_cells(backbone: str = "net", large_winner: str = "full"):
 
 
 def test_the_fits_cpu_aim_is_chosen_on_the_training_data_sets_with_the_signals_paid():
-    """bench/rule_variants.py `fit_choosing_aim`: each aim's rules judged leaving one training data set out.
-    Full fine-tuning on the large cells costing 12 s, hitting every cell takes 13.5% of the grid: aims below
-    14% extract features there and miss them, so 14% is chosen, the lowest of the aims that hit all. At 14 s
-    hitting all takes 15.1%, over the target: the aims within it tie and the lowest is kept. The signals'
-    CPU counts: where they alone cost more than the target, the lowest aim is taken."""
+    """bench/transfer_analysis.py `fit_auto_rule` chooses its CPU aim: each aim's rules judged leaving one
+    training data set out. Full fine-tuning on the large cells costing 12 s, hitting every cell takes 13.5%
+    of the grid: aims below 14% extract features there and miss them, so 14% is chosen, the lowest of the
+    aims that hit all. At 14 s hitting all takes 15.1%, over the target: the aims within it tie and the
+    lowest is kept. The signals' CPU counts: where they alone cost more than the target, the lowest aim is
+    taken. Without the signals the aim cannot be chosen; `aims=None` aims at the target itself."""
     from dataclasses import replace
 
-    from bench.rule_variants import AIMS, fit_choosing_aim
+    from bench.transfer_analysis import CPU_AIMS, TARGET_CPU, fit_auto_rule
+    from bench.transfer_design import RECIPES
 
     cells, errors, measured = _two_regime_cells()
 
     def costing(full_seconds: float):
         return [replace(c, seconds={**c.seconds, "full": full_seconds}) if "/1000/" in c.name else c for c in cells]
 
-    rule = fit_choosing_aim(costing(12.0), errors, measured)
-    assert rule["fit"]["cpu_target"] == 0.14
+    rule = fit_auto_rule(costing(12.0), RECIPES, errors, signals=measured)
+    assert rule["fit"]["cpu_target"] == 0.14 and rule["fit"]["held_out_cpu_target"] == TARGET_CPU
     aims = rule["fit"]["aims"]
-    assert set(aims) == {str(a) for a in AIMS}
-    assert [aims[str(a)]["within_one_se"] for a in AIMS] == [0.5, 0.5, 1.0, 1.0, 1.0, 1.0]
+    assert set(aims) == {str(a) for a in CPU_AIMS}
+    assert [aims[str(a)]["within_one_se"] for a in CPU_AIMS] == [0.5, 0.5, 1.0, 1.0, 1.0, 1.0]
     assert aims["0.14"]["cpu_share_of_grid"] == pytest.approx(0.135, abs=0.001)
-    rule = fit_choosing_aim(costing(14.0), errors, measured)
-    assert rule["fit"]["cpu_target"] == AIMS[0] and rule["fit"]["aims"]["0.16"]["cpu_share_of_grid"] > 0.15
+    rule = fit_auto_rule(costing(14.0), RECIPES, errors, signals=measured)
+    assert rule["fit"]["cpu_target"] == CPU_AIMS[0] and rule["fit"]["aims"]["0.16"]["cpu_share_of_grid"] > 0.15
     costly = {name: {"seconds": 100.0, "timings": {}} for name in measured}  # the signals alone over the grid
-    rule = fit_choosing_aim(costing(12.0), errors, costly)
-    assert rule["fit"]["cpu_target"] == AIMS[0]
+    rule = fit_auto_rule(costing(12.0), RECIPES, errors, signals=costly)
+    assert rule["fit"]["cpu_target"] == CPU_AIMS[0]
     assert all(v["cpu_share_of_grid"] > 1.0 for v in rule["fit"]["aims"].values())
+    with pytest.raises(ValueError, match="needs the cells' signals"):
+        fit_auto_rule(costing(12.0), RECIPES, errors)
+    fixed = fit_auto_rule(costing(12.0), RECIPES, errors, aims=None)
+    assert fixed["fit"]["cpu_target"] == TARGET_CPU and "aims" not in fixed["fit"]
 
 
 def test_other_policy_families_propose_what_their_nearest_or_fitted_training_cells_favour():
@@ -1172,13 +1180,15 @@ def test_the_held_out_data_set_takes_part_in_neither_the_fit_nor_the_choice_of_i
         ]
 
     errors = {c.name: 0.01 for c in grid(0.5)}
-    for cpu_target in (None, TARGET_CPU):  # the CPU penalty's weight, too, is set without the held-out cells
+    signals = {c.name: {"seconds": 0.1, "timings": {}} for c in grid(0.5)}
+    # the CPU penalty's weight and its aim, too, are set without the held-out cells
+    for cpu_target in (None, TARGET_CPU):
         rules = []
         for held_out_full in (0.5, 0.99):
             picks, loo_rules = leave_one_dataset_out(
                 grid(held_out_full),
                 recipes,
-                lambda train, t=cpu_target: fit_auto_rule(train, recipes, errors, cpu_target=t),
+                lambda train, t=cpu_target: fit_auto_rule(train, recipes, errors, cpu_target=t, signals=signals),
             )
             rules.append(loo_rules["d"])
             if cpu_target is None:  # learned from a, b and c (the penalty would make full too dear here)
