@@ -492,8 +492,8 @@ def test_the_checked_outcome_takes_the_probe_in_the_seeds_where_fine_tuning_lost
 
 def test_a_moved_fitting_setting_is_judged_leaving_one_data_set_out_and_names_its_misses():
     """bench/auto_knobs.py: each row is the committed fit with one setting moved, judged like auto. On cells
-    where full fine-tuning wins everywhere and the probe is cheap, a fit free to spend finds full and misses
-    nothing; one held to a tight CPU target keeps the probe and misses every cell. Cells that never
+    where full fine-tuning wins everywhere and the probe is cheap, a fit aimed free to spend finds full and
+    misses nothing; one aimed at a tight CPU share keeps the probe and misses every cell. Cells that never
     recorded the margins asked for are refused, not judged at margin 0."""
     from bench.auto_knobs import knob_verdict
     from transferline.model.advisor import Cell, Signals
@@ -521,13 +521,13 @@ def test_a_moved_fitting_setting_is_judged_leaving_one_data_set_out_and_names_it
     ]
     errors = {c.name: 0.01 for c in cells}
     signals = {c.name: {"seconds": 0.5, "timings": {}} for c in cells}
-    free = knob_verdict(cells, errors, signals, 1.0, (0.0, 0.5))
+    free = knob_verdict(cells, errors, signals, (1.0,), (0.0, 0.5))
     assert free["cells_within_one_se"] == 6 and free["misses"] == []
     assert set(free["folds"]) == {"d0", "d1", "d2"}
-    tight = knob_verdict(cells, errors, signals, 0.02, (0.0,))
+    tight = knob_verdict(cells, errors, signals, (0.02,), (0.0,))
     assert tight["cells_within_one_se"] == 0 and len(tight["misses"]) == 6
     with pytest.raises(ValueError, match="no checked outcomes at margins"):
-        knob_verdict(cells, errors, signals, 1.0, (-1.0, 0.0))
+        knob_verdict(cells, errors, signals, None, (-1.0, 0.0))
 
 
 def _two_regime_cells(backbone: str = "net", large_winner: str = "full"):
@@ -651,7 +651,7 @@ def test_auto_tree_fitted_per_backbone_finds_what_each_backbone_needs():
     verdict = per_backbone_verdict(first + second, {**errors, **errors_b}, {**measured, **measured_b})
     assert verdict["cells_within_one_se"] == 12 and verdict["misses"] == []
     assert set(verdict["folds"]) == {f"d{d}/{b}" for d in range(3) for b in ("net_a", "net_b")}
-    pooled = knob_verdict(first + second, {**errors, **errors_b}, {**measured, **measured_b}, 0.15, (0.0,))
+    pooled = knob_verdict(first + second, {**errors, **errors_b}, {**measured, **measured_b}, None, (0.0,))
     assert pooled["cells_within_one_se"] < 12
 
 
@@ -715,7 +715,7 @@ def test_a_landmarker_as_a_seventh_signal_lets_the_rule_split_where_the_six_cann
     assert verdict["cells_within_one_se"] == 6 and verdict["misses"] == []
     assert verdict["folds_splitting_on_it"] == ["d0", "d1", "d2"]
     assert verdict["cpu_share_of_grid"] == pytest.approx(42 / 306)
-    assert knob_verdict(alike, errors, measured, 0.15, (0.0,))["cells_within_one_se"] < 6
+    assert knob_verdict(alike, errors, measured, None, (0.0,))["cells_within_one_se"] < 6
     assert Signals.names() == SIGNALS
     with pytest.raises(ValueError, match="same signals"):
         fit_rule([*alike[:3], *with_landmarker(alike[3:], "probe_slope", slope)], {"full": {}})
