@@ -169,6 +169,33 @@ def test_readme_quotes_the_eight_set_rules_verdict_on_the_quickdraw_round():
     assert f"known only in hindsight, costs {cheapest['cpu_share_of_grid']:.1%}" in prose
 
 
+def test_readme_quotes_the_committed_rules_verdict_on_the_mnist_round_and_the_rule_before_it():
+    """The README's figures for the fourth held-out round are bench/results/transfer_holdout_mnist.json's
+    (rerun `python -m bench.transfer_holdout --report-only --datasets mnist --rule
+    bench/results/transfer_holdout_mnist.json`), and the rule before the aim's choice judged on its runs,
+    bench/results/transfer_holdout_mnist_aim_fixed.json's (`--rule
+    bench/results/transfer_holdout_quickdraw_probe_layers.json --suffix aim_fixed`)."""
+    from bench.transfer_analysis import meets_targets
+
+    labels = ("always feature_extraction", "always partial_quarter", "always full", "fastai fine_tune")
+    verdicts = assert_holdout_round_quoted("mnist", 58, "rule committed now", labels)
+    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    cheapest = verdicts["hindsight: cheapest within one SE"]
+    assert f"known only in hindsight, costs {cheapest['cpu_share_of_grid']:.1%}" in prose
+    results = PROJECT_ROOT / "bench" / "results"
+    committed = json.loads((PROJECT_ROOT / "transferline" / "model" / "advisor_rule.json").read_text())
+    judged = json.loads((results / "transfer_holdout_mnist.json").read_text())
+    before = json.loads((results / "transfer_holdout_mnist_aim_fixed.json").read_text())
+    assert judged["rule"]["tree"] == committed["tree"] and "aims" not in before["rule"]["fit"]
+    assert before["runs"] == judged["runs"]
+    auto, aim_fixed = (r["verdicts"]["auto (the committed rule)"] for r in (judged, before))
+    assert not meets_targets(auto) and meets_targets(aim_fixed)
+    assert (
+        f"within one SE in {aim_fixed['within_one_se']:.0%} of the {aim_fixed['cells']} cells at "
+        f"{aim_fixed['cpu_share_of_grid']:.1%} of the grid's CPU: both targets" in prose
+    )
+
+
 def test_each_kind_of_cpu_keeps_its_latest_verdicts_when_another_kind_runs_the_benchmarks():
     """A full run on an AMD EPYC after one on an Intel Xeon: both CPUs' targets stay in the report, each with
     what it missed; a partial run replaces only its own benchmarks' row entries; quick runs change nothing."""
