@@ -964,9 +964,10 @@ def fit_auto_rule(
     `errors`) under a CPU penalty, choose the validation margin (among `margins`), depth and smallest leaf
     by leaving data sets out (`choose_fit_method`, each fit aimed at `cpu_target`), then the penalty's aim
     (among `aims`, `choose_cpu_aim`: held out, within `cpu_target`, the `signals` auto pays for counted),
-    then fit with them on every cell given. `aims=None` aims at `cpu_target` itself. Judged leaving one
-    data set out, this is nested: the held-out data set takes part in none of the choices nor the fit.
-    `processes`: see leave_one_dataset_out (1 when this fit is itself one fold of a leave-one-out)."""
+    then fit with them on every cell given. `aims=None`, or fewer than two data sets (nothing to hold
+    out), aims at `cpu_target` itself. Judged leaving one data set out, this is nested: the held-out data
+    set takes part in none of the choices nor the fit. `processes`: see leave_one_dataset_out (1 when this
+    fit is itself one fold of a leave-one-out)."""
     method, verdicts = choose_fit_method(cells, recipes, errors, margins, cpu_target, processes, loss)
     margin, depth, min_leaf = method
     aim, aim_verdicts = cpu_target, {}
