@@ -372,26 +372,71 @@ def costed_on(records: list[dict[str, Any]], cpu: str) -> list[dict[str, Any]]:
     and is costed at its cell and recipe's mean CPU seconds per epoch on `cpu`, times the epochs it ran (its
     own figure kept as `measured_cpu_seconds`). A run that replaced its recipe's runs (`reference_run`: the
     recipe it replaced, run beside it on its own machine) is costed at that recipe's mean on `cpu`, scaled by
-    the ratio of the two runs' CPU seconds measured together."""
+    the ratio of the two runs' CPU seconds measured together. A run in a cell that `cpu` never ran is costed
+    at its own seconds times `machine_ratios`."""
     if all(cpu_of(run) == cpu for run in records):
         return records
     per_epoch: dict[tuple, list[float]] = defaultdict(list)
     for run in records:
         if cpu_of(run) == cpu:
             per_epoch[cell_id(run), run["recipe"]].append(run["cpu_seconds"] / max(1, run["epochs_run"]))
+    on_cpu = {cell for cell, _ in per_epoch}
+    ratios = machine_ratios(records, cpu)
     costed = []
     for run in records:
         if cpu_of(run) != cpu:
             pair = run.get("reference_run") or {"recipe": run["recipe"], "epochs_run": run["epochs_run"]}
             reference = per_epoch.get((cell_id(run), pair["recipe"]))
-            if not reference:
+            ratio = ratios.get((cpu_of(run), run["backbone"]))
+            if reference:
+                ratio = run["cpu_seconds"] / pair["cpu_seconds"] if "cpu_seconds" in pair else 1.0
+                cost = statistics.fmean(reference) * max(1, pair["epochs_run"]) * ratio
+            elif cell_id(run) not in on_cpu and ratio is not None:  # a cell only another kind of CPU ran
+                cost = run["cpu_seconds"] * ratio
+            else:
                 raise ValueError(
                     f"{cell_name(cell_id(run))} {pair['recipe']}: no run on {cpu} to cost {run['recipe']} by"
                 )
-            ratio = run["cpu_seconds"] / pair["cpu_seconds"] if "cpu_seconds" in pair else 1.0
-            cost = statistics.fmean(reference) * max(1, pair["epochs_run"]) * ratio
             run = {**run, "cpu_seconds": cost, "measured_cpu_seconds": run["cpu_seconds"]}
         costed.append(run)
+    return costed
+
+
+def machine_ratios(records: list[dict[str, Any]], cpu: str) -> dict[tuple[str, str], float]:
+    """Per (other kind of CPU, backbone), what one of its CPU seconds costs on `cpu`: the median, over the
+    cells and recipes both kinds ran, of the ratio of their mean seconds per epoch. It costs the cells that
+    only another kind ran (a data set that joined from another machine) as a whole, so every share inside
+    such a cell stays as measured. Runs that read cached features or ran beside another are left out: their
+    seconds measure another amount of work."""
+    per_epoch: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in records:
+        if not run.get("features_from_cache") and "reference_run" not in run:
+            per_epoch[cell_id(run), run["recipe"]][cpu_of(run)].append(run["cpu_seconds"] / max(1, run["epochs_run"]))
+    ratios: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (cell, _), by_cpu in per_epoch.items():
+        for other, seconds in by_cpu.items():
+            if cpu in by_cpu and other != cpu:
+                ratios[other, cell[2]].append(statistics.fmean(by_cpu[cpu]) / statistics.fmean(seconds))
+    return {key: statistics.median(values) for key, values in ratios.items()}
+
+
+def signals_costed_on(
+    signals: dict[str, dict[str, Any]], records: list[dict[str, Any]], cpu: str
+) -> dict[str, dict[str, Any]]:
+    """The cells' signals with their CPU seconds as `cpu` would have measured them: a cell measured on
+    another kind of CPU (its signals record which) is costed by `machine_ratios`, its own figure kept as
+    `measured_seconds`. Idempotent: the costed figure is always made from the measured one."""
+    ratios: dict[tuple[str, str], float] | None = None
+    costed = {}
+    for name, measured in signals.items():
+        if measured.get("cpu", cpu) != cpu:
+            ratios = machine_ratios(records, cpu) if ratios is None else ratios
+            key = (measured["cpu"], name.rsplit("/", 1)[-1])
+            if key not in ratios:
+                raise ValueError(f"{name}: its signals were measured on {key[0]}, and no cell both kinds ran costs it")
+            own = measured.get("measured_seconds", measured["seconds"])
+            measured = {**measured, "seconds": own * ratios[key], "measured_seconds": own}
+        costed[name] = measured
     return costed
 
 

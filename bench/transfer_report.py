@@ -7,7 +7,16 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.transfer_analysis import BACKBONE_HINDSIGHT, CPU_AIMS, TARGET_CPU, TARGET_SHARE, meets_targets
+from bench.transfer_analysis import (
+    BACKBONE_HINDSIGHT,
+    CPU_AIMS,
+    TARGET_CPU,
+    TARGET_SHARE,
+    cell_id,
+    cpu_of,
+    grid_cpu,
+    meets_targets,
+)
 from bench.transfer_design import (
     AUTO,
     AUTO_BY_SEEDS,
@@ -199,6 +208,7 @@ def markdown(
     grid: dict[str, Any],
     elsewhere: dict[str, float] | None = None,
     remade: dict[str, Any] | None = None,
+    joined: dict[str, Any] | None = None,
 ) -> str:
     lines = ["# Transfer study", ""]
     if not final:
@@ -218,6 +228,8 @@ def markdown(
         "but stays out of the shares' denominator, so adding a choice cannot make every share smaller.",
         "",
     ]
+    on = grid_cpu(state["runs"]) if state["runs"] else ""
+    ran_on_grid_cpu = {cell_id(r) for r in state["runs"] if cpu_of(r) == on}
     lines += [
         f"Machine: {runs_machine(state['runs'])}. Grid CPU time "
         f"(every run and signal measurement, summed over threads): {cpu / 3600:.2f} h"
@@ -228,10 +240,15 @@ def markdown(
         ),
         "",
         *elsewhere_words(
-            [r for r in state["runs"] if "reference_run" not in r and r["recipe"] not in EXPERIMENTS],
+            [
+                r
+                for r in state["runs"]
+                if "reference_run" not in r and r["recipe"] not in EXPERIMENTS and cell_id(r) in ran_on_grid_cpu
+            ],
             elsewhere or {},
         ),
         *remade_words(remade or {}, state["runs"]),
+        *joined_words(joined or {}, state["runs"]),
         *rerun_words(analysis.get("reruns") or {}),
         f"Test sets: per data set, up to {HELD_OUT} images per class (a quarter of a smaller class) held out of "
         "every subset, so every size is scored on the same images; each subset's own validation split picks "
@@ -677,6 +694,24 @@ def elsewhere_words(runs: list[dict[str, Any]], elsewhere: dict[str, float]) -> 
         f"More seeds: {', '.join(parts)}, not in the grid's CPU time. They add test accuracies; every CPU "
         f"share counts their recipes at the CPU seconds per epoch that {', '.join(sorted(on))} measured in the "
         "same cell, times the epochs each ran, so no share mixes two kinds of CPU.",
+        "",
+    ]
+
+
+def joined_words(joined: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
+    """The data sets whose every run ran on another kind of CPU than the grid's, and how the grid counts them."""
+    if not joined:
+        return []
+    on = sorted({run["cpu"] for run in runs} - set(joined["cpus"]))
+    ratios = ", ".join(f"{key} {ratio:.2f}" for key, ratio in joined["ratios"].items())
+    return [
+        f"Joined from another kind of CPU: {', '.join(joined['datasets'])}, {joined['runs']} runs on "
+        f"{', '.join(joined['cpus'])} ({joined['measured_cpu_seconds'] / 3600:.2f} h, and "
+        f"{joined['signals_measured_cpu_seconds'] / 3600:.2f} h of signals). The grid's CPU time counts them at "
+        f"{joined['costed_cpu_seconds'] / 3600:.2f} h and {joined['signals_costed_cpu_seconds'] / 3600:.2f} h: "
+        f"each run's own CPU seconds times what one of that CPU's seconds costs on {', '.join(on)}, the median "
+        "ratio of the two kinds' seconds per epoch in the cells and recipes both ran, per backbone "
+        f"({ratios}). So every share within those cells is as measured.",
         "",
     ]
 

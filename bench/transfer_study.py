@@ -65,10 +65,12 @@ from bench.transfer_analysis import (
     judge_policy,
     kendall_taus,
     leave_one_dataset_out,
+    machine_ratios,
     pick_backbones,
     policy_misses,
     replicate_frontier,
     runs_by_cell_and_recipe,
+    signals_costed_on,
     standard_error,
     usable_cores,
     whole_seeds,
@@ -293,6 +295,7 @@ def measure_cell(prepared: Path, backbone: str, quick: bool) -> dict[str, float]
     result["wall_seconds"] = time.perf_counter() - start
     result["seconds"] = time.process_time() - cpu_start  # CPU seconds, comparable with the runs' cpu_seconds
     result["timings"] = timings
+    result["cpu"] = machine()["cpu"]  # the kind of CPU its seconds are in (transfer_analysis.signals_costed_on)
     return result
 
 
@@ -515,6 +518,11 @@ def load_state(state_file: Path, results_file: Path) -> dict[str, Any]:
     return {"protocol": PROTOCOL, "runs": [], "signals": {}}
 
 
+def study_signals(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The cells' signals, their CPU seconds as the grid's kind of CPU would have measured them."""
+    return signals_costed_on(state["signals"], state["runs"], grid_cpu(state["runs"])) if state["runs"] else {}
+
+
 def judged_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The runs as every verdict reads them: each cell's whole seeds, every CPU cost as the grid's kind of
     CPU measured it (runs from another kind add accuracy only)."""
@@ -564,6 +572,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     """Cells, signal rankings, and the verdicts of auto (leave-one-data-set-out) and the fixed policies.
     Judged on each cell's whole seeds, with every CPU cost as the grid's kind of CPU measured it."""
     measured, on = state["runs"], grid_cpu(state["runs"])
+    state = {**state, "signals": study_signals(state)}
     cells, errors = study_cells(state)
     judged_state = {**state, "runs": judged_runs(measured)}  # judged once, for the readers below
     records = [r for r in judged_state["runs"] if r["recipe"] in RECIPES]
@@ -812,6 +821,35 @@ def remade_runs(runs: list[dict[str, Any]], on: str) -> dict[str, Any]:
     }
 
 
+def joined_runs(runs: list[dict[str, Any]], signals: dict[str, dict[str, Any]], on: str) -> dict[str, Any]:
+    """The grid's runs in cells that only another kind of CPU than `on` ran (a data set that joined from
+    another machine): how many, where, the CPU seconds they and their cells' signals measured, and those the
+    grid counts them at (`costed_on`, by `machine_ratios`); the same for their cells' signals (`signals`,
+    costed already, count in the grid's CPU time with the others)."""
+    on_cpu = {cell_id(r) for r in runs if cpu_of(r) == on}
+    indices = [i for i, r in enumerate(runs) if cell_id(r) not in on_cpu and r["recipe"] not in EXPERIMENTS]
+    if not indices:
+        return {}
+    costed = costed_on(runs, on)
+    cells = {cell_name(cell_id(runs[i])) for i in indices}
+    joined_signals = [signals[name] for name in sorted(cells) if name in signals]
+    ratios = machine_ratios(runs, on)
+    return {
+        "runs": len(indices),
+        "datasets": sorted({runs[i]["dataset"] for i in indices}),
+        "cpus": sorted({cpu_of(runs[i]) for i in indices}),
+        "measured_cpu_seconds": sum(runs[i]["cpu_seconds"] for i in indices),
+        "costed_cpu_seconds": sum(costed[i]["cpu_seconds"] for i in indices),
+        "signals_measured_cpu_seconds": sum(s.get("measured_seconds", s["seconds"]) for s in joined_signals),
+        "signals_costed_cpu_seconds": sum(s["seconds"] for s in joined_signals),
+        "ratios": {
+            f"{cpu} {backbone}": ratio
+            for (cpu, backbone), ratio in sorted(ratios.items())
+            if any(cpu_of(runs[i]) == cpu and runs[i]["backbone"] == backbone for i in indices)
+        },
+    }
+
+
 def add_rerun_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rerun",
@@ -846,6 +884,8 @@ def report_again(args: argparse.Namespace, out_dir: Path) -> None:
     grid = json.loads(committed.read_text()).get("grid", {}) if committed.is_file() else {}
     for key in ("backbones", "datasets", "sizes"):
         setattr(args, key, grid.get(key, getattr(args, key)))
+    ran = {run["dataset"] for run in state["runs"]}  # a data set that joined since (its runs imported): in the grid
+    args.datasets = [*args.datasets, *(name for name in DATASETS if name in ran and name not in args.datasets)]
     report(state, args, out_dir, final=bool(grid.get("complete", True)))
 
 
@@ -853,16 +893,18 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
     """Write the results so far; the rule only once the whole grid has run (a partial grid would fit a
     rule to whichever cells happened to finish)."""
     state["machine"] = machine()
+    state["signals"] = study_signals(state)
     analysis = analyse(state)
     on = grid_cpu(state["runs"]) if state["runs"] else ""
     grid_runs = [r for r in state["runs"] if r["recipe"] not in EXPERIMENTS]
     signal_cpu = sum(s["seconds"] for s in state["signals"].values())
-    remade = remade_runs(state["runs"], on)
+    remade, joined = remade_runs(state["runs"], on), joined_runs(state["runs"], state["signals"], on)
     cpu = sum(r["cpu_seconds"] for r in grid_runs if cpu_of(r) == on) + remade.get("costed_cpu_seconds", 0.0)
-    cpu += signal_cpu
+    cpu += joined.get("costed_cpu_seconds", 0.0) + signal_cpu
+    on_cpu = {cell_id(r) for r in state["runs"] if cpu_of(r) == on}
     elsewhere: dict[str, float] = {}  # more seeds run on another kind of CPU: their seconds, never added to the grid's
     for run in grid_runs:
-        if cpu_of(run) != on and "reference_run" not in run:
+        if cpu_of(run) != on and "reference_run" not in run and cell_id(run) in on_cpu:
             elsewhere[cpu_of(run)] = elsewhere.get(cpu_of(run), 0.0) + run["cpu_seconds"]
     pictures = [policy_map(analysis["verdicts"], out_dir), *curves(state, out_dir)]
     payload = {
@@ -874,13 +916,16 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
         "grid_cpu_seconds": cpu,
         **({"cpu_seconds_elsewhere": elsewhere} if elsewhere else {}),
         **({"remade": remade} if remade else {}),
+        **({"joined": joined} if joined else {}),
         **analysis,
         "runs": state["runs"],
         "signals": state["signals"],
     }
     grid = {"backbones": args.backbones, "datasets": args.datasets, "sizes": args.sizes, "complete": final}
     payload["grid"] = grid
-    write_results("transfer_study", payload, markdown(state, analysis, pictures, cpu, final, grid, elsewhere, remade))
+    write_results(
+        "transfer_study", payload, markdown(state, analysis, pictures, cpu, final, grid, elsewhere, remade, joined)
+    )
     if final and analysis["rule"] is not None:
         rule_file = RULE_FILE if not args.quick else out_dir / "advisor_rule.json"
         fitted_on = sorted({c["cell"] for c in analysis["cells"]})

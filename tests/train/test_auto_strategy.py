@@ -1324,6 +1324,66 @@ def test_a_rerun_recipe_from_another_cpu_is_costed_by_the_recipe_it_replaced_sca
         costed_on(runs[2:], "Intel")
 
 
+def test_a_cell_only_another_cpu_ran_is_costed_by_the_two_cpus_median_ratio_per_backbone():
+    """A data set that joined from another machine has no run on the grid's CPU in any of its cells: each of
+    its runs is costed at its own seconds times the median ratio of the two kinds' seconds per epoch, in the
+    cells and recipes both ran (per backbone; cached or side-by-side runs left out), so its shares stay as
+    measured. A cell the grid's CPU ran but not for this recipe still has nothing to cost it by."""
+    from bench.transfer_analysis import costed_on, machine_ratios
+
+    both = [
+        _run(0, "full", "Intel", 100.0, 10),  # 10 s an epoch
+        _run(1, "full", "AMD", 40.0, 5),  # 8 s an epoch: ratio 1.25
+        _run(0, "head", "Intel", 6.0, 1),
+        _run(1, "head", "AMD", 2.0, 1),  # ratio 3.0
+        _run(0, "tail", "Intel", 20.0, 10),
+        _run(1, "tail", "AMD", 20.0, 10),  # ratio 1.0
+        {**_run(1, "head", "AMD", 1.0, 1), "features_from_cache": True, "seed": 2},  # another amount of work
+    ]
+    assert machine_ratios(both, "Intel") == {("AMD", "m"): pytest.approx(1.25)}
+    joined = [_run(0, "full", "AMD", 30.0, 10, "new"), _run(0, "head", "AMD", 4.0, 1, "new")]
+    costed = costed_on([*both, *joined], "Intel")
+    assert [r["cpu_seconds"] for r in costed[-2:]] == [pytest.approx(37.5), pytest.approx(5.0)]
+    assert [r["measured_cpu_seconds"] for r in costed[-2:]] == [30.0, 4.0]
+    assert costed[1]["cpu_seconds"] == pytest.approx(50.0)  # a seed more, costed by its own cell's runs
+    with pytest.raises(ValueError, match="a/400/m other: no run on Intel to cost other by"):
+        costed_on([*both, _run(1, "other", "AMD", 3.0, 1)], "Intel")
+
+
+def test_signals_measured_on_another_cpu_are_costed_by_the_same_ratio_and_keep_their_measured_seconds():
+    from bench.transfer_analysis import signals_costed_on
+
+    runs = [_run(0, "full", "Intel", 100.0, 10), _run(1, "full", "AMD", 50.0, 10)]  # ratio 2.0
+    signals = {"a/400/m": {"seconds": 7.0}, "new/400/m": {"seconds": 3.0, "cpu": "AMD"}}
+    costed = signals_costed_on(signals, runs, "Intel")
+    assert costed["a/400/m"] == {"seconds": 7.0}
+    assert costed["new/400/m"] == {"seconds": 6.0, "cpu": "AMD", "measured_seconds": 3.0}
+    assert signals_costed_on(costed, runs, "Intel") == costed  # costed from the measured figure, once
+    with pytest.raises(ValueError, match="new/400/x: its signals were measured on AMD"):
+        signals_costed_on({"new/400/x": {"seconds": 3.0, "cpu": "AMD"}}, runs, "Intel")
+
+
+def test_the_grids_cpu_time_counts_a_joined_data_sets_runs_and_signals_at_their_costed_figure():
+    from bench.transfer_report import joined_words
+    from bench.transfer_study import joined_runs
+
+    runs = [
+        _run(0, "full", "Intel", 100.0, 10),
+        _run(1, "full", "AMD", 50.0, 10),  # a seed more: not joined
+        _run(0, "full", "AMD", 30.0, 10, "new"),
+    ]
+    signals = {"new/400/m": {"seconds": 6.0, "cpu": "AMD", "measured_seconds": 3.0}}
+    joined = joined_runs(runs, signals, "Intel")
+    assert joined["runs"] == 1 and joined["datasets"] == ["new"] and joined["cpus"] == ["AMD"]
+    assert joined["measured_cpu_seconds"] == 30.0 and joined["costed_cpu_seconds"] == pytest.approx(60.0)
+    assert joined["signals_measured_cpu_seconds"] == 3.0 and joined["signals_costed_cpu_seconds"] == 6.0
+    assert joined["ratios"] == {"AMD m": pytest.approx(2.0)}
+    (words, _) = joined_words(joined, runs)
+    assert "Joined from another kind of CPU: new, 1 runs on AMD" in words and "on Intel" in words
+    assert "(AMD m 2.00)" in words
+    assert joined_runs(runs[:2], {}, "Intel") == {} and joined_words({}, runs) == []
+
+
 def test_the_grids_cpu_time_counts_remade_runs_as_costed_and_more_seeds_not_at_all():
     """The study's grid CPU time: runs on its own kind of CPU as measured, runs `--rerun` made on another
     kind at their costed figure (they replace grid runs), more seeds from another kind not at all."""
