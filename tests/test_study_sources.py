@@ -279,3 +279,76 @@ def test_an_mnist_member_with_another_hash_a_missing_digit_or_bad_values_is_refu
         monkeypatch.setattr(study_sources, "MNIST_DIGITS", digests)
         with pytest.raises(ValueError, match=message + r", not images of 784 in \[0, 1\]"):
             study_sources.read_mnist(bad)
+
+
+def dejavu(name: str) -> bytes:
+    """A real TrueType font to draw with: one of those matplotlib ships."""
+    import matplotlib
+
+    return (Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name).read_bytes()
+
+
+def fake_deb(path: Path, files: dict[str, bytes]) -> Path:
+    """A Debian package as `ar` lays it out: debian-binary, control.tar.xz, data.tar.xz holding `files`."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:xz") as archive:
+        for name, payload in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    members = {"debian-binary": b"2.0\n", "control.tar.xz": b"", "data.tar.xz": data.getvalue()}
+    body = b"!<arch>\n"
+    for name, payload in members.items():
+        header = f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(payload):<10}`\n".encode()
+        body += header + payload + (b"\n" if len(payload) % 2 else b"")
+    path.write_bytes(body)
+    return path
+
+
+def test_glyphs_are_every_usable_fonts_letters_a_to_j_28x28_a_folder_per_letter(tmp_path: Path, monkeypatch):
+    """Each font draws ten distinct letters; a font that is not one, or a font shipped twice, adds none."""
+    fonts = {
+        "./usr/share/fonts/truetype/aenigma/plain.ttf": dejavu("DejaVuSans.ttf"),
+        "./usr/share/fonts/truetype/aenigma/bold.ttf": dejavu("DejaVuSans-Bold.ttf"),
+        "./usr/share/fonts/truetype/aenigma/twice.ttf": dejavu("DejaVuSans.ttf"),
+        "./usr/share/fonts/truetype/aenigma/broken.ttf": b"not a font",
+        "./usr/share/doc/fonts-aenigma/copyright": b"text",
+    }
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    deb = fake_deb(debs / "fonts-aenigma_0.0.20080511+dfsg-4_all.deb", fonts)
+    assert set(study_sources.debian_package_files(deb, ".ttf")) == {name for name in fonts if name.endswith(".ttf")}
+    monkeypatch.setattr(study_sources, "GLYPH_DEB_SHA256", hashlib.sha256(deb.read_bytes()).hexdigest())
+    monkeypatch.setattr(study_sources.subprocess, "run", lambda *a, **k: pytest.fail("downloaded a present .deb"))
+    folder = study_sources.glyphs_folder(tmp_path / "glyphs", debs)
+    assert sorted(p.name for p in folder.iterdir()) == list("ABCDEFGHIJ")
+    assert sorted(p.name for p in (folder / "C").iterdir()) == ["bold.png", "plain.png"]
+    letters = {}
+    for letter in "AB":
+        with Image.open(folder / letter / "plain.png") as image:
+            assert (image.mode, image.size) == ("L", (28, 28))
+            letters[letter] = np.asarray(image)
+    assert letters["A"].max() == 255 and letters["A"][0].max() == 0  # ink, and a margin above it
+    assert not np.array_equal(letters["A"], letters["B"])
+
+
+def test_a_glyph_package_with_another_hash_or_not_a_debian_package_is_refused(tmp_path: Path):
+    deb = fake_deb(tmp_path / "fonts-aenigma_0.0.20080511+dfsg-4_all.deb", {"a.ttf": dejavu("DejaVuSans.ttf")})
+    with pytest.raises(ValueError, match="expected SHA-256"):
+        study_sources.debian_package(tmp_path, study_sources.GLYPH_PACKAGE, "0" * 64)
+    assert (
+        study_sources.debian_package(tmp_path, "fonts-aenigma=x", hashlib.sha256(deb.read_bytes()).hexdigest()) == deb
+    )
+    (tmp_path / "other.deb").write_bytes(b"PK\x03\x04 a zip")
+    with pytest.raises(ValueError, match="not a Debian package"):
+        study_sources.debian_package_files(tmp_path / "other.deb", ".ttf")
+
+
+def test_a_font_drawing_one_box_for_every_letter_or_nothing_is_left_out():
+    """A font lacking the letters draws its missing-glyph box for each (ten equal images, not ten classes),
+    or nothing at all: neither adds a letter."""
+    assert len(study_sources.render_letters(dejavu("DejaVuSans.ttf"))) == 10
+    for lacking in ("LastResortHE-Regular.ttf", "DejaVuSansDisplay.ttf", None):
+        assert study_sources.render_letters(dejavu(lacking) if lacking else b"not a font") is None
+    fonts = {"a.ttf": dejavu("LastResortHE-Regular.ttf"), "b.ttf": dejavu("DejaVuSans.ttf")}
+    assert list(study_sources.render_fonts(fonts)) == ["b.ttf"]
