@@ -33,7 +33,7 @@ import numpy as np
 
 from bench.common import machine, results_dir, write_results
 from bench.signal_variants import judge
-from bench.transfer_analysis import TARGET_CPU, TARGET_SHARE, cell_name
+from bench.transfer_analysis import TARGET_CPU, TARGET_SHARE, cell_id, cell_name
 from bench.transfer_design import BACKBONES, DATASETS, SIZES
 from bench.transfer_report import meets_targets
 from bench.transfer_study import (
@@ -227,11 +227,15 @@ def markdown(study: dict[str, Any], result: dict[str, Any], cpu: str) -> str:
 def as_last_layer_study(study: dict[str, Any]) -> dict[str, Any]:
     """The study as it stood when feature_extraction read the last layer alone: once its feature_extraction
     ran again with the multi-layer head (`--rerun`), the last-layer runs are kept as the experiment
-    LAST_LAYER_RECIPE, and here take feature_extraction's place again, its cells' figures with them."""
+    LAST_LAYER_RECIPE, and here take feature_extraction's place again, its cells' figures with them. A data
+    set that joined since (its feature_extraction never read the last layer alone) was not in it."""
     kept = [r for r in study["runs"] if r["recipe"] == LAST_LAYER_RECIPE]
     if not kept:
         return study
-    runs = [r for r in study["runs"] if r["recipe"] not in ("feature_extraction", LAST_LAYER_RECIPE)]
+    stood = {cell_id(r) for r in kept}
+    runs = [
+        r for r in study["runs"] if cell_id(r) in stood and r["recipe"] not in ("feature_extraction", LAST_LAYER_RECIPE)
+    ]
     state = {**study, "runs": [*runs, *({**r, "recipe": "feature_extraction"} for r in kept)]}
     cells, errors = study_cells(state)
     state["cells"] = [
