@@ -275,7 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--datasets", nargs="+", choices=list(HOLDOUT_DATASETS), help="default: those the rule was not fitted on"
     )
-    parser.add_argument("--sizes", nargs="+", type=int, default=[s for s in SIZES if s is not None])
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        default=[str(s) for s in SIZES if s is not None],
+        help="images per class; 'all' (what a data set smaller than the largest size has)",
+    )
     parser.add_argument("--backbones", nargs="+", default=BACKBONES)
     parser.add_argument(
         "--rule", type=Path, default=RULE_FILE, help="the rule to judge, or a holdout report that recorded one"
@@ -300,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.rerun = parse_rerun(parser, args.rerun)
+    args.sizes = [None if size == "all" else int(size) for size in args.sizes]
     rule = load_rule(args.rule)
     if args.datasets is None:
         args.datasets = held_out_of(rule, list(HOLDOUT_DATASETS))
