@@ -380,7 +380,7 @@ def costed_on(records: list[dict[str, Any]], cpu: str) -> list[dict[str, Any]]:
     for run in records:
         if cpu_of(run) == cpu:
             per_epoch[cell_id(run), run["recipe"]].append(run["cpu_seconds"] / max(1, run["epochs_run"]))
-    on_cpu = {cell for cell, _ in per_epoch}
+    on_cpu = cells_ran_on(records, cpu)
     ratios = machine_ratios(records, cpu)
     costed = []
     for run in records:
@@ -400,6 +400,11 @@ def costed_on(records: list[dict[str, Any]], cpu: str) -> list[dict[str, Any]]:
             run = {**run, "cpu_seconds": cost, "measured_cpu_seconds": run["cpu_seconds"]}
         costed.append(run)
     return costed
+
+
+def cells_ran_on(records: list[dict[str, Any]], cpu: str) -> set[tuple]:
+    """The cells with at least one run on the kind of CPU `cpu`."""
+    return {cell_id(run) for run in records if cpu_of(run) == cpu}
 
 
 def machine_ratios(records: list[dict[str, Any]], cpu: str) -> dict[tuple[str, str], float]:

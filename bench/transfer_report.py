@@ -13,7 +13,7 @@ from bench.transfer_analysis import (
     TARGET_CPU,
     TARGET_SHARE,
     cell_id,
-    cpu_of,
+    cells_ran_on,
     grid_cpu,
     meets_targets,
 )
@@ -228,8 +228,7 @@ def markdown(
         "but stays out of the shares' denominator, so adding a choice cannot make every share smaller.",
         "",
     ]
-    on = grid_cpu(state["runs"]) if state["runs"] else ""
-    ran_on_grid_cpu = {cell_id(r) for r in state["runs"] if cpu_of(r) == on}
+    ran_on_grid_cpu = cells_ran_on(state["runs"], grid_cpu(state["runs"])) if state["runs"] else set()
     lines += [
         f"Machine: {runs_machine(state['runs'])}. Grid CPU time "
         f"(every run and signal measurement, summed over threads): {cpu / 3600:.2f} h"

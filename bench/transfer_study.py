@@ -49,6 +49,7 @@ from bench.transfer_analysis import (
     build_cells,
     cell_id,
     cell_name,
+    cells_ran_on,
     cheapest_at_share,
     cheapest_within_one_se,
     compare_experiment,
@@ -520,7 +521,9 @@ def load_state(state_file: Path, results_file: Path) -> dict[str, Any]:
 
 def study_signals(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The cells' signals, their CPU seconds as the grid's kind of CPU would have measured them."""
-    return signals_costed_on(state["signals"], state["runs"], grid_cpu(state["runs"])) if state["runs"] else {}
+    if not state["runs"]:
+        return state["signals"]
+    return signals_costed_on(state["signals"], state["runs"], grid_cpu(state["runs"]))
 
 
 def judged_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -826,7 +829,7 @@ def joined_runs(runs: list[dict[str, Any]], signals: dict[str, dict[str, Any]], 
     another machine): how many, where, the CPU seconds they and their cells' signals measured, and those the
     grid counts them at (`costed_on`, by `machine_ratios`); the same for their cells' signals (`signals`,
     costed already, count in the grid's CPU time with the others)."""
-    on_cpu = {cell_id(r) for r in runs if cpu_of(r) == on}
+    on_cpu = cells_ran_on(runs, on)
     indices = [i for i, r in enumerate(runs) if cell_id(r) not in on_cpu and r["recipe"] not in EXPERIMENTS]
     if not indices:
         return {}
@@ -901,7 +904,7 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
     remade, joined = remade_runs(state["runs"], on), joined_runs(state["runs"], state["signals"], on)
     cpu = sum(r["cpu_seconds"] for r in grid_runs if cpu_of(r) == on) + remade.get("costed_cpu_seconds", 0.0)
     cpu += joined.get("costed_cpu_seconds", 0.0) + signal_cpu
-    on_cpu = {cell_id(r) for r in state["runs"] if cpu_of(r) == on}
+    on_cpu = cells_ran_on(state["runs"], on)
     elsewhere: dict[str, float] = {}  # more seeds run on another kind of CPU: their seconds, never added to the grid's
     for run in grid_runs:
         if cpu_of(run) != on and "reference_run" not in run and cell_id(run) in on_cpu:
