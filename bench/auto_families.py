@@ -7,13 +7,13 @@
 - Per-recipe ridge regression: for each recipe, a ridge regression on the signals predicts its regret beyond
   one SE plus the CPU penalty; the recipe with the least prediction is proposed. Algorithm selection by
   regression.
-- auto's tree, one per backbone: the committed method (bench/transfer_analysis.py `fit_auto_rule`) fitted on
+- auto's tree, one per backbone: the tree method (bench/transfer_analysis.py `fit_tree_rule`) fitted on
   each backbone's cells apart, as if the backbone were the rule's first split. It has no settings beyond the
-  committed method's own, so no hindsight bound.
-- auto's tree racing two fine-tunes: the committed method, its leaves free to name a pair of fine-tunes as
+  tree method's own, so no hindsight bound.
+- auto's tree racing two fine-tunes: the tree method, its leaves free to name a pair of fine-tunes as
   well as one recipe. Both are trained, the one better on validation (the check's figure) is kept, and the
   check then weighs it against the probe; the pair pays for both. Selection by validation among a few
-  candidates, as AutoML systems race configurations. No settings beyond the committed method's either.
+  candidates, as AutoML systems race configurations. No settings beyond the tree method's either.
 
 Each family runs under auto's validation check and is charged as auto is (the proposal's CPU, the probe's
 for a fine-tune, and the signals it reads: the random-init pass only where the pretrained gain is among them).
@@ -33,14 +33,26 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from bench.common import results_dir, write_results
+from bench.nearest_fit import (
+    CPU_WEIGHTS,
+    NEIGHBOUR_COUNTS,
+    SIZE_AND_PROBE,
+    Picker,
+    Setting,
+    Table,
+    choose_setting,
+    make_table,
+    nearest_picks,
+    scored_settings,
+    settings,
+)
 from bench.transfer_analysis import (
     FIT_CHOICES,
     TARGET_CPU,
@@ -51,100 +63,24 @@ from bench.transfer_analysis import (
     backbone_of,
     check_figure_of,
     fine_tune_kept,
-    fit_auto_rule,
+    fit_tree_rule,
     held_out_verdict,
     leave_one_dataset_out,
-    random_pass_cpu,
     runs_by_cell_and_recipe,
     usable_cores,
 )
-from bench.transfer_design import AUTO, CHECK_FIGURE, RECIPES
+from bench.transfer_design import CHECK_FIGURE, RECIPES, TREE_RULE
 from bench.transfer_report import verdict_columns
 from bench.transfer_study import records_of, study_cells
 from transferline.model.advisor import FEATURE_EXTRACTION, SIGNALS, Cell
+from transferline.model.nearest_cells import TIE, standardised
 
 NEIGHBOURS, RIDGE = "nearest cells", "per-recipe ridge regression"
 FAMILY_PARAMETERS: dict[str, tuple[float, ...]] = {
-    NEIGHBOURS: (3, 5, 8, 12, 20),  # k
+    NEIGHBOURS: NEIGHBOUR_COUNTS,  # k
     RIDGE: (0.1, 1.0, 10.0, 100.0),  # the ridge's strength on the standardised signals
 }
-CPU_WEIGHTS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2)
-SIZE_AND_PROBE = ("images_per_class", "probe_accuracy")  # the two signals auto's rule splits on most
 FEATURE_SETS: dict[str, tuple[str, ...]] = {"all six signals": SIGNALS, "images a class and the probe": SIZE_AND_PROBE}
-LOG_SCALED = ("images_per_class", "num_classes")
-TIE = 1e-9  # a tie in the pooled loss goes to the cheaper recipe
-
-
-@dataclass(frozen=True)
-class Table:
-    """The cells at one validation margin, as arrays over (cell, recipe) in `recipes` order."""
-
-    recipes: tuple[str, ...]
-    datasets: np.ndarray  # (cells,) each cell's data set
-    features: np.ndarray  # (cells, signals)
-    regret: np.ndarray  # (cells, recipes) regret after the check
-    error: np.ndarray  # (cells,) each cell's one SE
-    seconds: np.ndarray  # (cells, recipes) CPU of proposing the recipe under the check
-    grid: np.ndarray  # (cells,) CPU of the cell's grid
-    signal_seconds: np.ndarray  # (cells,) CPU of the signals the family reads
-
-    @property
-    def loss(self) -> np.ndarray:
-        """The regret beyond one SE: what the target counts, as auto's rule minimises it."""
-        return np.maximum(0.0, self.regret - self.error[:, None])
-
-    @property
-    def cpu(self) -> np.ndarray:
-        """Each proposal's CPU as a share of its own cell's grid: what the penalty weighs."""
-        return self.seconds / self.grid[:, None]
-
-
-def feature_vector(cell: Cell, signals: Sequence[str]) -> list[float]:
-    return [math.log(cell.signals.value(s)) if s in LOG_SCALED else float(cell.signals.value(s)) for s in signals]
-
-
-def signal_seconds(measured: dict[str, Any], signals: Sequence[str]) -> float:
-    """CPU of measuring what a family reads: everything the study measured, less the random-init pass where
-    the pretrained gain is not among `signals` (auto skips it then: transferline/model/advice_signals.py)."""
-    paid = measured.get("seconds", 0.0)
-    return paid if "pretrained_gain" in signals else paid - random_pass_cpu(measured)
-
-
-def make_table(
-    cells: list[Cell],
-    errors: dict[str, float],
-    measured: dict[str, dict[str, Any]],
-    signals: Sequence[str],
-    margin: float,
-    recipes: Sequence[str] = tuple(RECIPES),
-) -> Table:
-    at = [c.at_margin(margin) for c in cells]
-    return Table(
-        recipes=tuple(recipes),
-        datasets=np.array([c.dataset for c in at]),
-        features=np.array([feature_vector(c, signals) for c in at], dtype=float),
-        regret=np.array([[c.checked_regret(r) for r in recipes] for c in at]),
-        error=np.array([errors[c.name] for c in at]),
-        seconds=np.array([[c.checked_seconds(r) for r in recipes] for c in at]),
-        grid=np.array([c.grid_cost() for c in at]),
-        signal_seconds=np.array([signal_seconds(measured.get(c.name, {}), signals) for c in at]),
-    )
-
-
-def standardised(features: np.ndarray, train: np.ndarray) -> np.ndarray:
-    """`features` on the training rows' scale (a constant signal stays 0)."""
-    mean, spread = features[train].mean(0), features[train].std(0)
-    return (features - mean) / np.where(spread > 0, spread, 1.0)
-
-
-def neighbour_picks(table: Table, train: np.ndarray, targets: np.ndarray, k: float, weight: float) -> np.ndarray:
-    """Recipe index per target: the least loss plus `weight` x CPU share pooled over its `k` nearest
-    training cells (ties in distance go to the earlier cell)."""
-    z = standardised(table.features, train)
-    distance = np.linalg.norm(z[targets][:, None, :] - z[train][None, :, :], axis=2)
-    nearest = train[np.argsort(distance, axis=1, kind="stable")[:, : int(k)]]
-    pooled = (table.loss + weight * table.cpu)[nearest].sum(1) + TIE * table.cpu[nearest].sum(1)
-    return pooled.argmin(1)
 
 
 def ridge_picks(table: Table, train: np.ndarray, targets: np.ndarray, alpha: float, weight: float) -> np.ndarray:
@@ -160,60 +96,11 @@ def ridge_picks(table: Table, train: np.ndarray, targets: np.ndarray, alpha: flo
     return (design[targets] @ coefficients).argmin(1)
 
 
-PICKERS: dict[str, Callable[[Table, np.ndarray, np.ndarray, float, float], np.ndarray]] = {
-    NEIGHBOURS: neighbour_picks,
-    RIDGE: ridge_picks,
-}
+PICKERS: dict[str, Picker] = {NEIGHBOURS: nearest_picks, RIDGE: ridge_picks}
 
 
-@dataclass(frozen=True)
-class Setting:
-    margin: float
-    parameter: float
-    weight: float
-
-
-def settings(family: str, margins: Sequence[float] = VALIDATION_MARGINS) -> list[Setting]:
-    return [Setting(*s) for s in itertools.product(margins, FAMILY_PARAMETERS[family], CPU_WEIGHTS)]
-
-
-def lodo_picks(family: str, table: Table, rows: np.ndarray, setting: Setting) -> np.ndarray:
-    """Recipe index for each of `rows`, each proposed with its own data set left out of `rows`."""
-    picks = np.empty(len(rows), dtype=int)
-    for dataset in np.unique(table.datasets[rows]):
-        held = table.datasets[rows] == dataset
-        if held.all():
-            raise ValueError("leaving a data set out needs at least two data sets")
-        picks[held] = PICKERS[family](table, rows[~held], rows[held], setting.parameter, setting.weight)
-    return picks
-
-
-def score(table: Table, rows: np.ndarray, picks: np.ndarray) -> tuple[int, float, float]:
-    """(cells within one SE, mean regret, CPU share of the grid) of proposing `picks` for `rows`."""
-    regret = table.regret[rows, picks]
-    hits = int((regret <= table.error[rows] + 1e-12).sum())
-    spent = (table.seconds[rows, picks] + table.signal_seconds[rows]).sum()
-    return hits, float(regret.mean()), float(spent / table.grid[rows].sum())
-
-
-def scored_settings(
-    family: str, tables: dict[float, Table], rows: np.ndarray, margins: Sequence[float]
-) -> list[tuple[Setting, tuple[int, float, float]]]:
-    """Every setting of the family with its `score` on `rows`, each proposed leaving its data set out."""
-    return [
-        (s, score(tables[s.margin], rows, lodo_picks(family, tables[s.margin], rows, s)))
-        for s in settings(family, margins)
-    ]
-
-
-def choose_setting(family: str, tables: dict[float, Table], rows: np.ndarray, margins: Sequence[float]) -> Setting:
-    """The setting chosen on `rows` alone by leaving their data sets out: the most cells within one SE among
-    those within the CPU target (else the cheapest setting), then the lower mean regret; simpler first on a tie."""
-    scored = scored_settings(family, tables, rows, margins)
-    eligible = [(s, v) for s, v in scored if v[2] <= TARGET_CPU]
-    if not eligible:
-        return min(scored, key=lambda sv: sv[1][2])[0]
-    return min(eligible, key=lambda sv: (-sv[1][0], sv[1][1]))[0]
+def family_settings(family: str, margins: Sequence[float] = VALIDATION_MARGINS) -> list[Setting]:
+    return settings(margins, FAMILY_PARAMETERS[family], CPU_WEIGHTS)
 
 
 def family_verdict(
@@ -226,7 +113,7 @@ def family_verdict(
 ) -> dict[str, Any]:
     """The family with its settings chosen within each fold's training data sets, judged on the held-out one
     as the study judges auto (judge_policy); and its best fixed setting in hindsight."""
-    tables = {m: make_table(cells, errors, measured, signals, m) for m in margins}
+    tables = {m: make_table(cells, errors, measured, signals, m, tuple(RECIPES)) for m in margins}
     everyone = np.arange(len(cells))
     datasets = tables[margins[0]].datasets
     picks: dict[str, str] = {}
@@ -234,7 +121,7 @@ def family_verdict(
     chosen: dict[str, dict[str, float]] = {}
     for dataset in sorted(set(datasets)):
         train, held = everyone[datasets != dataset], everyone[datasets == dataset]
-        setting = choose_setting(family, tables, train, margins)
+        setting, _ = choose_setting(PICKERS[family], tables, train, family_settings(family, margins))
         chosen[str(dataset)] = {
             "margin_se": setting.margin,
             "parameter": setting.parameter,
@@ -259,7 +146,7 @@ PER_BACKBONE = "auto's tree, one per backbone"
 def per_backbone_verdict(
     cells: list[Cell], errors: dict[str, float], measured: dict[str, dict[str, Any]], processes: int = 1
 ) -> dict[str, Any]:
-    """The committed method fitted and judged leaving one data set out on each backbone's cells apart, and
+    """The tree method fitted and judged leaving one data set out on each backbone's cells apart, and
     the picks judged together as the study judges auto."""
     picks: dict[str, str] = {}
     judged: list[Cell] = []
@@ -268,7 +155,7 @@ def per_backbone_verdict(
     for backbone in sorted({backbone_of(c) for c in cells}):
         own = [c for c in cells if backbone_of(c) == backbone]
         own_picks, rules = leave_one_dataset_out(
-            own, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors, signals=measured), processes
+            own, RECIPES, lambda train: fit_tree_rule(train, RECIPES, errors, signals=measured), processes
         )
         own_judged = at_rules_margin([c for c in own if c.name in own_picks], rules)
         picks.update(own_picks)
@@ -333,11 +220,11 @@ def race_verdict(
     measured: dict[str, dict[str, Any]],
     processes: int = 1,
 ) -> dict[str, Any]:
-    """The committed method free to propose a race of two fine-tunes, fitted and judged leaving one data set
+    """The tree method free to propose a race of two fine-tunes, fitted and judged leaving one data set
     out as the study judges auto."""
     raced, recipes = raced_cells(cells, records)
     picks, rules = leave_one_dataset_out(
-        raced, recipes, lambda train: fit_auto_rule(train, recipes, errors, signals=measured), processes
+        raced, recipes, lambda train: fit_tree_rule(train, recipes, errors, signals=measured), processes
     )
     judged = at_rules_margin([c for c in raced if c.name in picks], rules)
     races = sorted({p for p in picks.values() if RACE_JOIN in p})
@@ -353,7 +240,7 @@ def hindsight(family: str, tables: dict[float, Table], margins: Sequence[float])
     """The family's fixed settings judged leaving one data set out, the best chosen knowing the results:
     the most cells within one SE at all, and within the CPU target."""
     everyone = np.arange(len(tables[margins[0]].datasets))
-    scored = scored_settings(family, tables, everyone, margins)
+    scored = scored_settings(PICKERS[family], tables, everyone, family_settings(family, margins))
 
     def best(candidates: list) -> dict[str, Any] | None:
         if not candidates:
@@ -373,7 +260,7 @@ def hindsight(family: str, tables: dict[float, Table], margins: Sequence[float])
 
 
 def markdown(study: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    committed = study["verdicts"][AUTO]
+    committed = study["verdicts"][TREE_RULE]
     lines = [
         "# auto's tree against two other policy families",
         "",
@@ -388,7 +275,7 @@ def markdown(study: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "| family | signals | within one SE | cells | mean regret | CPU share | meets both | hindsight, any CPU | "
         f"hindsight, at most {TARGET_CPU:.0%} |",
         "|---|---|---|---|---|---|---|---|---|",
-        f"| auto's tree (committed) | all six | {verdict_columns(committed)} | | |",
+        f"| auto's tree (its rule before nearest cells) | all six | {verdict_columns(committed)} | | |",
     ]
     for row in rows:
         hind = row["hindsight"] or {}

@@ -9,7 +9,7 @@ set out.
   fine-tune that trails the probe by less, for the cells where fine-tuning wins but its few validation
   images said otherwise.
 
-Every other setting is the committed method's (bench/transfer_analysis.py `fit_auto_rule`), so each row
+Every other setting is the tree method's (bench/transfer_analysis.py `fit_tree_rule`), so each row
 differs from the study's auto in that one setting. It trains nothing: it reads
 bench/results/transfer_study.json. A few minutes a row on 2 cores.
 
@@ -31,12 +31,12 @@ from bench.transfer_analysis import (
     VALIDATION_MARGINS,
     at_rules_margin,
     auto_signal_seconds,
-    fit_auto_rule,
+    fit_tree_rule,
     held_out_verdict,
     leave_one_dataset_out,
     usable_cores,
 )
-from bench.transfer_design import AUTO, RECIPES
+from bench.transfer_design import RECIPES, TREE_RULE
 from bench.transfer_report import verdict_columns
 from bench.transfer_study import study_cells
 from transferline.model.advisor import Cell
@@ -57,7 +57,7 @@ def knob_verdict(
     margins: tuple[float, ...],
     processes: int = 1,
 ) -> dict[str, Any]:
-    """The committed method with CPU `aims` and `margins`, judged leaving one data set out: its verdict,
+    """The tree method with CPU `aims` and `margins`, judged leaving one data set out: its verdict,
     the cells it misses, and what each held-out data set's fold chose. `cells` must record their checked
     outcomes at every one of `margins` (`study_cells(..., margins=...)`)."""
     missing = sorted({m for m in margins for c in cells if m not in c.checked_at})
@@ -66,7 +66,7 @@ def knob_verdict(
     picks, rules = leave_one_dataset_out(
         cells,
         RECIPES,
-        lambda train: fit_auto_rule(train, RECIPES, errors, margins, signals=signals, aims=aims),
+        lambda train: fit_tree_rule(train, RECIPES, errors, margins, signals=signals, aims=aims),
         processes,
     )
     judged = at_rules_margin([c for c in cells if c.name in picks], rules)
@@ -77,21 +77,21 @@ def knob_verdict(
 
 
 def markdown(study: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    committed = study["verdicts"][AUTO]
-    base_misses = {m["cell"] for m in study["auto_misses"]}
+    committed = study["verdicts"][TREE_RULE]
+    base_misses = {m["cell"] for m in study["tree_misses"]}
     lines = [
         "# auto's fitting settings moved",
         "",
         f"The transfer study's {committed['cells']} cells (bench/results/transfer_study.json, "
-        f"{study['measured_on']}). Each row is the committed method (bench/transfer_analysis.py "
-        "`fit_auto_rule`) with one setting changed, judged leaving one data set out as the study judges auto; "
+        f"{study['measured_on']}). Each row is the tree method (bench/transfer_analysis.py "
+        "`fit_tree_rule`) with one setting changed, judged leaving one data set out as the study judges auto; "
         "the first row is the study's own verdict.",
         "",
         f"Targets: within one SE in >= {TARGET_SHARE:.0%} of cells, at <= {TARGET_CPU:.0%} of the grid's CPU.",
         "",
         "| setting | within one SE | cells | mean regret | CPU share | meets both | cells gained | cells lost |",
         "|---|---|---|---|---|---|---|---|",
-        f"| committed: the fit's aim chosen from {CPU_AIMS[0]:.0%} to {CPU_AIMS[-1]:.0%}, margins 0 to 2 SE "
+        f"| the tree method: the fit's aim chosen from {CPU_AIMS[0]:.0%} to {CPU_AIMS[-1]:.0%}, margins 0 to 2 SE "
         f"| {verdict_columns(committed)} | | |",
     ]
     for row in rows:

@@ -2,7 +2,7 @@
 
 Meta-learning calls the scores of cheap learners on a data set landmarkers; auto's rule already reads one,
 the probe's validation accuracy. The probe's fit shows three more, each added in turn as a seventh signal the
-committed fitting method (bench/transfer_analysis.py `fit_auto_rule`) may split on, judged leaving one data
+tree fitting method (bench/transfer_analysis.py `fit_tree_rule`) may split on, judged leaving one data
 set out as the study judges auto:
 - the probe's training accuracy: a probe that cannot fit its own training images says the pretrained features
   lack what the task needs, which only fine-tuning can change (free: the probe is fitted anyway);
@@ -38,12 +38,12 @@ from bench.transfer_analysis import (
     TARGET_SHARE,
     at_rules_margin,
     auto_signal_seconds,
-    fit_auto_rule,
+    fit_tree_rule,
     held_out_verdict,
     leave_one_dataset_out,
     usable_cores,
 )
-from bench.transfer_design import AUTO, RECIPES
+from bench.transfer_design import RECIPES, TREE_RULE
 from bench.transfer_report import verdict_columns
 from bench.transfer_study import study_cells
 from transferline.model.advisor import Cell, Signals, signals_read
@@ -120,7 +120,7 @@ def landmarker_verdict(
     extra_seconds: dict[str, float],
     processes: int = 1,
 ) -> dict[str, Any]:
-    """The committed method on the cells with landmarker `name` as a seventh signal, fitted and judged leaving
+    """The tree method on the cells with landmarker `name` as a seventh signal, fitted and judged leaving
     one data set out as the study judges auto; `extra_seconds`: what measuring it adds to a cell's signals,
     paid where the held-out data set's rule splits on it (as auto pays for the random-init pass only where
     its rule reads the gain)."""
@@ -128,7 +128,7 @@ def landmarker_verdict(
     # the aim's inner choice counts the six signals' CPU, not the landmarker's (as the study's auto, which
     # does not measure it)
     picks, rules = leave_one_dataset_out(
-        landmarked, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors, signals=measured), processes
+        landmarked, RECIPES, lambda train: fit_tree_rule(train, RECIPES, errors, signals=measured), processes
     )
     judged = at_rules_margin([c for c in landmarked if c.name in picks], rules)
     reading = sorted(d for d, r in rules.items() if name in signals_read(r["tree"]))
@@ -143,12 +143,12 @@ def landmarker_verdict(
 
 
 def markdown(study: dict[str, Any], rows: list[dict[str, Any]], cpu: str, probe_differs: int) -> str:
-    committed = study["verdicts"][AUTO]
+    committed = study["verdicts"][TREE_RULE]
     lines = [
         "# Landmarkers from the probe as signals",
         "",
         f"The transfer study's {committed['cells']} cells (bench/results/transfer_study.json, {study['measured_on']}). "
-        "Each row adds one landmarker as a seventh signal the committed fitting method may split on, judged "
+        "Each row adds one landmarker as a seventh signal the tree fitting method may split on, judged "
         "leaving one data set out as the study judges auto (bench/landmarkers.py). The landmarkers come from "
         f"the probe refitted on each cell's cached features on {cpu}; its validation accuracy differs from the "
         f"study's in {probe_differs} cells (tiny validation splits, another CPU).",
@@ -157,7 +157,7 @@ def markdown(study: dict[str, Any], rows: list[dict[str, Any]], cpu: str, probe_
         "",
         "| signals | within one SE | cells | mean regret | CPU share | meets both | held-out folds splitting on it |",
         "|---|---|---|---|---|---|---|",
-        f"| the six (committed) | {verdict_columns(committed)} | |",
+        f"| the six (the tree method) | {verdict_columns(committed)} | |",
     ]
     for row in rows:
         folds = ", ".join(row["folds_splitting_on_it"]) or "none"

@@ -8,7 +8,7 @@ on such tasks. Here, in every cell of the transfer study: the pretrained body's 
 the last-layer probe (transferline/model/head.py, its L2 chosen on validation), scored on the cell's held-out
 test images, with the CPU each head's fit takes. Both heads read one forward pass: the taps cost no more.
 
-Then auto is judged as the study judges it (bench/transfer_analysis.py `fit_auto_rule`, leaving one data set
+Then auto is judged as the study judges it (bench/transfer_analysis.py `fit_tree_rule`, leaving one data set
 out) with each cell's feature_extraction runs given the multi-layer head's validation and test accuracy: its
 validation check then weighs a fine-tune against this head, the model it would ship instead. Its runs' CPU
 keeps the study's measurement plus the difference between the two heads' fits measured here.

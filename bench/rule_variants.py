@@ -3,16 +3,16 @@
 The committed rule minimises the regret beyond each cell's one SE after the validation check plus a CPU
 penalty, with the check's margin, the tree's depth and its smallest leaf chosen by leaving data sets out,
 then the penalty's aim (the share of the training data sets' grid it may spend there) chosen the same way,
-the signals' CPU counted (bench/transfer_analysis.py `fit_auto_rule`). The study's targets count cells
+the signals' CPU counted (bench/transfer_analysis.py `fit_tree_rule`). The study's targets count cells
 within one standard error of the best, and CPU time. This compares it with the same method aimed at the CPU
-target itself (the committed method before), minimising the whole regret (the one before that), choosing
+target itself (the tree method before), minimising the whole regret (the one before that), choosing
 between those two losses as it chooses its margin, depth and leaf, and with fixed fitting methods, every one
 under the validation check (with no margin): the loss (regret, misses beyond one SE, regret beyond one SE),
 the CPU penalty (aimed at the target) or none, the tree's depth and its smallest leaf. It trains nothing: it
 reads bench/results/transfer_study.json.
 
 Picking the best row after seeing this table is itself a fit to these cells, so its figures are
-optimistic. The committed method is nested (the held-out data set takes part in none of its choices),
+optimistic. The tree method is nested (the held-out data set takes part in none of its choices),
 but adding the margin, the penalty, the loss beyond one SE and the aim's choice to it came after reading
 this study's misses and this table.
 
@@ -41,7 +41,7 @@ from bench.transfer_analysis import (
     at_rules_margin,
     auto_signal_seconds,
     choose_fit_method,
-    fit_auto_rule,
+    fit_tree_rule,
     fit_within_cpu,
     judge_policy,
     leave_one_dataset_out,
@@ -56,13 +56,13 @@ LOSSES = (REGRET, MISSES_BEYOND_ONE_SE, REGRET_BEYOND_ONE_SE)
 DEPTHS = (1, 2, 3)
 MIN_LEAVES = (2, 3)
 CHOSEN = "chosen"  # a choice made by leaving data sets out within the training data sets
-# fit_auto_rule: the regret beyond one SE under the CPU penalty, margin, depth and leaf chosen leaving data
+# fit_tree_rule: the regret beyond one SE under the CPU penalty, margin, depth and leaf chosen leaving data
 # sets out, then the penalty's aim
 AIM_CHOSEN = "budget, aim chosen"
 COMMITTED = (AUTO_LOSS, AIM_CHOSEN, CHOSEN, CHOSEN)
-# the committed method before: the same with the penalty aimed at the CPU target itself
+# the tree method before: the same with the penalty aimed at the CPU target itself
 FIXED_AIM = (AUTO_LOSS, "budget", CHOSEN, CHOSEN)
-# the same method minimising the whole regret (the committed method before that), and choosing between the
+# the same method minimising the whole regret (the tree method before that), and choosing between the
 # two losses the way it chooses its margin, depth and leaf
 CHOSEN_METHODS = ((REGRET, AIM_CHOSEN, CHOSEN, CHOSEN), (CHOSEN, AIM_CHOSEN, CHOSEN, CHOSEN))
 CHOSEN_LOSSES = (REGRET, REGRET_BEYOND_ONE_SE)
@@ -71,16 +71,16 @@ CHOSEN_LOSSES = (REGRET, REGRET_BEYOND_ONE_SE)
 def fit_choosing_loss(
     train_cells: list[Cell], errors: dict[str, float], signals: dict[str, dict[str, Any]] | None
 ) -> dict[str, Any]:
-    """The committed method with its loss chosen too: among CHOSEN_LOSSES, the one whose chosen margin,
+    """The tree method with its loss chosen too: among CHOSEN_LOSSES, the one whose chosen margin,
     depth and leaf score best leaving data sets out within `train_cells` (within one SE, then mean
-    regret; a tie keeps the first), then fitted on them all, its aim chosen as the committed method's."""
+    regret; a tie keeps the first), then fitted on them all, its aim chosen as the tree method's."""
     scores = {}
     for loss in CHOSEN_LOSSES:
         (margin, depth, leaf), verdicts = choose_fit_method(train_cells, RECIPES, errors, loss=loss)
         best = verdicts.get(f"{margin}/{depth}/{leaf}")
         scores[loss] = (-best["within_one_se"], best["mean_regret"]) if best else (0.0, 0.0)
     chosen = min(CHOSEN_LOSSES, key=lambda loss: scores[loss])
-    return fit_auto_rule(train_cells, RECIPES, errors, loss=chosen, signals=signals)
+    return fit_tree_rule(train_cells, RECIPES, errors, loss=chosen, signals=signals)
 
 
 def fitter(
@@ -94,13 +94,13 @@ def fitter(
 ):
     """A fit for leave_one_dataset_out. With the budget penalty, the CPU weight is the smallest (by
     bisection) whose rule spends at most `cpu_target` of the training cells' grid; on those cells only.
-    Depth and leaf "chosen" is `fit_auto_rule` with the loss named, or with the loss chosen as well; under
+    Depth and leaf "chosen" is `fit_tree_rule` with the loss named, or with the loss chosen as well; under
     the penalty AIM_CHOSEN it chooses the penalty's aim too (which reads the cells' `signals`)."""
     if depth == CHOSEN:
         aims = CPU_AIMS if penalty == AIM_CHOSEN else None
         if kind == CHOSEN:
             return lambda train_cells: fit_choosing_loss(train_cells, errors, signals)
-        return lambda train_cells: fit_auto_rule(
+        return lambda train_cells: fit_tree_rule(
             train_cells, RECIPES, errors, cpu_target=cpu_target, loss=kind, signals=signals, aims=aims
         )
 
@@ -155,7 +155,7 @@ def markdown(rows: list[dict[str, Any]], cells: int, machine: str) -> str:
         "fixed methods check with no margin. CPU "
         "penalty `budget`: its weight set on the training data sets alone so that the rule spends at most "
         "the fit's CPU target of their grid (15%). Depth and leaf `chosen`: the validation margin, depth and "
-        "leaf chosen by leaving data sets out within the training data sets (the committed method, with the "
+        "leaf chosen by leaving data sets out within the training data sets (the tree method, with the "
         "loss named); loss `chosen`: the loss too, between the regret and the regret beyond one SE.",
         "",
         f"Targets: within one SE in >= {TARGET_SHARE:.0%} of cells, at <= {TARGET_CPU:.0%} of the grid's CPU. "

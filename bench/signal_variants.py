@@ -7,7 +7,7 @@ measuring the signals costs (bench/results/transfer_study.md, "Where auto's CPU 
 needs no forward pass: the same probe on the images' own pixels, averaged down to P x P per channel (the
 prepared pixel cache, already in memory). Here each stand-in replaces the random-init probe in every cell's
 `pretrained_gain`, its measured CPU replaces the random-init pass's share of the signals' CPU, and the
-committed fitting method (bench/transfer_analysis.py `fit_auto_rule`) is judged leaving one data set out,
+tree fitting method (bench/transfer_analysis.py `fit_tree_rule`) is judged leaving one data set out,
 as the study judges the committed rule: a cell pays for its gain's measurement only where its data set's
 rule reads the gain on that cell's path (as `auto` skips the random-init pass elsewhere), so the committed
 row is the study's own verdict.
@@ -39,7 +39,7 @@ from bench.transfer_analysis import (
     at_rules_margin,
     auto_signal_seconds,
     cell_name,
-    fit_auto_rule,
+    fit_tree_rule,
     judge_policy,
     leave_one_dataset_out,
     random_pass_cpu,
@@ -99,12 +99,12 @@ def judge(state: dict[str, Any]) -> dict[str, Any]:
     only where its fold's rule reads it) and the first split of the rule fitted on all cells."""
     cells, errors = study_cells(state)
     picks, rules = leave_one_dataset_out(
-        cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors, signals=state["signals"]), usable_cores()
+        cells, RECIPES, lambda train: fit_tree_rule(train, RECIPES, errors, signals=state["signals"]), usable_cores()
     )
     judged = at_rules_margin([c for c in cells if c.name in picks], rules)
     signal_seconds = auto_signal_seconds(state["signals"], judged, rules)
     verdict = judge_policy(judged, picks, errors, signal_seconds, checked=True)
-    rule = fit_auto_rule(cells, RECIPES, errors, signals=state["signals"], processes=usable_cores())
+    rule = fit_tree_rule(cells, RECIPES, errors, signals=state["signals"], processes=usable_cores())
     return {
         **verdict,
         "signals_cpu_seconds": sum(signal_seconds.values()),

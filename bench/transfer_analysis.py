@@ -28,6 +28,7 @@ from transferline.model.advisor import (
     check_margin,
     fit_rule,
     keep_fine_tuned,
+    propose,
     reads_gain,
     validation_figure_of,
     walk,
@@ -527,15 +528,14 @@ def expected_range_coverage(
     cells: list[Cell], picks: dict[str, str], rules: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """How well the expected accuracy range that `auto`'s advice states before training holds the test
-    accuracy auto then gets, on data sets its rule never saw: per cell, its held-out fold's leaf (the probe's
-    accuracy plus the lowest to the highest gain over it among the fitting cells of that leaf, clipped to
-    [0, 1], as models/advice.json gives it) against the outcome of the leaf's proposal after the check.
+    accuracy auto then gets, on data sets its rule never saw: per cell, its held-out fold's proposal (the
+    probe's accuracy plus the lowest to the highest gain over it among the fitting cells behind it, its nearest
+    cells or its tree's leaf, clipped to [0, 1], as models/advice.json gives it) against its outcome after the check.
     Its width says how much a pick is worth forecasting; its coverage whether the forecast is honest."""
     inside = below = above = 0
     widths = []
     for cell in cells:
-        node, _ = walk(rules[cell.dataset]["tree"], cell.signals)
-        low_gain, high_gain = node["gain_over_probe"]
+        low_gain, high_gain = propose(rules[cell.dataset], cell.signals).gain_over_probe
         probe = cell.signals.probe_accuracy
         low, high = (min(1.0, max(0.0, probe + gain)) for gain in (low_gain, high_gain))
         outcome = cell.outcome(picks[cell.name], checked=True)
@@ -665,7 +665,7 @@ def pick_backbones(
     checked: bool = False,
 ) -> dict[str, Any]:
     """`train.backbone: auto` judged on the study: for each data set and size run with several backbones,
-    the backbone whose expected accuracy is highest (probe accuracy plus the midpoint of the reached leaf's
+    the backbone whose expected accuracy is highest (probe accuracy plus the midpoint of the proposal's
     gains, as `transferline/model/backbone_choice.py` compares them, under the rule fitted without that
     data set), trained with its auto recipe, against the best (backbone, recipe) of all. Beside it, each
     single backbone with its auto recipe, the backbone with the better linear probe, k-NN or LogME (the
@@ -677,8 +677,7 @@ def pick_backbones(
     groups = {k: v for k, v in groups.items() if len(v) > 1}
 
     def expected(cell: Cell) -> float:
-        node, _ = walk(rules[cell.dataset]["tree"], cell.signals)
-        low, high = node["gain_over_probe"]
+        low, high = propose(rules[cell.dataset], cell.signals).gain_over_probe
         return cell.signals.probe_accuracy + (low + high) / 2
 
     policies: dict[str, Any] = {
@@ -727,7 +726,7 @@ def leave_one_dataset_out(
         rules[dataset] = rule
         for cell in cells:
             if cell.dataset == dataset:
-                picks[cell.name] = walk(rule["tree"], cell.signals)[0]["recipe"]
+                picks[cell.name] = propose(rule, cell.signals).recipe
     return picks, rules
 
 
@@ -998,7 +997,7 @@ def choose_cpu_aim(
     return min(within, key=lambda a: (-verdicts[a]["within_one_se"], verdicts[a]["mean_regret"] or 0.0, a)), verdicts
 
 
-def fit_auto_rule(
+def fit_tree_rule(
     cells: list[Cell],
     recipes: dict[str, dict[str, Any]],
     errors: dict[str, float],

@@ -115,6 +115,10 @@ BEST_EPOCH_CHECK = "auto, the check comparing the fine-tune's best epoch (as bef
 
 PLAIN_REGRET = "auto minimising the whole regret (as before)"
 
+# auto's rule before the nearest cells replaced it: the tree the committed method fits (bench/transfer_analysis.py
+# `fit_tree_rule`), judged the same way, so the change is measured on every study report
+TREE_RULE = "auto's tree (the rule before nearest cells)"
+
 # The fine-tune's validation figure auto's check compares with the probe's, and the committed rule records:
 # the last epoch's. The best epoch's is the highest of up to 10 measurements on the same few images, so it
 # flatters the fine-tune against the probe's one (the BEST_EPOCH_CHECK row measures the difference).

@@ -52,7 +52,8 @@ from bench.transfer_study import (
     run_grid,
     study_cells,
 )
-from transferline.model.advisor import validation_figure_of, walk
+from transferline.model.advisor import propose, validation_figure_of
+from transferline.model.nearest_cells import NEAREST_CELLS
 
 log = logging.getLogger("bench.transfer_holdout")
 
@@ -121,11 +122,16 @@ def recorded_runs(paths: tuple[Path, ...], datasets: list[str]) -> dict[str, Any
 def load_rule(path: Path) -> dict[str, Any]:
     """A rule file (`transferline/model/advisor_rule.json`), or the rule a holdout report recorded."""
     document = json.loads(path.read_text())
-    if "tree" in document:
+    if is_rule(document):
         return document
-    if isinstance(document.get("rule"), dict) and "tree" in document["rule"]:
+    if isinstance(document.get("rule"), dict) and is_rule(document["rule"]):
         return document["rule"]
     raise ValueError(f"{path} holds neither a rule nor a holdout report's rule")
+
+
+def is_rule(document: dict[str, Any]) -> bool:
+    """Whether a JSON document is an advisor rule, of either form."""
+    return "tree" in document or NEAREST_CELLS in document
 
 
 def judge_rule(state: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +144,7 @@ def judge_rule(state: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any]:
     if not cells:
         return {"cells": [], "verdicts": {}, "misses": [], "expected_range": {}, "backbone_pick": {}, "per_dataset": {}}
     checked = [c.at_margin(rule.get("validation_margin_se", 0.0)) for c in cells]
-    picks = {c.name: walk(rule["tree"], c.signals)[0]["recipe"] for c in cells}
+    picks = {c.name: propose(rule, c.signals).recipe for c in cells}
     rules = {c.dataset: rule for c in cells}
     signal_seconds = auto_signal_seconds(state["signals"], cells, rules)
     verdicts = {COMMITTED: judge_policy(checked, picks, errors, signal_seconds, checked=True)}
@@ -214,7 +220,7 @@ def markdown(judged: dict[str, Any], rule: dict[str, Any], study: dict[str, Any]
                 f"{seen['within_one_se']:.0%} of {seen['cells']} cells at {seen['cpu_share_of_grid']:.1%} of the "
                 "CPU (bench/results/transfer_study.md).",
             ]
-    lines += expected_range_words(judged.get("expected_range") or {}, "the committed rule's leaf")
+    lines += expected_range_words(judged.get("expected_range") or {}, "the committed rule's proposal")
     lines += [
         "",
         "## Each cell",

@@ -36,8 +36,11 @@ from bench.transfer_design import (
     SEEDS_LARGE,
     SEEDS_SMALL,
     SMALL,
+    TREE_RULE,
     UNCHECKED,
 )
+from transferline.model import nearest_cells
+from transferline.model.nearest_cells import NEAREST_CELLS
 
 
 def verdict_columns(verdict: dict[str, Any]) -> str:
@@ -132,18 +135,18 @@ def policy_map(verdicts: dict[str, dict[str, Any]], out_dir: Path) -> str:
     return path.name
 
 
-def expected_range_words(coverage: dict[str, Any], leaf: str = "its held-out fold's leaf") -> list[str]:
+def expected_range_words(coverage: dict[str, Any], leaf: str = "its held-out fold's proposal") -> list[str]:
     """The report's sentence on how the advice's expected accuracy range fares on held-out data sets."""
     if not coverage.get("cells"):
         return []
     return [
         "",
         f"The expected accuracy range the advice states before training ({leaf}: the probe's "
-        "accuracy plus the lowest to highest gain over it among that leaf's fitting cells) holds the test "
+        "accuracy plus the lowest to highest gain over it among the fitting cells behind it) holds the test "
         f"accuracy auto then got in {coverage['inside']} of {coverage['cells']} cells ({coverage['below']} "
-        f"below it, {coverage['above']} above), but it is wide: {coverage['median_width']:.2f} of accuracy at "
-        f"the median ({coverage['narrowest']:.2f} to {coverage['widest']:.2f}). The leaf chooses the recipe; "
-        "as a forecast of its accuracy on a new data set, the range is only that precise.",
+        f"below it, {coverage['above']} above), at a median width of {coverage['median_width']:.2f} of accuracy "
+        f"({coverage['narrowest']:.2f} to {coverage['widest']:.2f}). Those cells choose the recipe; as a "
+        "forecast of its accuracy on a new data set, the range is only that precise.",
     ]
 
 
@@ -277,20 +280,23 @@ def markdown(
         "beats the feature_extraction run's (its head on the depths `train.probe_layers` names) by more than the "
         "rule's margin (in standard errors of that difference on the cell's validation split: sqrt(0.5 / n) "
         "each), else that head is (per seed, from the runs' own validation figures; the feature_extraction "
-        "run is counted in its CPU). The rule minimises the regret beyond "
-        "each cell's one SE (the accuracy lost that the target counts: a pick within one SE is a hit however "
-        "far inside, a near miss costs less than a far one) plus a CPU "
-        "penalty whose weight is the smallest that keeps the training data sets' CPU at its aim's share of "
-        "their grid; its validation margin, tree depth and smallest leaf, then that aim (from "
-        f"{CPU_AIMS[0]:.0%} to {CPU_AIMS[-1]:.0%}, the one whose rules score best held out while spending at "
-        f"most {TARGET_CPU:.0%}, the signals' CPU counted) are chosen by leaving data sets out within the "
-        "training data sets, so the held-out one judges those choices too. "
-        f"'{NO_BUDGET}': the same without the penalty; '{NO_MARGIN}': nor a margin (a fine-tune kept "
-        f"wherever it beats the probe on validation at all). '{PLAIN_REGRET}': the committed method minimising "
-        f"the whole regret, inside one SE too. '{BEST_EPOCH_CHECK}': the check comparing the "
-        "fine-tune's best epoch, the highest of its epochs' validation figures and so flattering, and the "
-        "rule fitted under that check (only the half-frozen 10-epoch runs record every epoch; another "
-        f"fine-tune reads its best epoch under both). '{UNCHECKED}' is the method used before the "
+        "run is counted in its CPU). The rule proposes what did best on the study cells nearest the new "
+        "data set in images a class and probe accuracy: their regret beyond one SE (the accuracy lost that the "
+        "target counts: a pick within one SE is a hit however far inside, a near miss costs less than a far one) "
+        "plus a CPU penalty, summed over them. How many cells it pools, the penalty's weight and the validation "
+        "margin are chosen by leaving data sets out within the training data sets (the most held-out cells "
+        f"within one SE while spending at most {TARGET_CPU:.0%} of their grid, the signals' CPU counted), so the "
+        f"held-out one judges those choices too. '{NO_BUDGET}': the same without the penalty; '{NO_MARGIN}': "
+        "nor a margin (a fine-tune kept wherever it beats the probe on validation at all). "
+        f"'{PLAIN_REGRET}': the same minimising the whole regret, inside one SE too. '{BEST_EPOCH_CHECK}': the "
+        "check comparing the fine-tune's best epoch, the highest of its epochs' validation figures and so "
+        "flattering, and the rule fitted under that check (only the half-frozen 10-epoch runs record every "
+        "epoch; another fine-tune reads its best epoch under both). "
+        f"'{TREE_RULE}': the regression tree auto followed before, its leaves minimising the same loss under a "
+        "CPU penalty whose weight is the smallest that keeps the training data sets' CPU at its aim's share of "
+        "their grid; its validation margin, depth and smallest leaf, then that aim (from "
+        f"{CPU_AIMS[0]:.0%} to {CPU_AIMS[-1]:.0%}) chosen by leaving data sets out the same way. "
+        f"'{UNCHECKED}' is the tree method used before the "
         "check: the rule's pick as it is. " + seed_words(analysis["verdicts"]),
     ]
     lines += bootstrap_words(analysis.get("auto_bootstrap") or {})
@@ -340,20 +346,22 @@ def markdown(
         lines.append("")
     lines.append("")
     if final and analysis["rule"] is not None:
-        lines += [
-            "## The rule `strategy: auto` follows (transferline/model/advisor_rule.json)",
-            "",
-            "Fitted on every cell above; each leaf names the recipe with the least total regret beyond one SE "
-            "plus CPU penalty on its cells after the validation check, which keeps a fine-tuned model only if it beats "
-            "the probe on validation by more than the margin.",
-            "",
-            *fit_method_words(analysis["rule"].get("fit", {})),
-            "",
-            "```",
-            *rule_lines(analysis["rule"]["tree"]),
-            "```",
-            "",
-        ]
+        lines += ["## The rule `strategy: auto` follows (transferline/model/advisor_rule.json)", ""]
+        if NEAREST_CELLS in analysis["rule"]:
+            lines += [*nearest_rule_words(analysis["rule"]), ""]
+        else:
+            lines += [
+                "Fitted on every cell above; each leaf names the recipe with the least total regret beyond one SE "
+                "plus CPU penalty on its cells after the validation check, which keeps a fine-tuned model only if "
+                "it beats the probe on validation by more than the margin.",
+                "",
+                *fit_method_words(analysis["rule"].get("fit", {})),
+                "",
+                "```",
+                *rule_lines(analysis["rule"]["tree"]),
+                "```",
+                "",
+            ]
     lines += ["## Kendall tau of each signal against the best fine-tuned accuracy", ""]
     datasets = sorted({c["cell"].split("/")[0] for c in analysis["cells"]})
     lines += ["| signal | all cells | " + " | ".join(datasets) + " |", "|---" * (2 + len(datasets)) + "|"]
@@ -666,6 +674,56 @@ def cells_in_words(cells: list[dict[str, Any]]) -> str:
         for d in sorted(by_dataset, key=lambda d: (order.get(d, len(order)), d))
     ]
     return f"{' and '.join(backbones)} on " + "; ".join(parts)
+
+
+MAP_SIZES = (10, 30, 100, 400, 1000)  # images a class, the rows of the nearest-cells rule's decision map
+MAP_PROBES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)  # linear probe validation accuracies, its columns
+
+
+def nearest_rule_words(rule: dict[str, Any]) -> list[str]:
+    """The nearest-cells rule: how it decides, how its settings were chosen, and what it proposes over a map
+    of images a class and probe accuracy (the two signals it reads by default)."""
+    policy, fit = rule[NEAREST_CELLS], rule.get("fit", {})
+    signals = policy["signals"]
+    lines = [
+        f"Fitted on every cell above: for a new data set, the {policy['k']} of these {len(policy['cells'])} cells "
+        f"nearest it in {', '.join(signals)} (counts on a log scale, each signal standardised on the cells) "
+        f"pool, per recipe, their regret beyond one SE after the validation check plus {policy['cpu_weight']:g} "
+        "times its CPU share of the cell's grid; the least total is proposed. The validation check then keeps "
+        f"a fine-tuned model only if it beats the probe on validation by more than {rule['validation_margin_se']:g} "
+        "SE. Every cell's signals and losses are in the rule file, so each decision names the cells it rests on.",
+    ]
+    if fit.get("best_settings"):
+        lines += [
+            "",
+            f"k, the CPU weight and the margin were chosen among {fit['settings_tried']} settings by leaving one "
+            f"data set out: the most held-out cells within one SE among those spending at most "
+            f"{fit['cpu_target']:.0%} of the held-out grid, the signals' CPU counted, then the lower mean regret. "
+            "The best of them:",
+            "",
+            "| margin (SE) | k | CPU weight | within one SE | mean regret | CPU share held out |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {b['margin_se']:g} | {b['k']} | {b['cpu_weight']:g} | {b['within_one_se']:.0%} | "
+                f"{b['mean_regret']:.4f} | {b['cpu_share_of_grid']:.1%} |"
+                for b in fit["best_settings"]
+            ),
+        ]
+    if set(signals) == {"images_per_class", "probe_accuracy"}:
+        lines += [
+            "",
+            "What it proposes (before the check) by images a class and the linear probe's validation accuracy:",
+            "",
+            "| images a class | " + " | ".join(f"probe {p:g}" for p in MAP_PROBES) + " |",
+            "|---" * (1 + len(MAP_PROBES)) + "|",
+        ]
+        for size in MAP_SIZES:
+            picks = [
+                nearest_cells.choose(policy, {"images_per_class": size, "probe_accuracy": p}.__getitem__).recipe
+                for p in MAP_PROBES
+            ]
+            lines.append(f"| {size} | " + " | ".join(picks) + " |")
+    return lines
 
 
 def rule_lines(node: dict[str, Any], indent: str = "") -> list[str]:

@@ -5,15 +5,17 @@ own cores (ingest, prepare, train) and scores every model on its test split. For
 backbone) cell it also measures the advisor's cheap signals. Then:
 
 - Kendall tau of each signal against the cell's best fine-tuned accuracy;
-- leave-one-data-set-out: the advisor's rule fitted on the other data sets (its validation margin, depth
-  and smallest leaf chosen on them too) proposes a recipe for each cell of the held-out one, under auto's
-  validation check; its accuracy against the cell's best, the share of cells within one standard error of
-  it, and its CPU time (signals + the proposed run + the probe's) as a share of the whole cell's grid;
+- leave-one-data-set-out: the advisor's rule fitted on the other data sets (the nearest cells, how many it
+  pools, its CPU weight and validation margin chosen on them too: bench/nearest_fit.py) proposes a recipe
+  for each cell of the held-out one, under auto's validation check; its accuracy against the cell's best,
+  the share of cells within one standard error of it, and its CPU time (signals + the proposed run + the
+  probe's) as a share of the whole cell's grid; the same for the tree auto followed before;
 - the same verdicts for fixed policies: always partial, always full, fastai-style (one frozen epoch,
   then everything);
 - how repeatable the best recipe itself is across seeds, and what a policy that knew a whole replicate of
   the grid could buy with its CPU (a bound on any policy judged on this grid), beside auto on the same trials;
-- the rule fitted on every cell, written to transferline/model/advisor_rule.json for `strategy: auto`.
+- the rule fitted on every cell, written to transferline/model/advisor_rule.json for `strategy: auto` (and
+  the tree fitted on every cell, kept in the results as `tree_rule`).
 
 Writes bench/results/transfer_study.{md,json} and one PNG of learning curves per data set. Every run is
 appended to bench/.work/transfer_study/runs.json as it finishes, so a stopped study resumes where it was.
@@ -36,10 +38,10 @@ from typing import Any
 
 from bench import study_sources
 from bench.common import machine, results_dir, write_results
+from bench.nearest_fit import CPU_WEIGHTS, fit_nearest_rule
 from bench.transfer_analysis import (
     AUTO_LOSS,
     REGRET,
-    TARGET_CPU,
     TARGET_SHARE,
     VALIDATION_MARGINS,
     at_rules_margin,
@@ -60,7 +62,7 @@ from bench.transfer_analysis import (
     dataset_bootstrap,
     early_stops,
     expected_range_coverage,
-    fit_auto_rule,
+    fit_tree_rule,
     grid_cpu,
     hindsight_checked,
     judge_policy,
@@ -101,6 +103,7 @@ from bench.transfer_design import (
     SEEDS_SMALL,
     SIZES,
     SMALL,
+    TREE_RULE,
     UNCHECKED,
 )
 from bench.transfer_report import curves, markdown, policy_map, runs_machine
@@ -581,7 +584,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     records = [r for r in judged_state["runs"] if r["recipe"] in RECIPES]
     cores = usable_cores()
     picks, loo_rules = leave_one_dataset_out(
-        cells, RECIPES, lambda train: fit_auto_rule(train, RECIPES, errors, signals=state["signals"]), cores
+        cells, RECIPES, lambda train: fit_nearest_rule(train, RECIPES, errors, state["signals"]), cores
     )
     fine_tuned = [name for name in RECIPES if name != "feature_extraction"]
     judged = at_rules_margin([c for c in cells if c.name in picks], loo_rules)
@@ -598,29 +601,27 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     )
     best_epoch_cells, _ = study_cells(state, BEST_EPOCH)
     variants = (
-        (GRID_ONLY, cells, GRID, VALIDATION_MARGINS, TARGET_CPU, AUTO_LOSS),
-        (NO_BUDGET, cells, RECIPES, VALIDATION_MARGINS, None, AUTO_LOSS),
-        (NO_MARGIN, cells, RECIPES, (0.0,), None, AUTO_LOSS),
-        (BEST_EPOCH_CHECK, best_epoch_cells, RECIPES, VALIDATION_MARGINS, TARGET_CPU, AUTO_LOSS),
-        (PLAIN_REGRET, cells, RECIPES, VALIDATION_MARGINS, TARGET_CPU, REGRET),
+        (GRID_ONLY, cells, GRID, VALIDATION_MARGINS, CPU_WEIGHTS, AUTO_LOSS),
+        (NO_BUDGET, cells, RECIPES, VALIDATION_MARGINS, (0.0,), AUTO_LOSS),
+        (NO_MARGIN, cells, RECIPES, (0.0,), (0.0,), AUTO_LOSS),
+        (BEST_EPOCH_CHECK, best_epoch_cells, RECIPES, VALIDATION_MARGINS, CPU_WEIGHTS, AUTO_LOSS),
+        (PLAIN_REGRET, cells, RECIPES, VALIDATION_MARGINS, CPU_WEIGHTS, REGRET),
     )
-    for label, variant_cells, recipes, margins, target, loss in variants:
+    for label, variant_cells, recipes, margins, weights, loss in variants:
         other, other_rules = leave_one_dataset_out(
             variant_cells,
             recipes,
-            lambda train, r=recipes, m=margins, t=target, k=loss: fit_auto_rule(
-                train, r, errors, m, cpu_target=t, loss=k, signals=state["signals"]
+            lambda train, r=recipes, m=margins, w=weights, k=loss: fit_nearest_rule(
+                train, r, errors, state["signals"], margins=m, weights=w, loss=k
             ),
             cores,
         )
-        variant_judged = at_rules_margin([c for c in variant_cells if c.name in other], other_rules)
-        verdicts[label] = judge_policy(
-            variant_judged,
-            other,
-            errors,
-            auto_signal_seconds(state["signals"], variant_judged, other_rules),
-            checked=True,
-        )
+        verdicts[label] = judged_verdict(variant_cells, other, other_rules, errors, state["signals"])
+    tree, tree_rules = leave_one_dataset_out(
+        cells, RECIPES, lambda train: fit_tree_rule(train, RECIPES, errors, signals=state["signals"]), cores
+    )
+    verdicts[TREE_RULE] = judged_verdict(cells, tree, tree_rules, errors, state["signals"])
+    tree_misses = policy_misses(at_rules_margin([c for c in cells if c.name in tree], tree_rules), tree, errors)
     unchecked, unchecked_rules = leave_one_dataset_out(cells, RECIPES, processes=cores)
     unchecked_cells = [c for c in cells if c.name in unchecked]
     verdicts[UNCHECKED] = judge_policy(
@@ -635,7 +636,9 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         # judged against the best of the grid's recipes, not against itself
         verdicts["fastai fine_tune"] = judge_outside_grid(with_fastai, "fastai", errors)
     shown = {c.name: c for c in with_fastai}
-    rule = fit_auto_rule(cells, RECIPES, errors, processes=cores, signals=state["signals"]) if cells else None
+    rule = fit_nearest_rule(cells, RECIPES, errors, state["signals"]) if cells else None
+    # the tree auto followed before, fitted on every cell too: what a held-out round may judge beside the rule
+    tree_rule = fit_tree_rule(cells, RECIPES, errors, processes=cores, signals=state["signals"]) if cells else None
     if rule is not None:
         rule["cost"] = cost_model([r for r in measured if r["recipe"] not in EXPERIMENTS and cpu_of(r) == on])
     return {
@@ -652,6 +655,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
             for c in cells
         ],
         "auto_misses": policy_misses(judged, picks, errors),
+        "tree_misses": tree_misses,
         "auto_bootstrap": dataset_bootstrap(judged, picks, errors, signal_seconds, checked=True),
         "kendall_tau": kendall_taus(cells, fine_tuned),
         "backbone_pick": pick_backbones(judged, picks, loo_rules, errors, checked=True),
@@ -671,8 +675,21 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         },
         "verdicts": verdicts,
         "rule": rule,
+        "tree_rule": tree_rule,
         "leave_one_out_rules": loo_rules,
     }
+
+
+def judged_verdict(
+    cells: list[Cell],
+    picks: dict[str, str],
+    rules: dict[str, dict[str, Any]],
+    errors: dict[str, float],
+    signals: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Leave-one-data-set-out picks judged as auto runs: under each fold's check, its signals' CPU counted."""
+    judged = at_rules_margin([c for c in cells if c.name in picks], rules)
+    return judge_policy(judged, picks, errors, auto_signal_seconds(signals, judged, rules), checked=True)
 
 
 def experiments(state: dict[str, Any], cells: list[Cell], errors: dict[str, float]) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from bench.report import (
     with_readme_table,
 )
 from bench.transfer_analysis import meets_targets
-from bench.transfer_design import AUTO_BY_SEEDS, SEEDS_LARGE, SEEDS_SMALL
+from bench.transfer_design import AUTO_BY_SEEDS, SEEDS_LARGE, SEEDS_SMALL, TREE_RULE
 from bench.transfer_study import records_of, seeds_per_cell
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -184,11 +184,12 @@ def test_readme_quotes_the_committed_rules_verdict_on_the_mnist_round_and_the_ru
     assert f"known only in hindsight, costs {cheapest['cpu_share_of_grid']:.1%}" in prose
     results = PROJECT_ROOT / "bench" / "results"
     committed = json.loads((PROJECT_ROOT / "transferline" / "model" / "advisor_rule.json").read_text())
+    tree = study_tree()
     judged = json.loads((results / "transfer_holdout_mnist.json").read_text())
     before = json.loads((results / "transfer_holdout_mnist_aim_fixed.json").read_text())
-    # the rule judged there has the committed tree's splits and leaves (refitted since on MNIST too, its
-    # leaves' statistics count more cells)
-    assert decisions(judged["rule"]["tree"]) == decisions(committed["tree"]) and "aims" not in before["rule"]["fit"]
+    # the rule judged there has the splits and leaves of the tree the study fits on all its cells (refitted
+    # since on MNIST too, its leaves' statistics count more cells)
+    assert decisions(judged["rule"]["tree"]) == decisions(tree) and "aims" not in before["rule"]["fit"]
     mnist_cells = sorted({f"mnist/{r['size']}/{r['backbone']}" for r in judged["runs"]})
     assert committed["fitted_on"] == sorted({*judged["rule"]["fitted_on"], *mnist_cells})
     assert before["runs"] == judged["runs"]
@@ -198,6 +199,40 @@ def test_readme_quotes_the_committed_rules_verdict_on_the_mnist_round_and_the_ru
         f"within one SE in {aim_fixed['within_one_se']:.0%} of the {aim_fixed['cells']} cells at "
         f"{aim_fixed['cpu_share_of_grid']:.1%} of the grid's CPU: both targets" in prose
     )
+
+
+def test_readme_quotes_the_glyph_round_for_the_tree_and_the_nearest_cells():
+    """The README's figures for the fifth held-out round: the tree then committed, judged by the round itself
+    (bench/results/transfer_holdout_glyphs.json; rerun `python -m bench.transfer_holdout --report-only
+    --datasets glyphs --rule bench/results/transfer_holdout_glyphs.json`), and the nearest cells committed
+    now on the same runs (bench/results/transfer_holdout_glyphs_nearest_cells.json, `--report-only --datasets
+    glyphs --suffix nearest_cells`): neither meets the targets there, the nearest cells get one cell more."""
+    from bench.transfer_analysis import meets_targets
+
+    labels = ("always partial_quarter", "always feature_extraction", "always full", "fastai fine_tune")
+    verdicts = assert_holdout_round_quoted("glyphs", 66, "tree fitted on nine", labels)
+    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    assert (
+        f"known only in hindsight, costs {verdicts['hindsight: cheapest within one SE']['cpu_share_of_grid']:.1%}"
+        in prose
+    )
+    results = PROJECT_ROOT / "bench" / "results"
+    tree_round = json.loads((results / "transfer_holdout_glyphs.json").read_text())
+    nearest = json.loads((results / "transfer_holdout_glyphs_nearest_cells.json").read_text())
+    committed = json.loads((PROJECT_ROOT / "transferline" / "model" / "advisor_rule.json").read_text())
+    assert decisions(tree_round["rule"]["tree"]) == decisions(study_tree()) and "nearest_cells" in nearest["rule"]
+    assert nearest["rule"]["nearest_cells"] == committed["nearest_cells"] and nearest["runs"] == tree_round["runs"]
+    tree, near = verdicts["auto (the committed rule)"], nearest["verdicts"]["auto (the committed rule)"]
+    assert (
+        f"are within one SE in {near['within_one_se']:.0%} of those cells at {near['cpu_share_of_grid']:.1%}" in prose
+    )
+    gained = round(near["within_one_se"] * near["cells"]) - round(tree["within_one_se"] * tree["cells"])
+    assert f"{NUMBER_WORDS[gained]} cell more" in prose and not meets_targets(tree) and not meets_targets(near)
+
+
+def study_tree() -> dict:
+    """The tree the transfer study fits on all its cells: auto's rule before the nearest cells."""
+    return json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())["tree_rule"]["tree"]
 
 
 def decisions(tree: dict) -> dict | str:
@@ -244,11 +279,11 @@ def test_readme_quotes_the_later_rules_verdicts_on_the_quickdraw_round():
     before = json.loads((results / "transfer_holdout_quickdraw_loss_beyond_one_se.json").read_text())
     head = json.loads((results / "transfer_holdout_quickdraw_probe_layers.json").read_text())
     current = json.loads((results / "transfer_holdout_quickdraw_aim_chosen.json").read_text())
-    committed = json.loads((PROJECT_ROOT / "transferline" / "model" / "advisor_rule.json").read_text())
+    tree = study_tree()
     assert before["rule"]["fit"]["loss"] == "regret beyond one SE"
-    assert decisions(before["rule"]["tree"]) != decisions(committed["tree"])
-    assert "aims" not in head["rule"]["fit"] and decisions(head["rule"]["tree"]) != decisions(committed["tree"])
-    assert decisions(current["rule"]["tree"]) == decisions(committed["tree"]) and "aims" in current["rule"]["fit"]
+    assert decisions(before["rule"]["tree"]) != decisions(tree)
+    assert "aims" not in head["rule"]["fit"] and decisions(head["rule"]["tree"]) != decisions(tree)
+    assert decisions(current["rule"]["tree"]) == decisions(tree) and "aims" in current["rule"]["fit"]
     for judged in (head, current):
         remade = [r for r in judged["runs"] if r["recipe"] == "feature_extraction"]
         assert remade and all(len(r["probe_layers"]) > 1 for r in remade)
@@ -321,8 +356,8 @@ def test_readme_quotes_the_moved_fitting_settings_as_measured():
     prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
     fixed, margins = rows
     study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
-    auto = study["verdicts"]["auto (leave one data set out)"]
-    committed = {m["cell"] for m in study["auto_misses"]}
+    auto = study["verdicts"][TREE_RULE]
+    committed = {m["cell"] for m in study["tree_misses"]}
     cells = round(auto["within_one_se"] * auto["cells"])
     assert fixed["cells"] == margins["cells"] == auto["cells"] == 66
     assert f"it gets {fixed['within_one_se']:.0%} at {fixed['cpu_share_of_grid']:.1%}" in prose
@@ -338,7 +373,7 @@ def test_readme_quotes_the_moved_fitting_settings_as_measured():
     assert fixed["cpu_share_of_grid"] > TARGET_CPU and not meets_targets(fixed)
     assert f"with MNIST it gives {margins['within_one_se']:.0%} at {margins['cpu_share_of_grid']:.1%}" in prose
     fewer = cells - margins["cells_within_one_se"]
-    assert f"{NUMBER_WORDS[fewer]} cells fewer than the committed method" in prose
+    assert f"{NUMBER_WORDS[fewer]} cells fewer than the tree method" in prose
     assert not meets_targets(margins)
 
 
@@ -383,7 +418,7 @@ def test_readme_quotes_the_other_policy_families_as_measured():
     # "both targets met, five cells more than the tree": the nearest cells meet both, the tree does not
     assert [meets_targets(row) for row in rows] == [True, True, False, False, False, False]
     study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
-    committed = study["verdicts"]["auto (leave one data set out)"]
+    committed = study["verdicts"][TREE_RULE]
     more = near_two["cells_within_one_se"] - round(committed["within_one_se"] * committed["cells"])
     assert not meets_targets(committed) and f"both targets met, {NUMBER_WORDS[more]} cells more than the tree" in prose
 
@@ -399,10 +434,10 @@ def test_readme_quotes_the_landmarkers_as_measured():
     prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
     train, loss, slope = rows
     study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
-    auto = study["verdicts"]["auto (leave one data set out)"]
+    auto = study["verdicts"][TREE_RULE]
     cells = round(auto["within_one_se"] * auto["cells"])
     assert train["cells_within_one_se"] == cells
-    assert f"training accuracy keeps the committed method's {cells} cells at {train['cpu_share_of_grid']:.1%}" in prose
+    assert f"training accuracy keeps the tree method's {cells} cells at {train['cpu_share_of_grid']:.1%}" in prose
     lost = cells - loss["cells_within_one_se"]
     assert lost == cells - slope["cells_within_one_se"] > 0
     assert f"lose {lost} cells each, at {loss['cpu_share_of_grid']:.1%} and {slope['cpu_share_of_grid']:.1%}" in prose
@@ -445,7 +480,7 @@ def test_readme_quotes_the_rule_variants_as_measured():
     (committed,) = [m for m in methods if m["committed"]]
     (aimed_at_target,) = [m for m in methods if (m["loss"], m["cpu_penalty"], m["depth"], m["min_leaf"]) == FIXED_AIM]
     study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
-    auto = study["verdicts"]["auto (leave one data set out)"]
+    auto = study["verdicts"][TREE_RULE]
     assert (committed["within_one_se"], committed["cpu_share_of_grid"]) == pytest.approx(
         (auto["within_one_se"], auto["cpu_share_of_grid"])
     )

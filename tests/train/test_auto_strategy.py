@@ -14,6 +14,7 @@ import pytest
 
 from tests.train.conftest import make_tiny_params
 from transferline.errors import ParamsError
+from transferline.model.nearest_cells import NEAREST_CELLS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,8 +82,9 @@ def test_the_quick_study_reports_every_cell_and_fits_a_rule(study: Path):
     assert set(report["cpu_per_wall"]) >= {"feature_extraction", "partial_half_from_probe"}
     assert "Stopping a proposed fine-tune early" in (study / "transfer_study.md").read_text()
     rule = json.loads((study / "advisor_rule.json").read_text())
-    assert "tree" in rule and rule["cost"]["mobilenet_v2"]["partial"] > 0
-    assert rule["validation_check"] is True and rule["fit"]["depth"] in (1, 2)
+    assert NEAREST_CELLS in rule and rule["cost"]["mobilenet_v2"]["partial"] > 0
+    assert rule["validation_check"] is True and rule["fit"]["k"] >= 1
+    assert {c["cell"] for c in rule[NEAREST_CELLS]["cells"]} == {c["cell"] for c in report["cells"]}
     for name in ("transfer_study.md", "transfer_study_tiny_a.png", "transfer_study_tiny_b.png"):
         assert (study / name).stat().st_size > 0
     assert (study / "transfer_study_policies.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,7 +106,7 @@ def test_the_report_is_written_again_from_the_recorded_runs_without_training(stu
     first, second = (json.loads((d / "transfer_study.json").read_text()) for d in (study, again))
     assert second["runs"] == first["runs"] and second["verdicts"] == first["verdicts"]
     assert second["grid"] == first["grid"] and not (again / "work").exists()
-    assert json.loads((again / "advisor_rule.json").read_text())["tree"] == first["rule"]["tree"]
+    assert json.loads((again / "advisor_rule.json").read_text())[NEAREST_CELLS] == first["rule"][NEAREST_CELLS]
 
 
 @pytest.mark.slow
@@ -152,6 +154,7 @@ def test_a_rerun_trains_its_recipe_again_beside_the_replaced_one_and_keeps_the_o
 def test_auto_follows_the_rule_and_records_its_advice(study: Path, run_train, tmp_path: Path):
     rule = json.loads((study / "advisor_rule.json").read_text())
     rule["validation_check"] = False  # the rule's pick as it is (the check has its own test)
+    del rule[NEAREST_CELLS]  # the study fits nearest cells; the tree form is followed as well
     # a rule whose root splits on the probe: every tiny data set scores above 0, so the "gt" branch fires;
     # there it splits on the pretrained gain (never below -1), which auto must then measure
     rule["tree"] = {
@@ -187,6 +190,22 @@ def test_auto_follows_the_rule_and_records_its_advice(study: Path, run_train, tm
 
 
 @pytest.mark.slow
+def test_auto_follows_the_studys_nearest_cells_and_names_them(study: Path, run_train, tmp_path: Path):
+    """The rule the study writes, as it is: the train stage measures the two signals it reads (not the
+    pretrained gain), pools the nearest study cells, and advice.json names them and the recipe's cost."""
+    rule = json.loads((study / "advisor_rule.json").read_text())
+    cells = {c["cell"] for c in rule[NEAREST_CELLS]["cells"]}
+    metrics = run_train(make_tiny_params(strategy="auto", advisor_rule=study / "advisor_rule.json"))
+    advice = json.loads((tmp_path / "out" / "models" / "advice.json").read_text())
+    named = advice["path"][0].split(": ", 1)[1].split(", ")
+    assert len(named) == min(rule[NEAREST_CELLS]["k"], len(cells)) and set(named) <= cells
+    proposed = advice["validation"]["proposed"] if advice["validation"] else advice["recipe"]
+    assert advice["path"][1].startswith(f"{proposed} costs least over them")
+    assert advice["signals"]["pretrained_gain"] is None and 0 <= advice["signals"]["probe_accuracy"] <= 1
+    assert metrics["strategy"] == rule["recipes"][advice["recipe"]]["strategy"]
+
+
+@pytest.mark.slow
 def test_a_fine_tuned_model_that_does_not_beat_the_probe_on_val_gives_way_to_it(study: Path, run_train, tmp_path: Path):
     """The validation check, for real: a rule proposing full fine-tuning at a learning rate too small to
     move the new head leaves a model near chance on val; the probe does better, so its head is trained
@@ -194,6 +213,7 @@ def test_a_fine_tuned_model_that_does_not_beat_the_probe_on_val_gives_way_to_it(
     rule = json.loads((study / "advisor_rule.json").read_text())
     rule["validation_check"] = True
     rule["recipes"]["full"] = {"strategy": "full", "epochs": 3, "lr": 1e-9}
+    del rule[NEAREST_CELLS]
     rule["tree"] = {"recipe": "full", "gain_over_probe": [0.0, 0.1], "cells": 2}
     rule_file = tmp_path / "rule.json"
     rule_file.write_text(json.dumps(rule))
@@ -358,34 +378,55 @@ def test_the_data_set_bootstrap_moves_each_data_sets_cells_together():
     assert dataset_bootstrap(grid[:2], picks, errors, {}) == {}
 
 
-def test_the_committed_fitting_method_reproduces_the_studys_own_verdict_and_rule_for_auto():
-    """bench/rule_variants.py judges other fitting methods the way the study judges the committed one: its
-    committed row, refitted from the committed study's cells, gives the study's own auto verdict."""
+def test_the_tree_method_reproduces_the_studys_verdict_for_the_rule_auto_followed_before():
+    """bench/rule_variants.py judges other tree-fitting methods the way the study judges the tree auto
+    followed before the nearest cells: its committed row, refitted from the committed study's cells, gives
+    the study's own verdict for that tree."""
     from bench.rule_variants import COMMITTED, fitter
     from bench.transfer_analysis import (
         at_rules_margin,
         auto_signal_seconds,
-        fit_auto_rule,
         judge_policy,
         leave_one_dataset_out,
         usable_cores,
     )
+    from bench.transfer_design import RECIPES, TREE_RULE
+    from bench.transfer_study import study_cells
+
+    study = json.loads((Path(__file__).resolve().parents[2] / "bench/results/transfer_study.json").read_text())
+    cells, errors = study_cells(study)
+    picks, rules = leave_one_dataset_out(
+        cells, RECIPES, fitter(*COMMITTED, errors, signals=study["signals"]), usable_cores()
+    )
+    judged = at_rules_margin(cells, rules)
+    verdict = judge_policy(judged, picks, errors, auto_signal_seconds(study["signals"], judged, rules), checked=True)
+    assert verdict == pytest.approx(study["verdicts"][TREE_RULE])
+
+
+def test_the_committed_rule_is_the_nearest_cells_fit_on_the_study_and_reproduces_its_verdict():
+    """The rule `strategy: auto` runs is bench/nearest_fit.py's fit on every cell of the committed study, and
+    that fit, leaving each data set out in turn, gives the study's own auto verdict; auto_families' nearest
+    cells on the same two signals, fixed before MNIST joined the study, is the same policy to the bit."""
+    from bench.auto_families import NEIGHBOURS, family_verdict
+    from bench.nearest_fit import SIZE_AND_PROBE, fit_nearest_rule
+    from bench.transfer_analysis import at_rules_margin, auto_signal_seconds, judge_policy, leave_one_dataset_out
     from bench.transfer_design import AUTO, RECIPES
     from bench.transfer_study import RULE_FILE, study_cells
 
     study = json.loads((Path(__file__).resolve().parents[2] / "bench/results/transfer_study.json").read_text())
     cells, errors = study_cells(study)
-    processes = usable_cores()  # the folds are independent: side by side, same answer
     picks, rules = leave_one_dataset_out(
-        cells, RECIPES, fitter(*COMMITTED, errors, signals=study["signals"]), processes
+        cells, RECIPES, lambda train: fit_nearest_rule(train, RECIPES, errors, study["signals"])
     )
     judged = at_rules_margin(cells, rules)
     verdict = judge_policy(judged, picks, errors, auto_signal_seconds(study["signals"], judged, rules), checked=True)
     assert verdict == pytest.approx(study["verdicts"][AUTO])
-    # and the rule `strategy: auto` runs is that method fitted on every one of those cells
+    family = family_verdict(NEIGHBOURS, cells, errors, study["signals"], SIZE_AND_PROBE)
+    assert family["within_one_se"] == verdict["within_one_se"]
+    assert family["cpu_share_of_grid"] == pytest.approx(verdict["cpu_share_of_grid"])
     committed = json.loads(RULE_FILE.read_text())
-    refitted = fit_auto_rule(cells, RECIPES, errors, processes=processes, signals=study["signals"])
-    assert refitted["tree"] == committed["tree"]
+    refitted = fit_nearest_rule(cells, RECIPES, errors, study["signals"])
+    assert refitted[NEAREST_CELLS] == committed[NEAREST_CELLS]
     assert refitted["validation_margin_se"] == committed["validation_margin_se"]
     assert refitted["validation_figure"] == committed["validation_figure"] == "last_epoch"
 
@@ -566,7 +607,7 @@ def _two_regime_cells(backbone: str = "net", large_winner: str = "full"):
 
 
 def test_the_fits_cpu_aim_is_chosen_on_the_training_data_sets_with_the_signals_paid():
-    """bench/transfer_analysis.py `fit_auto_rule` chooses its CPU aim: each aim's rules judged leaving one
+    """bench/transfer_analysis.py `fit_tree_rule` chooses its CPU aim: each aim's rules judged leaving one
     training data set out. Full fine-tuning on the large cells costing 12 s, hitting every cell takes 13.5%
     of the grid: aims below 14% extract features there and miss them, so 14% is chosen, the lowest of the
     aims that hit all. At 14 s hitting all takes 15.1%, over the target: the aims within it tie and the
@@ -574,7 +615,7 @@ def test_the_fits_cpu_aim_is_chosen_on_the_training_data_sets_with_the_signals_p
     taken. Without the signals the aim cannot be chosen; `aims=None` aims at the target itself."""
     from dataclasses import replace
 
-    from bench.transfer_analysis import CPU_AIMS, TARGET_CPU, fit_auto_rule
+    from bench.transfer_analysis import CPU_AIMS, TARGET_CPU, fit_tree_rule
     from bench.transfer_design import RECIPES
 
     cells, errors, measured = _two_regime_cells()
@@ -582,21 +623,21 @@ def test_the_fits_cpu_aim_is_chosen_on_the_training_data_sets_with_the_signals_p
     def costing(full_seconds: float):
         return [replace(c, seconds={**c.seconds, "full": full_seconds}) if "/1000/" in c.name else c for c in cells]
 
-    rule = fit_auto_rule(costing(12.0), RECIPES, errors, signals=measured)
+    rule = fit_tree_rule(costing(12.0), RECIPES, errors, signals=measured)
     assert rule["fit"]["cpu_target"] == 0.14 and rule["fit"]["held_out_cpu_target"] == TARGET_CPU
     aims = rule["fit"]["aims"]
     assert set(aims) == {str(a) for a in CPU_AIMS}
     assert [aims[str(a)]["within_one_se"] for a in CPU_AIMS] == [0.5, 0.5, 1.0, 1.0, 1.0, 1.0]
     assert aims["0.14"]["cpu_share_of_grid"] == pytest.approx(0.135, abs=0.001)
-    rule = fit_auto_rule(costing(14.0), RECIPES, errors, signals=measured)
+    rule = fit_tree_rule(costing(14.0), RECIPES, errors, signals=measured)
     assert rule["fit"]["cpu_target"] == CPU_AIMS[0] and rule["fit"]["aims"]["0.16"]["cpu_share_of_grid"] > 0.15
     costly = {name: {"seconds": 100.0, "timings": {}} for name in measured}  # the signals alone over the grid
-    rule = fit_auto_rule(costing(12.0), RECIPES, errors, signals=costly)
+    rule = fit_tree_rule(costing(12.0), RECIPES, errors, signals=costly)
     assert rule["fit"]["cpu_target"] == CPU_AIMS[0]
     assert all(v["cpu_share_of_grid"] > 1.0 for v in rule["fit"]["aims"].values())
     with pytest.raises(ValueError, match="needs the cells' signals"):
-        fit_auto_rule(costing(12.0), RECIPES, errors)
-    fixed = fit_auto_rule(costing(12.0), RECIPES, errors, aims=None)
+        fit_tree_rule(costing(12.0), RECIPES, errors)
+    fixed = fit_tree_rule(costing(12.0), RECIPES, errors, aims=None)
     assert fixed["fit"]["cpu_target"] == TARGET_CPU and "aims" not in fixed["fit"]
 
 
@@ -607,13 +648,15 @@ def test_other_policy_families_propose_what_their_nearest_or_fitted_training_cel
     large cell to the probe too."""
     import numpy as np
 
-    from bench.auto_families import make_table, neighbour_picks, ridge_picks
+    from bench.auto_families import ridge_picks
+    from bench.nearest_fit import make_table, nearest_picks
+    from bench.transfer_design import RECIPES
     from transferline.model.advisor import SIGNALS
 
     cells, errors, measured = _two_regime_cells()
-    table = make_table(cells, errors, measured, SIGNALS, 0.0)
+    table = make_table(cells, errors, measured, SIGNALS, 0.0, tuple(RECIPES))
     train, held = np.arange(4), np.arange(4, 6)
-    for picker, parameter in ((neighbour_picks, 1), (ridge_picks, 1.0)):
+    for picker, parameter in ((nearest_picks, 1), (ridge_picks, 1.0)):
         picks = [table.recipes[i] for i in picker(table, train, held, parameter, 0.0)]
         assert picks == ["feature_extraction", "full"], picker.__name__
         heavy = [table.recipes[i] for i in picker(table, train, held, parameter, 10.0)]
@@ -624,7 +667,8 @@ def test_a_policy_family_is_judged_leaving_one_data_set_out_with_settings_chosen
     """Its settings come from the training data sets alone and must meet the CPU target there; the verdict
     judges the held-out picks as the study judges auto, and the hindsight bound is the best fixed setting.
     Reading the pretrained gain pays for the random-init pass; not reading it does not."""
-    from bench.auto_families import NEIGHBOURS, RIDGE, family_verdict, signal_seconds
+    from bench.auto_families import NEIGHBOURS, RIDGE, family_verdict
+    from bench.nearest_fit import signal_seconds
     from transferline.model.advisor import SIGNALS
 
     cells, errors, measured = _two_regime_cells()
@@ -1062,7 +1106,7 @@ def test_the_fit_chooses_the_validation_margin_that_serves_the_held_out_data_set
     """Where fine-tunes that beat the probe on val by a hair lose on test, and no signal tells those cells
     apart, leaving data sets out prefers a margin that drops them; the rule records it, and the study judges
     each held-out cell at its rule's."""
-    from bench.transfer_analysis import at_rules_margin, fit_auto_rule, leave_one_dataset_out
+    from bench.transfer_analysis import at_rules_margin, fit_tree_rule, leave_one_dataset_out
     from transferline.model.advisor import Cell, Signals
 
     recipes = {"feature_extraction": {"strategy": "feature_extraction"}, "full": {"strategy": "full"}}
@@ -1085,13 +1129,13 @@ def test_the_fit_chooses_the_validation_margin_that_serves_the_held_out_data_set
 
     grid = [cell(d, n) for d in "abc" for n in (10, 30, 300, 400)]
     errors = {c.name: 0.01 for c in grid}
-    rule = fit_auto_rule(grid, recipes, errors, cpu_target=None)  # full costs 10x: no penalty, to see the margin
+    rule = fit_tree_rule(grid, recipes, errors, cpu_target=None)  # full costs 10x: no penalty, to see the margin
     # without a margin, either recipe misses half the cells; proposing full under a margin that drops the
     # small cells' fine-tunes misses none: the smallest margin that serves, one SE, is chosen
     assert rule["validation_margin_se"] == 1.0 and rule["fit"]["margin_se"] == 1.0
     assert len(rule["fit"]["chosen_from"]) == 20
     picks, rules = leave_one_dataset_out(
-        grid, recipes, lambda train: fit_auto_rule(train, recipes, errors, cpu_target=None)
+        grid, recipes, lambda train: fit_tree_rule(train, recipes, errors, cpu_target=None)
     )
     judged = at_rules_margin(grid, rules)
     assert all(c.checked == c.checked_at[rules[c.dataset]["validation_margin_se"]] for c in judged)
@@ -1168,7 +1212,7 @@ def test_the_advices_expected_range_is_judged_against_the_outcome_on_held_out_da
 
 def test_the_held_out_data_set_takes_part_in_neither_the_fit_nor_the_choice_of_its_method():
     """Nested leave-one-out: changing a held-out data set's results cannot change the rule that judges it."""
-    from bench.transfer_analysis import FIT_METHODS, TARGET_CPU, fit_auto_rule, leave_one_dataset_out
+    from bench.transfer_analysis import FIT_METHODS, TARGET_CPU, fit_tree_rule, leave_one_dataset_out
     from transferline.model.advisor import Cell, Signals
 
     recipes = {"feature_extraction": {"strategy": "feature_extraction"}, "full": {"strategy": "full"}}
@@ -1192,7 +1236,7 @@ def test_the_held_out_data_set_takes_part_in_neither_the_fit_nor_the_choice_of_i
             picks, loo_rules = leave_one_dataset_out(
                 grid(held_out_full),
                 recipes,
-                lambda train, t=cpu_target: fit_auto_rule(train, recipes, errors, cpu_target=t, signals=signals),
+                lambda train, t=cpu_target: fit_tree_rule(train, recipes, errors, cpu_target=t, signals=signals),
             )
             rules.append(loo_rules["d"])
             if cpu_target is None:  # learned from a, b and c (the penalty would make full too dear here)

@@ -89,8 +89,8 @@ def advice_lines(advice: dict | None) -> list[str]:
         lines += [
             f"`strategy: auto` chose **{advice['recipe']}**: "
             + (" and ".join(advice.get("path", [])) or "the study's best recipe overall")
-            + f"; expected test accuracy {low:.2f}-{high:.2f} (the range of the study's cells in that leaf, "
-            f"as a gain over this data's linear probe); estimated {advice['estimated_seconds']:.0f} s"
+            + f"; expected test accuracy {low:.2f}-{high:.2f} (the range the study's cells behind the choice "
+            f"reached, as a gain over this data's linear probe); estimated {advice['estimated_seconds']:.0f} s"
             + (f" within a {advice['budget_seconds']:.0f} s budget" if advice.get("budget_seconds") else "")
             + ".",
             "",

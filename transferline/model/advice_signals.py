@@ -29,6 +29,7 @@ from transferline.model.advisor import Advice, Signals, decide, reads_gain
 from transferline.model.backbones import TransferModel, build_model
 from transferline.model.features import cached_features, compute_features
 from transferline.model.head import fit_probe
+from transferline.model.nearest_cells import NEAREST_CELLS
 from transferline.model.training import Runtime
 from transferline.model.transferability import knn_accuracy, logme
 
@@ -145,7 +146,9 @@ def load_rule(path: Path) -> dict:
         rule = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ParamsError(f"advisor rule {path} is not readable JSON: {exc}") from exc
-    missing = [key for key in ("tree", "recipes") if key not in rule]
+    missing = [key for key in ("recipes",) if key not in rule]
+    if "tree" not in rule and NEAREST_CELLS not in rule:
+        missing.append(f"a policy (tree or {NEAREST_CELLS})")
     if missing:
         raise ParamsError(f"advisor rule {path} lacks {', '.join(missing)}")
     return rule

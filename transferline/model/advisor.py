@@ -1,10 +1,13 @@
 """`train.strategy: auto`: choose the transfer recipe from cheap signals, by a rule fitted on the transfer study.
 
 The rule is data (a JSON file written by `python -m bench.transfer_study`), not thresholds written by
-hand: a regression tree of depth at most two over the signals, whose leaves name a recipe. It was fitted
-to minimise the study's regret (the accuracy lost against the best recipe of each cell), so each split
-is there because it lowered that loss on real data sets. `decide` walks it for a new data set, says
-which branch fired and why, and turns the recipe into train params that fit the time budget.
+hand, in one of two forms. The committed one names the study's cells with their signals and each recipe's
+loss, and proposes what did best on the cells nearest the new data set (`nearest_cells`). The other is a
+regression tree of depth at most two over the signals, whose leaves name a recipe, fitted to minimise the
+study's regret (the accuracy lost against the best recipe of each cell): auto's rule until the study showed
+the nearest cells do better on data sets they were not fitted on (bench/results/transfer_study.md), kept
+for the studies that compare the two. `decide` applies either to a new data set, says why it chose, and
+turns the recipe into train params that fit the time budget.
 
 The rule proposes; validation checks. Where it proposes fine-tuning, the fine-tuned model is kept only if
 its validation accuracy beats the linear probe's, measured anyway as a signal on the same split, by more
@@ -31,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from transferline.errors import ParamsError
+from transferline.model import nearest_cells
+from transferline.model.nearest_cells import NEAREST_CELLS
 
 SIGNALS = ("images_per_class", "num_classes", "probe_accuracy", "knn_accuracy", "logme", "pretrained_gain")
 FEATURE_EXTRACTION = "feature_extraction"
@@ -72,7 +77,11 @@ class Signals:
 
 
 def signals_read(tree: dict[str, Any]) -> set[str]:
-    """The signals a rule's tree splits on: the only ones `auto` must measure to walk it."""
+    """The signals a rule (or a rule's tree) reads: the only ones `auto` must measure to apply it."""
+    if NEAREST_CELLS in tree:
+        return set(tree[NEAREST_CELLS]["signals"])
+    if "tree" in tree:
+        return signals_read(tree["tree"])
     if "recipe" in tree:
         return set()
     return {tree["signal"]} | signals_read(tree["le"]) | signals_read(tree["gt"])
@@ -82,9 +91,9 @@ def reads_gain(rule: dict[str, Any], signals: Signals | None = None) -> bool:
     """Whether walking the rule needs `pretrained_gain`, the one signal that needs a forward pass of its
     own: anywhere in its tree, or, given the data set's other `signals`, on the path they take (a rule that
     reads the gain only for small data sets does not make a large one pay for it)."""
+    if signals is None or NEAREST_CELLS in rule:
+        return "pretrained_gain" in signals_read(rule)
     node = rule["tree"]
-    if signals is None:
-        return "pretrained_gain" in signals_read(node)
     while "recipe" not in node:
         if node["signal"] == "pretrained_gain":
             return True
@@ -237,6 +246,41 @@ def leaf(recipe: str, gains: list[float]) -> dict[str, Any]:
     return {"recipe": recipe, "gain_over_probe": [min(gains), max(gains)] if gains else [0.0, 0.0], "cells": len(gains)}
 
 
+@dataclass(frozen=True)
+class Proposal:
+    """What a rule proposes for a data set, why, and the gains over the probe behind the proposal."""
+
+    recipe: str
+    path: list[str]  # the reasons, in order
+    gain_over_probe: tuple[float, float]
+
+
+def propose(rule: dict[str, Any], signals: Signals) -> Proposal:
+    """The recipe the rule proposes for these signals, as either form of rule gives it."""
+    if NEAREST_CELLS in rule:
+        return _nearest_proposal(rule[NEAREST_CELLS], signals)
+    node, path = walk(rule["tree"], signals)
+    low, high = node["gain_over_probe"]
+    return Proposal(node["recipe"], path, (low, high))
+
+
+def _nearest_proposal(policy: dict[str, Any], signals: Signals) -> Proposal:
+    for name in policy["signals"]:
+        if name not in signals.names():
+            raise ParamsError(f"advisor rule: unknown signal {name!r}; known: {', '.join(signals.names())}")
+    choice = nearest_cells.choose(policy, signals.value)
+    shown = ", ".join(f"{name} {signals.value(name):.3g}" for name in policy["signals"])
+    others = sorted(choice.pooled, key=choice.pooled.get)[1:3]
+    path = [
+        f"the {len(choice.neighbours)} study cells nearest {shown}: {', '.join(choice.neighbours)}",
+        f"{choice.recipe} costs least over them ({choice.pooled[choice.recipe]:.3f}: regret beyond one SE "
+        f"+ {policy['cpu_weight']:g} x CPU share"
+        + "".join(f"; {name} {choice.pooled[name]:.3f}" for name in others)
+        + ")",
+    ]
+    return Proposal(choice.recipe, path, choice.gain_over_probe)
+
+
 def walk(tree: dict[str, Any], signals: Signals) -> tuple[dict[str, Any], list[str]]:
     """The leaf this data set reaches, and the conditions met on the way."""
     path = []
@@ -255,12 +299,12 @@ def decide(
     seconds_per_image_epoch: dict[str, float],
     budget_seconds: float | None,
 ) -> Advice:
-    """Walk the rule, then fit the recipe into the budget: fewer epochs, or a cheaper recipe if it cannot."""
+    """Apply the rule, then fit the recipe into the budget: fewer epochs, or a cheaper recipe if it cannot."""
     recipes = {name: Recipe(**values) for name, values in rule["recipes"].items()}
-    node, path = walk(rule["tree"], signals)
-    name = node["recipe"]
+    proposal = propose(rule, signals)
+    name, path = proposal.recipe, proposal.path
     if name not in recipes:
-        raise ParamsError(f"advisor rule: leaf names recipe {name!r}, which the rule does not define")
+        raise ParamsError(f"advisor rule proposes recipe {name!r}, which the rule does not define")
     notes = []
     chosen = recipes[name]
     epochs = chosen.epochs
@@ -279,7 +323,7 @@ def decide(
             name, chosen = _cheapest(recipes)
             epochs = chosen.epochs
         cost = _seconds(chosen, epochs, train_images, seconds_per_image_epoch)
-    low, high = node["gain_over_probe"] if node["recipe"] == name else (0.0, 0.0)
+    low, high = proposal.gain_over_probe if proposal.recipe == name else (0.0, 0.0)
     expected = (_clip(signals.probe_accuracy + low), _clip(signals.probe_accuracy + high))
     return Advice(
         recipe=name,
