@@ -255,3 +255,52 @@ def test_report_only_judges_the_runs_another_report_recorded_when_named(tmp_path
     with pytest.raises(SystemExit):
         main([*common, "--runs", str(tmp_path / "other.json"), "--suffix", "none"])
     assert f"none of {tmp_path / 'other.json'} holds any" in capsys.readouterr().err
+
+
+def test_a_nearest_cells_rule_is_judged_from_its_cells_and_read_back_from_a_report(tmp_path):
+    """The committed form of the rule: each new cell gets what its nearest study cells favour, it pays no
+    random-init pass (it reads no pretrained gain), and a report that recorded it gives it back."""
+    from bench.transfer_holdout import load_rule
+    from transferline.model.nearest_cells import NEAREST_CELLS
+
+    def study_cell(name: str, probe: float, loss: dict[str, float]) -> dict:
+        return {
+            "cell": name,
+            "signals": {"images_per_class": 10, "probe_accuracy": probe},
+            "loss": loss,
+            "cpu_share": dict.fromkeys(loss, 0.1),
+            "gain_over_probe": dict.fromkeys(loss, 0.05),
+        }
+
+    rule = {
+        NEAREST_CELLS: {
+            "signals": ["images_per_class", "probe_accuracy"],
+            "k": 1,
+            "cpu_weight": 0.0,
+            "cells": [
+                study_cell("low/10/m", 0.2, {"feature_extraction": 0.0, "partial_quarter": 0.1}),
+                study_cell("high/10/m", 0.9, {"feature_extraction": 0.1, "partial_quarter": 0.0}),
+            ],
+        },
+        "recipes": {"feature_extraction": {}, "partial_quarter": {}},
+        "validation_check": True,
+        "validation_margin_se": 0.0,
+        "fitted_on": ["low/10/m", "high/10/m"],
+    }
+    state = state_of(
+        {"new": 0.6},
+        {"new": {"feature_extraction": (0.80, 0.70), "partial_quarter": (0.90, 0.90)}},
+    )
+    for signals in state["signals"].values():
+        signals.update(probe_accuracy=0.8, seconds=4.0, wall_seconds=4.0, timings={"random_features": 1.0})
+    judged = judge_rule(state, rule)
+    assert judged["cells"][0]["proposed"] == "partial_quarter" and judged["misses"] == []
+    auto = judged["verdicts"][COMMITTED]
+    # the signals less the random-init pass (3), the fine-tune (10) and the probe (1), of a grid of 41
+    assert auto["within_one_se"] == 1.0 and auto["cpu_share_of_grid"] == pytest.approx(14.0 / 41.0)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"rule": rule}))
+    assert load_rule(report) == rule
+    report.write_text(json.dumps({"rule": {"recipes": {}}}))
+    with pytest.raises(ValueError, match="neither a rule nor"):
+        load_rule(report)
