@@ -1,15 +1,15 @@
-"""Other ways to fit `strategy: auto`'s rule, judged as the committed one is: leave one data set out.
+"""Other ways to fit a tree for `strategy: auto`, judged as the tree method is: leave one data set out.
 
-The committed rule minimises the regret beyond each cell's one SE after the validation check plus a CPU
-penalty, with the check's margin, the tree's depth and its smallest leaf chosen by leaving data sets out,
-then the penalty's aim (the share of the training data sets' grid it may spend there) chosen the same way,
-the signals' CPU counted (bench/transfer_analysis.py `fit_tree_rule`). The study's targets count cells
-within one standard error of the best, and CPU time. This compares it with the same method aimed at the CPU
-target itself (the tree method before), minimising the whole regret (the one before that), choosing
-between those two losses as it chooses its margin, depth and leaf, and with fixed fitting methods, every one
-under the validation check (with no margin): the loss (regret, misses beyond one SE, regret beyond one SE),
-the CPU penalty (aimed at the target) or none, the tree's depth and its smallest leaf. It trains nothing: it
-reads bench/results/transfer_study.json.
+The tree method (auto's rule before the nearest cells) minimises the regret beyond each cell's one SE after
+the validation check plus a CPU penalty, with the check's margin, the tree's depth and its smallest leaf
+chosen by leaving data sets out, then the penalty's aim (the share of the training data sets' grid it may
+spend there) chosen the same way, the signals' CPU counted (bench/transfer_analysis.py `fit_tree_rule`). The
+study's targets count cells within one standard error of the best, and CPU time. This compares it with the
+same method aimed at the CPU target itself (as it was before its aim was chosen), minimising the whole regret
+(the one before that), choosing between those two losses as it chooses its margin, depth and leaf, and with
+fixed fitting methods, every one under the validation check (with no margin): the loss (regret, misses beyond
+one SE, regret beyond one SE), the CPU penalty (aimed at the target) or none, the tree's depth and its
+smallest leaf. It trains nothing: it reads bench/results/transfer_study.json.
 
 Picking the best row after seeing this table is itself a fit to these cells, so its figures are
 optimistic. The tree method is nested (the held-out data set takes part in none of its choices),

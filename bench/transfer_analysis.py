@@ -713,7 +713,7 @@ def leave_one_dataset_out(
     fit: Callable[[list[Cell]], dict[str, Any]] | None = None,
     processes: int = 1,
 ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
-    """For each data set: the rule fitted on the others (by `fit`, default the committed method), and its
+    """For each data set: the rule fitted on the others (by `fit`, default a plain regret tree, `fit_rule`), and its
     pick for each of this data set's cells. `processes` > 1 fits the folds side by side (each fit is
     independent and deterministic, so the answer is the same); keep 1 inside a fit that is itself a fold."""
     fit = fit or (lambda train_cells: fit_rule(train_cells, recipes))
@@ -810,7 +810,7 @@ def fit_within_cpu(
     return rule, weight
 
 
-# What the committed rule's leaves minimise, and the other losses bench/rule_variants.py compares: the regret
+# What the tree method's leaves minimise, and the other losses bench/rule_variants.py compares: the regret
 # after the validation check; only the part of it beyond the cell's one SE, the slack the study's target
 # grants (a pick within one SE counts as a hit however far inside it lies, and a near miss costs less than a
 # far one); or a count of the misses beyond one SE, the regret breaking ties
@@ -959,7 +959,7 @@ def choose_fit_method(
     return best, {f"{margin}/{depth}/{leaf}": v for (margin, depth, leaf), v in verdicts.items()}
 
 
-# The CPU aims the committed fit chooses among. Its penalty spends at most the aim on the cells it is fitted
+# The CPU aims the tree method's fit chooses among. Its penalty spends at most the aim on the cells it is fitted
 # to, and a data set it has not seen then costs more than those did (its leaves fit them): so the aim that
 # meets the CPU target held out is found by holding data sets out, not assumed to be the target itself.
 CPU_AIMS: tuple[float, ...] = (0.12, 0.13, 0.14, 0.15, 0.16, 0.17)
@@ -1009,14 +1009,14 @@ def fit_tree_rule(
     signals: dict[str, dict[str, Any]] | None = None,
     aims: tuple[float, ...] | None = CPU_AIMS,
 ) -> dict[str, Any]:
-    """The committed way to fit `auto`'s rule: minimising the `loss` (the regret beyond each cell's one SE,
-    `errors`) under a CPU penalty, choose the validation margin (among `margins`), depth and smallest leaf
-    by leaving data sets out (`choose_fit_method`, each fit aimed at `cpu_target`), then the penalty's aim
-    (among `aims`, `choose_cpu_aim`: held out, within `cpu_target`, the `signals` auto pays for counted),
-    then fit with them on every cell given. `aims=None`, or fewer than two data sets (nothing to hold
-    out), aims at `cpu_target` itself. Judged leaving one data set out, this is nested: the held-out data
-    set takes part in none of the choices nor the fit. `processes`: see leave_one_dataset_out (1 when this
-    fit is itself one fold of a leave-one-out)."""
+    """The tree method, auto's way to fit its rule before the nearest cells (bench/nearest_fit.py): minimising the
+    `loss` (the regret beyond each cell's one SE, `errors`) under a CPU penalty, choose the validation margin (among
+    `margins`), depth and smallest leaf by leaving data sets out (`choose_fit_method`, each fit aimed at
+    `cpu_target`), then the penalty's aim (among `aims`, `choose_cpu_aim`: held out, within `cpu_target`, the
+    `signals` auto pays for counted), then fit with them on every cell given. `aims=None`, or fewer than two data
+    sets (nothing to hold out), aims at `cpu_target` itself. Judged leaving one data set out, this is nested: the
+    held-out data set takes part in none of the choices nor the fit. `processes`: see leave_one_dataset_out (1 when
+    this fit is itself one fold of a leave-one-out)."""
     method, verdicts = choose_fit_method(cells, recipes, errors, margins, cpu_target, processes, loss)
     margin, depth, min_leaf = method
     aim, aim_verdicts = cpu_target, {}
