@@ -109,6 +109,7 @@ from bench.transfer_design import (
 from bench.transfer_report import curves, markdown, policy_map, runs_machine
 from transferline import atomic
 from transferline.model.advisor import BEST_EPOCH, Cell
+from transferline.model.nearest_cells import NEAREST_CELLS
 
 log = logging.getLogger("bench.transfer_study")
 
@@ -676,8 +677,17 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         "verdicts": verdicts,
         "rule": rule,
         "tree_rule": tree_rule,
-        "leave_one_out_rules": loo_rules,
+        "leave_one_out_rules": {dataset: without_cells(rule) for dataset, rule in loo_rules.items()},
     }
+
+
+def without_cells(rule: dict[str, Any]) -> dict[str, Any]:
+    """A fold's rule as the results record it: a nearest-cells rule without its cells' table, which is the
+    study's own cells less the held-out data set (recorded once, under `cells`), not a copy per fold."""
+    if NEAREST_CELLS not in rule:
+        return rule
+    policy = {key: value for key, value in rule[NEAREST_CELLS].items() if key != "cells"}
+    return {**rule, NEAREST_CELLS: {**policy, "cell_count": len(rule[NEAREST_CELLS]["cells"])}}
 
 
 def judged_verdict(
