@@ -650,61 +650,8 @@ def cheapest_at_share(cells: list[Cell], errors: dict[str, float], share: float)
     return picks
 
 
-BACKBONE_HINDSIGHT = "hindsight: the backbone whose auto outcome was better"
-
-
 def backbone_of(cell: Cell) -> str:
     return cell.name.rsplit("/", 1)[-1]
-
-
-def pick_backbones(
-    cells: list[Cell],
-    picks: dict[str, str],
-    rules: dict[str, dict[str, Any]],
-    errors: dict[str, float],
-    checked: bool = False,
-) -> dict[str, Any]:
-    """`train.backbone: auto` judged on the study: for each data set and size run with several backbones,
-    the backbone whose expected accuracy is highest (probe accuracy plus the midpoint of the proposal's
-    gains, as `transferline/model/backbone_choice.py` compares them, under the rule fitted without that
-    data set), trained with its auto recipe, against the best (backbone, recipe) of all. Beside it, each
-    single backbone with its auto recipe, the backbone with the better linear probe, k-NN or LogME (the
-    score made to rank pretrained models), and the hindsight bound: the backbone whose auto outcome was better."""
-    groups: dict[tuple[str, str], list[Cell]] = defaultdict(list)
-    for cell in cells:
-        if cell.name in picks:
-            groups[(cell.dataset, cell.name.split("/")[1])].append(cell)
-    groups = {k: v for k, v in groups.items() if len(v) > 1}
-
-    def expected(cell: Cell) -> float:
-        low, high = propose(rules[cell.dataset], cell.signals).gain_over_probe
-        return cell.signals.probe_accuracy + (low + high) / 2
-
-    policies: dict[str, Any] = {
-        "auto: expected accuracy": expected,
-        "the better linear probe": lambda c: c.signals.probe_accuracy,
-        "the better k-NN accuracy": lambda c: c.signals.knn_accuracy,
-        "the higher LogME": lambda c: c.signals.logme,
-        **{f"always {b}": (lambda c, b=b: float(backbone_of(c) == b)) for b in sorted({backbone_of(c) for c in cells})},
-        # a bound, not a policy: the backbone whose auto outcome turned out better
-        BACKBONE_HINDSIGHT: lambda c: c.outcome(picks[c.name], checked),
-    }
-    verdicts = {}
-    for label, score in policies.items():
-        within, regrets = [], []
-        for members in groups.values():
-            best_cell = max(members, key=lambda c: max(c.accuracy.values()))
-            best = max(best_cell.accuracy.values())
-            chosen = max(members, key=score)
-            regrets.append(best - chosen.outcome(picks[chosen.name], checked))
-            within.append(regrets[-1] <= errors[best_cell.name] + 1e-12)
-        verdicts[label] = {
-            "groups": len(within),
-            "within_one_se": sum(within) / len(within) if within else None,
-            "mean_regret": statistics.fmean(regrets) if regrets else None,
-            "max_regret": max(regrets) if regrets else None,
-        }
-    return verdicts
 
 
 def leave_one_dataset_out(

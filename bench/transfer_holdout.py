@@ -26,6 +26,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from bench.backbone_fit import pick_backbones
 from bench.common import machine, results_dir, write_results
 from bench.transfer_analysis import (
     TARGET_CPU,
@@ -35,7 +36,6 @@ from bench.transfer_analysis import (
     cheapest_within_one_se,
     expected_range_coverage,
     judge_policy,
-    pick_backbones,
     policy_misses,
 )
 from bench.transfer_design import BACKBONES, FIXED_POLICIES, GRID, HINDSIGHT, SIZES

@@ -4,11 +4,12 @@ that bench/transfer_study.py computes (pure formatting; nothing here trains or j
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.backbone_fit import AUTO_BACKBONE, BACKBONE_HINDSIGHT, COMPARISON_POLICIES
 from bench.transfer_analysis import (
-    BACKBONE_HINDSIGHT,
     CPU_AIMS,
     TARGET_CPU,
     TARGET_SHARE,
@@ -343,6 +344,7 @@ def markdown(
                 f"{v['max_regret']:.4f} |"
             )
         lines += backbone_bound_words(backbone_verdicts)
+        lines += backbone_comparison_words(analysis.get("leave_one_out_rules", {}), analysis.get("rule"))
         lines.append("")
     lines.append("")
     if final and analysis["rule"] is not None:
@@ -380,6 +382,24 @@ def markdown(
         lines.append(f"| {c['cell']} | {accs} | {c['best']} | {c['auto_pick'] or '-'} | {c['standard_error']:.3f} |")
     lines += ["", *[f"![{p}]({p})" for p in pictures], ""]
     return "\n".join(lines)
+
+
+def backbone_comparison_words(fold_rules: dict[str, Any], rule: dict[str, Any] | None) -> list[str]:
+    """Which figure each fold's rule chose to compare backbones on, and the one the committed rule names."""
+    chosen = Counter(r["backbone_comparison"]["compared_on"] for r in fold_rules.values() if "backbone_comparison" in r)
+    if not chosen or rule is None or "backbone_comparison" not in rule:
+        return []
+    folds = ", ".join(f"{COMPARISON_POLICIES[name]} in {count}" for name, count in chosen.most_common())
+    committed = rule["backbone_comparison"]
+    name = committed["compared_on"]
+    return [
+        "",
+        f"'{AUTO_BACKBONE}' compares what its fold's rule chose on the other data sets, each of their pairs "
+        f"scored under a rule fitted without its data set (bench/backbone_fit.py): {folds} of "
+        f"{sum(chosen.values())} folds. The rule fitted on every cell compares {COMPARISON_POLICIES[name]} "
+        f"({committed['scores'][name]['within_one_se']:.0%} of {committed['pairs']} pairs, each scored leaving "
+        "its data set out).",
+    ]
 
 
 def backbone_bound_words(verdicts: dict[str, Any]) -> list[str]:

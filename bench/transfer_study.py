@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import study_sources
+from bench.backbone_fit import pick_backbones, with_backbone_comparison
 from bench.common import machine, results_dir, write_results
 from bench.nearest_fit import CPU_WEIGHTS, fit_nearest_rule
 from bench.transfer_analysis import (
@@ -69,7 +70,6 @@ from bench.transfer_analysis import (
     kendall_taus,
     leave_one_dataset_out,
     machine_ratios,
-    pick_backbones,
     policy_misses,
     replicate_frontier,
     runs_by_cell_and_recipe,
@@ -584,9 +584,10 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     judged_state = {**state, "runs": judged_runs(measured)}  # judged once, for the readers below
     records = [r for r in judged_state["runs"] if r["recipe"] in RECIPES]
     cores = usable_cores()
-    picks, loo_rules = leave_one_dataset_out(
-        cells, RECIPES, lambda train: fit_nearest_rule(train, RECIPES, errors, state["signals"]), cores
+    fit = with_backbone_comparison(
+        lambda train: fit_nearest_rule(train, RECIPES, errors, state["signals"]), RECIPES, errors
     )
+    picks, loo_rules = leave_one_dataset_out(cells, RECIPES, fit, cores)
     fine_tuned = [name for name in RECIPES if name != "feature_extraction"]
     judged = at_rules_margin([c for c in cells if c.name in picks], loo_rules)
     signal_seconds = auto_signal_seconds(state["signals"], judged, loo_rules)
@@ -637,7 +638,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
         # judged against the best of the grid's recipes, not against itself
         verdicts["fastai fine_tune"] = judge_outside_grid(with_fastai, "fastai", errors)
     shown = {c.name: c for c in with_fastai}
-    rule = fit_nearest_rule(cells, RECIPES, errors, state["signals"]) if cells else None
+    rule = fit(cells) if cells else None
     # the tree auto followed before, fitted on every cell too: what a held-out round may judge beside the rule
     tree_rule = fit_tree_rule(cells, RECIPES, errors, processes=cores, signals=state["signals"]) if cells else None
     if rule is not None:

@@ -60,6 +60,29 @@ def test_a_readme_without_markers_is_refused_with_the_fix():
         with_readme_table("# no markers\n", sample_report(25.0))
 
 
+def test_readme_quotes_how_backbone_auto_compares_and_how_that_judges():
+    """The README's paragraph on choosing the backbone quotes bench/results/transfer_study.json: auto's share,
+    each comparison's alone, what the folds and the committed rule chose, and always MobileNetV2."""
+    from bench.backbone_fit import AUTO_BACKBONE, COMPARISON_POLICIES
+
+    study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
+    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    picks = study["backbone_pick"]
+    auto = picks[AUTO_BACKBONE]
+    assert (
+        f"is within one SE of the best backbone and recipe for {auto['within_one_se']:.0%} of {auto['groups']} "
+        in prose
+    )
+    alone = ", ".join(f"{picks[COMPARISON_POLICIES[name]]['within_one_se']:.0%}" for name in COMPARISON_POLICIES)
+    assert f"Alone, the four pick within one SE for {alone.rsplit(', ', 1)[0]} and {alone.rsplit(', ', 1)[1]}." in prose
+    folds = {r["backbone_comparison"]["compared_on"] for r in study["leave_one_out_rules"].values()}
+    assert folds == {study["rule"]["backbone_comparison"]["compared_on"]} == {"probe_accuracy"}
+    assert (
+        f"All {len(study['leave_one_out_rules'])} folds chose the linear probe, and so does the committed rule" in prose
+    )
+    assert f"Always MobileNetV2 still reaches {picks['always mobilenet_v2']['within_one_se']:.0%}" in prose
+
+
 def test_readme_quotes_the_transfer_studys_verdict_for_auto_as_committed():
     """The README's prose on `strategy: auto` quotes bench/results/transfer_study.json: its held-out share and
     CPU share, the data-set bootstrap's intervals around them, and what knowing a replicate of the grid buys

@@ -319,9 +319,9 @@ def test_the_hindsight_bound_at_a_share_gives_up_the_cells_where_being_right_cos
 
 
 def test_the_backbone_pick_is_judged_against_the_best_backbone_and_recipe_of_each_data_set_and_size():
-    """Two backbones on one data set and size: auto takes the one with the higher expected accuracy (probe
-    plus the leaf's gain), trains it with its own pick, and is judged against the best of both cells."""
-    from bench.transfer_analysis import BACKBONE_HINDSIGHT, pick_backbones
+    """Two backbones on one data set and size: a comparison takes the one it ranks higher, trains it with its
+    own pick, and is judged against the best of both cells; auto follows the comparison its rule names."""
+    from bench.backbone_fit import AUTO_BACKBONE, BACKBONE_HINDSIGHT, pick_backbones
     from transferline.model.advisor import Cell, Signals
 
     def cell(backbone: str, probe: float, accuracy: dict[str, float]) -> Cell:
@@ -333,11 +333,13 @@ def test_the_backbone_pick_is_judged_against_the_best_backbone_and_recipe_of_eac
         cell("e", 0.75, {"head": 0.74, "full": 0.90}),
     ]
     picks = {"a/10/m": "full", "a/10/e": "head"}
+    errors = {"a/10/m": 0.01, "a/10/e": 0.01}
     leaf_gain = {"tree": {"recipe": "head", "gain_over_probe": [0.0, 0.02], "cells": 2}}
-    verdicts = pick_backbones(cells, picks, {"a": leaf_gain}, {"a/10/m": 0.01, "a/10/e": 0.01})
-    assert verdicts["auto: expected accuracy"]["groups"] == 1
+    verdicts = pick_backbones(cells, picks, {"a": leaf_gain}, errors)
+    assert verdicts["the higher expected accuracy"]["groups"] == 1
     # e has the higher expected accuracy, but its own pick (head, 0.74) is far below e's full (0.90)
-    assert verdicts["auto: expected accuracy"]["mean_regret"] == pytest.approx(0.16)
+    assert verdicts["the higher expected accuracy"]["mean_regret"] == pytest.approx(0.16)
+    assert verdicts[AUTO_BACKBONE] == verdicts["the higher expected accuracy"]  # what a rule naming none compares
     assert verdicts["always m"]["mean_regret"] == pytest.approx(0.10)
     assert verdicts["always e"]["within_one_se"] == 0.0
     # the bound knows each backbone's outcome under its own pick: m (0.80) beats e (0.74)
@@ -345,6 +347,36 @@ def test_the_backbone_pick_is_judged_against_the_best_backbone_and_recipe_of_eac
     assert bound["mean_regret"] == pytest.approx(0.10)
     assert all(bound["mean_regret"] <= v["mean_regret"] + 1e-12 for v in verdicts.values())
     assert {"the better k-NN accuracy", "the higher LogME"} <= set(verdicts)
+    # a rule naming the k-NN accuracy: both cells' k-NN is 0.5, so the first member (m) is taken
+    knn_rule = {**leaf_gain, "backbone_comparison": {"compared_on": "knn_accuracy"}}
+    assert pick_backbones(cells, picks, {"a": knn_rule}, errors)[AUTO_BACKBONE] == verdicts["always m"]
+
+
+def test_the_backbone_comparison_is_chosen_leaving_data_sets_out():
+    """With the probe ranking the backbones right and LogME wrong in every data set, the comparison chosen on
+    the cells is the probe, and each fold's rule chooses it without its own data set's pairs."""
+    from bench.backbone_fit import choose_comparison, with_backbone_comparison
+    from bench.transfer_analysis import leave_one_dataset_out
+    from transferline.model.advisor import Cell, Signals
+
+    recipes = {"head": {"strategy": "feature_extraction"}}
+    cells = []
+    for d in range(3):
+        for backbone, probe, logme, accuracy in (("m", 0.6, 0.9, 0.60), ("e", 0.8, 0.1, 0.80)):
+            signals = Signals(10, 2, probe, 0.5, logme, 0.1)
+            cells.append(Cell(f"d{d}", signals, {"head": accuracy}, {"head": 1.0}, f"d{d}/10/{backbone}"))
+    errors = {c.name: 0.01 for c in cells}
+    plain = {"tree": {"recipe": "head", "gain_over_probe": [0.0, 0.0], "cells": 6}, "recipes": recipes}
+    fit = with_backbone_comparison(lambda train: plain, recipes, errors)
+    rule = fit(cells)
+    assert rule["backbone_comparison"]["compared_on"] == "probe_accuracy"
+    assert rule["backbone_comparison"]["pairs"] == 3
+    assert rule["backbone_comparison"]["scores"]["logme"]["within_one_se"] == 0.0
+    _, folds = leave_one_dataset_out(cells, recipes, fit)
+    assert {r["backbone_comparison"]["pairs"] for r in folds.values()} == {2}  # the held-out pair takes no part
+    # no data set ran several backbones: nothing to choose on, so the probe, which needs no rule
+    alone = choose_comparison([c for c in cells if c.name.endswith("/m")], {c.name: "head" for c in cells}, {}, errors)
+    assert alone["compared_on"] == "probe_accuracy" and alone["pairs"] == 0
 
 
 def test_the_data_set_bootstrap_moves_each_data_sets_cells_together():
@@ -406,8 +438,10 @@ def test_the_tree_method_reproduces_the_studys_verdict_for_the_rule_auto_followe
 def test_the_committed_rule_is_the_nearest_cells_fit_on_the_study_and_reproduces_its_verdict():
     """The rule `strategy: auto` runs is bench/nearest_fit.py's fit on every cell of the committed study, and
     that fit, leaving each data set out in turn, gives the study's own auto verdict; auto_families' nearest
-    cells on the same two signals, fixed before MNIST joined the study, is the same policy to the bit."""
+    cells on the same two signals, fixed before MNIST joined the study, is the same policy to the bit. The
+    backbone comparison the rule names is bench/backbone_fit.py's choice on the same cells."""
     from bench.auto_families import NEIGHBOURS, family_verdict
+    from bench.backbone_fit import with_backbone_comparison
     from bench.nearest_fit import SIZE_AND_PROBE, fit_nearest_rule
     from bench.transfer_analysis import at_rules_margin, auto_signal_seconds, judge_policy, leave_one_dataset_out
     from bench.transfer_design import AUTO, RECIPES
@@ -425,8 +459,14 @@ def test_the_committed_rule_is_the_nearest_cells_fit_on_the_study_and_reproduces
     assert family["within_one_se"] == verdict["within_one_se"]
     assert family["cpu_share_of_grid"] == pytest.approx(verdict["cpu_share_of_grid"])
     committed = json.loads(RULE_FILE.read_text())
-    refitted = fit_nearest_rule(cells, RECIPES, errors, study["signals"])
+    refitted = with_backbone_comparison(
+        lambda train: fit_nearest_rule(train, RECIPES, errors, study["signals"]), RECIPES, errors
+    )(cells)
     assert refitted[NEAREST_CELLS] == committed[NEAREST_CELLS]
+    comparison, committed_comparison = refitted["backbone_comparison"], committed["backbone_comparison"]
+    assert comparison["compared_on"] == committed_comparison["compared_on"]
+    for name, scores in comparison["scores"].items():
+        assert scores == pytest.approx(committed_comparison["scores"][name])
     assert refitted["validation_margin_se"] == committed["validation_margin_se"]
     assert refitted["validation_figure"] == committed["validation_figure"] == "last_epoch"
 

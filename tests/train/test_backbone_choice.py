@@ -12,6 +12,7 @@ from tests.train.conftest import make_tiny_params
 from transferline.errors import ParamsError
 from transferline.model.advisor import Advice, Signals
 from transferline.model.backbone_choice import Candidate, candidate_backbones, pick, weights_on_machine
+from transferline.model.backbone_comparison import comparison_of
 
 
 def signals(probe: float) -> Signals:
@@ -22,19 +23,30 @@ def advice(low: float, high: float, seconds: float) -> Advice:
     return Advice("full", {"strategy": "full"}, [], (low, high), seconds, None)
 
 
-def test_the_pick_is_the_highest_expected_accuracy_and_a_tie_goes_to_the_cheaper():
+def test_the_pick_is_the_highest_figure_of_the_comparison_and_a_tie_goes_to_the_cheaper():
     fixed = [Candidate("mobilenet_v2", signals(0.80), None), Candidate("efficientnet_lite0", signals(0.84), None)]
-    assert pick(fixed).backbone == "efficientnet_lite0"  # a fixed strategy compares the probes
+    assert pick(fixed, comparison_of(None)).backbone == "efficientnet_lite0"  # a fixed strategy compares the probes
     advised = [
         Candidate("mobilenet_v2", signals(0.90), advice(0.70, 0.80, 100)),
         Candidate("efficientnet_lite0", signals(0.70), advice(0.80, 0.90, 300)),
     ]
-    assert pick(advised).backbone == "efficientnet_lite0"  # auto compares the advisor's expectation, not the probe
+    assert pick(advised, "expected_accuracy").backbone == "efficientnet_lite0"
+    assert pick(advised, "probe_accuracy").backbone == "mobilenet_v2"  # the probe whatever the advice expects
     tied = [
         Candidate("mobilenet_v2", signals(0.5), advice(0.80, 0.90, 300)),
         Candidate("efficientnet_lite0", signals(0.5), advice(0.84, 0.86, 100)),
     ]
-    assert pick(tied).backbone == "efficientnet_lite0"
+    assert pick(tied, "expected_accuracy").backbone == "efficientnet_lite0"
+
+
+def test_the_comparison_is_the_one_the_rule_names():
+    assert comparison_of(None) == "probe_accuracy"
+    assert comparison_of({"backbone_comparison": {"compared_on": "logme"}}) == "logme"
+    assert comparison_of({"tree": {}}) == "expected_accuracy"  # a rule from before rules named one
+    with pytest.raises(ParamsError, match=r"backbone_comparison names 'accuracy'; it must be one of probe_accuracy"):
+        comparison_of({"backbone_comparison": {"compared_on": "accuracy"}})
+    with pytest.raises(ParamsError, match="expected accuracy needs the advisor's rule"):
+        Candidate("mobilenet_v2", signals(0.5), None).compared("expected_accuracy")
 
 
 def test_candidates_are_the_backbones_with_weights_on_this_machine():
@@ -77,6 +89,7 @@ def test_backbone_and_strategy_auto_together_follow_the_rule_per_candidate(run_t
         },
         "cost": {"mobilenet_v2": {"partial": 0.001}, "efficientnet_lite0": {"partial": 0.002}},
         "image_size": 32,
+        "backbone_comparison": {"compared_on": "probe_accuracy"},  # as the committed rule names
     }
     rule_file = tmp_path / "rule.json"
     rule_file.write_text(json.dumps(rule))
@@ -87,9 +100,11 @@ def test_backbone_and_strategy_auto_together_follow_the_rule_per_candidate(run_t
     advice = json.loads((tmp_path / "out" / "models" / "advice.json").read_text())
     assert advice["recipe"] == "partial_half" and metrics["strategy"] == "partial"
     choice = advice["backbone_choice"]
-    assert choice["compared_on"] == "the advisor's expected test accuracy"
+    assert choice["compared_on"] == "the linear probe's validation accuracy"
     assert {c["recipe"] for c in choice["candidates"]} == {"partial_half"}
-    assert metrics["backbone"] == choice["chosen"]
+    assert all(c["compared_value"] == c["signals"]["probe_accuracy"] for c in choice["candidates"])
+    best = max(choice["candidates"], key=lambda c: round(c["signals"]["probe_accuracy"], 3))
+    assert metrics["backbone"] == choice["chosen"] == best["backbone"]
 
 
 def test_auto_is_not_a_backbone_outside_the_train_stage():

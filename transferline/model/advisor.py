@@ -323,13 +323,12 @@ def decide(
             name, chosen = _cheapest(recipes)
             epochs = chosen.epochs
         cost = _seconds(chosen, epochs, train_images, seconds_per_image_epoch)
-    low, high = proposal.gain_over_probe if proposal.recipe == name else (0.0, 0.0)
-    expected = (_clip(signals.probe_accuracy + low), _clip(signals.probe_accuracy + high))
+    gains = proposal.gain_over_probe if proposal.recipe == name else (0.0, 0.0)
     return Advice(
         recipe=name,
         params=chosen.overrides(num_blocks, epochs),
         path=path,
-        expected_accuracy=expected,
+        expected_accuracy=expected_range(signals.probe_accuracy, gains),
         estimated_seconds=cost,
         budget_seconds=budget_seconds,
         notes=notes,
@@ -338,6 +337,12 @@ def decide(
         validation_margin_se=float(rule.get("validation_margin_se", 0.0)),
         validation_figure=validation_figure_of(rule),
     )
+
+
+def expected_range(probe_accuracy: float, gain_over_probe: tuple[float, float]) -> tuple[float, float]:
+    """The test accuracy a proposal expects: the probe plus the lowest and highest gain its cells reached."""
+    low, high = gain_over_probe
+    return _clip(probe_accuracy + low), _clip(probe_accuracy + high)
 
 
 def validation_figure_of(rule: dict[str, Any]) -> str:

@@ -2,9 +2,10 @@
 
 Each candidate's pretrained features are measured on the data (the same signals `strategy: auto` reads:
 linear probe, k-NN, LogME, gain over random init). With `strategy: auto` each candidate also gets the
-advisor's decision, and the candidates are compared on the accuracy the study's rule expects of them
-within the time budget; with a fixed strategy, on their linear probe's validation accuracy (the one
-signal that is an accuracy on this very data). Ties go to the cheaper candidate.
+advisor's decision (its recipe, if chosen), and the candidates are compared on the figure the study's rule
+names (transferline/model/backbone_comparison.py; the study chose it by leaving data sets out); with a
+fixed strategy, on their linear probe's validation accuracy (the one signal that is an accuracy on this
+very data). Ties go to the cheaper candidate.
 
 Candidates: `train.backbone_candidates`, else every registered backbone whose ImageNet weights are
 already on this machine (`make assets` seeds MobileNetV2 and EfficientNet-Lite0) and that accepts the
@@ -27,6 +28,7 @@ from transferline.data.preprocessing import PreprocessSpec
 from transferline.errors import ParamsError
 from transferline.model.advice_signals import load_rule, measure_signals, seconds_per_image_epoch
 from transferline.model.advisor import Advice, Signals, decide, reads_gain
+from transferline.model.backbone_comparison import COMPARISONS, compared_value, comparison_of
 from transferline.model.backbones import BACKBONES, build_model, checkpoint_file, feature_dim
 from transferline.model.features import cache_key
 from transferline.model.training import Runtime
@@ -44,11 +46,15 @@ class Candidate:
 
     @property
     def expected_accuracy(self) -> float:
-        """What the choice compares: the advisor's expected range midpoint, else the probe's accuracy."""
+        """The advisor's expected range midpoint, else the probe's accuracy: what the card shows."""
         if self.advice is None:
             return self.signals.probe_accuracy
         low, high = self.advice.expected_accuracy
         return (low + high) / 2
+
+    def compared(self, comparison: str) -> float:
+        """The figure `comparison` ranks this candidate by."""
+        return compared_value(comparison, self.signals, None if self.advice is None else self.advice.expected_accuracy)
 
     @property
     def estimated_seconds(self) -> float | None:
@@ -67,7 +73,7 @@ class BackboneChoice:
         return asdict(self)
 
     def summary(self) -> str:
-        scores = ", ".join(f"{c['backbone']} {c['expected_accuracy']:.3f}" for c in self.candidates)
+        scores = ", ".join(f"{c['backbone']} {c['compared_value']:.3f}" for c in self.candidates)
         return f"backbone auto chose {self.chosen} ({self.compared_on}: {scores})"
 
 
@@ -99,13 +105,13 @@ def candidate_backbones(params: TrainParams, image_size: int) -> list[str]:
     return fitting
 
 
-def pick(candidates: list[Candidate]) -> Candidate:
-    """The highest expected accuracy; on a tie (to 3 decimals, the probe's resolution on small val sets),
-    the cheaper one, then registry order. Pure, so the choice is testable without a model."""
+def pick(candidates: list[Candidate], comparison: str) -> Candidate:
+    """The highest figure of `comparison`; on a tie (to 3 decimals, the probe's resolution on small val
+    sets), the cheaper one, then registry order. Pure, so the choice is testable without a model."""
     order = list(BACKBONES)
 
     def key(c: Candidate) -> tuple:
-        return (-round(c.expected_accuracy, 3), c.estimated_seconds or 0.0, order.index(c.backbone))
+        return (-round(c.compared(comparison), 3), c.estimated_seconds or 0.0, order.index(c.backbone))
 
     return min(candidates, key=key)
 
@@ -123,6 +129,7 @@ def choose_backbone(
     the recipe) resolved, the choice, the chosen candidate's advice, and the seconds measuring took."""
     names = candidate_backbones(params, spec.image_size)
     rule = load_rule(params.advisor_rule) if params.strategy == "auto" else None
+    comparison = comparison_of(rule)
     num_classes = len(dataset["classes"])
     candidates, timings = [], {}
     for name in names:
@@ -150,16 +157,14 @@ def choose_backbone(
             advice = decide(signals, rule, len(model.blocks()), len(train), costs, params.time_budget_s)
         candidates.append(Candidate(name, signals, advice))
         timings[name] = time.perf_counter() - start
-    chosen = pick(candidates)
-    compared_on = (
-        "the advisor's expected test accuracy" if rule is not None else "the linear probe's validation accuracy"
-    )
+    chosen = pick(candidates, comparison)
     choice = BackboneChoice(
         chosen=chosen.backbone,
-        compared_on=compared_on,
+        compared_on=COMPARISONS[comparison],
         candidates=[
             {
                 "backbone": c.backbone,
+                "compared_value": c.compared(comparison),
                 "expected_accuracy": c.expected_accuracy,
                 "recipe": None if c.advice is None else c.advice.recipe,
                 "estimated_seconds": c.estimated_seconds,
