@@ -85,10 +85,9 @@ def choose_comparison(
     groups = backbone_groups([c for c in cells if c.name in picks])
     scores = {name: judge_backbone_policy(groups, comparison_score(name, rules), picks, errors) for name in COMPARISONS}
     order = list(COMPARISONS)
-    ranked = [name for name in order if scores[name]["groups"]]
     chosen = (
-        min(ranked, key=lambda n: (-scores[n]["within_one_se"], scores[n]["mean_regret"], order.index(n)))
-        if ranked
+        min(order, key=lambda n: (-scores[n]["within_one_se"], scores[n]["mean_regret"], order.index(n)))
+        if groups
         else order[0]
     )
     return {"compared_on": chosen, "pairs": len(groups), "scores": scores}

@@ -28,7 +28,7 @@ from transferline.data.preprocessing import PreprocessSpec
 from transferline.errors import ParamsError
 from transferline.model.advice_signals import load_rule, measure_signals, seconds_per_image_epoch
 from transferline.model.advisor import Advice, Signals, decide, reads_gain
-from transferline.model.backbone_comparison import COMPARISONS, compared_value, comparison_of
+from transferline.model.backbone_comparison import COMPARISONS, EXPECTED_ACCURACY, compared_value, comparison_of
 from transferline.model.backbones import BACKBONES, build_model, checkpoint_file, feature_dim
 from transferline.model.features import cache_key
 from transferline.model.training import Runtime
@@ -49,8 +49,7 @@ class Candidate:
         """The advisor's expected range midpoint, else the probe's accuracy: what the card shows."""
         if self.advice is None:
             return self.signals.probe_accuracy
-        low, high = self.advice.expected_accuracy
-        return (low + high) / 2
+        return compared_value(EXPECTED_ACCURACY, self.signals, self.advice.expected_accuracy)
 
     def compared(self, comparison: str) -> float:
         """The figure `comparison` ranks this candidate by."""
