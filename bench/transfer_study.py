@@ -39,7 +39,7 @@ from typing import Any
 from bench import study_sources
 from bench.backbone_fit import pick_backbones, with_backbone_comparison
 from bench.common import machine, results_dir, write_results
-from bench.nearest_fit import CPU_WEIGHTS, fit_nearest_rule
+from bench.nearest_fit import CPU_WEIGHTS, SIZE_AND_PROBE, fit_nearest_rule
 from bench.transfer_analysis import (
     AUTO_LOSS,
     REGRET,
@@ -116,6 +116,7 @@ log = logging.getLogger("bench.transfer_study")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORK = PROJECT_ROOT / "bench" / ".work" / "transfer_study"
 RULE_FILE = PROJECT_ROOT / "transferline" / "model" / "advisor_rule.json"
+IMAGE_SIZE = 96  # the side the study trains and measures signals at
 
 
 def train_overrides(recipe: dict[str, Any], num_blocks: int) -> dict[str, Any]:
@@ -584,9 +585,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     judged_state = {**state, "runs": judged_runs(measured)}  # judged once, for the readers below
     records = [r for r in judged_state["runs"] if r["recipe"] in RECIPES]
     cores = usable_cores()
-    fit = with_backbone_comparison(
-        lambda train: fit_nearest_rule(train, RECIPES, errors, state["signals"]), RECIPES, errors
-    )
+    fit = rule_fit(errors, state["signals"])
     picks, loo_rules = leave_one_dataset_out(cells, RECIPES, fit, cores)
     fine_tuned = [name for name in RECIPES if name != "feature_extraction"]
     judged = at_rules_margin([c for c in cells if c.name in picks], loo_rules)
@@ -642,7 +641,7 @@ def analyse(state: dict[str, Any]) -> dict[str, Any]:
     # the tree auto followed before, fitted on every cell too: what a held-out round may judge beside the rule
     tree_rule = fit_tree_rule(cells, RECIPES, errors, processes=cores, signals=state["signals"]) if cells else None
     if rule is not None:
-        rule["cost"] = cost_model([r for r in measured if r["recipe"] not in EXPERIMENTS and cpu_of(r) == on])
+        rule["cost"] = rule_cost(measured)
     return {
         "cells": [
             {
@@ -760,6 +759,21 @@ def judge_outside_grid(cells: list[Cell], recipe: str, errors: dict[str, float])
     }
 
 
+def rule_fit(
+    errors: dict[str, float], measured: dict[str, dict[str, Any]], signals: tuple[str, ...] = SIZE_AND_PROBE
+) -> Callable[[list[Cell]], dict[str, Any]]:
+    """auto's fit: nearest cells on `signals`, naming the backbone comparison chosen on the same cells."""
+    return with_backbone_comparison(
+        lambda train: fit_nearest_rule(train, RECIPES, errors, measured, signals=signals), RECIPES, errors
+    )
+
+
+def rule_cost(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The rule's cost model from the grid's runs timed on the grid's kind of CPU (`cost_model`)."""
+    on = grid_cpu(runs)
+    return cost_model([r for r in runs if r["recipe"] not in EXPERIMENTS and cpu_of(r) == on])
+
+
 def cost_model(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Seconds per training image per epoch, by backbone and strategy, from the study's own runs (median);
     feature extraction per image once. `auto` uses it to fit a recipe into `train.time_budget_s`. CPU
@@ -794,7 +808,7 @@ def main(argv: list[str] | None = None) -> None:
         help="run these seeds in every cell of the chosen grid (default: 3 up to 100 images a class, 1 above)",
     )
     add_rerun_argument(parser)
-    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     parser.add_argument("--work", type=Path, default=None, help="where data and runs.json live (resumable)")
     parser.add_argument(
         "--report-only",
@@ -959,15 +973,15 @@ def report(state: dict[str, Any], args: argparse.Namespace, out_dir: Path, final
     )
     if final and analysis["rule"] is not None:
         rule_file = RULE_FILE if not args.quick else out_dir / "advisor_rule.json"
-        fitted_on = sorted({c["cell"] for c in analysis["cells"]})
-        document = {
-            **analysis["rule"],
-            "image_size": args.image_size,
-            "fitted_on": fitted_on,
-            "machine": runs_machine(state["runs"]),
-        }
-        atomic.write_json(rule_file, document)
+        fitted_on = [c["cell"] for c in analysis["cells"]]
+        atomic.write_json(rule_file, rule_document(analysis["rule"], fitted_on, state["runs"], args.image_size))
         log.info("advisor rule written to %s", rule_file)
+
+
+def rule_document(rule: dict[str, Any], fitted_on: list[str], runs: list[dict[str, Any]], image_size: int) -> dict:
+    """A fitted rule as the rule file holds it: with the image size its signals were measured at, the cells
+    it was fitted on (a held-out round refuses those) and the CPUs its runs were timed on."""
+    return {**rule, "image_size": image_size, "fitted_on": sorted(set(fitted_on)), "machine": runs_machine(runs)}
 
 
 def resolve_source(dataset: str, work: Path, datasets: dict[str, dict[str, Any]] = DATASETS) -> dict[str, Any]:

@@ -471,6 +471,43 @@ def test_the_committed_rule_is_the_nearest_cells_fit_on_the_study_and_reproduces
     assert refitted["validation_figure"] == committed["validation_figure"] == "last_epoch"
 
 
+def test_a_variant_rule_is_the_committed_fit_on_other_signals_written_before_its_held_out_round(tmp_path: Path):
+    """bench/variant_rule.py rebuilds the committed rule file exactly when it reads the committed signals, so a
+    rival it writes differs in its signals alone; the six-signal rival committed for the next held-out round
+    is that fit on the cells it names, every study cell then."""
+    from bench.transfer_holdout import dataset_of, only_datasets
+    from bench.transfer_study import RULE_FILE
+    from bench.variant_rule import SIGNAL_SETS, main, variant_rule
+    from transferline.model.advisor import SIGNALS
+
+    results = PROJECT_ROOT / "bench/results"
+    study = json.loads((results / "transfer_study.json").read_text())
+    committed = json.loads(RULE_FILE.read_text())
+    assert len(SIGNAL_SETS["size_and_probe"]) < len(SIGNALS) == 6
+    rebuilt = variant_rule(
+        only_datasets(study, sorted({dataset_of(c) for c in committed["fitted_on"]})), SIGNAL_SETS["size_and_probe"]
+    )
+    comparison = "backbone_comparison"
+    assert {k: v for k, v in rebuilt.items() if k != comparison} == {
+        k: v for k, v in committed.items() if k != comparison
+    }
+    assert rebuilt[comparison]["compared_on"] == committed[comparison]["compared_on"]
+    six = json.loads((results / "advisor_rule_six_signals.json").read_text())
+    assert six[NEAREST_CELLS]["signals"] == list(SIGNALS)
+    study_then = only_datasets(study, sorted({dataset_of(c) for c in six["fitted_on"]}))
+    main(["--signals", "all", "--out", str(tmp_path / "six.json"), "--study", str(write_json(tmp_path, study_then))])
+    refitted = json.loads((tmp_path / "six.json").read_text())
+    assert refitted[NEAREST_CELLS] == six[NEAREST_CELLS]
+    assert refitted["fitted_on"] == six["fitted_on"]
+    assert refitted["validation_margin_se"] == six["validation_margin_se"]
+
+
+def write_json(folder: Path, document: dict) -> Path:
+    path = folder / "document.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
 def test_a_budget_fitted_rule_spends_at_most_the_cpu_target_on_its_training_cells():
     """The budget penalty's weight is found on the training cells: there the rule must meet the CPU target,
     even where the accuracy alone would pick the expensive recipe everywhere."""
