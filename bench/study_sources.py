@@ -20,7 +20,10 @@ Each comes from a package on the package index, so the study runs offline once i
   fine-tunes; its domain is the digits' own, scanned at a finer resolution;
 - glyphs: the letters A to J as 465 display typefaces draw them (Brian Kent's fonts, redistributable and
   modifiable with attribution, as Debian's fonts-aenigma package ships them), each rendered 28x28, ink 255
-  on 0, as notMNIST does (Bulatov 2011): designed letterforms, a domain none of the others covers.
+  on 0, as notMNIST does (Bulatov 2011): designed letterforms, a domain none of the others covers;
+- clipart: the Open Clip Art Library's drawings (public domain) as Debian's openclipart-png package ships
+  them, classed by the library's own topic, composited on white and fitted into 64x64: things drawn by many
+  hands in many styles (the object categories of a photo data set, none of its textures).
 """
 
 from __future__ import annotations
@@ -111,6 +114,15 @@ GLYPH_LETTERS = "ABCDEFGHIJ"  # notMNIST's ten classes
 GLYPH_SIDE = 28
 GLYPH_RENDER_SIZE = 96  # points the glyph is drawn at before it is fitted into GLYPH_SIDE less a 2-pixel margin
 
+CLIPART_PACKAGE = "openclipart-png=1:0.18+dfsg-19"
+CLIPART_DEB_SHA256 = "f07f1545a2970c2cf3fa339bc2405da1a95cf2b1827bfa05bf73eb1c20291c02"
+CLIPART_DEBS = Path(__file__).resolve().parents[1] / "data" / "external" / "clipart"
+CLIPART_ROOT = "./usr/share/openclipart/png/"
+# The library's topics that hold at least 134 distinct drawings (100 to train beside a held-out quarter):
+# every topic of things; "shapes", "special" (gradients, patterns) and "unsorted" name no subject.
+CLIPART_TOPICS = ("animals", "computer", "food", "people", "recreation", "signs_and_symbols", "transportation")
+CLIPART_SIDE = 64
+
 EMOJI_SIDE = 64
 # The Unicode category "Component" holds the skin-tone and hair swatches alone: not a class of pictures.
 EMOJI_SKIPPED_CATEGORIES = ("Component",)
@@ -140,6 +152,7 @@ def folder_writers() -> dict[str, Callable[[Path], Path]]:
         "quickdraw": quickdraw_folder,
         "mnist": mnist_folder,
         "glyphs": glyphs_folder,
+        "clipart": clipart_folder,
     }
 
 
@@ -403,6 +416,56 @@ def render_letters(font_file: bytes) -> dict[str, object] | None:
     if len({pixels.tobytes() for pixels in letters.values()}) < len(letters):
         return None
     return letters
+
+
+def clipart_folder(target: Path, debs: Path = CLIPART_DEBS) -> Path:
+    """The drawings of CLIPART_TOPICS in the Debian package (downloaded into `debs` when absent; nothing of
+    it is installed), a folder per topic, each file named by its path under the topic."""
+    if target.is_dir():
+        return target
+    drawings = debian_package_files(debian_package(debs, CLIPART_PACKAGE, CLIPART_DEB_SHA256), ".png")
+    return write_folder(target, distinct_drawings(drawings))
+
+
+def distinct_drawings(drawings: dict[str, bytes]) -> list[tuple[str, str, object]]:
+    """(topic, stem, 64x64 RGB) for each drawing of CLIPART_TOPICS, in path order. Left out: a file that does
+    not decode (or would decode past Pillow's decompression-bomb limit), one drawn blank, a drawing identical
+    to an earlier one of its topic, and every copy of one filed under two topics (its label is ambiguous)."""
+    rendered: dict[bytes, list[tuple[str, str, object]]] = {}
+    for path in sorted(drawings):
+        topic, _, rest = path.removeprefix(CLIPART_ROOT).partition("/")
+        if topic not in CLIPART_TOPICS or not rest:
+            continue
+        pixels = render_drawing(drawings[path])
+        if pixels is not None:
+            rendered.setdefault(pixels.tobytes(), []).append((topic, Path(rest).with_suffix("").as_posix(), pixels))
+    kept = [copies[0] for copies in rendered.values() if len({topic for topic, _, _ in copies}) == 1]
+    return [(topic, stem.replace("/", "-"), pixels) for topic, stem, pixels in sorted(kept, key=lambda t: t[:2])]
+
+
+def render_drawing(payload: bytes):
+    """A drawing composited on white (transparent pixels carry no colour of their own) and fitted, aspect
+    kept, into CLIPART_SIDE, centred on white (uint8 RGB); None if it does not decode or is blank."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(payload)) as drawn:
+                rgba = drawn.convert("RGBA")
+    except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None
+    page = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    if page.getextrema() == ((255, 255),) * 3:
+        return None
+    scale = CLIPART_SIDE / max(page.size)
+    page = page.resize((max(1, round(page.width * scale)), max(1, round(page.height * scale))), Image.LANCZOS)
+    image = Image.new("RGB", (CLIPART_SIDE, CLIPART_SIDE), (255, 255, 255))
+    image.paste(page, ((CLIPART_SIDE - page.width) // 2, (CLIPART_SIDE - page.height) // 2))
+    return np.asarray(image, dtype=np.uint8)
 
 
 def checked_member(archive: tarfile.TarFile, member: str, digest: str, tarball: Path) -> bytes:

@@ -352,3 +352,52 @@ def test_a_font_drawing_one_box_for_every_letter_or_nothing_is_left_out():
         assert study_sources.render_letters(dejavu(lacking) if lacking else b"not a font") is None
     fonts = {"a.ttf": dejavu("LastResortHE-Regular.ttf"), "b.ttf": dejavu("DejaVuSans.ttf")}
     assert list(study_sources.render_fonts(fonts)) == ["b.ttf"]
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_clipart_is_each_topics_distinct_drawings_on_white_64x64_a_folder_per_topic(tmp_path: Path, monkeypatch):
+    """A transparent drawing is composited on white and fitted whole into 64x64; a drawing filed twice in one
+    topic counts once, one filed under two topics (an ambiguous label) nowhere; a topic that names no subject,
+    a blank page and a file that is not a PNG add nothing."""
+    root = study_sources.CLIPART_ROOT
+    red_disc = Image.new("RGBA", (200, 100), (0, 0, 0, 0))
+    red_disc.paste((255, 0, 0, 255), (50, 0, 150, 100))
+    blue = Image.new("RGB", (80, 80), (0, 0, 255))
+    green = Image.new("RGB", (30, 60), (0, 128, 0))
+    drawings = {
+        f"{root}animals/birds/robin.png": png(red_disc),
+        f"{root}animals/mammals/robin.png": png(blue),  # the same stem in another sub-folder
+        f"{root}animals/robin_copy.png": png(red_disc),
+        f"{root}food/fruit/lime.png": png(green),
+        f"{root}people/lime_again.png": png(green),
+        f"{root}people/blank.png": png(Image.new("RGBA", (40, 40), (0, 0, 0, 0))),
+        f"{root}people/broken.png": b"not a png",
+        f"{root}shapes/star.png": png(blue.resize((90, 90))),
+    }
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    deb = fake_deb(debs / "openclipart-png_1%3a0.18+dfsg-19_all.deb", drawings)
+    monkeypatch.setattr(study_sources, "CLIPART_DEB_SHA256", hashlib.sha256(deb.read_bytes()).hexdigest())
+    monkeypatch.setattr(study_sources.subprocess, "run", lambda *a, **k: pytest.fail("downloaded a present .deb"))
+    folder = study_sources.clipart_folder(tmp_path / "clipart", debs)
+    assert {p.name: sorted(f.name for f in p.iterdir()) for p in folder.iterdir()} == {
+        "animals": ["birds-robin.png", "mammals-robin.png"]
+    }
+    with Image.open(folder / "animals" / "birds-robin.png") as image:
+        assert (image.mode, image.size) == ("RGB", (64, 64))
+        pixels = np.asarray(image)
+    assert pixels[0, 0].tolist() == [255, 255, 255]  # transparency and the margin above the wide drawing: white
+    assert pixels[32, 32].tolist() == [255, 0, 0]
+    assert pixels[32, 2].tolist() == [255, 255, 255]  # the drawing's transparent left quarter
+    assert study_sources.clipart_folder(folder, debs) == folder  # written once, then reused
+
+
+def test_a_drawing_past_the_decompression_bomb_limit_is_left_out(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50 * 50)
+    assert study_sources.render_drawing(png(Image.new("RGB", (60, 60), (0, 0, 255)))) is None
+    assert study_sources.render_drawing(png(Image.new("RGB", (40, 40), (0, 0, 255)))).shape == (64, 64, 3)
