@@ -189,11 +189,22 @@ def judge_rule(state: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def rule_words(rule: dict[str, Any], rule_file: str | None) -> str:
+    """Which rule a report judged: the committed file, or another one (a rival, a report's record), and
+    what it reads."""
+    committed = rule_file in (None, str(RULE_FILE.relative_to(PROJECT_ROOT)))
+    where = "`transferline/model/advisor_rule.json` as committed when these runs were judged"
+    words = where if committed else f"`{rule_file}`"
+    if NEAREST_CELLS in rule:
+        words += f": nearest cells on {', '.join(rule[NEAREST_CELLS]['signals'])}"
+    return words
+
+
 def markdown(judged: dict[str, Any], rule: dict[str, Any], study: dict[str, Any] | None, meta: dict[str, Any]) -> str:
     lines = [
         "# `auto` on data sets its rule never saw",
         "",
-        "The rule judged (`transferline/model/advisor_rule.json` as committed when these runs were judged, "
+        f"The rule judged ({rule_words(rule, meta.get('rule_file'))}, "
         f"fitted on {len(rule.get('fitted_on', []))} cells of the transfer study; recorded in {meta['results']}.json) "
         "proposes a recipe for each cell of the data sets below, none of which it was fitted on, and its "
         "validation check keeps the fine-tune or the probe, as `train.strategy: auto` does. The grid, the "
@@ -255,6 +266,12 @@ def markdown(judged: dict[str, Any], rule: dict[str, Any], study: dict[str, Any]
     return "\n".join(lines)
 
 
+def display_path(path: Path) -> str:
+    """A path as a report names it: relative to the project where it lies inside."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(PROJECT_ROOT)) if resolved.is_relative_to(PROJECT_ROOT) else str(path)
+
+
 def report(state: dict[str, Any], args: argparse.Namespace) -> Path:
     rule = load_rule(args.rule)
     state = only_datasets(state, args.datasets)
@@ -274,6 +291,7 @@ def report(state: dict[str, Any], args: argparse.Namespace) -> Path:
             state, out_dir, RESULTS_PREFIX + (f"_{args.suffix}" if getattr(args, "suffix", None) else "")
         ),
         "results": results_name(args.datasets, getattr(args, "suffix", None)),
+        "rule_file": display_path(args.rule),
     }
     payload = {**judged, **meta, "rule_fitted_on": len(rule.get("fitted_on", [])), "rule": rule, "runs": state["runs"]}
     payload["signals"] = state["signals"]

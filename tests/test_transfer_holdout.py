@@ -11,6 +11,7 @@ import pytest
 from bench.transfer_design import GRID, RECIPES
 from bench.transfer_holdout import COMMITTED, judge_rule, markdown
 from transferline.model.advisor import SIGNALS
+from transferline.model.nearest_cells import NEAREST_CELLS
 
 RULE = {
     "tree": {
@@ -304,3 +305,18 @@ def test_a_nearest_cells_rule_is_judged_from_its_cells_and_read_back_from_a_repo
     report.write_text(json.dumps({"rule": {"recipes": {}}}))
     with pytest.raises(ValueError, match="neither a rule nor"):
         load_rule(report)
+
+
+def test_a_report_names_the_rule_file_it_judged_and_the_signals_it_reads():
+    """The committed rule is named as such; a rival judged on the same runs by its own file, so a suffixed
+    report never passes another rule off as the committed one."""
+    from bench.transfer_holdout import display_path, rule_words
+    from bench.transfer_study import RULE_FILE
+
+    rule = {NEAREST_CELLS: {"signals": ["images_per_class", "probe_accuracy"]}}
+    committed = rule_words(rule, display_path(RULE_FILE))
+    assert committed.startswith("`transferline/model/advisor_rule.json` as committed")
+    assert committed.endswith("nearest cells on images_per_class, probe_accuracy")
+    rival = rule_words(rule, "bench/results/advisor_rule_six_signals.json")
+    assert rival.startswith("`bench/results/advisor_rule_six_signals.json`") and "as committed" not in rival
+    assert rule_words({"tree": {}}, None).endswith("as committed when these runs were judged")
