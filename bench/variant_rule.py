@@ -3,10 +3,10 @@ cells, its k, CPU weight and margin chosen by leaving data sets out, the backbon
 way): a rival a held-out round judges beside the committed rule on the same runs. Written, and committed,
 before that round's data is seen, so the comparison cannot be tuned to it.
 
-With `--signals size_and_probe` it rebuilds the committed rule (tests/bench/test_variant_rule.py checks
-that), so the two differ only in the signals they read.
+With `--signals size_and_probe` it rebuilds the committed rule file from the cells that file was fitted on
+(tests/train/test_auto_strategy.py checks that), so the two differ only in the signals they read.
 
-It trains nothing: it reads bench/results/transfer_study.json (about a minute on 2 cores).
+It trains nothing: it reads bench/results/transfer_study.json (a few seconds on 2 cores).
 Usage: python -m bench.variant_rule --signals all --out bench/results/advisor_rule_six_signals.json
 then: python -m bench.transfer_holdout --report-only --datasets NAME --rule that file --suffix six_signals
 """
