@@ -1,8 +1,11 @@
-"""README.md quotes benchmark figures only from the last report: its table is generated from bench/RESULTS.json."""
+"""README.md quotes benchmark figures only from the last report: its table is generated from bench/RESULTS.json.
+The README and the page it links for the evidence behind `auto` (docs/transfer-study.md) quote every
+transfer-study figure from its committed report."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,13 @@ from bench.transfer_design import AUTO_BY_SEEDS, SEEDS_LARGE, SEEDS_SMALL, TREE_
 from bench.transfer_study import records_of, seeds_per_cell
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STUDY_PAGE = PROJECT_ROOT / "docs" / "transfer-study.md"  # the evidence behind `auto`, linked from the README
+
+
+def documented_prose() -> str:
+    """The README and the study's page it links, their lines joined (both wrap anywhere): the figures a test
+    looks for may stand in either."""
+    return " ".join(f"{(PROJECT_ROOT / 'README.md').read_text()}\n{STUDY_PAGE.read_text()}".split())
 
 
 def readme_block(text: str) -> str:
@@ -66,7 +76,7 @@ def test_readme_quotes_how_backbone_auto_compares_and_how_that_judges():
     from bench.backbone_fit import AUTO_BACKBONE, COMPARISON_POLICIES
 
     study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    prose = documented_prose()
     picks = study["backbone_pick"]
     auto = picks[AUTO_BACKBONE]
     assert (
@@ -95,7 +105,7 @@ def test_readme_quotes_the_transfer_studys_verdict_for_auto_as_committed():
     bootstrap = study["auto_bootstrap"]
     share_low, share_high = bootstrap["within_one_se"]
     cpu_low, cpu_high = bootstrap["cpu_share_of_grid"]
-    prose = " ".join(readme.split())  # the README wraps its lines anywhere
+    prose = documented_prose()
     assert f"spans {share_low:.0%} to {share_high:.0%}" in prose
     assert f"share {cpu_low:.1%} to {cpu_high:.1%} (95%)" in prose
     assert f"only {bootstrap['both_targets_met']:.0%} of the draws" in prose
@@ -146,7 +156,7 @@ def test_readme_quotes_the_committed_rules_verdict_on_data_it_never_saw():
     bench/results/transfer_holdout_cifar10.json's (rerun `python -m bench.transfer_holdout --report-only --datasets
     cifar10 --rule bench/results/transfer_holdout_cifar10.json`, then the README)."""
     holdout = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_holdout_cifar10.json").read_text())
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    prose = documented_prose()
     auto = holdout["verdicts"]["auto (the committed rule)"]
     assert f"its {auto['cells']} cells auto is within one SE in {auto['within_one_se']:.0%}" in prose
     assert f"at {auto['cpu_share_of_grid']:.1%} of its grid's CPU" in prose
@@ -162,7 +172,7 @@ def assert_holdout_round_quoted(dataset: str, fitted_on: int, rule_words: str, l
     """The README quotes bench/results/transfer_holdout_<dataset>.json's verdicts for auto, `labels` and the
     hindsight bound's CPU; returns the verdicts for further checks."""
     holdout = json.loads((PROJECT_ROOT / "bench" / "results" / f"transfer_holdout_{dataset}.json").read_text())
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    prose = documented_prose()
     assert holdout["rule_fitted_on"] == fitted_on and holdout["datasets"] == [dataset]
     auto = holdout["verdicts"]["auto (the committed rule)"]
     assert f"On its {auto['cells']} cells the {rule_words} is within one SE in {auto['within_one_se']:.0%}" in prose
@@ -201,7 +211,7 @@ def test_readme_quotes_the_committed_rules_verdict_on_the_mnist_round_and_the_ru
 
     labels = ("always feature_extraction", "always partial_quarter", "always full", "fastai fine_tune")
     assert_holdout_round_quoted("mnist", 58, "rule committed now", labels)
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    prose = documented_prose()
     results = PROJECT_ROOT / "bench" / "results"
     tree = study_tree()
     judged = json.loads((results / "transfer_holdout_mnist.json").read_text())
@@ -230,7 +240,7 @@ def test_readme_quotes_the_glyph_round_for_the_tree_and_the_nearest_cells():
 
     labels = ("always partial_quarter", "always feature_extraction", "always full", "fastai fine_tune")
     verdicts = assert_holdout_round_quoted("glyphs", 66, "tree fitted on nine", labels)
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    prose = documented_prose()
     results = PROJECT_ROOT / "bench" / "results"
     tree_round = json.loads((results / "transfer_holdout_glyphs.json").read_text())
     nearest = json.loads((results / "transfer_holdout_glyphs_nearest_cells.json").read_text())
@@ -260,7 +270,7 @@ def test_readme_quotes_the_clipart_round_for_the_two_signals_and_their_six_signa
 
     labels = ("always feature_extraction", "always partial_quarter", "always full", "fastai fine_tune")
     assert_holdout_round_quoted("clipart", 72, "nearest cells fitted on ten", labels)
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    prose = documented_prose()
     results = PROJECT_ROOT / "bench" / "results"
     two = json.loads((results / "transfer_holdout_clipart.json").read_text())
     six = json.loads((results / "transfer_holdout_clipart_six_signals.json").read_text())
@@ -352,7 +362,7 @@ def test_readme_quotes_the_later_rules_verdicts_on_the_quickdraw_round():
     for judged in (head, current):
         remade = [r for r in judged["runs"] if r["recipe"] == "feature_extraction"]
         assert remade and all(len(r["probe_layers"]) > 1 for r in remade)
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    prose = documented_prose()
     for judged in (before, head, current):
         auto = judged["verdicts"]["auto (the committed rule)"]
         assert (
@@ -387,7 +397,7 @@ def test_readme_quotes_the_signal_stand_ins_as_measured():
     from bench.signal_variants import CAPPED_ROW, PIXEL_ROW, RANDOM_INIT
 
     rows = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_signal_variants.json").read_text())["rows"]
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    prose = documented_prose()
     committed = rows[RANDOM_INIT]
     assert (
         f"the study's auto of then, {committed['within_one_se']:.0%} at {committed['cpu_share_of_grid']:.1%}" in prose
@@ -421,7 +431,7 @@ def test_readme_quotes_the_moved_fitting_settings_as_measured():
 
     rows = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_auto_knobs.json").read_text())["rows"]
     assert [row["setting"] for row in rows] == [label for label, _, _ in KNOBS]
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    prose = documented_prose()
     fixed, margins = rows
     study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
     auto = study["verdicts"][TREE_RULE]
@@ -459,7 +469,7 @@ def test_readme_quotes_the_other_policy_families_as_measured():
     rows = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_auto_families.json").read_text())["rows"]
     families = [(f, s) for f in PICKERS for s in FEATURE_SETS] + [(p, "all six signals") for p in (PER_BACKBONE, RACE)]
     assert [(row["family"], row["signals"]) for row in rows] == families
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    prose = documented_prose()
     near_all, near_two, ridge_all, ridge_two, per_backbone, race = rows
     assert (
         f"racing two fine-tunes gives {race['within_one_se']:.0%} at {race['cpu_share_of_grid']:.1%}, "
@@ -508,7 +518,7 @@ def test_readme_quotes_the_landmarkers_as_measured():
 
     rows = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_landmarkers.json").read_text())["rows"]
     assert [row["landmarker"] for row in rows] == list(LANDMARKERS)
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    prose = documented_prose()
     slope = rows[-1]
     study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
     auto = study["verdicts"][TREE_RULE]
@@ -535,7 +545,7 @@ def test_readme_quotes_the_multi_layer_head_as_measured():
 
     result = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_probe_layers.json").read_text())
     summary, verdict = result["comparison"], result["verdicts"]["probe_layers"]
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    prose = documented_prose()
     assert f"it scores {summary['mean_gain']:+.4f} of test accuracy over the last-layer probe on average" in prose
     assert f"({summary['min_gain']:+.3f} to {summary['max_gain']:+.3f})" in prose
     assert f"better by more than one SE in {summary['better_by_one_se']} cells and worse in " in prose
@@ -559,7 +569,7 @@ def test_readme_quotes_the_rule_variants_as_measured():
     from bench.transfer_analysis import meets_targets
 
     methods = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_rule_variants.json").read_text())["methods"]
-    prose = " ".join((PROJECT_ROOT / "README.md").read_text().split())
+    prose = documented_prose()
     (committed,) = [m for m in methods if m["committed"]]
     (aimed_at_target,) = [m for m in methods if (m["loss"], m["cpu_penalty"], m["depth"], m["min_leaf"]) == FIXED_AIM]
     study = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_study.json").read_text())
@@ -598,3 +608,58 @@ def test_readme_quotes_the_rule_variants_as_measured():
     )
     assert f"(the regret, {best:.0%} at" in prose
     assert f"the misses beyond one SE, {near['within_one_se']:.0%} at {near['cpu_share_of_grid']:.1%})" in prose
+
+
+def test_readme_tables_every_held_out_round_and_pools_only_the_rules_committed_then():
+    """The README's table of held-out rounds is `python -m bench.holdout_rounds`'s, from the rounds' committed
+    reports; its prose pools the rules committed when their rounds ran, and the nearest cells' unseen rounds."""
+    from bench.holdout_rounds import COMMITTED, JUDGEMENTS, cells_within, load_report, rounds_table
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert rounds_table() in readme
+    assert rounds_table() in STUDY_PAGE.read_text()
+    prose = documented_prose()
+    reports = {j.report: load_report(j.report) for j in JUDGEMENTS}
+    assert {r["datasets"][0] for r in reports.values()} == {
+        "cifar10",
+        "emoji",
+        "quickdraw",
+        "mnist",
+        "glyphs",
+        "clipart",
+    }
+    committed = [reports[j.report]["verdicts"][COMMITTED] for j in JUDGEMENTS if j.committed_then]
+    assert len(committed) == len({r["datasets"][0] for r in reports.values()})  # one committed rule a round
+    within, cells = sum(cells_within(v) for v in committed), sum(v["cells"] for v in committed)
+    assert (
+        f"the rules committed at the time were within one SE in {within} of {cells} cells ({within / cells:.0%})"
+        in prose
+    )
+    nearest = [
+        j for j in JUDGEMENTS if j.rule.startswith("nearest cells") and j.role != "a rival committed before the round"
+    ]
+    hits = [cells_within(reports[j.report]["verdicts"][COMMITTED]) for j in nearest]
+    total = [reports[j.report]["verdicts"][COMMITTED]["cells"] for j in nearest]
+    assert f"have been judged on two rounds they had not seen: {sum(hits)} of {sum(total)} cells" in prose
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors a markdown renderer gives the headings: lower case, punctuation dropped, spaces as dashes."""
+    prose = re.sub(r"^```.*?^```", "", markdown, flags=re.MULTILINE | re.DOTALL)  # a shell comment is no heading
+    headings = re.findall(r"^#+ (.+)$", prose, flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_every_relative_link_of_the_readme_and_its_pages_resolves():
+    """A link to a file that moved, or to a heading renamed, fails here rather than on a reader."""
+    pages = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+    assert STUDY_PAGE in pages
+    broken = []
+    for page in pages:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]+))?\)", page.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            linked = (page.parent / target).resolve() if target else page
+            if not linked.exists() or (anchor and anchor not in heading_anchors(linked.read_text())):
+                broken.append(f"{page.name}: {target}#{anchor}")
+    assert broken == []
