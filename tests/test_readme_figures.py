@@ -663,3 +663,11 @@ def test_every_relative_link_of_the_readme_and_its_pages_resolves():
             if not linked.exists() or (anchor and anchor not in heading_anchors(linked.read_text())):
                 broken.append(f"{page.name}: {target}#{anchor}")
     assert broken == []
+
+
+def test_readme_names_the_committed_model_by_its_digest():
+    """The README's "gives the committed model back" names the model.pt that the committed run record
+    (metrics/train_run.json, written beside dvc.lock's models/) describes, by the first 16 hex digits of its
+    SHA-256, so a retrain that moves the bytes must update the claim."""
+    run = json.loads((PROJECT_ROOT / "metrics" / "train_run.json").read_text())
+    assert f"gives the committed model back on the AMD EPYC (`{run['model_sha256'][:16]}`" in documented_prose()
