@@ -23,7 +23,10 @@ Each comes from a package on the package index, so the study runs offline once i
   on 0, as notMNIST does (Bulatov 2011): designed letterforms, a domain none of the others covers;
 - clipart: the Open Clip Art Library's drawings (public domain) as Debian's openclipart-png package ships
   them, classed by the library's own topic, composited on white and fitted into 64x64: things drawn by many
-  hands in many styles (the object categories of a photo data set, none of its textures).
+  hands in many styles (the object categories of a photo data set, none of its textures);
+- units: Battle for Wesnoth's unit pictures (GPL-2+, as Debian's wesnoth-1.16-data package ships them),
+  every animation frame of every unit, classed by race, composited on white and fitted into 72x72: pixel
+  art of fantasy creatures, its classes told apart by body, armour and palette.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -123,6 +127,31 @@ CLIPART_ROOT = "./usr/share/openclipart/png/"
 CLIPART_TOPICS = ("animals", "computer", "food", "people", "recreation", "signs_and_symbols", "transportation")
 CLIPART_SIDE = 64
 
+UNITS_PACKAGE = "wesnoth-1.16-data=1:1.16.9-1"
+UNITS_DEB_SHA256 = "1012b964bd412a6770685e3324ae3b61e176caff7846192d1ee63d55cd621e26"
+UNITS_DEBS = Path(__file__).resolve().parents[1] / "data" / "external" / "units"
+UNITS_ROOT = "./usr/share/games/wesnoth/1.16/data/core/images/units/"
+# The game's unit art by race: its folders per faction, a race's factions merged. Left out: folders under
+# 134 distinct pictures (100 to train beside a held-out quarter: goblins, woses, merfolk, trolls, ogres), the
+# "monsters" (a bestiary, no one kind of thing), the necromancers (human and undead units in one folder) and
+# the transports.
+UNITS_RACES = {
+    "drakes": "drakes",
+    "dunefolk": "dunefolk",
+    "dwarves": "dwarves",
+    "elves-wood": "elves",
+    "human-loyalists": "humans",
+    "human-magi": "humans",
+    "human-outlaws": "humans",
+    "human-peasants": "humans",
+    "nagas": "nagas",
+    "orcs": "orcs",
+    "saurians": "saurians",
+    "undead": "undead",
+    "undead-skeletal": "undead",
+}
+UNITS_SIDE = 72  # the game's hex: most unit pictures are drawn 72x72
+
 EMOJI_SIDE = 64
 # The Unicode category "Component" holds the skin-tone and hair swatches alone: not a class of pictures.
 EMOJI_SKIPPED_CATEGORIES = ("Component",)
@@ -153,6 +182,7 @@ def folder_writers() -> dict[str, Callable[[Path], Path]]:
         "mnist": mnist_folder,
         "glyphs": glyphs_folder,
         "clipart": clipart_folder,
+        "units": units_folder,
     }
 
 
@@ -418,34 +448,64 @@ def render_letters(font_file: bytes) -> dict[str, object] | None:
     return letters
 
 
+@dataclass(frozen=True)
+class PictureFolders:
+    """Where a package keeps its pictures: the root of their folders, the class each first folder under it
+    files its pictures in, and the side of the square each picture is fitted into."""
+
+    root: str
+    classes: Mapping[str, str]
+    side: int
+
+
+CLIPART = PictureFolders(CLIPART_ROOT, {topic: topic for topic in CLIPART_TOPICS}, CLIPART_SIDE)
+UNITS = PictureFolders(UNITS_ROOT, UNITS_RACES, UNITS_SIDE)
+
+
 def clipart_folder(target: Path, debs: Path = CLIPART_DEBS) -> Path:
     """The drawings of CLIPART_TOPICS in the Debian package (downloaded into `debs` when absent; nothing of
     it is installed), a folder per topic, each file named by its path under the topic."""
     if target.is_dir():
         return target
     drawings = debian_package_files(debian_package(debs, CLIPART_PACKAGE, CLIPART_DEB_SHA256), ".png")
-    return write_folder(target, distinct_drawings(drawings))
+    return write_folder(target, distinct_pictures(drawings, CLIPART))
 
 
-def distinct_drawings(drawings: dict[str, bytes]) -> list[tuple[str, str, object]]:
-    """(topic, stem, 64x64 RGB) for each drawing of CLIPART_TOPICS, in path order. Left out: a file that does
-    not decode (or would decode past Pillow's decompression-bomb limit), one drawn blank, a drawing identical
-    to an earlier one of its topic, and every copy of one filed under two topics (its label is ambiguous)."""
+def units_folder(target: Path, debs: Path = UNITS_DEBS) -> Path:
+    """Battle for Wesnoth's unit pictures (every frame of every unit of UNITS_RACES) in the Debian package
+    (downloaded into `debs` when absent; nothing of it is installed), a folder per race, each file named by
+    its faction's folder and its path there."""
+    if target.is_dir():
+        return target
+    pictures = debian_package_files(debian_package(debs, UNITS_PACKAGE, UNITS_DEB_SHA256), ".png")
+    return write_folder(target, distinct_pictures(pictures, UNITS))
+
+
+def distinct_pictures(files: dict[str, bytes], layout: PictureFolders) -> list[tuple[str, str, object]]:
+    """(class, stem, side x side RGB) for each picture filed under one of the layout's folders, in class and
+    stem order; the stem is the picture's path under its folder, after the folder's name where the folder is
+    not named as its class. Left out: a file that does not decode (or would decode past Pillow's
+    decompression-bomb limit), one drawn blank, a picture identical to an earlier one of its class, and every
+    copy of one filed under two classes (its label is ambiguous)."""
     rendered: dict[bytes, list[tuple[str, str, object]]] = {}
-    for path in sorted(drawings):
-        topic, _, rest = path.removeprefix(CLIPART_ROOT).partition("/")
-        if topic not in CLIPART_TOPICS or not rest:
+    for path in sorted(files):
+        folder, _, rest = path.removeprefix(layout.root).partition("/")
+        if folder not in layout.classes or not rest or not path.startswith(layout.root):
             continue
-        pixels = render_drawing(drawings[path])
+        pixels = render_picture(files[path], layout.side)
         if pixels is not None:
-            rendered.setdefault(pixels.tobytes(), []).append((topic, Path(rest).with_suffix("").as_posix(), pixels))
-    kept = [copies[0] for copies in rendered.values() if len({topic for topic, _, _ in copies}) == 1]
-    return [(topic, stem.replace("/", "-"), pixels) for topic, stem, pixels in sorted(kept, key=lambda t: t[:2])]
+            label = layout.classes[folder]
+            stem = Path(rest).with_suffix("").as_posix()
+            rendered.setdefault(pixels.tobytes(), []).append(
+                (label, stem if folder == label else f"{folder}/{stem}", pixels)
+            )
+    kept = [copies[0] for copies in rendered.values() if len({label for label, _, _ in copies}) == 1]
+    return [(label, stem.replace("/", "-"), pixels) for label, stem, pixels in sorted(kept, key=lambda t: t[:2])]
 
 
-def render_drawing(payload: bytes):
-    """A drawing composited on white (transparent pixels carry no colour of their own) and fitted, aspect
-    kept, into CLIPART_SIDE, centred on white (uint8 RGB); None if it does not decode or is blank."""
+def render_picture(payload: bytes, side: int):
+    """A picture composited on white (transparent pixels carry no colour of their own) and fitted, aspect
+    kept, into side x side, centred on white (uint8 RGB); None if it does not decode or is blank."""
     import warnings
 
     import numpy as np
@@ -461,10 +521,10 @@ def render_drawing(payload: bytes):
     page = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     if page.getextrema() == ((255, 255),) * 3:
         return None
-    scale = CLIPART_SIDE / max(page.size)
+    scale = side / max(page.size)
     page = page.resize((max(1, round(page.width * scale)), max(1, round(page.height * scale))), Image.LANCZOS)
-    image = Image.new("RGB", (CLIPART_SIDE, CLIPART_SIDE), (255, 255, 255))
-    image.paste(page, ((CLIPART_SIDE - page.width) // 2, (CLIPART_SIDE - page.height) // 2))
+    image = Image.new("RGB", (side, side), (255, 255, 255))
+    image.paste(page, ((side - page.width) // 2, (side - page.height) // 2))
     return np.asarray(image, dtype=np.uint8)
 
 

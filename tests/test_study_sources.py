@@ -399,5 +399,47 @@ def test_clipart_is_each_topics_distinct_drawings_on_white_64x64_a_folder_per_to
 
 def test_a_drawing_past_the_decompression_bomb_limit_is_left_out(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50 * 50)
-    assert study_sources.render_drawing(png(Image.new("RGB", (60, 60), (0, 0, 255)))) is None
-    assert study_sources.render_drawing(png(Image.new("RGB", (40, 40), (0, 0, 255)))).shape == (64, 64, 3)
+    assert study_sources.render_picture(png(Image.new("RGB", (60, 60), (0, 0, 255))), 64) is None
+    assert study_sources.render_picture(png(Image.new("RGB", (40, 40), (0, 0, 255))), 64).shape == (64, 64, 3)
+
+
+def test_units_are_classed_by_race_their_factions_merged_72x72_on_white(tmp_path: Path, monkeypatch):
+    """A race's factions fill one folder, each file named by its faction and its path there; a frame drawn
+    alike in two factions of one race counts once, one drawn alike for two races nowhere; a folder of no race
+    (the bestiary) and a picture outside the units' folder add nothing."""
+    root = study_sources.UNITS_ROOT
+    spearman = Image.new("RGBA", (72, 72), (0, 0, 0, 0))
+    spearman.paste((200, 30, 30, 255), (20, 10, 52, 62))
+    thug = Image.new("RGB", (72, 72), (90, 60, 30))
+    skeleton = Image.new("RGB", (72, 72), (230, 230, 210))
+    drake = Image.new("RGBA", (108, 108), (0, 120, 0, 255))  # a large unit, fitted whole into the hex
+    pictures = {
+        f"{root}human-loyalists/spearman.png": png(spearman),
+        f"{root}human-loyalists/spearman-attack-1.png": png(spearman),  # a frame drawn as the standing unit
+        f"{root}human-outlaws/thug.png": png(thug),
+        f"{root}human-outlaws/footpad.png": png(spearman),  # the same picture in another faction of the race
+        f"{root}undead-skeletal/skeleton.png": png(skeleton),
+        f"{root}undead/ghost/wraith.png": png(thug),  # drawn as a human's unit: ambiguous, left out for both
+        f"{root}drakes/burner.png": png(drake),
+        f"{root}monsters/skeleton-lookalike.png": png(skeleton.resize((70, 70))),
+        f"{root}../items/sword.png": png(thug),
+        "./usr/share/games/wesnoth/1.16/data/core/images/portraits/humans/spearman.png": png(spearman),
+    }
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    deb = fake_deb(debs / "wesnoth-1.16-data_1%3a1.16.9-1_all.deb", pictures)
+    monkeypatch.setattr(study_sources, "UNITS_DEB_SHA256", hashlib.sha256(deb.read_bytes()).hexdigest())
+    monkeypatch.setattr(study_sources.subprocess, "run", lambda *a, **k: pytest.fail("downloaded a present .deb"))
+    folder = study_sources.units_folder(tmp_path / "units", debs)
+    assert {p.name: sorted(f.name for f in p.iterdir()) for p in folder.iterdir()} == {
+        "drakes": ["burner.png"],
+        "humans": ["human-loyalists-spearman-attack-1.png"],
+        "undead": ["undead-skeletal-skeleton.png"],
+    }
+    with Image.open(folder / "humans" / "human-loyalists-spearman-attack-1.png") as image:
+        assert (image.mode, image.size) == ("RGB", (72, 72))
+        pixels = np.asarray(image)
+    assert pixels[0, 0].tolist() == [255, 255, 255] and pixels[36, 36].tolist() == [200, 30, 30]
+    with Image.open(folder / "drakes" / "burner.png") as image:
+        assert image.size == (72, 72) and np.asarray(image)[0, 0].tolist() == [0, 120, 0]
+    assert study_sources.units_folder(folder, debs) == folder  # written once, then reused
