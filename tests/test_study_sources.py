@@ -354,6 +354,16 @@ def test_a_font_drawing_one_box_for_every_letter_or_nothing_is_left_out():
     assert list(study_sources.render_fonts(fonts)) == ["b.ttf"]
 
 
+def present_deb(tmp_path: Path, name: str, files: dict[str, bytes], digest_name: str, monkeypatch) -> Path:
+    """A folder holding a hand-built .deb of `files`, its SHA-256 made the expected one; any download fails."""
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    deb = fake_deb(debs / name, files)
+    monkeypatch.setattr(study_sources, digest_name, hashlib.sha256(deb.read_bytes()).hexdigest())
+    monkeypatch.setattr(study_sources.subprocess, "run", lambda *a, **k: pytest.fail("downloaded a present .deb"))
+    return debs
+
+
 def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -379,11 +389,9 @@ def test_clipart_is_each_topics_distinct_drawings_on_white_64x64_a_folder_per_to
         f"{root}people/broken.png": b"not a png",
         f"{root}shapes/star.png": png(blue.resize((90, 90))),
     }
-    debs = tmp_path / "debs"
-    debs.mkdir()
-    deb = fake_deb(debs / "openclipart-png_1%3a0.18+dfsg-19_all.deb", drawings)
-    monkeypatch.setattr(study_sources, "CLIPART_DEB_SHA256", hashlib.sha256(deb.read_bytes()).hexdigest())
-    monkeypatch.setattr(study_sources.subprocess, "run", lambda *a, **k: pytest.fail("downloaded a present .deb"))
+    debs = present_deb(
+        tmp_path, "openclipart-png_1%3a0.18+dfsg-19_all.deb", drawings, "CLIPART_DEB_SHA256", monkeypatch
+    )
     folder = study_sources.clipart_folder(tmp_path / "clipart", debs)
     assert {p.name: sorted(f.name for f in p.iterdir()) for p in folder.iterdir()} == {
         "animals": ["birds-robin.png", "mammals-robin.png"]
@@ -425,11 +433,7 @@ def test_units_are_classed_by_race_their_factions_merged_72x72_on_white(tmp_path
         f"{root}../items/sword.png": png(thug),
         "./usr/share/games/wesnoth/1.16/data/core/images/portraits/humans/spearman.png": png(spearman),
     }
-    debs = tmp_path / "debs"
-    debs.mkdir()
-    deb = fake_deb(debs / "wesnoth-1.16-data_1%3a1.16.9-1_all.deb", pictures)
-    monkeypatch.setattr(study_sources, "UNITS_DEB_SHA256", hashlib.sha256(deb.read_bytes()).hexdigest())
-    monkeypatch.setattr(study_sources.subprocess, "run", lambda *a, **k: pytest.fail("downloaded a present .deb"))
+    debs = present_deb(tmp_path, "wesnoth-1.16-data_1%3a1.16.9-1_all.deb", pictures, "UNITS_DEB_SHA256", monkeypatch)
     folder = study_sources.units_folder(tmp_path / "units", debs)
     assert {p.name: sorted(f.name for f in p.iterdir()) for p in folder.iterdir()} == {
         "drakes": ["burner.png"],
