@@ -18,6 +18,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 COMMITTED = "auto (the committed rule)"  # bench/transfer_holdout.py labels the rule it judges so
 FEATURE_EXTRACTION = "always feature_extraction"
 HINDSIGHT = "hindsight: cheapest within one SE"
+COMMITTED_THEN = "committed when the round ran"
+LATER = "fitted later without this data set"
 
 
 @dataclass(frozen=True)
@@ -27,14 +29,11 @@ class Judgement:
     report: str
     data_set: str
     rule: str
-    role: str = "committed when the round ran"
+    role: str = COMMITTED_THEN
 
     @property
     def committed_then(self) -> bool:
-        return self.role == Judgement.role
-
-
-LATER = "fitted later without this data set"
+        return self.role == COMMITTED_THEN
 
 JUDGEMENTS = (
     Judgement("transfer_holdout_cifar10", "CIFAR-10", "tree"),
@@ -91,7 +90,7 @@ def pooled_row(reports: dict[str, dict]) -> str:
     verdicts = [reports[j.report]["verdicts"][COMMITTED] for j in JUDGEMENTS if j.committed_then]
     within, cells = sum(cells_within(v) for v in verdicts), sum(v["cells"] for v in verdicts)
     share = f"{within} of {cells} ({within / cells:.0%})"
-    return f"| all {len(verdicts)} rounds | the rule committed then | {Judgement.role} | {share} | | | |"
+    return f"| all {len(verdicts)} rounds | the rule committed then | {COMMITTED_THEN} | {share} | | | |"
 
 
 def rounds_table(results: Path = RESULTS) -> str:
