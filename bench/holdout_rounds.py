@@ -35,6 +35,7 @@ class Judgement:
     def committed_then(self) -> bool:
         return self.role == COMMITTED_THEN
 
+
 JUDGEMENTS = (
     Judgement("transfer_holdout_cifar10", "CIFAR-10", "tree"),
     Judgement("transfer_holdout_emoji", "emoji", "tree"),
@@ -60,6 +61,7 @@ JUDGEMENTS = (
         "nearest cells, 6 signals",
         "a rival committed before the round",
     ),
+    Judgement("transfer_holdout_units", "Wesnoth units", "nearest cells, 2 signals"),
 )
 
 

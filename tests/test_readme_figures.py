@@ -620,14 +620,8 @@ def test_readme_tables_every_held_out_round_and_pools_only_the_rules_committed_t
     assert rounds_table() in STUDY_PAGE.read_text()
     prose = documented_prose()
     reports = {j.report: load_report(j.report) for j in JUDGEMENTS}
-    assert {r["datasets"][0] for r in reports.values()} == {
-        "cifar10",
-        "emoji",
-        "quickdraw",
-        "mnist",
-        "glyphs",
-        "clipart",
-    }
+    rounds = {"cifar10", "emoji", "quickdraw", "mnist", "glyphs", "clipart", "units"}
+    assert {r["datasets"][0] for r in reports.values()} == rounds
     committed = [reports[j.report]["verdicts"][COMMITTED] for j in JUDGEMENTS if j.committed_then]
     assert len(committed) == len({r["datasets"][0] for r in reports.values()})  # one committed rule a round
     within, cells = sum(cells_within(v) for v in committed), sum(v["cells"] for v in committed)
@@ -640,7 +634,8 @@ def test_readme_tables_every_held_out_round_and_pools_only_the_rules_committed_t
     ]
     hits = [cells_within(reports[j.report]["verdicts"][COMMITTED]) for j in nearest]
     total = [reports[j.report]["verdicts"][COMMITTED]["cells"] for j in nearest]
-    assert f"have been judged on two rounds they had not seen: {sum(hits)} of {sum(total)} cells" in prose
+    rounds_seen = NUMBER_WORDS[len(nearest)]
+    assert f"have been judged on {rounds_seen} rounds they had not seen: {sum(hits)} of {sum(total)} cells" in prose
 
 
 def heading_anchors(markdown: str) -> set[str]:
@@ -671,3 +666,24 @@ def test_readme_names_the_committed_model_by_its_digest():
     SHA-256, so a retrain that moves the bytes must update the claim."""
     run = json.loads((PROJECT_ROOT / "metrics" / "train_run.json").read_text())
     assert f"gives the committed model back on the AMD EPYC (`{run['model_sha256'][:16]}`" in documented_prose()
+
+
+def test_the_study_page_quotes_the_units_round_and_the_misses_it_names():
+    """The seventh held-out round (bench/results/transfer_holdout_units.json; rerun `python -m bench.transfer_holdout
+    --report-only --datasets units`): the committed nearest cells, fitted on every study cell, and each of their
+    misses there with how far behind the best recipe it fell."""
+    labels = ("always feature_extraction", "always partial_quarter", "always full", "fastai fine_tune")
+    assert_holdout_round_quoted("units", 78, "nearest cells fitted on eleven", labels)
+    holdout = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_holdout_units.json").read_text())
+    committed = json.loads((PROJECT_ROOT / "transferline" / "model" / "advisor_rule.json").read_text())
+    assert holdout["rule"]["fitted_on"] == committed["fitted_on"]  # the round judged the rule committed now
+    prose = documented_prose()
+    behind = {m["cell"]: (m["best_accuracy"] - m["outcome"]) / m["standard_error"] for m in holdout["misses"]}
+    assert f"The rule's {NUMBER_WORDS[len(behind)]} misses are all fine-tunes it did not train" in prose
+    assert all(m["best"] != "feature_extraction" for m in holdout["misses"])
+    at_400 = [f"{behind[f'units/400/{backbone}']:.1f}" for backbone in ("efficientnet_lite0", "mobilenet_v2")]
+    assert f"on both backbones, {at_400[0]} and {at_400[1]} SE behind the best" in prose
+    assert f"0.930, {behind['units/100/mobilenet_v2']:.1f} SE" in prose
+    assert f"0.751, {behind['units/30/mobilenet_v2']:.1f} SE" in prose
+    coverage = holdout["expected_range"]
+    assert coverage["inside"] == coverage["cells"] and f"in all {coverage['cells']} cells (median width" in prose
