@@ -62,6 +62,12 @@ JUDGEMENTS = (
         "a rival committed before the round",
     ),
     Judgement("transfer_holdout_units", "Wesnoth units", "nearest cells, 2 signals"),
+    Judgement(
+        "transfer_holdout_units_grid_only",
+        "Wesnoth units",
+        "nearest cells, without the 5-epoch schedule",
+        "a rival chosen after reading the round",
+    ),
 )
 
 

@@ -760,11 +760,15 @@ def judge_outside_grid(cells: list[Cell], recipe: str, errors: dict[str, float])
 
 
 def rule_fit(
-    errors: dict[str, float], measured: dict[str, dict[str, Any]], signals: tuple[str, ...] = SIZE_AND_PROBE
+    errors: dict[str, float],
+    measured: dict[str, dict[str, Any]],
+    signals: tuple[str, ...] = SIZE_AND_PROBE,
+    recipes: dict[str, dict[str, Any]] = RECIPES,
 ) -> Callable[[list[Cell]], dict[str, Any]]:
-    """auto's fit: nearest cells on `signals`, naming the backbone comparison chosen on the same cells."""
+    """auto's fit: nearest cells on `signals` choosing among `recipes`, naming the backbone comparison chosen
+    on the same cells."""
     return with_backbone_comparison(
-        lambda train: fit_nearest_rule(train, RECIPES, errors, measured, signals=signals), RECIPES, errors
+        lambda train: fit_nearest_rule(train, recipes, errors, measured, signals=signals), recipes, errors
     )
 
 

@@ -629,9 +629,9 @@ def test_readme_tables_every_held_out_round_and_pools_only_the_rules_committed_t
         f"the rules committed at the time were within one SE in {within} of {cells} cells ({within / cells:.0%})"
         in prose
     )
-    nearest = [
-        j for j in JUDGEMENTS if j.rule.startswith("nearest cells") and j.role != "a rival committed before the round"
-    ]
+    # the committed method (nearest cells on images a class and the probe, every recipe) on rounds it had not seen
+    nearest = [j for j in JUDGEMENTS if j.rule in ("nearest cells", "nearest cells, 2 signals")]
+    assert [j.data_set for j in nearest] == ["letter glyphs", "clip art", "Wesnoth units"]
     hits = [cells_within(reports[j.report]["verdicts"][COMMITTED]) for j in nearest]
     total = [reports[j.report]["verdicts"][COMMITTED]["cells"] for j in nearest]
     rounds_seen = NUMBER_WORDS[len(nearest)]
@@ -687,3 +687,14 @@ def test_the_study_page_quotes_the_units_round_and_the_misses_it_names():
     assert f"0.751, {behind['units/30/mobilenet_v2']:.1f} SE" in prose
     coverage = holdout["expected_range"]
     assert coverage["inside"] == coverage["cells"] and f"in all {coverage['cells']} cells (median width" in prose
+    rival_rule = json.loads((PROJECT_ROOT / "bench" / "results" / "advisor_rule_grid_only.json").read_text())
+    settings = rival_rule["nearest_cells"]
+    assert f"k = {settings['k']}, CPU weight {settings['cpu_weight']}" in prose
+    grid_only = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_holdout_units_grid_only.json").read_text())
+    assert grid_only["runs"] == holdout["runs"] and grid_only["rule"]["fitted_on"] == holdout["rule"]["fitted_on"]
+    rival = grid_only["verdicts"]["auto (the committed rule)"]
+    cells = rival["cells"]
+    assert (
+        f"within one SE in {rival['within_one_se']:.0%} of the {cells} cells at {rival['cpu_share_of_grid']:.1%}"
+        in prose
+    )

@@ -502,6 +502,42 @@ def test_a_variant_rule_is_the_committed_fit_on_other_signals_written_before_its
     assert refitted["validation_margin_se"] == six["validation_margin_se"]
 
 
+def test_the_rival_without_the_five_epoch_schedule_is_the_committed_fit_on_the_grids_recipes(tmp_path: Path):
+    """bench/results/advisor_rule_grid_only.json, the rival the next held-out round judges beside the committed
+    rule, is bench/variant_rule.py's fit with `--recipes grid` on the cells it names: the committed method, its
+    signals and its settings' choice, with the 5-epoch half-frozen schedule out of what it may propose."""
+    from bench.transfer_design import GRID
+    from bench.transfer_holdout import dataset_of, only_datasets
+    from bench.variant_rule import main
+
+    results = PROJECT_ROOT / "bench/results"
+    rival = json.loads((results / "advisor_rule_grid_only.json").read_text())
+    committed = json.loads((PROJECT_ROOT / "transferline/model/advisor_rule.json").read_text())
+    assert list(rival["recipes"]) == list(GRID) and set(committed["recipes"]) - set(rival["recipes"]) == {
+        "partial_half_5ep"
+    }
+    assert rival[NEAREST_CELLS]["signals"] == committed[NEAREST_CELLS]["signals"]
+    study = json.loads((results / "transfer_study.json").read_text())
+    study_then = only_datasets(study, sorted({dataset_of(c) for c in rival["fitted_on"]}))
+    out = tmp_path / "grid_only.json"
+    main(
+        [
+            "--signals",
+            "size_and_probe",
+            "--recipes",
+            "grid",
+            "--out",
+            str(out),
+            "--study",
+            str(write_json(tmp_path, study_then)),
+        ]
+    )
+    refitted = json.loads(out.read_text())
+    assert {k: v for k, v in refitted.items() if k != "backbone_comparison"} == {
+        k: v for k, v in rival.items() if k != "backbone_comparison"
+    }
+
+
 def write_json(folder: Path, document: dict) -> Path:
     path = folder / "document.json"
     path.write_text(json.dumps(document))
