@@ -2,8 +2,9 @@
 features and the hindsight bound, from the rounds' committed reports (bench/results/transfer_holdout_*.json).
 
 A round judged the rule committed when it ran; some reports judge, on the same recorded runs, a rule fitted
-later without that data set or a rival committed before it. The pooled row counts only the rules that were
-committed when their round ran, so it is what `auto` scored on data nobody had looked at yet.
+later without that data set, or a rival (committed before the round, or chosen after reading it, which is no
+verdict). The pooled row counts only the rules that were committed when their round ran, so it is what `auto`
+scored on data nobody had looked at yet.
 
 Usage: python -m bench.holdout_rounds (prints the markdown table the README quotes)
 """
