@@ -489,8 +489,10 @@ def distinct_pictures(files: dict[str, bytes], layout: PictureFolders) -> list[t
     copy of one filed under two classes (its label is ambiguous)."""
     rendered: dict[bytes, list[tuple[str, str, object]]] = {}
     for path in sorted(files):
+        if not path.startswith(layout.root):
+            continue
         folder, _, rest = path.removeprefix(layout.root).partition("/")
-        if folder not in layout.classes or not rest or not path.startswith(layout.root):
+        if folder not in layout.classes or not rest:
             continue
         pixels = render_picture(files[path], layout.side)
         if pixels is not None:

@@ -623,7 +623,7 @@ def test_readme_tables_every_held_out_round_and_pools_only_the_rules_committed_t
     rounds = {"cifar10", "emoji", "quickdraw", "mnist", "glyphs", "clipart", "units"}
     assert {r["datasets"][0] for r in reports.values()} == rounds
     committed = [reports[j.report]["verdicts"][COMMITTED] for j in JUDGEMENTS if j.committed_then]
-    assert len(committed) == len({r["datasets"][0] for r in reports.values()})  # one committed rule a round
+    assert len(committed) == len(rounds)  # one committed rule a round
     within, cells = sum(cells_within(v) for v in committed), sum(v["cells"] for v in committed)
     assert (
         f"the rules committed at the time were within one SE in {within} of {cells} cells ({within / cells:.0%})"
@@ -672,6 +672,8 @@ def test_the_study_page_quotes_the_units_round_and_the_misses_it_names():
     """The seventh held-out round (bench/results/transfer_holdout_units.json; rerun `python -m bench.transfer_holdout
     --report-only --datasets units`): the committed nearest cells, fitted on every study cell, and each of their
     misses there with how far behind the best recipe it fell."""
+    from transferline.model.nearest_cells import NEAREST_CELLS
+
     labels = ("always feature_extraction", "always partial_quarter", "always full", "fastai fine_tune")
     assert_holdout_round_quoted("units", 78, "nearest cells fitted on eleven", labels)
     holdout = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_holdout_units.json").read_text())
@@ -688,7 +690,7 @@ def test_the_study_page_quotes_the_units_round_and_the_misses_it_names():
     coverage = holdout["expected_range"]
     assert coverage["inside"] == coverage["cells"] and f"in all {coverage['cells']} cells (median width" in prose
     rival_rule = json.loads((PROJECT_ROOT / "bench" / "results" / "advisor_rule_grid_only.json").read_text())
-    settings = rival_rule["nearest_cells"]
+    settings = rival_rule[NEAREST_CELLS]
     assert f"k = {settings['k']}, CPU weight {settings['cpu_weight']}" in prose
     grid_only = json.loads((PROJECT_ROOT / "bench" / "results" / "transfer_holdout_units_grid_only.json").read_text())
     assert grid_only["runs"] == holdout["runs"] and grid_only["rule"]["fitted_on"] == holdout["rule"]["fitted_on"]
