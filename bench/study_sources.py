@@ -26,7 +26,10 @@ Each comes from a package on the package index, so the study runs offline once i
   hands in many styles (the object categories of a photo data set, none of its textures);
 - units: Battle for Wesnoth's unit pictures (GPL-2+, as Debian's wesnoth-1.16-data package ships them),
   every animation frame of every unit, classed by race, composited on white and fitted into 72x72: pixel
-  art of fantasy creatures, its classes told apart by body, armour and palette.
+  art of fantasy creatures, its classes told apart by body, armour and palette;
+- icons: desktop icons of four themes (GPL-3, as Debian's ukui-themes and papirus-icon-theme packages ship
+  them), classed by the Freedesktop context the theme files each in (apps, actions, devices, mimetypes, places,
+  status), composited on white and fitted into 64x64: designed pictograms, classed by the role they play.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import gzip
 import hashlib
 import io
 import pickle
+import re
 import subprocess
 import sys
 import tarfile
@@ -152,6 +156,24 @@ UNITS_RACES = {
 }
 UNITS_SIDE = 72  # the game's hex: most unit pictures are drawn 72x72
 
+ICONS_PACKAGES = {  # name=version: the .deb's SHA-256
+    "ukui-themes=3.0.3-1": "b9677d8087f72c2c3b015fc4022f7fa7d3fedd1dd07cf96c8f52ecd065011be1",
+    "papirus-icon-theme=20230104-2": "3d00a7f3ed7bb2c74ed0dc4853ce7cf21b43f7b7bb0a033df7443c271077bace",
+}
+ICONS_DEBS = Path(__file__).resolve().parents[1] / "data" / "external" / "icons"
+# The packages' icon themes (the others in them are cursor, GTK or recoloured copies of these: Papirus-Dark,
+# -Light and ePapirus), and the Freedesktop contexts that hold at least 134 distinct icons across them (100 to
+# train beside a held-out quarter); categories, emblems and emotes hold fewer.
+ICONS_THEMES = ("Papirus", "ukui", "ukui-classical", "ukui-fashion")
+ICONS_CONTEXTS = ("actions", "apps", "devices", "mimetypes", "places", "status")
+ICONS_PATH = re.compile(
+    r"^\./usr/share/icons/(?P<theme>[^/]+)/(?P<size>[^/]+)/(?P<context>[^/]+)/(?P<name>[^/]+)\.(png|svg)$"
+)
+ICONS_SIZE = re.compile(r"^(?P<side>\d+)x\d+(?P<double>@2x)?$")
+ICONS_MIN_SIDE = 32  # a size folder's pixels: smaller icons are drawn for menus and toolbars, a few pixels of hints
+ICONS_RENDER_SIDE = 128  # pixels an SVG icon is drawn at before it is fitted into ICONS_SIDE
+ICONS_SIDE = 64
+
 EMOJI_SIDE = 64
 # The Unicode category "Component" holds the skin-tone and hair swatches alone: not a class of pictures.
 EMOJI_SKIPPED_CATEGORIES = ("Component",)
@@ -183,6 +205,7 @@ def folder_writers() -> dict[str, Callable[[Path], Path]]:
         "glyphs": glyphs_folder,
         "clipart": clipart_folder,
         "units": units_folder,
+        "icons": icons_folder,
     }
 
 
@@ -381,7 +404,7 @@ def debian_package(debs: Path, package: str, digest: str) -> Path:
     return found[-1]
 
 
-def debian_package_files(deb: Path, suffix: str) -> dict[str, bytes]:
+def debian_package_files(deb: Path, suffix: str | tuple[str, ...]) -> dict[str, bytes]:
     """The files of a .deb whose names end with `suffix`, by path, read from its data archive (an ar archive
     holding a compressed tar; xz and gzip are read) without installing anything."""
     payload = deb.read_bytes()
@@ -482,27 +505,94 @@ def units_folder(target: Path, debs: Path = UNITS_DEBS) -> Path:
 
 
 def distinct_pictures(files: dict[str, bytes], layout: PictureFolders) -> list[tuple[str, str, object]]:
-    """(class, stem, side x side RGB) for each picture filed under one of the layout's folders, in class and
-    stem order; the stem is the picture's path under its folder, after the folder's name where the folder is
+    """(class, stem, side x side RGB) for each picture filed under one of the layout's folders, as `distinct`
+    keeps them; the stem is the picture's path under its folder, after the folder's name where the folder is
     not named as its class. Left out: a file that does not decode (or would decode past Pillow's
-    decompression-bomb limit), one drawn blank, a picture identical to an earlier one of its class, and every
-    copy of one filed under two classes (its label is ambiguous)."""
-    rendered: dict[bytes, list[tuple[str, str, object]]] = {}
-    for path in sorted(files):
-        if not path.startswith(layout.root):
-            continue
-        folder, _, rest = path.removeprefix(layout.root).partition("/")
-        if folder not in layout.classes or not rest:
-            continue
-        pixels = render_picture(files[path], layout.side)
-        if pixels is not None:
-            label = layout.classes[folder]
-            stem = Path(rest).with_suffix("").as_posix()
-            rendered.setdefault(pixels.tobytes(), []).append(
-                (label, stem if folder == label else f"{folder}/{stem}", pixels)
-            )
-    kept = [copies[0] for copies in rendered.values() if len({label for label, _, _ in copies}) == 1]
+    decompression-bomb limit) and one drawn blank."""
+
+    def rendered():
+        for path in sorted(files):
+            if not path.startswith(layout.root):
+                continue
+            folder, _, rest = path.removeprefix(layout.root).partition("/")
+            if folder not in layout.classes or not rest:
+                continue
+            pixels = render_picture(files[path], layout.side)
+            if pixels is not None:
+                label = layout.classes[folder]
+                stem = Path(rest).with_suffix("").as_posix()
+                yield label, stem if folder == label else f"{folder}/{stem}", pixels
+
+    return distinct(rendered())
+
+
+def distinct(pictures: Iterable[tuple[str, str, object]]) -> list[tuple[str, str, object]]:
+    """The (class, stem, pixels) pictures in class and stem order, "/" in a stem made "-", less a picture
+    identical to an earlier one of its class and every copy of one filed under two classes (its label is
+    ambiguous)."""
+    by_pixels: dict[bytes, list[tuple[str, str, object]]] = {}
+    for label, stem, pixels in pictures:
+        by_pixels.setdefault(pixels.tobytes(), []).append((label, stem, pixels))
+    kept = [copies[0] for copies in by_pixels.values() if len({label for label, _, _ in copies}) == 1]
     return [(label, stem.replace("/", "-"), pixels) for label, stem, pixels in sorted(kept, key=lambda t: t[:2])]
+
+
+def icons_folder(target: Path, debs: Path = ICONS_DEBS) -> Path:
+    """The icons of ICONS_THEMES in ICONS_CONTEXTS from the Debian packages (downloaded into `debs` when
+    absent; nothing of them is installed), a folder per context, each file named by its theme and icon name.
+    A theme draws one icon at many sizes: the largest is kept (a scalable SVG before any raster), one per
+    theme, context and name, and `distinct` then drops copies (themes ship aliases as copies)."""
+    if target.is_dir():
+        return target
+    files: dict[str, bytes] = {}
+    for package, digest in ICONS_PACKAGES.items():
+        files.update(debian_package_files(debian_package(debs, package, digest), (".png", ".svg")))
+    return write_folder(target, distinct(rendered_icons(largest_icons(files), files)))
+
+
+def largest_icons(paths: Iterable[str]) -> dict[tuple[str, str, str], str]:
+    """Per (context, theme, name) of ICONS_CONTEXTS and ICONS_THEMES, the path of its largest drawing: a
+    scalable one (an SVG outside a size folder) or the largest size folder's of at least ICONS_MIN_SIDE."""
+    largest: dict[tuple[str, str, str], tuple[float, str]] = {}
+    for path in sorted(paths):
+        found = ICONS_PATH.match(path)
+        if found is None or found["theme"] not in ICONS_THEMES or found["context"] not in ICONS_CONTEXTS:
+            continue
+        size = ICONS_SIZE.match(found["size"])
+        if size is not None:
+            side: float = int(size["side"]) * (2 if size["double"] else 1)
+        elif path.endswith(".svg"):
+            side = float("inf")
+        else:
+            continue
+        key = (found["context"], found["theme"], found["name"])
+        if side >= ICONS_MIN_SIDE and side > largest.get(key, (0, ""))[0]:
+            largest[key] = (side, path)
+    return {key: path for key, (_, path) in largest.items()}
+
+
+def rendered_icons(largest: dict[tuple[str, str, str], str], files: dict[str, bytes]):
+    """(context, theme-name, 64x64 RGB on white) for each icon that draws (an SVG is rasterised first, at
+    ICONS_RENDER_SIDE, fetching nothing it names outside itself); one that fails to parse or draws blank is
+    left out."""
+    for (context, theme, name), path in sorted(largest.items()):
+        payload = files[path]
+        if path.endswith(".svg"):
+            payload = rasterised_svg(payload)
+        pixels = None if payload is None else render_picture(payload, ICONS_SIDE)
+        if pixels is not None:
+            yield context, f"{theme}-{name}", pixels
+
+
+def rasterised_svg(payload: bytes) -> bytes | None:
+    """An SVG drawn as an ICONS_RENDER_SIDE-pixel square PNG by CairoSVG in its safe mode (no XML entities, no
+    resources but data URLs), or None where it does not parse."""
+    import cairosvg
+
+    try:
+        return cairosvg.svg2png(bytestring=payload, output_width=ICONS_RENDER_SIDE, output_height=ICONS_RENDER_SIDE)
+    except (ValueError, SyntaxError, OSError):  # defusedxml's refusals are ValueErrors, XML parse errors SyntaxErrors
+        return None
 
 
 def render_picture(payload: bytes, side: int):

@@ -447,3 +447,61 @@ def test_units_are_classed_by_race_their_factions_merged_72x72_on_white(tmp_path
     with Image.open(folder / "drakes" / "burner.png") as image:
         assert image.size == (72, 72) and np.asarray(image)[0, 0].tolist() == [0, 120, 0]
     assert study_sources.units_folder(folder, debs) == folder  # written once, then reused
+
+
+def svg(body: str, doctype: str = "") -> bytes:
+    """A 16x16 SVG drawing `body`."""
+    opening = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16" width="16" height="16">'
+    return f'<?xml version="1.0"?>{doctype}{opening}{body}</svg>'.encode()
+
+
+def test_icons_are_each_themes_largest_drawing_by_context_64x64_on_white(tmp_path: Path, monkeypatch):
+    """An icon's largest drawing is kept (a scalable SVG before any raster, a raster under 32 pixels never),
+    one per theme, context and name; an alias shipped as a copy counts once, a drawing filed under two
+    contexts nowhere; a theme or context of no class, an SVG that does not parse or declares entities, and
+    one naming a resource outside itself (fetched from nowhere) add nothing of their own."""
+    monkeypatch.setattr("cairosvg.url.urlopen", lambda *a, **k: pytest.fail("an SVG icon fetched a resource"))
+    orange_png = png(Image.new("RGBA", (48, 48), (255, 128, 0, 255)))
+    blue_square = svg('<rect x="4" y="4" width="8" height="8" fill="#0000ff"/>')
+    green_disc = svg('<circle cx="8" cy="8" r="8" fill="#008000"/>')
+    ukui, papirus = "./usr/share/icons/ukui", "./usr/share/icons/Papirus"
+    ukui_files = {
+        f"{ukui}/16x16/apps/editor.png": png(Image.new("RGB", (16, 16), (255, 0, 0))),
+        f"{ukui}/48x48/apps/editor.png": orange_png,  # the largest raster, but the theme draws it scalable too
+        f"{ukui}/scalable/apps/editor.svg": blue_square,
+        f"{ukui}/scalable/apps/editor-copy.svg": blue_square,  # an alias shipped as a copy: the same drawing again
+        f"{ukui}/48x48/apps/editor-alias.png": orange_png,  # an icon of its own now the theme draws editor scalable
+        f"{ukui}/24x24/actions/tiny.png": png(Image.new("RGB", (24, 24), (10, 10, 10))),  # drawn for toolbars only
+        f"{ukui}/scalable/places/folder.svg": green_disc,
+        f"{ukui}/scalable/status/folder-too.svg": green_disc,  # drawn as a place: ambiguous, left out for both
+        f"{ukui}/128x128/emblems/star.png": orange_png,  # a context of no class
+        "./usr/share/icons/ukui-dark/48x48/apps/editor.png": orange_png,  # a theme of no class
+        f"{ukui}/scalable/devices/broken.svg": b"<svg><unclosed",
+        f"{ukui}/scalable/devices/entity.svg": svg("&fill;", '<!DOCTYPE svg [<!ENTITY fill "<rect/>">]>'),
+    }
+    papirus_files = {
+        f"{papirus}/32x32/devices/drive.svg": svg('<rect width="16" height="8" fill="#444444"/>'),
+        f"{papirus}/64x64/devices/drive.svg": svg(
+            '<rect width="16" height="8" fill="#888888"/><image href="http://127.0.0.1:9/x.png" width="4" height="4"/>'
+        ),
+    }
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    packages = {}
+    for package, files in (("ukui-themes=9", ukui_files), ("papirus-icon-theme=9", papirus_files)):
+        deb = fake_deb(debs / f"{package.split('=')[0]}_9_all.deb", files)
+        packages[package] = hashlib.sha256(deb.read_bytes()).hexdigest()
+    monkeypatch.setattr(study_sources, "ICONS_PACKAGES", packages)
+    monkeypatch.setattr(study_sources.subprocess, "run", lambda *a, **k: pytest.fail("downloaded a present .deb"))
+    folder = study_sources.icons_folder(tmp_path / "icons", debs)
+    assert {p.name: sorted(f.name for f in p.iterdir()) for p in folder.iterdir()} == {
+        "apps": ["ukui-editor-alias.png", "ukui-editor.png"],
+        "devices": ["Papirus-drive.png"],
+    }
+    with Image.open(folder / "apps" / "ukui-editor.png") as image:
+        assert (image.mode, image.size) == ("RGB", (64, 64))
+        pixels = np.asarray(image)
+    assert pixels[32, 32].tolist() == [0, 0, 255] and pixels[4, 4].tolist() == [255, 255, 255]  # the SVG, on white
+    with Image.open(folder / "devices" / "Papirus-drive.png") as image:
+        assert np.asarray(image)[20, 40].tolist() == [136, 136, 136]  # the 64-pixel drawing, not the 32-pixel one
+    assert study_sources.icons_folder(folder, debs) == folder  # written once, then reused
