@@ -69,6 +69,13 @@ JUDGEMENTS = (
         "nearest cells, without the 5-epoch schedule",
         "a rival chosen after reading the round",
     ),
+    Judgement("transfer_holdout_icons", "desktop icons", "nearest cells, 2 signals"),
+    Judgement(
+        "transfer_holdout_icons_grid_only",
+        "desktop icons",
+        "nearest cells, without the 5-epoch schedule",
+        "a rival committed before the round",
+    ),
 )
 
 

@@ -88,7 +88,7 @@ HOLDOUT_DATASETS: dict[str, dict[str, Any]] = {
     # study's eleven data sets. Frames of one unit's animations are alike, and a split keeps no unit whole. It then
     # joined the study (seeds 1 and 2 run at 400 a class).
     "units": {"source": "folder", "path": "sources/units"},
-    # Desktop icons of four themes by Freedesktop context (6 classes, 405 to 4,572 a class; 64x64 on white):
+    # Desktop icons of four themes by Freedesktop context (6 classes, 406 to 4,577 a class; 64x64 on white):
     # the first held-out data set of pictograms, classed by the role an icon plays rather than what it
     # shows, judged by the rule fitted on the study's twelve data sets and, on the same runs, by its rival
     # choosing among the grid's recipes only (bench/results/advisor_rule_grid_only.json), both committed

@@ -621,7 +621,7 @@ def test_readme_tables_every_held_out_round_and_pools_only_the_rules_committed_t
     assert rounds_table() in STUDY_PAGE.read_text()
     prose = documented_prose()
     reports = {j.report: load_report(j.report) for j in JUDGEMENTS}
-    rounds = {"cifar10", "emoji", "quickdraw", "mnist", "glyphs", "clipart", "units"}
+    rounds = {"cifar10", "emoji", "quickdraw", "mnist", "glyphs", "clipart", "units", "icons"}
     assert {r["datasets"][0] for r in reports.values()} == rounds
     committed = [reports[j.report]["verdicts"][COMMITTED] for j in JUDGEMENTS if j.committed_then]
     assert len(committed) == len(rounds)  # one committed rule a round
@@ -632,7 +632,7 @@ def test_readme_tables_every_held_out_round_and_pools_only_the_rules_committed_t
     )
     # the committed method (nearest cells on images a class and the probe, every recipe) on rounds it had not seen
     nearest = [j for j in JUDGEMENTS if j.rule in ("nearest cells", "nearest cells, 2 signals")]
-    assert [j.data_set for j in nearest] == ["letter glyphs", "clip art", "Wesnoth units"]
+    assert [j.data_set for j in nearest] == ["letter glyphs", "clip art", "Wesnoth units", "desktop icons"]
     hits = [cells_within(reports[j.report]["verdicts"][COMMITTED]) for j in nearest]
     total = [reports[j.report]["verdicts"][COMMITTED]["cells"] for j in nearest]
     rounds_seen = NUMBER_WORDS[len(nearest)]
@@ -715,4 +715,53 @@ def test_the_study_page_quotes_the_units_round_and_the_misses_it_names():
     assert (
         f"within one SE in {rival['within_one_se']:.0%} of the {cells} cells at {rival['cpu_share_of_grid']:.1%}"
         in prose
+    )
+
+
+def test_the_study_page_quotes_the_icons_round_and_the_rival_it_judged_beside_the_committed_rule():
+    """The eighth held-out round (bench/results/transfer_holdout_icons.json; rerun `python -m bench.transfer_holdout
+    --report-only --datasets icons --rule bench/results/transfer_holdout_icons.json`): the nearest cells committed
+    now, fitted on every study cell, and the grid-only rival fitted on the same cells, both judged on the same
+    runs; a tie in cells keeps the committed rule, and the icons have not joined the study."""
+    from bench.holdout_rounds import cells_within
+
+    labels = ("always feature_extraction", "always partial_quarter", "always full", "fastai fine_tune")
+    verdicts = assert_holdout_round_quoted("icons", 86, "nearest cells fitted on twelve", labels)
+    results = PROJECT_ROOT / "bench" / "results"
+    holdout = json.loads((results / "transfer_holdout_icons.json").read_text())
+    rival = json.loads((results / "transfer_holdout_icons_grid_only.json").read_text())
+    committed_rule = json.loads((PROJECT_ROOT / "transferline" / "model" / "advisor_rule.json").read_text())
+    rival_rule = json.loads((results / "advisor_rule_grid_only.json").read_text())
+    # both rules judged are the ones committed now, fitted on the same cells, none of them the icons'
+    assert holdout["rule"] == committed_rule and rival["rule"] == rival_rule and rival["runs"] == holdout["runs"]
+    assert rival_rule["fitted_on"] == committed_rule["fitted_on"]
+    assert not any(cell.startswith("icons/") for cell in committed_rule["fitted_on"])
+    study = json.loads((results / "transfer_study.json").read_text())
+    assert not any(c["cell"].startswith("icons/") for c in study["cells"])  # not joined: the page says so
+    prose = documented_prose()
+    assert "The icons have not joined the study yet" in prose
+    ours, theirs = verdicts["auto (the committed rule)"], rival["verdicts"]["auto (the committed rule)"]
+    assert cells_within(ours) == cells_within(theirs)  # a tie in cells keeps the committed rule
+    assert (
+        f"within one SE in {theirs['within_one_se']:.0%} of the {theirs['cells']} cells at "
+        f"{theirs['cpu_share_of_grid']:.1%} of the grid's CPU: the same {NUMBER_WORDS[cells_within(theirs)]} cells"
+        in prose
+    )
+    assert f"at {theirs['cpu_share_of_grid']:.1%} of the grid's CPU against the committed rule's " in prose
+    assert f"against the committed rule's {ours['cpu_share_of_grid']:.1%}" in prose
+    behind = {m["cell"]: (m["best_accuracy"] - m["outcome"]) / m["standard_error"] for m in holdout["misses"]}
+    assert set(behind) == {"icons/10/mobilenet_v2", "icons/100/mobilenet_v2"}
+    assert {m["best"] for m in holdout["misses"]} == {"full"}
+    assert f"(0.533 against 0.550, {behind['icons/10/mobilenet_v2']:.1f} SE)" in prose
+    assert f"0.730 against 0.747 ({behind['icons/100/mobilenet_v2']:.1f} SE)" in prose
+    rival_behind = {m["cell"]: (m["best_accuracy"] - m["outcome"]) / m["standard_error"] for m in rival["misses"]}
+    assert set(rival_behind) == set(behind)  # "the same six cells"
+    assert f"(0.723, {rival_behind['icons/100/mobilenet_v2']:.1f} SE)" in prose
+    coverage = holdout["expected_range"]
+    assert (
+        f"in {coverage['inside']} of the {coverage['cells']} cells ({coverage['below']} below it; median width" in prose
+    )
+    pick = holdout["backbone_pick"]["the better linear probe"]
+    assert (
+        f"picks within one SE at {round(pick['within_one_se'] * pick['groups'])} of the {pick['groups']} sizes" in prose
     )
