@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -510,7 +510,7 @@ def distinct_pictures(files: dict[str, bytes], layout: PictureFolders) -> list[t
     not named as its class. Left out: a file that does not decode (or would decode past Pillow's
     decompression-bomb limit) and one drawn blank."""
 
-    def rendered():
+    def rendered() -> Iterator[tuple[str, str, object]]:
         for path in sorted(files):
             if not path.startswith(layout.root):
                 continue
@@ -571,7 +571,9 @@ def largest_icons(paths: Iterable[str]) -> dict[tuple[str, str, str], str]:
     return {key: path for key, (_, path) in largest.items()}
 
 
-def rendered_icons(largest: dict[tuple[str, str, str], str], files: dict[str, bytes]):
+def rendered_icons(
+    largest: dict[tuple[str, str, str], str], files: dict[str, bytes]
+) -> Iterator[tuple[str, str, object]]:
     """(context, theme-name, 64x64 RGB on white) for each icon that draws (an SVG is rasterised first, at
     ICONS_RENDER_SIDE, fetching nothing it names outside itself); one that fails to parse or draws blank is
     left out."""

@@ -168,6 +168,11 @@ def test_readme_quotes_the_committed_rules_verdict_on_data_it_never_saw():
         )
 
 
+def standard_errors_behind(misses: list[dict]) -> dict[str, float]:
+    """Per missed cell of a holdout report, how many standard errors its outcome trails the best recipe."""
+    return {m["cell"]: (m["best_accuracy"] - m["outcome"]) / m["standard_error"] for m in misses}
+
+
 def assert_holdout_round_quoted(dataset: str, fitted_on: int, rule_words: str, labels: tuple[str, ...]) -> dict:
     """The README quotes bench/results/transfer_holdout_<dataset>.json's verdicts for auto, `labels` and the
     hindsight bound's CPU; returns the verdicts for further checks."""
@@ -685,7 +690,7 @@ def test_the_study_page_quotes_the_units_round_and_the_misses_it_names():
     assert len(units) == len(holdout["cells"]) and not set(units) & set(holdout["rule"]["fitted_on"])
     assert committed["fitted_on"] == sorted([*holdout["rule"]["fitted_on"], *units])  # joined since
     prose = documented_prose()
-    behind = {m["cell"]: (m["best_accuracy"] - m["outcome"]) / m["standard_error"] for m in holdout["misses"]}
+    behind = standard_errors_behind(holdout["misses"])
     assert f"The rule's {NUMBER_WORDS[len(behind)]} misses are all fine-tunes it did not train" in prose
     assert all(m["best"] != "feature_extraction" for m in holdout["misses"])
     at_400 = [f"{behind[f'units/400/{backbone}']:.1f}" for backbone in ("efficientnet_lite0", "mobilenet_v2")]
@@ -748,12 +753,12 @@ def test_the_study_page_quotes_the_icons_round_and_the_rival_it_judged_beside_th
     )
     assert f"at {theirs['cpu_share_of_grid']:.1%} of the grid's CPU against the committed rule's " in prose
     assert f"against the committed rule's {ours['cpu_share_of_grid']:.1%}" in prose
-    behind = {m["cell"]: (m["best_accuracy"] - m["outcome"]) / m["standard_error"] for m in holdout["misses"]}
+    behind = standard_errors_behind(holdout["misses"])
     assert set(behind) == {"icons/10/mobilenet_v2", "icons/100/mobilenet_v2"}
     assert {m["best"] for m in holdout["misses"]} == {"full"}
     assert f"(0.533 against 0.550, {behind['icons/10/mobilenet_v2']:.1f} SE)" in prose
     assert f"0.730 against 0.747 ({behind['icons/100/mobilenet_v2']:.1f} SE)" in prose
-    rival_behind = {m["cell"]: (m["best_accuracy"] - m["outcome"]) / m["standard_error"] for m in rival["misses"]}
+    rival_behind = standard_errors_behind(rival["misses"])
     assert set(rival_behind) == set(behind)  # "the same six cells"
     assert f"(0.723, {rival_behind['icons/100/mobilenet_v2']:.1f} SE)" in prose
     coverage = holdout["expected_range"]
